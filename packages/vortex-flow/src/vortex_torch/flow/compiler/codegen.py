@@ -1,0 +1,481 @@
+"""Triton source for a scheduled flow graph.
+
+Every value inside a kernel is an fp32 tile ``[S, RP, CP]``: ``S`` is ``BS`` (one slot per block of the
+chunk) or 1 (a per-row value such as the query), ``RP``/``CP`` the block's inner shape padded to powers of two.
+Padded lanes hold don't-care values; every reduction masks them with its identity, and stores mask them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vortex_torch import cache as cx
+from vortex_torch import indexer as ix
+from vortex_torch.abs.formats import FORMAT
+from vortex_torch.abs.graph import OpNode
+from vortex_torch.abs.vtensor import vTensor
+from vortex_torch.cache.ops import _Interleave
+
+from .schedule import CompileError, KernelGroup
+
+NEG = "-3.4028234663852886e38"  # fp32 lowest: identity of max that stays finite
+
+
+def p2(n: int) -> int:
+    """Next power of two >= n (Triton tile sizes must be powers of two)."""
+    return 1 << (n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Tile:
+    var: str
+    s: str  # "BS" or "1"
+    r: int
+    c: int
+
+    @property
+    def rp(self) -> int:
+        return p2(self.r)
+
+    @property
+    def cp(self) -> int:
+        return p2(self.c)
+
+
+@dataclass
+class KernelArg:
+    """A pointer argument and where the executor finds its tensor."""
+
+    name: str
+    source: str  # "entry:<name>" | "buffer:<tensor_id>" | "select"
+    tensor: vTensor | None = None
+
+
+@dataclass
+class KernelSource:
+    name: str
+    args: list[KernelArg]
+    lines: list[str] = field(default_factory=list)
+    ragged: bool = True
+
+
+class _Emitter:
+    """Builds one kernel body; knows how every live tensor is addressed."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode  # "ragged" | "batched" | "cache"
+        self.pre: list[str] = []
+        self.body: list[str] = []
+        self.post: list[str] = []
+        self.args: list[KernelArg] = []
+        self.tiles: dict[int, Tile] = {}
+        self._aranges: set[str] = set()
+        self._n = 0
+
+    def tmp(self) -> str:
+        self._n += 1
+        return f"t{self._n}"
+
+    def ar(self, axis: int, size: int, rank: int = 3) -> str:
+        """Broadcastable index vector along inner ``axis`` (1 or 2) of a rank-3 (or 4) tile."""
+        name = f"I{axis}_{size}" + ("_4" if rank == 4 else "")
+        if name not in self._aranges:
+            self._aranges.add(name)
+            idx = ["None"] * rank
+            idx[axis] = ":"
+            self.pre.append(f"{name} = tl.arange(0, {size})[{', '.join(idx)}]")
+        return name
+
+    def inner_mask(self, r: int, c: int) -> list[str]:
+        parts = []
+        if r != p2(r):
+            parts.append(f"({self.ar(1, p2(r))} < {r})")
+        if c != p2(c):
+            parts.append(f"({self.ar(2, p2(c))} < {c})")
+        return parts
+
+    def address(self, t: vTensor, addressing: str) -> tuple[str, str, list[str]]:
+        """(base offset expr, S, mask parts) of a tensor addressed per row, per block id or per ragged slot."""
+        r, c = t.inner
+        rc = r * c
+        if addressing == "row":
+            return f"row * {rc}", "1", []
+        key = {"blk": "BLK3", "rag": "RAG3"}[addressing]
+        return f"{key} * {rc}", "BS", ["VALID3"]
+
+    def load(self, t: vTensor, ptr: str, addressing: str) -> Tile:
+        r, c = t.inner
+        base, s, mask = self.address(t, addressing)
+        mask = mask + self.inner_mask(r, c)
+        offs = f"{base} + {self.ar(1, p2(r))} * {c} + {self.ar(2, p2(c))}"
+        var = self.tmp()
+        m = f", mask={' & '.join(mask)}, other=0.0" if mask else ""
+        self.body.append(f"{var} = tl.load({ptr} + {offs}{m}).to(tl.float32)")
+        tile = Tile(var, s, r, c)
+        self.tiles[t.tensor_id] = tile
+        return tile
+
+    def store(self, tile: Tile, t: vTensor, ptr: str, addressing: str, *, into: list[str] | None = None) -> None:
+        r, c = t.inner
+        base, s, mask = self.address(t, addressing)
+        mask = mask + self.inner_mask(r, c)
+        if addressing == "row" and self.mode == "ragged":
+            mask.append("(chunk == 0)")  # a per-row value computed by every chunk is stored once
+        offs = f"{base} + {self.ar(1, p2(r))} * {c} + {self.ar(2, p2(c))}"
+        val = tile.var
+        if s == "BS" and tile.s == "1":
+            val = f"({val} + tl.zeros([BS, {tile.rp}, {tile.cp}], tl.float32))"
+        m = f", mask={' & '.join(mask)}" if mask else ""
+        (into if into is not None else self.body).append(
+            f"tl.store({ptr} + {offs}, {val}.to({ptr}.dtype.element_ty){m})"
+        )
+
+
+def _s(*tiles: Tile) -> str:
+    return "BS" if any(t.s == "BS" for t in tiles) else "1"
+
+
+def emit_op(e: _Emitter, node: OpNode, xs: list[Tile]) -> Tile:
+    """Lines computing one W op from its input tiles; returns the output tile."""
+    op = node.op
+    out_t = node.output
+    assert out_t is not None
+    r, c = out_t.inner
+    var = e.tmp()
+    S = _s(*xs)
+
+    def put(expr: str, s: str = S) -> Tile:
+        e.body.append(f"{var} = {expr}")
+        return Tile(var, s, r, c)
+
+    if isinstance(op, (ix.Relu, ix.Sigmoid, ix.Silu, ix.Add_Mul, ix.Abs, ix.Log, ix.Exp)):
+        x, a, b = xs[0].var, op.alpha, op.beta
+        lin = f"({b!r} * {x} + {a!r})"
+        forms = {
+            ix.Relu: f"tl.where({x} >= {a!r}, {x}, {b!r})",
+            ix.Sigmoid: f"1.0 / (1.0 + tl.exp({lin}))",
+            ix.Silu: f"{x} / (1.0 + tl.exp({lin}))",
+            ix.Add_Mul: lin,
+            ix.Abs: f"tl.abs({lin})",
+            ix.Log: f"tl.log({lin})",
+            ix.Exp: f"tl.exp({lin})",
+        }
+        base = next(k for k in forms if isinstance(op, k))
+        return put(forms[base])
+    if isinstance(op, ix.elementwise._Where):
+        x, y = xs[0].var, xs[1].var
+        return put(f"tl.where({x} {op.predicate} {y}, 0.0, -1e30)")
+    if isinstance(op, ix.Multiply):
+        return put(f"{xs[0].var} * {xs[1].var}")
+    if isinstance(op, ix.Add):
+        return put(f"{op.alpha!r} * {xs[0].var} + {op.beta!r} * {xs[1].var}")
+    if isinstance(op, ix.Maximum):
+        return put(f"tl.maximum({xs[0].var}, {xs[1].var})")
+    if isinstance(op, ix.Minimum):
+        return put(f"tl.minimum({xs[0].var}, {xs[1].var})")
+    if isinstance(op, _Interleave):
+        return _interleave(e, op, xs[0], put)
+    if isinstance(op, ix.reduce._Reduce):
+        x = xs[0]
+        axis, size = op.dim, (x.r if op.dim == 1 else x.c)
+        pad = size != (x.rp if axis == 1 else x.cp)
+        m = f"{e.ar(axis, p2(size))} < {size}"
+        how = op.how
+        val = f"{x.var} * {x.var}" if how == "l2" else x.var
+        if pad:
+            ident = NEG if how == "amax" else ("3.4028234663852886e38" if how == "amin" else "0.0")
+            val = f"tl.where({m}, {val}, {ident})"
+        fn = {"sum": "tl.sum", "mean": "tl.sum", "l2": "tl.sum", "amax": "tl.max", "amin": "tl.min"}[how]
+        red = f"{fn}({val}, axis={axis}, keep_dims=True)"
+        if how == "mean":
+            red = f"{red} / {size}.0"
+        if how == "l2":
+            red = f"tl.sqrt({red})"
+        return put(red, x.s)
+    if isinstance(op, ix.GeMM):
+        x, y = xs
+        k = x.c
+        prod = f"{y.var}[:, :, None, :] * {x.var}[:, None, :, :]"
+        if k != p2(k):
+            prod = f"tl.where({e.ar(3, p2(k), rank=4)} < {k}, {prod}, 0.0)"
+        return put(f"tl.sum({prod}, axis=3)")
+    if isinstance(op, ix.Transpose):
+        return put(f"tl.permute({xs[0].var}, (0, 2, 1))")
+    if isinstance(op, ix.Reshape):
+        x = xs[0]
+        if (x.r, x.c, r, c) != (x.rp, x.cp, p2(r), p2(c)):
+            raise CompileError(f"Reshape at {node.site}: the Triton backend needs power-of-two block shapes")
+        return put(f"tl.reshape({x.var}, ({x.s}, {r}, {c}))", x.s)
+    if isinstance(op, ix.Kron):
+        return _kron(op, xs, r, c, S, put)
+    if isinstance(op, ix.MaskSlice):
+        x = xs[0]
+        idx = e.ar(op.dim, x.rp if op.dim == 1 else x.cp)
+        cond = f"({idx} >= {op.start}) & ({idx} < {op.end})"
+        return put(f"tl.where({cond}, {op.alpha!r}, {op.beta!r}) + tl.zeros_like({x.var})", x.s)
+    if isinstance(op, ix.Softmax) or isinstance(op, ix.Normalize):
+        return _inner_normalise(e, op, xs[0], var, r, c)
+    raise CompileError(f"{op.name} at {node.site} has no Triton lowering")
+
+
+def _interleave(e: _Emitter, op: _Interleave, x: Tile, put: object) -> Tile:
+    if (x.r, x.c) != (x.rp, x.cp):
+        raise CompileError(f"{op.name}: the Triton backend needs power-of-two block shapes")
+    k = op.k
+    if op.dim == 1:
+        shape4, axis = f"({x.s}, {x.r // k}, {k}, {x.c})", 2
+    else:
+        shape4, axis = f"({x.s}, {x.r}, {x.c // k}, {k})", 3
+    g = f"tl.reshape({x.var}, {shape4})"
+    how = op.how
+    if how == "l2":
+        expr = f"tl.sqrt(tl.sum({g} * {g}, axis={axis}))"
+    else:
+        fn = {"mean": "tl.sum", "amax": "tl.max", "amin": "tl.min"}[how]
+        expr = f"{fn}({g}, axis={axis})" + (f" / {k}.0" if how == "mean" else "")
+    return put(expr, x.s)  # type: ignore[operator, no-any-return]
+
+
+def _kron(op: ix.Kron, xs: list[Tile], r: int, c: int, S: str, put: object) -> Tile:
+    x, y = xs
+    if 1 in op.dims and 2 in op.dims:
+        prod = f"{x.var}[:, :, None, :, None] * {y.var}[:, None, :, None, :]"
+    elif 1 in op.dims:
+        prod = f"{x.var}[:, :, None, :] * {y.var}[:, None, :, :]"
+    else:
+        prod = f"{x.var}[:, :, :, None] * {y.var}[:, :, None, :]"
+    return put(f"tl.reshape({prod}, ({S}, {p2(r)}, {p2(c)}))")  # type: ignore[operator, no-any-return]
+
+
+def _inner_normalise(e: _Emitter, op: ix.Softmax | ix.Normalize, x: Tile, var: str, r: int, c: int) -> Tile:
+    axis = op.dim
+    size = x.r if axis == 1 else x.c
+    padded = size != (x.rp if axis == 1 else x.cp)
+    m = f"{e.ar(axis, p2(size))} < {size}"
+    if isinstance(op, ix.Softmax):
+        z = f"{var}_z"
+        e.body.append(f"{z} = {op.scale!r} * {x.var}")
+        if padded:
+            e.body.append(f"{z} = tl.where({m}, {z}, {NEG})")
+        e.body.append(f"{z} = tl.exp({z} - tl.max({z}, axis={axis}, keep_dims=True))")
+        e.body.append(f"{var} = {z} / tl.sum({z}, axis={axis}, keep_dims=True)")
+    else:
+        val = f"tl.where({m}, {x.var}, 0.0)" if padded else x.var
+        e.body.append(f"{var} = {x.var} / tl.sum({val}, axis={axis}, keep_dims=True)")
+    return Tile(var, x.s, r, c)
+
+
+def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored: set[int]) -> KernelSource:
+    """A fused W group. ``external`` maps input tensor ids to "entry:<name>" or "buffer"; ``stored`` are the
+    outputs other kernels read."""
+    mode = "ragged" if group.ragged else "batched"
+    e = _Emitter(mode)
+    saves: list[str] = []
+    for node in group.nodes:
+        xs = []
+        for t in node.inputs:
+            tile = e.tiles.get(t.tensor_id)
+            if tile is None:
+                arg = f"in{t.tensor_id}"
+                src = external[t.tensor_id]
+                e.args.append(KernelArg(arg, src, t))
+                if t.format == FORMAT.PAGED:
+                    addressing = "blk"
+                elif t.format == FORMAT.BATCHED:
+                    addressing = "row"
+                else:
+                    addressing = "rag"
+                tile = e.load(t, arg, addressing)
+            xs.append(tile)
+        if isinstance(node.op, ix.Load):
+            e.tiles[node.output.tensor_id] = xs[0]  # type: ignore[union-attr]
+            continue
+        if isinstance(node.op, ix.Save):
+            arg = f"save_{node.writes}"
+            e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
+            target = node.inputs[0]
+            fake = vTensor(inner=target.inner, format=FORMAT.PAGED, dtype=target.dtype, tensor_id=-1)
+            e.store(xs[0], fake, arg, "blk", into=saves)  # Load reads last step's value: store at the end
+            continue
+        tile = emit_op(e, node, xs)
+        assert node.output is not None
+        e.tiles[node.output.tensor_id] = tile
+        if node.output.tensor_id in stored:
+            arg = f"out{node.output.tensor_id}"
+            e.args.append(KernelArg(arg, f"buffer:{node.output.tensor_id}", node.output))
+            e.store(tile, node.output, arg, "row" if node.output.format == FORMAT.BATCHED else "rag")
+    return _finish(name, e, saves)
+
+
+def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor]) -> KernelSource:
+    """forward_cache: one program per ``BS`` completed blocks; every input is a field read at the block id."""
+    e = _Emitter("cache")
+    by_id = {t.tensor_id: n for n, t in entries.items()}
+    loaded: set[str] = set()
+    for node in nodes:
+        if isinstance(node.op, cx.Fill):
+            arg = f"f_{node.writes}"
+            if arg not in loaded:
+                e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
+                loaded.add(arg)
+            t = entries[node.writes or ""]
+            const = Tile(e.tmp(), "BS", *t.inner)
+            e.body.append(f"{const.var} = tl.zeros([BS, {const.rp}, {const.cp}], tl.float32) + {node.op.alpha!r}")
+            e.store(const, t, arg, "blk")
+            e.tiles.pop(t.tensor_id, None)  # later reads see the stored value
+            continue
+        xs = []
+        for t in node.inputs:
+            tile = e.tiles.get(t.tensor_id)
+            if tile is None:
+                fname = by_id[t.tensor_id]
+                arg = f"f_{fname}"
+                if arg not in loaded:
+                    e.args.append(KernelArg(arg, f"entry:{fname}", t))
+                    loaded.add(arg)
+                tile = e.load(t, arg, "blk")
+            xs.append(tile)
+        tile = emit_op(e, node, xs)
+        assert node.output is not None
+        e.tiles[node.output.tensor_id] = tile
+        if node.writes is not None:
+            arg = f"f_{node.writes}"
+            if arg not in loaded:
+                e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
+                loaded.add(arg)
+            field_t = entries[node.writes]
+            e.store(tile, field_t, arg, "blk")
+            e.tiles.pop(field_t.tensor_id, None)  # a later read reloads the stored (rounded) value
+    return _finish(name, e, [])
+
+
+def _finish(name: str, e: _Emitter, tail: list[str]) -> KernelSource:
+    params = ", ".join(a.name for a in e.args)
+    head = [
+        "@triton.jit",
+        f"def {name}(indptr, indices, {params}, BS: tl.constexpr):" if e.mode != "cache"
+        else f"def {name}(block_ids, num_blocks, {params}, BS: tl.constexpr):",
+    ]
+    if e.mode == "ragged":
+        pre = [
+            "row = tl.program_id(0)",
+            "chunk = tl.program_id(1)",
+            "start = tl.load(indptr + row)",
+            "n = tl.load(indptr + row + 1) - start",
+            "p = chunk * BS + tl.arange(0, BS)",
+            "valid = p < n",
+            "rag = (start + p).to(tl.int64)",
+            "blk = tl.load(indices + rag, mask=valid, other=0).to(tl.int64)",
+            "VALID3 = valid[:, None, None]",
+            "RAG3 = rag[:, None, None]",
+            "BLK3 = blk[:, None, None]",
+        ]
+    elif e.mode == "batched":
+        pre = ["row = tl.program_id(0).to(tl.int64)"]
+    else:
+        pre = [
+            "p = tl.program_id(0) * BS + tl.arange(0, BS)",
+            "valid = p < num_blocks",
+            "blk = tl.load(block_ids + p, mask=valid, other=0).to(tl.int64)",
+            "VALID3 = valid[:, None, None]",
+            "BLK3 = blk[:, None, None]",
+        ]
+    lines = head + ["    " + x for x in pre + e.pre + e.body + tail]
+    return KernelSource(name=name, args=e.args, lines=lines, ragged=e.mode == "ragged")
+
+
+def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
+    """Row-wise kernels over a row's blocks: Reduce(dim=0), Softmax/Normalize(dim=0), Conv1d."""
+    (t,) = node.inputs
+    out = node.output
+    assert out is not None
+    e = _Emitter("segment")
+    r, c = t.inner
+    rc = r * c
+    e.args = [KernelArg("x", src, t), KernelArg("y", f"buffer:{out.tensor_id}", out)]
+    op = node.op
+    ir, ic = e.ar(1, p2(r)), e.ar(2, p2(c))
+    inner = " & ".join(e.inner_mask(r, c)) or "True"
+    paged = t.format == FORMAT.PAGED
+    addr = "tl.load(indices + start + p, mask=valid, other=0).to(tl.int64)" if paged else "(start + p).to(tl.int64)"
+    chunk_head = [
+        "p = c0 + tl.arange(0, BS)",
+        "valid = p < n",
+        f"src = {addr}",
+        f"m = valid[:, None, None] & ({inner})",
+        f"offs = src[:, None, None] * {rc} + {ir} * {c} + {ic}",
+    ]
+    out_offs = f"(start + p).to(tl.int64)[:, None, None] * {rc} + {ir} * {c} + {ic}"
+    body: list[str] = []
+
+    def loop(stmts: list[str], extra: list[str] | None = None) -> None:
+        body.append("for c0 in range(0, n, BS):")
+        body.extend("    " + s for s in chunk_head + (extra or []) + stmts)
+
+    shape = f"[BS, {p2(r)}, {p2(c)}]"
+    if isinstance(op, ix.reduce._Reduce):
+        how = op.how
+        ident = {"amax": NEG, "amin": "3.4028234663852886e38"}.get(how, "0.0")
+        body.append(f"acc = tl.zeros({shape}, tl.float32) + {ident}")
+        comb = {
+            "sum": "acc + x", "mean": "acc + x", "l2": "acc + x * x",
+            "amax": "tl.maximum(acc, x)", "amin": "tl.minimum(acc, x)",
+        }[how]  # fmt: skip
+        loop([f"x = tl.load(x_ptr + offs, mask=m, other={ident}).to(tl.float32)", f"acc = {comb}"])
+        fn = {"amax": "tl.max", "amin": "tl.min"}.get(how, "tl.sum")
+        body.append(f"res = {fn}(acc, axis=0, keep_dims=True)")
+        if how == "mean":
+            body.append("res = res / n.to(tl.float32)")
+        if how == "l2":
+            body.append("res = tl.sqrt(res)")
+        body.append(f"tl.store(y_ptr + row * {rc} + {ir} * {c} + {ic}, res, mask={inner})")
+    elif isinstance(op, ix.Softmax):
+        body += [f"mx = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32) + {NEG}", f"den = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32)"]
+        loop([
+            f"x = tl.where(m, tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {op.scale!r}, {NEG})",
+            "new = tl.maximum(mx, tl.max(x, axis=0, keep_dims=True))",
+            "den = den * tl.exp(mx - new) + tl.sum(tl.where(m, tl.exp(x - new), 0.0), axis=0, keep_dims=True)",
+            "mx = new",
+        ])
+        loop([
+            f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {op.scale!r}",
+            f"tl.store(y_ptr + {out_offs}, tl.exp(x - mx) / den, mask=m)",
+        ])
+    elif isinstance(op, ix.Normalize):
+        body.append(f"tot = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32)")
+        loop(["x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)",
+              "tot = tot + tl.sum(x, axis=0, keep_dims=True)"])
+        loop(["x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)",
+              f"tl.store(y_ptr + {out_offs}, x / tot, mask=m)"])
+    elif isinstance(op, ix.Conv1d):
+        k = op.weight.shape[0]
+        half = (k - 1) // 2
+        wr, wc = op.weight.shape[1], op.weight.shape[2]
+        e.args.insert(2, KernelArg("w", "weight", None))
+        w_offs = f"{ir if wr > 1 else '0'} * {wc} + {ic if wc > 1 else '0'}"
+        w_mask = " & ".join(e.inner_mask(r, c) if (wr, wc) == (r, c) else []) or "True"
+        stmts = [f"acc = tl.zeros({shape}, tl.float32)"]
+        for j in range(k):
+            stmts += [
+                f"q{j} = p + {j - half}",
+                f"ok{j} = (q{j} >= 0) & (q{j} < n)",
+                (f"s{j} = tl.load(indices + start + q{j}, mask=ok{j}, other=0).to(tl.int64)" if paged
+                 else f"s{j} = (start + q{j}).to(tl.int64)"),
+                f"x{j} = tl.load(x_ptr + s{j}[:, None, None] * {rc} + {ir} * {c} + {ic}, "
+                f"mask=ok{j}[:, None, None] & ({inner}), other=0.0).to(tl.float32)",
+                f"acc = acc + x{j} * tl.load(w_ptr + {j * wr * wc} + {w_offs}, mask={w_mask}, other=0.0)",
+            ]
+        stmts.append(f"tl.store(y_ptr + {out_offs}, acc, mask=m)")
+        loop(stmts)
+    else:
+        raise CompileError(f"{op.name} has no standalone Triton lowering")
+    params = ", ".join(f"{a.name}_ptr" for a in e.args)
+    lines = [
+        "@triton.jit",
+        f"def {name}(indptr, indices, {params}, BS: tl.constexpr):",
+        "    row = tl.program_id(0).to(tl.int64)",
+        "    start = tl.load(indptr + row).to(tl.int64)",
+        "    n = tl.load(indptr + row + 1) - tl.load(indptr + row)",
+    ]
+    lines += ["    " + x for x in e.pre + body]
+    return KernelSource(name=name, args=e.args, lines=lines, ragged=False)

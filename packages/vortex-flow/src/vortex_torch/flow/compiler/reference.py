@@ -1,0 +1,99 @@
+"""The reference executor: interprets the traced graph with each op's plain-PyTorch semantics.
+
+This is the oracle every compiled kernel and every backend is compared against. All arithmetic is fp32;
+aux fields are stored in their declared dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vortex_torch import indexer as ix
+from vortex_torch.abs.formats import FORMAT
+from vortex_torch.abs.layout import DenseBlocks
+from vortex_torch.abs.op import Schedule
+from vortex_torch.cache import Fill
+from vortex_torch.kernels.select.naive import select_blocks_naive
+
+from .base import FlowExecutor, SelectionSpec
+
+SEGMENTED = (ix.Softmax, ix.Normalize, ix.Conv1d, ix.Sum, ix.Mean, ix.Max, ix.Min, ix.L2Norm)
+
+
+def _as_ragged(x: torch.Tensor, fmt: FORMAT, dense: DenseBlocks) -> torch.Tensor:
+    if fmt == FORMAT.BATCHED:
+        return x[dense.row_of]
+    if fmt == FORMAT.PAGED:
+        return x[dense.indices.long()].float()
+    return x
+
+
+class ReferenceExecutor(FlowExecutor):
+    """Graph interpreter over ``op.reference`` / ``op.reference_segmented``."""
+
+    @property
+    def indexer_launches(self) -> int:
+        return len(self.traced.indexer.nodes)
+
+    def run_indexer(
+        self,
+        q: torch.Tensor,
+        fields: dict[str, torch.Tensor],
+        dense: DenseBlocks,
+        selection: SelectionSpec,
+        out: torch.Tensor,
+    ) -> None:
+        graph = self.traced.indexer
+        env: dict[int, tuple[torch.Tensor, FORMAT]] = {graph.entries["q"].tensor_id: (q.float(), FORMAT.BATCHED)}
+        for name, t in graph.entries.items():
+            if t.format == FORMAT.PAGED:
+                env[t.tensor_id] = (fields[name], FORMAT.PAGED)
+        saves: list[tuple[str, torch.Tensor]] = []
+        for node in graph.nodes:
+            op = node.op
+            args = [env[t.tensor_id] for t in node.inputs]
+            if isinstance(op, ix.topK):
+                (score, fmt) = args[0]
+                select_blocks_naive(
+                    _as_ragged(score, fmt, dense).reshape(-1),
+                    dense.indptr,
+                    dense.indices,
+                    selection.sel_indptr,
+                    selection.bos,
+                    selection.eos,
+                    tolerate_ratio=op.tolerate_ratio,
+                    out=out,
+                )
+                continue
+            if isinstance(op, ix.Save):
+                saves.append((node.writes or "", _as_ragged(*args[0], dense)))
+                continue
+            assert node.output is not None
+            fmt_out = node.output.format
+            if isinstance(op, ix.Load):
+                value = _as_ragged(args[0][0], FORMAT.PAGED, dense)
+            elif isinstance(op, SEGMENTED) and op.schedule == Schedule.S:
+                value = op.reference_segmented(_as_ragged(*args[0], dense), dense)  # type: ignore[attr-defined]
+            elif fmt_out == FORMAT.BATCHED:
+                value = op.reference(*(a for a, _ in args))
+            else:
+                value = op.reference(*(_as_ragged(a, f, dense) for a, f in args))
+            env[node.output.tensor_id] = (value, fmt_out)
+        for name, value in saves:  # Load reads the previous step's value, so state is written last
+            fields[name][dense.indices.long()] = value.to(fields[name].dtype)
+
+    def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
+        graph = self.traced.cache
+        ids = block_ids.long()
+        env = {t.tensor_id: fields[name][ids].float() for name, t in graph.entries.items()}
+        for node in graph.nodes:
+            if isinstance(node.op, Fill):
+                fields[node.writes or ""][ids] = node.op.alpha
+                env[graph.entries[node.writes or ""].tensor_id] = fields[node.writes or ""][ids].float()
+                continue
+            assert node.output is not None
+            value = node.op.reference(*(env[t.tensor_id] for t in node.inputs))
+            env[node.output.tensor_id] = value
+            if node.writes is not None:
+                fields[node.writes][ids] = value.to(fields[node.writes].dtype)
+                env[graph.entries[node.writes].tensor_id] = fields[node.writes][ids].float()

@@ -43,27 +43,32 @@ class ReferenceExecutor(FlowExecutor):
         selection: SelectionSpec,
         out: torch.Tensor,
     ) -> None:
+        score, saves = self.evaluate(q, fields, dense)
+        op = self.traced.terminal.op
+        assert isinstance(op, ix.topK)
+        select_blocks_naive(
+            score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos, selection.eos,
+            tolerate_ratio=op.tolerate_ratio, out=out,
+        )  # fmt: skip
+        for name, value in saves:  # Load reads the previous step's value, so state is written last
+            fields[name][dense.indices.long()] = value.to(fields[name].dtype)
+
+    def evaluate(
+        self, q: torch.Tensor, fields: dict[str, torch.Tensor], dense: DenseBlocks
+    ) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+        """The score ``[nnz]`` fp32 and the pending ``Save`` writes, without selecting or storing anything."""
         graph = self.traced.indexer
         env: dict[int, tuple[torch.Tensor, FORMAT]] = {graph.entries["q"].tensor_id: (q.float(), FORMAT.BATCHED)}
         for name, t in graph.entries.items():
             if t.format == FORMAT.PAGED:
                 env[t.tensor_id] = (fields[name], FORMAT.PAGED)
         saves: list[tuple[str, torch.Tensor]] = []
+        score: torch.Tensor | None = None
         for node in graph.nodes:
             op = node.op
             args = [env[t.tensor_id] for t in node.inputs]
             if isinstance(op, ix.topK):
-                (score, fmt) = args[0]
-                select_blocks_naive(
-                    _as_ragged(score, fmt, dense).reshape(-1),
-                    dense.indptr,
-                    dense.indices,
-                    selection.sel_indptr,
-                    selection.bos,
-                    selection.eos,
-                    tolerate_ratio=op.tolerate_ratio,
-                    out=out,
-                )
+                score = _as_ragged(*args[0], dense).reshape(-1)
                 continue
             if isinstance(op, ix.Save):
                 saves.append((node.writes or "", _as_ragged(*args[0], dense)))
@@ -79,8 +84,8 @@ class ReferenceExecutor(FlowExecutor):
             else:
                 value = op.reference(*(_as_ragged(a, f, dense) for a, f in args))
             env[node.output.tensor_id] = (value, fmt_out)
-        for name, value in saves:  # Load reads the previous step's value, so state is written last
-            fields[name][dense.indices.long()] = value.to(fields[name].dtype)
+        assert score is not None
+        return score, saves
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
         graph = self.traced.cache

@@ -1,0 +1,256 @@
+"""One layer of Qwen3-8B geometry: the sparse decode step (indexer + top-k + attention) against dense decode.
+
+Measures, in one process on one GPU:
+  * copy bandwidth (the HBM floor's denominator);
+  * the quick-start flow's indexer lowered two ways — Vortex's own Triton codegen and torch.compile (Inductor)
+    over the reference semantics — kernel launches per layer and time (the compiler decision, docs/design.md);
+  * the sparse step with Vortex's Triton attention and with FlashInfer's decode kernel over the selection;
+  * dense FlashInfer decode (when flashinfer imports) and dense attention with Vortex's kernel.
+Times are CUDA-graph replays (as in serving) and eager; ratios are against dense measured in the same run.
+
+usage: python tools/bench/indexer_bench.py --out results.json [--ctx 32768 --batch 32 1 --budget 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def bench_graph(fn: Callable[[], object], iters: int = 50) -> float:
+    """Mean microseconds of ``fn`` replayed as a CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        g.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / iters
+
+
+def bench_eager(fn: Callable[[], object], iters: int = 30) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / iters
+
+
+def count_kernels(fn: Callable[[], object]) -> int:
+    """CUDA kernels launched by one call (torch profiler)."""
+    fn()
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name and "Memset" not in e.name)
+
+
+def copy_bandwidth_gbs() -> float:
+    n = 1 << 30  # 1 GiB read + 1 GiB written
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    us = bench_eager(lambda: b.copy_(a), iters=20)
+    return 2 * n / (us * 1e-6) / 1e9
+
+
+def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namespace) -> dict[str, object]:
+    from vortex_torch.abs import Geometry, PoolLayout
+    from vortex_torch.abs.layout import DenseBlocks
+    from vortex_torch.flow import build_vflow
+    from vortex_torch.flow.compiler.base import SelectionSpec
+    from vortex_torch.flow.compiler.reference import ReferenceExecutor
+    from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+    from vortex_torch.flow.trace import trace_flow
+    from vortex_torch.kernels.select import default_budget, select_blocks, selection_indptr
+    from vortex_torch.kernels.sparse_decode import sparse_decode_attention
+
+    torch.manual_seed(0)
+    hq, hkv, d, bs = 32, 8, 128, 16
+    g = hq // hkv
+    dev = torch.device("cuda")
+    layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=hkv)
+    pages_per_req = ctx_len // bs
+    num_pages = batch * pages_per_req + 1
+    nb = layout.num_blocks(num_pages)
+    k = torch.randn(nb, bs, d, dtype=torch.bfloat16, device=dev)
+    v = torch.randn(nb, bs, d, dtype=torch.bfloat16, device=dev)
+    slots = [torch.arange(b * ctx_len, (b + 1) * ctx_len, device=dev) + bs for b in range(batch)]  # page 0 unused
+    dense = DenseBlocks.from_token_slots(layout, slots)
+    rows = dense.num_rows
+    max_n = pages_per_req
+    topk_val = budget_tokens // bs - 2
+    budget = default_budget(dense.lengths().int(), topk_val, 0.0, 1, 1)
+    sel = SelectionSpec(selection_indptr(budget), 1, 1)
+    total_sel = int(sel.sel_indptr[-1])
+    out_sel = torch.empty(total_sel, dtype=torch.int32, device=dev)
+    q = torch.randn(rows, g, d, dtype=torch.bfloat16, device=dev)
+    flow = build_vflow("custom_sparse_attention", os.path.join(REPO, "examples", "custom_sparse_attention.py"))
+    traced = trace_flow(flow, Geometry(block_size=bs, head_dim=d, group_size=g))
+    centroids = k.float().mean(1, keepdim=True).to(torch.bfloat16)
+    fields = {"k": k, "v": v, "centroids": centroids}
+    last = dense.last_block_len
+    res: dict[str, object] = {"ctx": ctx_len, "batch": batch, "budget_tokens": budget_tokens, "rows": rows}
+
+    tri = TritonExecutor(traced)
+    ref = ReferenceExecutor(traced)
+
+    def vortex_indexer() -> None:
+        tri.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
+
+    def inductor_scores(qq: torch.Tensor, cent: torch.Tensor, indices: torch.Tensor, row_of: torch.Tensor) -> torch.Tensor:
+        qm = qq.float().mean(1)  # the quick-start graph, reference semantics
+        return (cent[indices.long(), 0].float() * qm[row_of]).sum(-1)
+
+    compiled = torch.compile(inductor_scores, dynamic=False)
+
+    def inductor_indexer() -> None:
+        score = compiled(q, centroids, dense.indices, dense.row_of)
+        select_blocks(score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
+
+    def eager_indexer() -> None:
+        score, _ = ref.evaluate(q, fields, dense)
+        select_blocks(score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
+
+    # correctness on the GPU: compiled selection == reference selection
+    ref_sel = torch.empty_like(out_sel)
+    ref.run_indexer(q, fields, dense, sel, ref_sel)
+    vortex_indexer()
+    res["vortex_equals_reference"] = bool(torch.equal(ref_sel, out_sel))
+
+    def sparse_attn() -> torch.Tensor:
+        return sparse_decode_attention(q, k, v, sel.sel_indptr, out_sel, last, max_blocks_per_row=max_n)
+
+    def dense_attn() -> torch.Tensor:
+        return sparse_decode_attention(q, k, v, dense.indptr, dense.indices, last, max_blocks_per_row=max_n)
+
+    def sparse_step() -> torch.Tensor:
+        vortex_indexer()
+        return sparse_attn()
+
+    def measure(fn: Callable[[], object]) -> dict[str, object]:
+        entry: dict[str, object] = {"kernels": count_kernels(fn), "eager_us": round(bench_eager(fn), 1)}
+        try:
+            entry["graph_us"] = round(bench_graph(fn), 1)
+        except Exception as exc:  # report, don't hide: some paths may not be capturable
+            entry["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return entry
+
+    for name, fn in [
+        ("indexer_vortex", vortex_indexer),
+        ("indexer_inductor", inductor_indexer),
+        ("indexer_torch_eager", eager_indexer),
+        ("attn_sparse_vortex", sparse_attn),
+        ("attn_dense_vortex", dense_attn),
+        ("step_sparse_vortex", sparse_step),
+    ]:
+        res[name] = measure(fn)
+
+    try:
+        import flashinfer
+
+        ws = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+        # dense baseline in FlashInfer's own layout: [pages, page, H_kv, D]
+        kd = torch.randn(num_pages, bs, hkv, d, dtype=torch.bfloat16, device=dev)
+        vd = torch.randn_like(kd)
+        qd = torch.randn(batch, hq, d, dtype=torch.bfloat16, device=dev)
+        indptr = torch.arange(batch + 1, dtype=torch.int32, device=dev) * pages_per_req
+        indices = torch.arange(batch * pages_per_req, dtype=torch.int32, device=dev) + 1
+        lastp = torch.full((batch,), bs, dtype=torch.int32, device=dev)
+        wd = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
+        wd.plan(indptr, indices, lastp, hq, hkv, d, bs, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+        dense_fi = lambda: wd.run(qd, (kd, vd))
+        res["attn_dense_flashinfer"] = measure(dense_fi)
+        # sparse attention through FlashInfer: rows as sequences, one KV head, block = page (upstream's way)
+        ws2 = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+        ws_ = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws2, "NHD", use_tensor_cores=True)
+        ws_.plan(sel.sel_indptr, out_sel, last, g, 1, d, bs, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+        k4, v4 = k.view(nb, bs, 1, d), v.view(nb, bs, 1, d)
+        fi_sparse = lambda: ws_.run(q, (k4, v4))
+        res["attn_sparse_flashinfer"] = measure(fi_sparse)
+
+        def step_fi() -> object:
+            vortex_indexer()
+            return ws_.run(q, (k4, v4))
+
+        res["step_sparse_vortex_indexer_flashinfer_attn"] = measure(step_fi)
+        o_fi = ws_.run(q, (k4, v4)).float()
+        o_vx = sparse_attn().float()
+        res["flashinfer_vs_vortex_attn_max_abs"] = float((o_fi - o_vx).abs().max())
+    except ImportError as exc:
+        res["flashinfer"] = f"not importable: {exc}"
+
+    # bytes each step must read (the floor): centroids + selected K/V (+ q, scores are negligible)
+    sel_blocks = total_sel
+    res["bytes_sparse_step"] = int(dense.nnz * d * 2 + sel_blocks * bs * d * 2 * 2 + dense.nnz * 4 * 2)
+    res["bytes_dense"] = int(batch * ctx_len * hkv * d * 2 * 2)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ctx", type=int, default=32768)
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 1])
+    ap.add_argument("--budget", type=int, default=2048)
+    ap.add_argument("--out", default="indexer_bench.json")
+    args = ap.parse_args()
+    sys.path.insert(0, REPO)
+    t0 = time.time()
+    report: dict[str, object] = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": date.today().isoformat(),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    import triton
+
+    report["triton"] = triton.__version__
+    bw = copy_bandwidth_gbs()
+    report["copy_bandwidth_gbs"] = round(bw, 1)
+    cases = []
+    for b in args.batch:
+        case = run_case(args.ctx, b, args.budget, args)
+        for key in ("bytes_sparse_step", "bytes_dense"):
+            case[key.replace("bytes", "floor_us")] = round(case[key] / (bw * 1e9) * 1e6, 1)  # type: ignore[operator]
+        cases.append(case)
+        print(json.dumps(case), flush=True)
+        torch.cuda.empty_cache()
+    report["cases"] = cases
+    report["wall_s"] = round(time.time() - t0, 1)
+    with open(args.out, "w") as fh:
+        json.dump(report, fh, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Triton block selection (``topK`` / ``approxTopK``): one program per row, bitwise threshold search.
+
+It computes exactly what :mod:`.naive` defines (same keys, same search, same stopping rule, so the same
+output). Per row (program):
+
+1. load the row's middle scores ``[bos, n - eos)`` and map them to int32 order keys (``_order_key``);
+2. binary-search the threshold bin bit by bit, MSB first: one count pass ``#{key >= mid}`` per bit, at most
+   32 of them (16 for bf16, 19 for fp16 scores), stopping early as in the reference;
+3. stable compaction in position order: every position that is head/tail, above the bin, or one of the first
+   ``owed`` bin elements, is written at ``out_start + exclusive_cumsum(selected)``.
+
+The reference works on unsigned keys ``u = key + 2**31``; here the signed int32 ``key`` is kept, which has
+the same order (flipping the top bit is an order isomorphism between unsigned and signed). Setting bit ``j``
+of ``u`` is XOR-ing bit ``j`` of ``key`` (for ``j == 31`` it clears the sign bit), so ``mid = lo ^ (1 << j)``
+never overflows. The bin ``[lo, hi)`` of the reference is kept as ``[lo, top]`` with ``top = hi - 1`` so
+that ``hi = 2**32`` needs no 33rd bit.
+
+Tiling: when the longest row fits one power-of-two tile (``<= MAX_SINGLE_TILE``), the keys stay in
+registers for all count passes (``SINGLE_TILE``). Longer rows loop over ``BLOCK_N`` tiles in each pass (the
+re-reads hit L2) and carry running counts through the compaction.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+MAX_SINGLE_TILE = 8192  # 128k context at block 16: a whole row's keys in registers
+LOOP_TILE = 4096  # tile of the looped path for longer rows
+_MIN_TILE = 16
+# fp32 mantissa bits that a widened score of this dtype always has at 0 (23 - its own mantissa bits)
+_LOW_BIT = {torch.float32: 0, torch.float16: 13, torch.bfloat16: 16}
+
+_I32_MIN: tl.constexpr = tl.constexpr(-2147483648)
+_I32_MAX: tl.constexpr = tl.constexpr(2147483647)
+
+
+@triton.jit
+def _order_key(x):
+    """``x [BLOCK_N] fp32 -> [BLOCK_N] int32`` order-preserving key (see ``naive.order_key``).
+
+    Integer ops on the raw bits only, so a flush-to-zero float path can never merge denormals.
+    """
+    bits = x.to(tl.int32, bitcast=True)
+    bits = tl.where(bits == _I32_MIN, 0, bits)  # -0.0 -> +0.0: equal floats get equal keys
+    key = tl.where(bits < 0, bits ^ _I32_MAX, bits)  # negative: larger magnitude -> smaller key
+    is_nan = (bits & _I32_MAX) > 0x7F800000
+    return tl.where(is_nan, _I32_MIN, key)  # NaN below -inf
+
+
+@triton.jit
+def _tile_keys(score_ptr, row_start, pos, mid_lo, mid_hi):
+    """Keys of one tile: ``pos [BLOCK_N]`` positions in the row -> ``(keys [BLOCK_N] int32, in_mid [BLOCK_N])``.
+
+    Positions outside the middle ``[mid_lo, mid_hi)`` get ``INT32_MIN``, which no count pass counts
+    (every ``mid`` tested is ``> INT32_MIN``); they are excluded from the bin through ``in_mid``.
+    """
+    in_mid = (pos >= mid_lo) & (pos < mid_hi)
+    x = tl.load(score_ptr + row_start + pos, mask=in_mid, other=0.0).to(tl.float32)
+    return tl.where(in_mid, _order_key(x), _I32_MIN), in_mid
+
+
+@triton.jit
+def _count_ge_tiled(score_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N: tl.constexpr):
+    """``#{middle keys >= mid}`` of a row longer than one tile, re-reading its scores tile by tile."""
+    cnt = tl.zeros([], dtype=tl.int32)
+    start = tl.zeros([], dtype=tl.int32)
+    while start < n:  # not `for range(0, n, ...)`: the interpreter cannot index with a loaded scalar
+        keys, _ = _tile_keys(score_ptr, row_start, start + tl.arange(0, BLOCK_N), mid_lo, mid_hi)
+        cnt += tl.sum((keys >= mid).to(tl.int32), axis=0)
+        start += BLOCK_N
+    return cnt
+
+
+@triton.jit
+def _compact_tile(
+    keys, in_mid, pos, n, lo, top, owed, bin_before, out_before,
+    dense_indices_ptr, row_start, out_ptr, out_start, budget,
+):  # fmt: skip
+    """Write one tile's selected block ids; returns the updated running ``(bin_before, out_before)``.
+
+    ``keys/in_mid/pos [BLOCK_N]``. ``bin_before``/``out_before``: bin elements / selected positions of the
+    row's earlier tiles, so bin ranks and output slots continue across tiles in position order.
+    """
+    in_bin = in_mid & (keys >= lo) & (keys <= top)
+    bin_rank = bin_before + tl.cumsum(in_bin.to(tl.int32), axis=0)  # inclusive rank among bin elements
+    take = (keys > top) | (in_bin & (bin_rank <= owed))
+    # head/tail (and the whole row when copying, where in_mid is all false) are always kept
+    sel = (pos < n) & (~in_mid | take)
+    sel_i = sel.to(tl.int32)
+    slot = out_before + tl.cumsum(sel_i, axis=0) - sel_i  # exclusive: stable, ascending position
+    ids = tl.load(dense_indices_ptr + row_start + pos, mask=sel, other=0)
+    # `slot < budget` only matters for a budget that breaks the contract: never write into another row
+    tl.store(out_ptr + out_start + slot, ids, mask=sel & (slot < budget))
+    return bin_before + tl.sum(in_bin.to(tl.int32), axis=0), out_before + tl.sum(sel_i, axis=0)
+
+
+@triton.jit
+def _select_blocks_kernel(
+    score_ptr,  # [nnz] fp32/bf16/fp16
+    dense_indptr_ptr,  # [R+1] int32
+    dense_indices_ptr,  # [nnz] int32
+    sel_indptr_ptr,  # [R+1] int32
+    out_ptr,  # [S] int32
+    bos,
+    eos,
+    tol_bits: tl.int64,  # fp64 bit pattern of tolerate_ratio (read only when APPROX)
+    APPROX: tl.constexpr,
+    LOW_BIT: tl.constexpr,  # key bits below it are fixed by the score dtype (bf16: 16, fp16: 13, fp32: 0)
+    SINGLE_TILE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0)
+    row_start = tl.load(dense_indptr_ptr + row)
+    n = tl.load(dense_indptr_ptr + row + 1) - row_start
+    out_start = tl.load(sel_indptr_ptr + row)
+    budget = tl.load(sel_indptr_ptr + row + 1) - out_start
+    copy_all = budget >= n
+    k = tl.where(copy_all, 0, budget - bos - eos)  # middle slots to fill
+    mid_lo = bos
+    mid_hi = tl.where(copy_all, bos, n - eos)  # copying: empty middle, everything is "head/tail"
+    if APPROX:
+        # fp64 like the reference's Python float product; the bits travel as int64 because the
+        # interpreter would narrow a float argument to fp32
+        tol = tol_bits.to(tl.float64, bitcast=True)
+        tol_k = (tol * k.to(tl.float64)).to(tl.int32)  # floor: the product is >= 0
+    else:
+        tol_k = 0
+
+    offs = tl.arange(0, BLOCK_N)
+    if SINGLE_TILE:
+        keys, in_mid = _tile_keys(score_ptr, row_start, offs, mid_lo, mid_hi)  # [BLOCK_N], in registers
+
+    # -- threshold search: bin [lo, top] holds the k-th largest key; c = #{key > top}; n_ge = #{key >= lo}
+    lo = tl.full([], _I32_MIN, tl.int32)
+    top = tl.full([], _I32_MAX, tl.int32)
+    c = tl.zeros([], dtype=tl.int32)
+    n_ge = tl.maximum(mid_hi - mid_lo, 0)
+    bit = tl.full([], 31, tl.int32)
+    one = tl.full([], 1, tl.int32)
+    # Once bits 31..LOW_BIT are decided the bin holds a single score value (a bf16/fp16 score widened to
+    # fp32 has its low mantissa bits all 0, so its key's low bits are all 0 or all 1 by sign): the
+    # remaining passes of the reference change neither c nor n_ge, and skipping them keeps its output.
+    while (bit >= LOW_BIT) & (k - c > tol_k) & (n_ge != k):
+        mid = lo ^ (one << bit)  # set bit `bit` of the unsigned key (bit 31: clear the sign bit)
+        if SINGLE_TILE:
+            cnt = tl.sum((keys >= mid).to(tl.int32), axis=0)
+        else:
+            cnt = _count_ge_tiled(score_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N)
+        upper = cnt >= k  # the k-th largest is in the upper half
+        top = tl.where(upper, top, mid - 1)  # mid > INT32_MIN, no overflow
+        c = tl.where(upper, c, cnt)
+        lo = tl.where(upper, mid, lo)
+        n_ge = tl.where(upper, cnt, n_ge)
+        bit -= 1
+    owed = k - c
+
+    # -- stable compaction in position order
+    bin_before = tl.zeros([], dtype=tl.int32)
+    out_before = tl.zeros([], dtype=tl.int32)
+    if SINGLE_TILE:
+        _compact_tile(
+            keys, in_mid, offs, n, lo, top, owed, bin_before, out_before,
+            dense_indices_ptr, row_start, out_ptr, out_start, budget,
+        )  # fmt: skip
+    else:
+        start = tl.zeros([], dtype=tl.int32)
+        while start < n:
+            pos = start + offs
+            keys_t, in_mid_t = _tile_keys(score_ptr, row_start, pos, mid_lo, mid_hi)
+            bin_before, out_before = _compact_tile(
+                keys_t, in_mid_t, pos, n, lo, top, owed, bin_before, out_before,
+                dense_indices_ptr, row_start, out_ptr, out_start, budget,
+            )  # fmt: skip
+            start += BLOCK_N
+
+
+def _num_warps(block_n: int) -> int:
+    """Warps per row program: ~16 keys per thread for the big tiles (2048 -> 4, 8192 -> 16)."""
+    return max(1, min(16, block_n // 512))
+
+
+def select_blocks_triton(
+    score: Tensor,
+    dense_indptr: Tensor,
+    dense_indices: Tensor,
+    sel_indptr: Tensor,
+    bos: int,
+    eos: int,
+    *,
+    tolerate_ratio: float = 0.0,
+    out: Tensor | None = None,
+    max_blocks_per_row: int | None = None,
+    tile_size: int | None = None,
+) -> Tensor:
+    """Select each row's blocks (see :mod:`.naive` for the exact semantics and the approx guarantee).
+
+    ``score [nnz]`` or ``[nnz, 1, 1]`` fp32/bf16/fp16, ``dense_indptr [R+1] int32``, ``dense_indices [nnz]
+    int32``, ``sel_indptr [R+1] int32`` -> ``out [sel_indptr[-1]] int32``, each row's block ids in ascending
+    position order. All on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+
+    ``max_blocks_per_row`` (``>= max n_r``) picks the tile without reading ``dense_indptr`` on the host; with
+    it and ``out`` given the call never syncs and can be captured in a CUDA graph. ``tile_size`` (a power of
+    two) forces the looped multi-tile path, for tests. ``0 <= tolerate_ratio < 1``; 0 is exact ``topK``.
+    """
+    if not 0.0 <= tolerate_ratio < 1.0:
+        raise ValueError(f"tolerate_ratio must be in [0, 1), got {tolerate_ratio}")
+    if bos < 0 or eos < 0:
+        raise ValueError(f"bos={bos} and eos={eos} must be >= 0")
+    if score.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"score must be fp32/bf16/fp16, got {score.dtype}")
+    for name, t in (
+        ("dense_indptr", dense_indptr),
+        ("dense_indices", dense_indices),
+        ("sel_indptr", sel_indptr),
+    ):
+        if t.dtype != torch.int32 or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int32 tensor, got {t.dtype} {tuple(t.shape)}")
+    flat = score.reshape(-1)
+    if flat.numel() != dense_indices.numel():
+        raise ValueError(f"score has {flat.numel()} entries, dense_indices {dense_indices.numel()}")
+    flat = flat.contiguous()
+    n_rows = dense_indptr.numel() - 1
+    if sel_indptr.numel() != n_rows + 1:
+        raise ValueError("dense_indptr and sel_indptr must both be [R+1]")
+    if out is None:
+        out = torch.empty(int(sel_indptr[-1]), dtype=torch.int32, device=score.device)  # host sync
+    elif out.dtype != torch.int32 or not out.is_contiguous():
+        raise TypeError("out must be a contiguous int32 tensor")
+    if n_rows == 0:
+        return out
+    if max_blocks_per_row is None:
+        max_blocks_per_row = int((dense_indptr[1:] - dense_indptr[:-1]).max())  # host sync
+    if tile_size is not None:
+        block_n, single = tile_size, tile_size >= max_blocks_per_row
+    elif max_blocks_per_row <= MAX_SINGLE_TILE:
+        block_n, single = max(_MIN_TILE, triton.next_power_of_2(max_blocks_per_row)), True
+    else:
+        block_n, single = LOOP_TILE, False
+    if block_n & (block_n - 1):
+        raise ValueError(f"tile_size must be a power of two, got {block_n}")
+    # tolerate_ratio < 2**-31 gives tol_k = floor(ratio * k) = 0 for every int32 k: exactly the exact search
+    approx = tolerate_ratio >= 2.0**-31
+    tol_bits = struct.unpack("<q", struct.pack("<d", float(tolerate_ratio)))[0] if approx else 0
+    _select_blocks_kernel[(n_rows,)](
+        flat, dense_indptr, dense_indices, sel_indptr, out, bos, eos, tol_bits,
+        APPROX=approx, LOW_BIT=_LOW_BIT[score.dtype], SINGLE_TILE=single, BLOCK_N=block_n,
+        num_warps=_num_warps(block_n),
+    )  # fmt: skip
+    return out

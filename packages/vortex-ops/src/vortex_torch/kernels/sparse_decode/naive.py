@@ -1,0 +1,143 @@
+"""Plain-PyTorch reference of sparse paged decode attention: this file DEFINES the semantics.
+
+Every row ``r`` (one (request, kv-head) pair, see ``docs/design.md`` §1) attends with its ``G`` query heads
+to the tokens of the blocks ``indices[indptr[r]:indptr[r + 1]]`` of the KV pool. The last listed block is
+the row's final block: only its first ``last_block_len[r]`` tokens are valid, every other block is full.
+The Triton kernel in ``triton_kernel.py`` must match this function up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+import torch
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    last_block_len: torch.Tensor,
+    out: torch.Tensor | None,
+) -> None:
+    """Validate shapes and dtypes (metadata only: never reads device memory, so never synchronises)."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be [R, G, D], got shape {tuple(q.shape)}")
+    num_rows, group, head_dim = q.shape
+    if k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache/v_cache must both be [NB, BS, D], got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    if k_cache.shape[2] != head_dim:
+        raise ValueError(f"head dim mismatch: q has D={head_dim}, cache has D={k_cache.shape[2]}")
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"dtype mismatch: q {q.dtype}, k_cache {k_cache.dtype}, v_cache {v_cache.dtype}")
+    if indptr.dim() != 1 or indptr.shape[0] != num_rows + 1:
+        raise ValueError(f"indptr must be [R + 1] = [{num_rows + 1}], got {tuple(indptr.shape)}")
+    if last_block_len.dim() != 1 or last_block_len.shape[0] != num_rows:
+        raise ValueError(f"last_block_len must be [R] = [{num_rows}], got {tuple(last_block_len.shape)}")
+    if indices.dim() != 1:
+        raise ValueError(f"indices must be 1-D [nnz], got {tuple(indices.shape)}")
+    for name, t in (("indptr", indptr), ("indices", indices), ("last_block_len", last_block_len)):
+        if t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be int32 (or int64), got {t.dtype}")
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
+        raise ValueError(
+            f"out must be {tuple(q.shape)} {q.dtype} on {q.device}, "
+            f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+        )
+    del group
+
+
+@overload
+def sparse_decode_attention_naive(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    last_block_len: torch.Tensor,
+    sm_scale: float | None = ...,
+    *,
+    out: torch.Tensor | None = ...,
+    max_blocks_per_row: int | None = ...,
+    return_lse: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def sparse_decode_attention_naive(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    last_block_len: torch.Tensor,
+    sm_scale: float | None = ...,
+    *,
+    out: torch.Tensor | None = ...,
+    max_blocks_per_row: int | None = ...,
+    return_lse: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def sparse_decode_attention_naive(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    last_block_len: torch.Tensor,
+    sm_scale: float | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    max_blocks_per_row: int | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sparse paged decode attention, one row at a time, in fp32.
+
+    Args:
+        q: ``[R, G, D]`` queries (bf16/fp16/fp32): the ``G`` query heads that share row ``r``'s kv head.
+        k_cache: ``[NB, BS, D]`` key pool, same dtype as ``q``; one block = ``BS`` tokens of one kv head.
+        v_cache: ``[NB, BS, D]`` value pool.
+        indptr: ``[R + 1]`` int32 CSR offsets into ``indices``.
+        indices: ``[nnz]`` int32 block ids; row ``r`` reads ``indices[indptr[r]:indptr[r + 1]]``.
+        last_block_len: ``[R]`` int32 in ``[1, BS]``, valid tokens of the last listed block of each row.
+        sm_scale: softmax scale, default ``1 / sqrt(D)``.
+        out: optional ``[R, G, D]`` output buffer in ``q.dtype``.
+        max_blocks_per_row: accepted for signature parity with the Triton kernel; unused here.
+        return_lse: also return the log-sum-exp of the scaled scores.
+
+    Returns:
+        ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
+        Rows with no blocks get ``o = 0`` and ``lse = -inf``.
+    """
+    check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out)
+    del max_blocks_per_row
+    num_rows, group, head_dim = q.shape
+    block_size = k_cache.shape[1]
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+
+    o = torch.zeros(num_rows, group, head_dim, dtype=torch.float32, device=q.device)  # [R, G, D]
+    lse = torch.full((num_rows, group), float("-inf"), dtype=torch.float32, device=q.device)  # [R, G]
+    bounds = indptr.tolist()
+    last_lens = last_block_len.tolist()
+    for r in range(num_rows):
+        lo, hi = bounds[r], bounds[r + 1]
+        if hi == lo:
+            continue
+        blocks = indices[lo:hi].long()  # [n]
+        num_tokens = (hi - lo - 1) * block_size + last_lens[r]  # full blocks + the partial last one
+        k = k_cache[blocks].reshape(-1, head_dim)[:num_tokens].float()  # [T, D]
+        v = v_cache[blocks].reshape(-1, head_dim)[:num_tokens].float()  # [T, D]
+        scores = (q[r].float() @ k.T) * scale  # [G, T]
+        lse[r] = torch.logsumexp(scores, dim=-1)
+        o[r] = torch.softmax(scores, dim=-1) @ v  # [G, D]
+
+    if out is None:
+        out = torch.empty_like(q)
+    out.copy_(o)
+    return (out, lse) if return_lse else out

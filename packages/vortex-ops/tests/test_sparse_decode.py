@@ -1,0 +1,325 @@
+"""Sparse paged decode attention: Triton kernel vs the naive reference vs masked dense attention.
+
+Shapes are small and ragged on purpose (partial last blocks, single-block and empty rows, odd G, D = 80) so
+the Triton interpreter stays fast on CPU while every masking path of the kernel is exercised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from vortex_torch.kernels.sparse_decode import (
+    sparse_decode_attention,
+    sparse_decode_attention_naive,
+    triton_kernel,
+)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+NAN = float("nan")
+
+# (relative RMSE, max abs error) allowed against an fp32/fp64 reference. bf16: the output is rounded to
+# bf16 (2^-9 relative) and the kernel rounds the softmax weights to bf16 before p @ v (as flash attention).
+TOL: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (2e-3, 5e-3),
+    torch.bfloat16: (1.5e-2, 4e-2),
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """Compare in fp64 with the tolerance of ``dtype``; the message gives relative RMSE and max-abs error."""
+    a, e = actual.double().cpu(), expected.double().cpu()
+    assert not torch.isnan(a).any(), f"{what}: NaN in output (unwritten element?)"
+    finite = torch.isfinite(e)
+    assert torch.equal(torch.isfinite(a), finite) and torch.equal(a[~finite], e[~finite]), (
+        f"{what}: infinities differ"
+    )
+    a, e = a[finite], e[finite]
+    if e.numel() == 0:
+        return
+    err = a - e
+    rel_rmse = (err.square().mean().sqrt() / e.square().mean().sqrt().clamp_min(1e-12)).item()
+    max_abs = err.abs().max().item()
+    rmse_tol, abs_tol = TOL[dtype]
+    assert rel_rmse <= rmse_tol and max_abs <= abs_tol, (
+        f"{what}: rel RMSE {rel_rmse:.3e} (tol {rmse_tol:.0e}), max abs {max_abs:.3e} (tol {abs_tol:.0e})"
+    )
+
+
+@dataclass
+class Pool:
+    """A KV pool and, per row, its dense block list in position order (block ids scattered in the pool)."""
+
+    q: torch.Tensor  # [R, G, D]
+    k: torch.Tensor  # [NB, BS, D]
+    v: torch.Tensor  # [NB, BS, D]
+    rows: list[list[int]]  # rows[r] = pool block ids of row r, position order
+    last_len: torch.Tensor  # [R] int32
+
+    @property
+    def block_size(self) -> int:
+        return self.k.shape[1]
+
+
+def make_pool(
+    row_blocks: list[int], group: int, head_dim: int, block_size: int, dtype: torch.dtype, seed: int = 0
+) -> Pool:
+    """Random pool: ``row_blocks[r]`` blocks for row ``r``, some unused blocks, random partial last blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    num_blocks = sum(row_blocks) + 7  # unused blocks too: reading them would show up as an error
+    perm = torch.randperm(num_blocks, generator=gen).tolist()
+    rows, start = [], 0
+    for n in row_blocks:
+        rows.append(perm[start : start + n])
+        start += n
+    last_len = torch.randint(1, block_size + 1, (len(row_blocks),), generator=gen, dtype=torch.int32)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(dtype=dtype, device=DEVICE)
+
+    return Pool(
+        q=rand(len(row_blocks), group, head_dim) * 2.0,  # sharper softmax than unit scale
+        k=rand(num_blocks, block_size, head_dim),
+        v=rand(num_blocks, block_size, head_dim),
+        rows=rows,
+        last_len=last_len.to(DEVICE),
+    )
+
+
+def to_csr(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-id lists -> (indptr [R + 1] int32, indices [nnz] int32)."""
+    indptr = torch.tensor([0] + [len(x) for x in lists], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    indices = torch.tensor([b for x in lists for b in x], dtype=torch.int32)
+    return indptr.to(DEVICE), indices.to(DEVICE)
+
+
+def select(pool: Pool, keep: float, seed: int) -> list[list[int]]:
+    """Random selection: always a row's first and last block, each other one with probability ``keep``."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for blocks in pool.rows:
+        n = len(blocks)
+        chosen = [i for i in range(n) if i in (0, n - 1) or torch.rand(1, generator=gen).item() < keep]
+        out.append([blocks[i] for i in chosen])
+    return out
+
+
+def masked_dense(pool: Pool, selected: list[list[int]], sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain fp64 softmax attention over each row's full token sequence, masked to the selected blocks."""
+    num_rows, group, head_dim = pool.q.shape
+    bs = pool.block_size
+    o = torch.zeros(num_rows, group, head_dim, dtype=torch.float64)
+    lse = torch.full((num_rows, group), -math.inf, dtype=torch.float64)
+    for r, blocks in enumerate(pool.rows):
+        if not blocks:
+            continue
+        num_tokens = (len(blocks) - 1) * bs + int(pool.last_len[r])
+        ids = torch.tensor(blocks)
+        k = pool.k.cpu()[ids].reshape(-1, head_dim)[:num_tokens].double()  # [T, D]
+        v = pool.v.cpu()[ids].reshape(-1, head_dim)[:num_tokens].double()  # [T, D]
+        chosen = set(selected[r])
+        mask = torch.tensor([blocks[t // bs] in chosen for t in range(num_tokens)])  # [T] token kept?
+        scores = (pool.q[r].cpu().double() @ k.T * sm_scale).masked_fill(~mask, -math.inf)  # [G, T]
+        lse[r] = torch.logsumexp(scores, dim=-1)
+        o[r] = torch.softmax(scores, dim=-1) @ v
+    return o, lse
+
+
+def nan_like(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NaN-poisoned (out [R, G, D], lse [R, G]) buffers: any element the kernel forgets stays NaN."""
+    return torch.full_like(q, NAN), torch.full(q.shape[:2], NAN, dtype=torch.float32, device=q.device)
+
+
+# Ragged rows: single-block rows, a long row, mixed lengths; (G, D, BS, dtype) cover odd G, non-pow2 D.
+ROW_BLOCKS = [3, 1, 9, 1, 20, 6]
+CASES = [
+    (1, 16, 4, torch.float32),
+    (3, 80, 4, torch.float32),
+    (4, 64, 16, torch.float32),
+    (3, 16, 16, torch.float32),
+    (1, 64, 16, torch.bfloat16),
+    (3, 80, 16, torch.bfloat16),
+    (4, 16, 4, torch.bfloat16),
+    (4, 64, 4, torch.float16),
+]
+
+
+@pytest.mark.parametrize(("group", "head_dim", "block_size", "dtype"), CASES)
+def test_matches_naive(group: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
+    seed = group * 1000 + head_dim + block_size
+    pool = make_pool(ROW_BLOCKS, group, head_dim, block_size, dtype, seed=seed)
+    indptr, indices = to_csr(select(pool, keep=0.6, seed=1))
+    ref, ref_lse = sparse_decode_attention_naive(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, return_lse=True
+    )
+    tag = f"G={group} D={head_dim} BS={block_size} {dtype}"
+    o = sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len)
+    assert o.dtype == dtype and o.shape == pool.q.shape
+    assert_close(o, ref, dtype, f"o, default splits, {tag}")
+    # Forced split path: 3 splits per row, so 1-block rows also get empty splits to merge away.
+    out, lse = nan_like(pool.q)
+    triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, head_dim**-0.5, out, lse, 3)
+    assert_close(out, ref, dtype, f"o, 3 splits, {tag}")
+    assert_close(lse, ref_lse, torch.float32, f"lse, 3 splits, {tag}")
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 5, 16])
+def test_split_counts_and_empty_rows(num_splits: int) -> None:
+    """Any split count gives the same answer, also with more splits than blocks; empty rows give 0 / -inf."""
+    pool = make_pool([0, 5, 1, 0, 12], group=3, head_dim=16, block_size=4, dtype=torch.float32, seed=7)
+    indptr, indices = to_csr(pool.rows)
+    out, lse = nan_like(pool.q)
+    triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, num_splits)
+    ref, ref_lse = sparse_decode_attention_naive(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, return_lse=True
+    )
+    assert_close(out, ref, torch.float32, f"o, {num_splits} splits")
+    assert_close(lse, ref_lse, torch.float32, f"lse, {num_splits} splits")
+    for r in (0, 3):
+        assert torch.all(out[r] == 0) and torch.all(lse[r] == -math.inf), f"empty row {r}"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "num_splits"), [(torch.float32, 1), (torch.bfloat16, 1), (torch.bfloat16, 3)]
+)
+def test_sparse_equals_masked_dense(dtype: torch.dtype, num_splits: int) -> None:
+    """The key property: attention over the selected CSR list == dense attention masked to those blocks."""
+    pool = make_pool([7, 1, 2, 13, 5], group=4, head_dim=64, block_size=4, dtype=dtype, seed=3)
+    selected = select(pool, keep=0.4, seed=5)
+    sm_scale = 0.1
+    dense_o, dense_lse = masked_dense(pool, selected, sm_scale)
+    indptr, indices = to_csr(selected)
+    naive_o = sparse_decode_attention_naive(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, sm_scale)
+    assert_close(naive_o, dense_o, dtype, "naive vs masked dense")
+    out, lse = nan_like(pool.q)
+    q, k, v = pool.q, pool.k, pool.v
+    triton_kernel.launch(q, k, v, indptr, indices, pool.last_len, sm_scale, out, lse, num_splits)
+    assert_close(out, dense_o, dtype, f"o vs masked dense, {num_splits} splits")
+    lse_tol = torch.float32 if dtype == torch.float32 else torch.float16
+    assert_close(lse, dense_lse, lse_tol, "lse vs masked dense")
+
+
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_select_all_equals_dense(block_size: int) -> None:
+    """Selecting every block is plain (unmasked) dense attention."""
+    pool = make_pool([4, 1, 9], group=3, head_dim=80, block_size=block_size, dtype=torch.float32, seed=11)
+    dense_o, dense_lse = masked_dense(pool, pool.rows, 1.0 / math.sqrt(80))
+    indptr, indices = to_csr(pool.rows)
+    out = torch.full_like(pool.q, NAN)
+    o, lse = sparse_decode_attention(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, out=out, return_lse=True
+    )
+    assert o is out
+    assert_close(o, dense_o, torch.float32, "o vs dense")
+    assert_close(lse, dense_lse, torch.float32, "lse vs dense")
+
+
+def test_out_buffer_lse_and_strided_q() -> None:
+    """out= is written in place and returned; q may be a strided view; max_blocks_per_row is only a hint."""
+    pool = make_pool([2, 6, 1], group=4, head_dim=16, block_size=16, dtype=torch.bfloat16, seed=2)
+    q_strided = pool.q.transpose(0, 1).contiguous().transpose(0, 1)  # same values, [G, R, D] memory order
+    assert not q_strided.is_contiguous()
+    indptr, indices = to_csr(pool.rows)
+    ref, ref_lse = sparse_decode_attention_naive(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, return_lse=True
+    )
+    for hint in (None, 1, 6, 1000):  # a wrong hint changes the split count, never the result
+        out = torch.full_like(pool.q, NAN)
+        o, lse = sparse_decode_attention(
+            q_strided, pool.k, pool.v, indptr, indices, pool.last_len, out=out,
+            max_blocks_per_row=hint, return_lse=True,
+        )
+        assert o is out and lse.dtype == torch.float32 and lse.shape == (3, 4)
+        assert_close(o, ref, torch.bfloat16, f"o, hint={hint}")
+        assert_close(lse, ref_lse, torch.float16, f"lse, hint={hint}")
+
+
+def test_all_rows_empty() -> None:
+    """nnz == 0 (every row empty): o = 0, lse = -inf, on both the single-pass and the split path."""
+    pool = make_pool([0, 0], group=2, head_dim=16, block_size=4, dtype=torch.float32)
+    indptr, indices = to_csr(pool.rows)
+    assert indices.numel() == 0
+    o, lse = sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, return_lse=True)
+    assert torch.all(o == 0) and torch.all(lse == -math.inf)
+    out, lse = nan_like(pool.q)
+    triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, 2)
+    assert torch.all(out == 0) and torch.all(lse == -math.inf)
+
+
+def test_default_num_splits() -> None:
+    """The split heuristic depends on shapes only and keeps chunks >= 2 loop steps."""
+    cpu = torch.device("cpu")  # the heuristic pretends 2 SMs there, i.e. 8 programs fill the "GPU"
+    assert triton_kernel.blocks_per_iter(16, 128) == 4 and triton_kernel.blocks_per_iter(16, 256) == 2
+    assert triton_kernel.blocks_per_iter(128, 128) == 1
+    assert triton_kernel.default_num_splits(64, 1000, 16, 128, cpu) == 1
+    assert triton_kernel.default_num_splits(1, 1000, 16, 128, cpu) == 8
+    assert triton_kernel.default_num_splits(1, 8, 16, 128, cpu) == 1  # 8 blocks = 2 steps of 4 blocks
+    assert triton_kernel.default_num_splits(1, 9, 16, 128, cpu) == 2
+    assert triton_kernel.default_num_splits(4, 0, 16, 128, cpu) == 1
+
+
+def test_input_validation() -> None:
+    pool = make_pool([2], group=2, head_dim=16, block_size=4, dtype=torch.float32)
+    indptr, indices = to_csr(pool.rows)
+    with pytest.raises(ValueError, match="dtype"):
+        sparse_decode_attention(pool.q.half(), pool.k, pool.v, indptr, indices, pool.last_len)
+    with pytest.raises(ValueError, match="indptr"):
+        sparse_decode_attention(pool.q, pool.k, pool.v, indptr[:1], indices, pool.last_len)
+    with pytest.raises(ValueError, match="out"):
+        sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, out=pool.q[:, :1])
+
+
+def _realistic_case(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """R=256 rows, G=4, D=128, BS=16, 128 selected blocks per row (scattered in a 64k-block pool), bf16."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    num_rows, group, head_dim, block_size, per_row, num_blocks = 256, 4, 128, 16, 128, 65536
+    q = torch.randn(num_rows, group, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k = torch.randn(num_blocks, block_size, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    v = torch.randn(num_blocks, block_size, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    nnz = num_rows * per_row
+    indices = torch.randint(0, num_blocks, (nnz,), device="cuda", generator=gen, dtype=torch.int32)
+    indptr = torch.arange(0, num_rows + 1, device="cuda", dtype=torch.int32) * per_row
+    last = torch.randint(1, block_size + 1, (num_rows,), device="cuda", generator=gen, dtype=torch.int32)
+    return q, k, v, indptr, indices, last
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_realistic_shape() -> None:
+    q, k, v, indptr, indices, last = _realistic_case()
+    ref, ref_lse = sparse_decode_attention_naive(q, k, v, indptr, indices, last, return_lse=True)
+    o, lse = sparse_decode_attention(q, k, v, indptr, indices, last, max_blocks_per_row=128, return_lse=True)
+    assert_close(o, ref, torch.bfloat16, "o, realistic shape")
+    assert_close(lse, ref_lse, torch.float16, "lse, realistic shape")
+    for num_splits in (1, 7):
+        out, lse = nan_like(q)
+        triton_kernel.launch(q, k, v, indptr, indices, last, 128**-0.5, out, lse, num_splits)
+        assert_close(out, ref, torch.bfloat16, f"o, realistic shape, {num_splits} splits")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_no_host_sync_and_cuda_graph() -> None:
+    """With max_blocks_per_row given the launch never syncs and can be captured in a CUDA graph."""
+    q, k, v, indptr, indices, last = _realistic_case(seed=1)
+    out = torch.empty_like(q)
+    sparse_decode_attention(q, k, v, indptr, indices, last, out=out, max_blocks_per_row=128)  # compile
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sparse_decode_attention(q, k, v, indptr, indices, last, out=out, max_blocks_per_row=128)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_decode_attention(q, k, v, indptr, indices, last, out=out, max_blocks_per_row=128)
+    q.copy_(torch.randn_like(q))  # new inputs, replayed graph must see them
+    out.fill_(NAN)
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = sparse_decode_attention_naive(q, k, v, indptr, indices, last)
+    assert_close(out, ref, torch.bfloat16, "graph replay")

@@ -10,10 +10,10 @@ from typing import ClassVar
 import torch
 
 from .callsite import CallSite, at
-from .errors import FlowRuleError
+from .errors import FlowRuleError, FlowShapeError
 from .formats import FORMAT
 from .graph import Graph, OpNode
-from .op import vOp
+from .op import shape_rule, vOp
 from .vtensor import vTensor
 
 _trace_ids = itertools.count(1)
@@ -65,17 +65,43 @@ class ContextBase:
     def vortex_dtype(self) -> torch.dtype:
         return self.geometry.dtype
 
+    @property
+    def method(self) -> str:
+        """The flow method this context traces."""
+        return {"indexer": "forward_indexer", "cache": "forward_cache"}.get(self.side, self.side)
+
     def entry(self, name: str, inner: tuple[int, int], fmt: FORMAT, dtype: torch.dtype) -> vTensor:
         """Declare a named input of the method (``q``, ``o``, a cache field)."""
         t = self.graph.new_tensor(inner, fmt, dtype, name=name)
+        t.trace_id = self.trace_id
         self.graph.entries[name] = t
         return t
 
     def check_input(self, op: vOp, t: object, site: CallSite | None) -> vTensor:
+        """``t`` as an input of ``op``: a flow tensor of this very trace, and not the output slot ``o``."""
         if not isinstance(t, vTensor):
+            if isinstance(t, torch.Tensor):
+                fix = (
+                    "flows cannot bring their own torch tensors; build constants with ops (MaskSlice gives a "
+                    "positional constant) or keep learned values in a cache field"
+                )
+            else:
+                fix = "pass the tensors the method received (q, cache['name']) or outputs of earlier ops"
             raise FlowRuleError(
-                f"{op.name} got a {type(t).__name__} where a flow tensor was expected{at(site)}. Flow methods "
-                "may only pass the tensors they received (q, cache[...]) or op outputs to ops."
+                f"{op.name} got {type(t).__name__} {_short(t)} where a flow tensor was expected{at(site)}. Fix: {fix}."
+            )
+        if t.trace_id and t.trace_id != self.trace_id:
+            raise FlowRuleError(
+                f"{op.name} in {self.method} got {t.describe()} that was made by another method or trace"
+                f"{at(site)}{_made_at(t)}. Tensors cannot cross methods: forward_cache and forward_indexer only "
+                "share data through cache fields. Fix: write the value into a field declared in create_cache "
+                "and read cache['field'] in the other method."
+            )
+        if t.name == "o" and self.graph.entries.get("o") is t:
+            raise FlowRuleError(
+                f"{op.name} got `o`{at(site)}: o is the selection slot that only the terminal "
+                "topK()(score, o, ctx=ctx) / approxTopK(r)(score, o, ctx=ctx) fills. Fix: pass a score or another "
+                "flow tensor."
             )
         return t
 
@@ -88,11 +114,43 @@ class ContextBase:
         writes: str | None = None,
         produces: bool = True,
     ) -> vTensor | None:
-        """Append ``op(*inputs)`` to the graph and return its symbolic output."""
+        """Append ``op(*inputs)`` to the graph and return its symbolic output.
+
+        A shape error of the op's rule is re-raised naming the call site, the inputs and the rule.
+        """
         out: vTensor | None = None
         if produces:
-            fmt, inner = op.infer(inputs)
+            try:
+                fmt, inner = op.infer(inputs)
+            except FlowShapeError as exc:
+                raise FlowShapeError(shape_message(op, str(exc), inputs, site)) from None
             out = self.graph.new_tensor(inner, fmt, self.geometry.dtype)
             out.producer_site = site
+            out.trace_id = self.trace_id
         self.graph.nodes.append(OpNode(op=op, inputs=tuple(inputs), output=out, writes=writes, site=site))
         return out
+
+
+def _short(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _made_at(t: vTensor) -> str:
+    return f"; the tensor was made at {t.producer_site}" if t.producer_site is not None else ""
+
+
+def shape_message(op: vOp, message: str, inputs: Sequence[vTensor], site: CallSite | None) -> str:
+    """A shape error of ``op`` with its call site, its inputs and its shape rule (the fix is to meet the rule)."""
+    if site is not None and str(site) in message:
+        return message
+    args = ", ".join(t.describe() for t in inputs)
+    if getattr(op, "dim", None) == 0 and any(t.format == FORMAT.BATCHED for t in inputs):
+        fix = (
+            f"dim=0 works over the blocks of a row, so {op.name}(dim=0) needs a RAGGED input (one that depends on "
+            "the cache); a BATCHED tensor such as q has one row per (request, kv-head) already: use dim=1 or dim=2"
+        )
+    else:
+        rule = shape_rule(op)
+        fix = f"make the inputs meet the rule of {op.name}: {rule.rstrip('.')}" if rule else f"check the inputs of {op.name}"
+    return f"{message}{at(site)}. Inputs: {args}. Fix: {fix}."

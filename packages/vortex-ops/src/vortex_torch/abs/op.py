@@ -30,8 +30,11 @@ def broadcast_inner(op: str, *inners: tuple[int, int]) -> tuple[int, int]:
     for axis in range(2):
         sizes = {s[axis] for s in inners} - {1}
         if len(sizes) > 1:
-            shapes = ", ".join(f"[*, {a}, {b}]" for a, b in inners)
-            raise FlowShapeError(f"{op}: inputs {shapes} do not broadcast on axis {axis + 1}")
+            shapes = " and ".join(f"[*, {a}, {b}]" for a, b in inners)
+            raise FlowShapeError(
+                f"{op}: inputs {shapes} do not broadcast on axis {axis + 1} (sizes {sorted(sizes)}); each inner "
+                "axis must be equal or 1 in every input"
+            )
         out.append(sizes.pop() if sizes else 1)
     return (out[0], out[1])
 
@@ -44,7 +47,8 @@ class vOp:  # noqa: N801 - the name users know from the original project
     """
 
     side: ClassVar[str] = "indexer"
-    schedule: ClassVar[Schedule] = Schedule.W
+    #: a class default; ops whose placement depends on a parameter (``dim=0``) set it per instance
+    schedule: Schedule = Schedule.W
     #: number of tensor inputs in the call form
     arity: ClassVar[int] = 1
 
@@ -65,27 +69,39 @@ class vOp:  # noqa: N801 - the name users know from the original project
 
     # -- tracing ---------------------------------------------------------------------------------------------
     def _claim(self, ctx: ContextBase) -> CallSite | None:
-        """Enforce "one op instance, one call site" within one trace."""
+        """Enforce "one op instance, one call site" within one trace, and the op's side (indexer or cache)."""
         from .context import ContextBase
 
         site = user_callsite()
         if not isinstance(ctx, ContextBase):
-            raise FlowRuleError(f"{self.name}: pass the ctx your flow method received as ctx=ctx{at(site)}")
-        if ctx.side != self.side:
-            where = "forward_indexer" if self.side == "indexer" else "forward_cache"
-            pkg = "vortex_torch.indexer" if ctx.side == "indexer" else "vortex_torch.cache"
             raise FlowRuleError(
-                f"{self.name} from vortex_torch.{self.side} can only be used in {where}; "
-                f"use the {pkg} op of the same name here{at(site)}"
+                f"{self.name} got ctx={ctx!r}{at(site)}: pass the ctx your flow method received, as ctx=ctx"
             )
+        if ctx.side != self.side:
+            raise FlowRuleError(self._wrong_side_message(ctx.side, site))
         if self._traced is not None and self._traced[0] == ctx.trace_id:
             first = self._traced[1]
             raise FlowRuleError(
-                f"op instance {self.name} is called twice (first at {first}, again{at(site)}). An op instance "
-                "serves one call site: create a second instance in __init__ for the second call."
+                f"op instance {self!r} is called twice in one trace: first at {first}, again{at(site)}. An op "
+                f"instance serves one call site. Fix: create one instance per call in __init__ (e.g. "
+                f"self.{self.name.lower()}_a = {self!r} and self.{self.name.lower()}_b = {self!r})."
             )
         self._traced = (ctx.trace_id, site)
         return site
+
+    def _wrong_side_message(self, ctx_side: str, site: CallSite | None) -> str:
+        import importlib
+
+        method = {"indexer": "forward_indexer", "cache": "forward_cache"}
+        other = importlib.import_module(f"vortex_torch.{ctx_side}")
+        if hasattr(other, self.name):
+            fix = f"use vortex_torch.{ctx_side}.{self.name} there instead"
+        else:
+            fix = f"vortex_torch.{ctx_side} has no {self.name}; {method.get(ctx_side, ctx_side)} cannot do this"
+        return (
+            f"{self.name} from vortex_torch.{self.side} is an op of {method.get(self.side, self.side)} but is called "
+            f"in {method.get(ctx_side, ctx_side)}{at(site)}. Fix: {fix}."
+        )
 
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
         """Output (format, inner shape) for these inputs; raises :class:`FlowShapeError` when they do not fit."""
@@ -99,3 +115,12 @@ class vOp:  # noqa: N801 - the name users know from the original project
 
 def shape_error(op: vOp, message: str, site: CallSite | None) -> FlowShapeError:
     return FlowShapeError(f"{op.name}: {message}{at(site)}")
+
+
+def shape_rule(op: vOp) -> str:
+    """The op's shape rule for error messages: the first paragraph of the nearest docstring that states one
+    (contains ``->``), else of the op's own docstring."""
+    docs = [(c.__doc__ or "").strip() for c in type(op).__mro__ if c.__module__.startswith("vortex_torch.")]
+    docs = [" ".join(d.split("\n\n")[0].split()).replace("``", "") for d in docs if d]
+    with_arrow = [d for d in docs if "->" in d]
+    return with_arrow[0] if with_arrow else (docs[0] if docs else "")

@@ -1,3 +1,3 @@
 """Fused Triton kernels, each beside the plain-PyTorch reference (``naive.py``) that defines it."""
 
-from . import _interpreter_compat as _interpreter_compat  # noqa: F401 - patches the CPU interpreter when in use
+from . import _interpreter_compat as _interpreter_compat

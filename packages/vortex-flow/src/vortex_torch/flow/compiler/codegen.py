@@ -7,6 +7,7 @@ Padded lanes hold don't-care values; every reduction masks them with its identit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from vortex_torch import cache as cx
@@ -24,6 +25,12 @@ NEG = "-3.4028234663852886e38"  # fp32 lowest: identity of max that stays finite
 def p2(n: int) -> int:
     """Next power of two >= n (Triton tile sizes must be powers of two)."""
     return 1 << (n - 1).bit_length()
+
+
+def lit(v: float) -> str:
+    """A float parameter as Triton source (``float("inf")`` folds to a constant; ``repr`` would give ``inf``)."""
+    v = float(v)
+    return repr(v) if math.isfinite(v) else f'float("{v}")'
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,9 @@ class _Emitter:
         self.mode = mode  # "ragged" | "batched" | "cache"
         self.pre: list[str] = []
         self.body: list[str] = []
-        self.post: list[str] = []
         self.args: list[KernelArg] = []
         self.tiles: dict[int, Tile] = {}
+        self.loaded: set[str] = set()  # pointers this kernel has read
         self._aranges: set[str] = set()
         self._n = 0
 
@@ -111,9 +118,24 @@ class _Emitter:
         var = self.tmp()
         m = f", mask={' & '.join(mask)}, other=0.0" if mask else ""
         self.body.append(f"{var} = tl.load({ptr} + {offs}{m}).to(tl.float32)")
+        self.loaded.add(ptr)
         tile = Tile(var, s, r, c)
         self.tiles[t.tensor_id] = tile
         return tile
+
+    def barrier_before_overwrite(self, ptrs: set[str], into: list[str]) -> None:
+        """A store into memory this kernel loaded: the threads that store an element need not be the ones that
+        loaded it (the two tiles may have different layouts), so make every load of the program land first."""
+        if ptrs & self.loaded:
+            into.append("tl.debug_barrier()")
+            self.loaded -= ptrs
+
+    def rounded(self, tile: Tile, ptr: str) -> Tile:
+        """``tile`` as a later read of the field it was just stored into sees it: rounded to the field's dtype.
+        Computed in registers; re-loading what this program stored would race across threads on a GPU."""
+        var = self.tmp()
+        self.body.append(f"{var} = {tile.var}.to({ptr}.dtype.element_ty).to(tl.float32)")
+        return Tile(var, tile.s, tile.r, tile.c)
 
     def store(self, tile: Tile, t: vTensor, ptr: str, addressing: str, *, into: list[str] | None = None) -> None:
         r, c = t.inner
@@ -135,6 +157,10 @@ def _s(*tiles: Tile) -> str:
     return "BS" if any(t.s == "BS" for t in tiles) else "1"
 
 
+_RED_FN = {"sum": "tl.sum", "mean": "tl.sum", "l2": "tl.sum", "amax": "tl.max", "amin": "tl.min"}
+_RED_IDENT = {"amax": NEG, "amin": "3.4028234663852886e38"}  # others: 0.0
+
+
 def emit_op(e: _Emitter, node: OpNode, xs: list[Tile]) -> Tile:
     """Lines computing one W op from its input tiles; returns the output tile."""
     op = node.op
@@ -149,12 +175,12 @@ def emit_op(e: _Emitter, node: OpNode, xs: list[Tile]) -> Tile:
         return Tile(var, s, r, c)
 
     if isinstance(op, (ix.Relu, ix.Sigmoid, ix.Silu, ix.Add_Mul, ix.Abs, ix.Log, ix.Exp)):
-        x, a, b = xs[0].var, op.alpha, op.beta
-        lin = f"({b!r} * {x} + {a!r})"
+        v, a, b = xs[0].var, lit(op.alpha), lit(op.beta)
+        lin = f"({b} * {v} + {a})"
         forms = {
-            ix.Relu: f"tl.where({x} >= {a!r}, {x}, {b!r})",
+            ix.Relu: f"tl.where({v} >= {a}, {v}, {b})",
             ix.Sigmoid: f"1.0 / (1.0 + tl.exp({lin}))",
-            ix.Silu: f"{x} / (1.0 + tl.exp({lin}))",
+            ix.Silu: f"{v} / (1.0 + tl.exp({lin}))",
             ix.Add_Mul: lin,
             ix.Abs: f"tl.abs({lin})",
             ix.Log: f"tl.log({lin})",
@@ -163,30 +189,26 @@ def emit_op(e: _Emitter, node: OpNode, xs: list[Tile]) -> Tile:
         base = next(k for k in forms if isinstance(op, k))
         return put(forms[base])
     if isinstance(op, ix.elementwise._Where):
-        x, y = xs[0].var, xs[1].var
-        return put(f"tl.where({x} {op.predicate} {y}, 0.0, -1e30)")
+        return put(f"tl.where({xs[0].var} {op.predicate} {xs[1].var}, 0.0, {lit(ix.MASKED)})")
     if isinstance(op, ix.Multiply):
         return put(f"{xs[0].var} * {xs[1].var}")
     if isinstance(op, ix.Add):
-        return put(f"{op.alpha!r} * {xs[0].var} + {op.beta!r} * {xs[1].var}")
+        return put(f"{lit(op.alpha)} * {xs[0].var} + {lit(op.beta)} * {xs[1].var}")
     if isinstance(op, ix.Maximum):
         return put(f"tl.maximum({xs[0].var}, {xs[1].var})")
     if isinstance(op, ix.Minimum):
         return put(f"tl.minimum({xs[0].var}, {xs[1].var})")
     if isinstance(op, _Interleave):
-        return _interleave(e, op, xs[0], put)
+        return put(_interleave(e, op, xs[0]), xs[0].s)
     if isinstance(op, ix.reduce._Reduce):
         x = xs[0]
         axis, size = op.dim, (x.r if op.dim == 1 else x.c)
         pad = size != (x.rp if axis == 1 else x.cp)
-        m = f"{e.ar(axis, p2(size))} < {size}"
         how = op.how
         val = f"{x.var} * {x.var}" if how == "l2" else x.var
         if pad:
-            ident = NEG if how == "amax" else ("3.4028234663852886e38" if how == "amin" else "0.0")
-            val = f"tl.where({m}, {val}, {ident})"
-        fn = {"sum": "tl.sum", "mean": "tl.sum", "l2": "tl.sum", "amax": "tl.max", "amin": "tl.min"}[how]
-        red = f"{fn}({val}, axis={axis}, keep_dims=True)"
+            val = f"tl.where({e.ar(axis, p2(size))} < {size}, {val}, {_RED_IDENT.get(how, '0.0')})"
+        red = f"{_RED_FN[how]}({val}, axis={axis}, keep_dims=True)"
         if how == "mean":
             red = f"{red} / {size}.0"
         if how == "l2":
@@ -195,7 +217,7 @@ def emit_op(e: _Emitter, node: OpNode, xs: list[Tile]) -> Tile:
     if isinstance(op, ix.GeMM):
         x, y = xs
         k = x.c
-        prod = f"{y.var}[:, :, None, :] * {x.var}[:, None, :, :]"
+        prod = f"{y.var}[:, :, None, :] * {x.var}[:, None, :, :]"  # [S, Ny, Nx, K]
         if k != p2(k):
             prod = f"tl.where({e.ar(3, p2(k), rank=4)} < {k}, {prod}, 0.0)"
         return put(f"tl.sum({prod}, axis=3)")
@@ -204,39 +226,52 @@ def emit_op(e: _Emitter, node: OpNode, xs: list[Tile]) -> Tile:
     if isinstance(op, ix.Reshape):
         x = xs[0]
         if (x.r, x.c, r, c) != (x.rp, x.cp, p2(r), p2(c)):
-            raise CompileError(f"Reshape at {node.site}: the Triton backend needs power-of-two block shapes")
+            raise CompileError(
+                f"Reshape(-1, {r}, {c}) of a [*, {x.r}, {x.c}] block at {node.site}: the Triton backend reshapes "
+                "only blocks whose inner sizes (input and output) are all powers of two. Reshape to power-of-two "
+                "sizes, or reduce/slice the block first"
+            )
         return put(f"tl.reshape({x.var}, ({x.s}, {r}, {c}))", x.s)
     if isinstance(op, ix.Kron):
-        return _kron(op, xs, r, c, S, put)
+        return put(_kron(op, xs, r, c, S))
     if isinstance(op, ix.MaskSlice):
         x = xs[0]
         idx = e.ar(op.dim, x.rp if op.dim == 1 else x.cp)
         cond = f"({idx} >= {op.start}) & ({idx} < {op.end})"
-        return put(f"tl.where({cond}, {op.alpha!r}, {op.beta!r}) + tl.zeros_like({x.var})", x.s)
-    if isinstance(op, ix.Softmax) or isinstance(op, ix.Normalize):
+        return put(f"tl.where({cond}, {lit(op.alpha)}, {lit(op.beta)}) + tl.zeros_like({x.var})", x.s)
+    if isinstance(op, (ix.Softmax, ix.Normalize)):
         return _inner_normalise(e, op, xs[0], var, r, c)
     raise CompileError(f"{op.name} at {node.site} has no Triton lowering")
 
 
-def _interleave(e: _Emitter, op: _Interleave, x: Tile, put: object) -> Tile:
-    if (x.r, x.c) != (x.rp, x.cp):
-        raise CompileError(f"{op.name}: the Triton backend needs power-of-two block shapes")
-    k = op.k
-    if op.dim == 1:
-        shape4, axis = f"({x.s}, {x.r // k}, {k}, {x.c})", 2
+def _interleave(e: _Emitter, op: _Interleave, x: Tile) -> str:
+    """Fold groups of ``k`` consecutive entries along ``op.dim``: a reshape when that axis is a power of two
+    (then so are ``k`` and the folded size), else a masked reduction over a rank-4 membership tile."""
+    k, how, axis = op.k, op.how, op.dim
+    size = x.r if axis == 1 else x.c
+    if size == p2(size):
+        if axis == 1:
+            g, red = f"tl.reshape({x.var}, ({x.s}, {x.r // k}, {k}, {x.cp}))", 2
+        else:
+            g, red = f"tl.reshape({x.var}, ({x.s}, {x.rp}, {x.c // k}, {k}))", 3
+        val = f"{g} * {g}" if how == "l2" else g
     else:
-        shape4, axis = f"({x.s}, {x.r}, {x.c // k}, {k})", 3
-    g = f"tl.reshape({x.var}, {shape4})"
-    how = op.how
+        # out[j] = reduce over i with i // k == j; padded inputs (i >= size) only reach padded outputs
+        if axis == 1:
+            g, jj, ii, red = f"{x.var}[:, None, :, :]", e.ar(1, p2(size // k), 4), e.ar(2, x.rp, 4), 2
+        else:
+            g, jj, ii, red = f"{x.var}[:, :, None, :]", e.ar(2, p2(size // k), 4), e.ar(3, x.cp, 4), 3
+        val = f"{g} * {g}" if how == "l2" else g
+        val = f"tl.where({ii} // {k} == {jj}, {val}, {_RED_IDENT.get(how, '0.0')})"
+    expr = f"{_RED_FN[how]}({val}, axis={red})"
+    if how == "mean":
+        expr = f"{expr} / {k}.0"
     if how == "l2":
-        expr = f"tl.sqrt(tl.sum({g} * {g}, axis={axis}))"
-    else:
-        fn = {"mean": "tl.sum", "amax": "tl.max", "amin": "tl.min"}[how]
-        expr = f"{fn}({g}, axis={axis})" + (f" / {k}.0" if how == "mean" else "")
-    return put(expr, x.s)  # type: ignore[operator, no-any-return]
+        expr = f"tl.sqrt({expr})"
+    return expr
 
 
-def _kron(op: ix.Kron, xs: list[Tile], r: int, c: int, S: str, put: object) -> Tile:
+def _kron(op: ix.Kron, xs: list[Tile], r: int, c: int, S: str) -> str:
     x, y = xs
     if 1 in op.dims and 2 in op.dims:
         prod = f"{x.var}[:, :, None, :, None] * {y.var}[:, None, :, None, :]"
@@ -244,7 +279,7 @@ def _kron(op: ix.Kron, xs: list[Tile], r: int, c: int, S: str, put: object) -> T
         prod = f"{x.var}[:, :, None, :] * {y.var}[:, None, :, :]"
     else:
         prod = f"{x.var}[:, :, :, None] * {y.var}[:, :, None, :]"
-    return put(f"tl.reshape({prod}, ({S}, {p2(r)}, {p2(c)}))")  # type: ignore[operator, no-any-return]
+    return f"tl.reshape({prod}, ({S}, {p2(r)}, {p2(c)}))"
 
 
 def _inner_normalise(e: _Emitter, op: ix.Softmax | ix.Normalize, x: Tile, var: str, r: int, c: int) -> Tile:
@@ -254,7 +289,7 @@ def _inner_normalise(e: _Emitter, op: ix.Softmax | ix.Normalize, x: Tile, var: s
     m = f"{e.ar(axis, p2(size))} < {size}"
     if isinstance(op, ix.Softmax):
         z = f"{var}_z"
-        e.body.append(f"{z} = {op.scale!r} * {x.var}")
+        e.body.append(f"{z} = {lit(op.scale)} * {x.var}")
         if padded:
             e.body.append(f"{z} = tl.where({m}, {z}, {NEG})")
         e.body.append(f"{z} = tl.exp({z} - tl.max({z}, axis={axis}, keep_dims=True))")
@@ -271,6 +306,8 @@ def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored
     mode = "ragged" if group.ragged else "batched"
     e = _Emitter(mode)
     saves: list[str] = []
+    save_ptrs: set[str] = set()
+    entry_ptr: dict[str, str] = {}  # field name -> the pointer its loads go through
     for node in group.nodes:
         xs = []
         for t in node.inputs:
@@ -281,71 +318,74 @@ def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored
                 e.args.append(KernelArg(arg, src, t))
                 if t.format == FORMAT.PAGED:
                     addressing = "blk"
+                    entry_ptr[src.partition(":")[2]] = arg
                 elif t.format == FORMAT.BATCHED:
                     addressing = "row"
                 else:
                     addressing = "rag"
                 tile = e.load(t, arg, addressing)
             xs.append(tile)
-        if isinstance(node.op, ix.Load):
-            e.tiles[node.output.tensor_id] = xs[0]  # type: ignore[union-attr]
-            continue
         if isinstance(node.op, ix.Save):
             arg = f"save_{node.writes}"
             e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
             target = node.inputs[0]
             fake = vTensor(inner=target.inner, format=FORMAT.PAGED, dtype=target.dtype, tensor_id=-1)
             e.store(xs[0], fake, arg, "blk", into=saves)  # Load reads last step's value: store at the end
+            if node.writes in entry_ptr:
+                save_ptrs.add(entry_ptr[node.writes or ""])
             continue
-        tile = emit_op(e, node, xs)
         assert node.output is not None
+        # Load is the field's value per block: the tile already loaded at the block ids
+        tile = xs[0] if isinstance(node.op, ix.Load) else emit_op(e, node, xs)
         e.tiles[node.output.tensor_id] = tile
         if node.output.tensor_id in stored:
             arg = f"out{node.output.tensor_id}"
             e.args.append(KernelArg(arg, f"buffer:{node.output.tensor_id}", node.output))
             e.store(tile, node.output, arg, "row" if node.output.format == FORMAT.BATCHED else "rag")
-    return _finish(name, e, saves)
+    tail: list[str] = []
+    if saves:
+        e.barrier_before_overwrite(save_ptrs, tail)  # a Save may overwrite what a Load of this program read
+    return _finish(name, e, tail + saves)
 
 
 def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor]) -> KernelSource:
     """forward_cache: one program per ``BS`` completed blocks; every input is a field read at the block id."""
     e = _Emitter("cache")
     by_id = {t.tensor_id: n for n, t in entries.items()}
-    loaded: set[str] = set()
+    declared: set[str] = set()
+
+    def field_arg(fname: str, t: vTensor | None) -> str:
+        arg = f"f_{fname}"
+        if arg not in declared:
+            e.args.append(KernelArg(arg, f"entry:{fname}", t))
+            declared.add(arg)
+        return arg
+
+    def write(tile: Tile, fname: str) -> None:
+        arg = field_arg(fname, None)
+        e.barrier_before_overwrite({arg}, e.body)
+        field_t = entries[fname]
+        e.store(tile, field_t, arg, "blk")
+        e.tiles[field_t.tensor_id] = e.rounded(tile, arg)  # a later read of the field sees the stored value
+
     for node in nodes:
         if isinstance(node.op, cx.Fill):
-            arg = f"f_{node.writes}"
-            if arg not in loaded:
-                e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
-                loaded.add(arg)
             t = entries[node.writes or ""]
             const = Tile(e.tmp(), "BS", *t.inner)
-            e.body.append(f"{const.var} = tl.zeros([BS, {const.rp}, {const.cp}], tl.float32) + {node.op.alpha!r}")
-            e.store(const, t, arg, "blk")
-            e.tiles.pop(t.tensor_id, None)  # later reads see the stored value
+            e.body.append(f"{const.var} = tl.zeros([BS, {const.rp}, {const.cp}], tl.float32) + {lit(node.op.alpha)}")
+            write(const, node.writes or "")
             continue
         xs = []
         for t in node.inputs:
             tile = e.tiles.get(t.tensor_id)
             if tile is None:
-                fname = by_id[t.tensor_id]
-                arg = f"f_{fname}"
-                if arg not in loaded:
-                    e.args.append(KernelArg(arg, f"entry:{fname}", t))
-                    loaded.add(arg)
-                tile = e.load(t, arg, "blk")
+                tile = e.load(t, field_arg(by_id[t.tensor_id], t), "blk")
             xs.append(tile)
         tile = emit_op(e, node, xs)
         assert node.output is not None
         e.tiles[node.output.tensor_id] = tile
         if node.writes is not None:
-            arg = f"f_{node.writes}"
-            if arg not in loaded:
-                e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
-                loaded.add(arg)
-            field_t = entries[node.writes]
-            e.store(tile, field_t, arg, "blk")
-            e.tiles.pop(field_t.tensor_id, None)  # a later read reloads the stored (rounded) value
+            write(tile, node.writes)
     return _finish(name, e, [])
 
 
@@ -355,7 +395,7 @@ def _finish(name: str, e: _Emitter, tail: list[str]) -> KernelSource:
         "@triton.jit",
         f"def {name}(indptr, indices, {params}, BS: tl.constexpr):" if e.mode != "cache"
         else f"def {name}(block_ids, num_blocks, {params}, BS: tl.constexpr):",
-    ]
+    ]  # fmt: skip
     if e.mode == "ragged":
         pre = [
             "row = tl.program_id(0)",
@@ -395,14 +435,16 @@ def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
     e.args = [KernelArg("x", src, t), KernelArg("y", f"buffer:{out.tensor_id}", out)]
     op = node.op
     ir, ic = e.ar(1, p2(r)), e.ar(2, p2(c))
-    inner = " & ".join(e.inner_mask(r, c)) or "True"
+    inner_parts = e.inner_mask(r, c)
+    inner = " & ".join(inner_parts)
+    inner_kw = f", mask={inner}" if inner else ""
     paged = t.format == FORMAT.PAGED
     addr = "tl.load(indices + start + p, mask=valid, other=0).to(tl.int64)" if paged else "(start + p).to(tl.int64)"
     chunk_head = [
         "p = c0 + tl.arange(0, BS)",
         "valid = p < n",
         f"src = {addr}",
-        f"m = valid[:, None, None] & ({inner})",
+        "m = valid[:, None, None]" + (f" & ({inner})" if inner else ""),
         f"offs = src[:, None, None] * {rc} + {ir} * {c} + {ic}",
     ]
     out_offs = f"(start + p).to(tl.int64)[:, None, None] * {rc} + {ir} * {c} + {ic}"
@@ -415,45 +457,52 @@ def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
     shape = f"[BS, {p2(r)}, {p2(c)}]"
     if isinstance(op, ix.reduce._Reduce):
         how = op.how
-        ident = {"amax": NEG, "amin": "3.4028234663852886e38"}.get(how, "0.0")
+        ident = _RED_IDENT.get(how, "0.0")
         body.append(f"acc = tl.zeros({shape}, tl.float32) + {ident}")
         comb = {
             "sum": "acc + x", "mean": "acc + x", "l2": "acc + x * x",
             "amax": "tl.maximum(acc, x)", "amin": "tl.minimum(acc, x)",
         }[how]  # fmt: skip
         loop([f"x = tl.load(x_ptr + offs, mask=m, other={ident}).to(tl.float32)", f"acc = {comb}"])
-        fn = {"amax": "tl.max", "amin": "tl.min"}.get(how, "tl.sum")
-        body.append(f"res = {fn}(acc, axis=0, keep_dims=True)")
+        body.append(f"res = {_RED_FN[how]}(acc, axis=0, keep_dims=True)")
         if how == "mean":
             body.append("res = res / n.to(tl.float32)")
         if how == "l2":
             body.append("res = tl.sqrt(res)")
-        body.append(f"tl.store(y_ptr + row * {rc} + {ir} * {c} + {ic}, res, mask={inner})")
+        body.append(f"tl.store(y_ptr + row * {rc} + {ir} * {c} + {ic}, res{inner_kw})")
     elif isinstance(op, ix.Softmax):
-        body += [f"mx = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32) + {NEG}", f"den = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32)"]
+        body += [
+            f"mx = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32) + {NEG}",
+            f"den = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32)",
+        ]
         loop([
-            f"x = tl.where(m, tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {op.scale!r}, {NEG})",
+            f"x = tl.where(m, tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {lit(op.scale)}, {NEG})",
             "new = tl.maximum(mx, tl.max(x, axis=0, keep_dims=True))",
             "den = den * tl.exp(mx - new) + tl.sum(tl.where(m, tl.exp(x - new), 0.0), axis=0, keep_dims=True)",
             "mx = new",
-        ])
+        ])  # fmt: skip
         loop([
-            f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {op.scale!r}",
+            f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {lit(op.scale)}",
             f"tl.store(y_ptr + {out_offs}, tl.exp(x - mx) / den, mask=m)",
-        ])
+        ])  # fmt: skip
     elif isinstance(op, ix.Normalize):
         body.append(f"tot = tl.zeros([1, {p2(r)}, {p2(c)}], tl.float32)")
         loop(["x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)",
-              "tot = tot + tl.sum(x, axis=0, keep_dims=True)"])
+              "tot = tot + tl.sum(x, axis=0, keep_dims=True)"])  # fmt: skip
         loop(["x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)",
-              f"tl.store(y_ptr + {out_offs}, x / tot, mask=m)"])
+              f"tl.store(y_ptr + {out_offs}, x / tot, mask=m)"])  # fmt: skip
     elif isinstance(op, ix.Conv1d):
         k = op.weight.shape[0]
         half = (k - 1) // 2
-        wr, wc = op.weight.shape[1], op.weight.shape[2]
+        wr, wc = int(op.weight.shape[1]), int(op.weight.shape[2])
         e.args.insert(2, KernelArg("w", "weight", None))
+        # weight [K, wr, wc] with wr in (1, r), wc in (1, c): a size-1 axis broadcasts (offset 0); a full axis
+        # is indexed like the input and masked where the input is padded (else the load reads past the weight)
         w_offs = f"{ir if wr > 1 else '0'} * {wc} + {ic if wc > 1 else '0'}"
-        w_mask = " & ".join(e.inner_mask(r, c) if (wr, wc) == (r, c) else []) or "True"
+        w_mask = " & ".join(
+            ([f"({ir} < {r})"] if wr > 1 and r != p2(r) else []) + ([f"({ic} < {c})"] if wc > 1 and c != p2(c) else [])
+        )
+        w_kw = f", mask={w_mask}, other=0.0" if w_mask else ""
         stmts = [f"acc = tl.zeros({shape}, tl.float32)"]
         for j in range(k):
             stmts += [
@@ -462,9 +511,9 @@ def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
                 (f"s{j} = tl.load(indices + start + q{j}, mask=ok{j}, other=0).to(tl.int64)" if paged
                  else f"s{j} = (start + q{j}).to(tl.int64)"),
                 f"x{j} = tl.load(x_ptr + s{j}[:, None, None] * {rc} + {ir} * {c} + {ic}, "
-                f"mask=ok{j}[:, None, None] & ({inner}), other=0.0).to(tl.float32)",
-                f"acc = acc + x{j} * tl.load(w_ptr + {j * wr * wc} + {w_offs}, mask={w_mask}, other=0.0)",
-            ]
+                f"mask=ok{j}[:, None, None]" + (f" & ({inner})" if inner else "") + ", other=0.0).to(tl.float32)",
+                f"acc = acc + x{j} * tl.load(w_ptr + {j * wr * wc} + {w_offs}{w_kw})",
+            ]  # fmt: skip
         stmts.append(f"tl.store(y_ptr + {out_offs}, acc, mask=m)")
         loop(stmts)
     else:

@@ -83,7 +83,7 @@ def materialized(groups: list[KernelGroup]) -> set[int]:
         for n in g.nodes:
             if n.output is not None:
                 where[n.output.tensor_id] = i
-    out = set()
+    out: set[int] = set()
     for i, g in enumerate(groups):
         for n in g.nodes:
             out.update(t.tensor_id for t in n.inputs if t.tensor_id in where and where[t.tensor_id] != i)

@@ -34,15 +34,22 @@ class TritonExecutor(FlowExecutor):
         self, traced: TracedFlow, *, block_chunk: int = 64, cache_dir: str | None = None, cache_chunk: int = 0
     ) -> None:
         super().__init__(traced)
+        for what, v in (("block_chunk", block_chunk), ("cache_chunk", cache_chunk)):
+            if v < 0 or (v & (v - 1)) or (what == "block_chunk" and v == 0):
+                raise ValueError(f"{what} must be a power of two (Triton tile sizes are), got {v}")
         self.block_chunk = block_chunk
         nodes = live_nodes(traced.indexer)
         self.groups: list[KernelGroup] = group_nodes(nodes)
         self.stored = materialized(self.groups)
         self.terminal = self.groups[-1].nodes[0]
-        self.stored.add(self.terminal.inputs[0].tensor_id)  # the score feeds the selection kernel
-        self.kernels: list[KernelSource | None] = []
         entries = traced.indexer.entries
         entry_of = {t.tensor_id: f"entry:{n}" for n, t in entries.items()}
+        score = self.terminal.inputs[0]
+        #: the selection reads a cache field directly (``topK()(cache["f"], o)``): gathered at the dense blocks
+        self.score_field: str | None = entry_of[score.tensor_id][6:] if score.tensor_id in entry_of else None
+        if self.score_field is None:
+            self.stored.add(score.tensor_id)  # the score feeds the selection kernel
+        self.kernels: list[KernelSource | None] = []
         for i, g in enumerate(self.groups):
             name = f"k{i}_{g.kind}"
             if g.kind == "fused":
@@ -58,8 +65,10 @@ class TritonExecutor(FlowExecutor):
         cache_nodes = live_nodes(traced.cache)
         self.cache_kernel = cache_kernel("cache_update", cache_nodes, traced.cache.entries) if cache_nodes else None
         biggest = max((t.inner[0] * t.inner[1] for t in traced.cache.entries.values()), default=1)
-        self.cache_chunk = cache_chunk or max(1, min(16, 4096 // max(1, biggest)))
+        # blocks per cache-kernel program: a power of two with at most ~4096 elements per tile
+        self.cache_chunk = cache_chunk or 1 << (max(1, min(16, 4096 // max(1, biggest))).bit_length() - 1)
         self.source = self._render()
+        self.source_path = ""  # the generated module on disk (set by _import)
         self.module = self._import(cache_dir or default_cache_dir())
 
     # -- build -----------------------------------------------------------------------------------------------
@@ -79,6 +88,7 @@ class TritonExecutor(FlowExecutor):
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
         os.makedirs(cache_dir, exist_ok=True)
         path = os.path.join(cache_dir, f"vortex_flow_{digest}.py")
+        self.source_path = path
         if not os.path.exists(path):
             tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "w") as fh:
@@ -96,7 +106,7 @@ class TritonExecutor(FlowExecutor):
 
     @property
     def indexer_launches(self) -> int:
-        return len(self.groups)
+        return len(self.groups) + (self.score_field is not None)
 
     # -- run -------------------------------------------------------------------------------------------------
     def _resolve(self, source: str, q: torch.Tensor, fields: dict[str, torch.Tensor], bufs: dict[int, torch.Tensor]) -> Any:
@@ -131,8 +141,12 @@ class TritonExecutor(FlowExecutor):
                 (score_t,) = g.nodes[0].inputs
                 op = g.nodes[0].op
                 assert isinstance(op, ix.topK)
+                if self.score_field is not None:
+                    score = fields[self.score_field].reshape(-1)[dense.indices.long()]
+                else:
+                    score = bufs[score_t.tensor_id]
                 select_blocks(
-                    bufs[score_t.tensor_id], dense.indptr, dense.indices, selection.sel_indptr, selection.bos,
+                    score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos,
                     selection.eos, tolerate_ratio=op.tolerate_ratio, out=out, max_blocks_per_row=max_n,
                 )
                 continue

@@ -17,8 +17,7 @@ No launch reads device memory on the host when ``max_blocks_per_row`` is given (
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import torch
 import triton

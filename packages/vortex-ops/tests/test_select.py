@@ -83,6 +83,11 @@ def _brute_force(
 ) -> Tensor:
     """Independent exact top-k: Python sort by (is NaN, -score, position) on the middle of each row."""
     vals = score.float().reshape(-1).tolist()
+
+    def rank(i: int) -> tuple[bool, float, int]:  # sort key of flat index i: NaN last, then high score first
+        nan = math.isnan(vals[i])
+        return (nan, 0.0 if nan else -vals[i], i)
+
     ids = dense_indices.tolist()
     d, s = dense_indptr.tolist(), sel_indptr.tolist()
     out: list[int] = []
@@ -91,10 +96,9 @@ def _brute_force(
         if b == n:
             keep = set(range(n))
         else:
-            mids = range(bos, n - eos)
-            ranked = sorted(mids, key=lambda p: (math.isnan(vals[d[r] + p]), -vals[d[r] + p] if not
-                                                 math.isnan(vals[d[r] + p]) else 0.0, p))  # fmt: skip
-            keep = set(range(bos)) | set(range(n - eos, n)) | set(ranked[: b - bos - eos])
+            ranked = sorted(range(d[r] + bos, d[r] + n - eos), key=rank)  # flat indices of the middle
+            top = {i - d[r] for i in ranked[: b - bos - eos]}
+            keep = set(range(bos)) | set(range(n - eos, n)) | top
         out += [ids[d[r] + p] for p in sorted(keep)]
     return torch.tensor(out, dtype=torch.int32)
 

@@ -152,5 +152,9 @@ def shape_message(op: vOp, message: str, inputs: Sequence[vTensor], site: CallSi
         )
     else:
         rule = shape_rule(op)
-        fix = f"make the inputs meet the rule of {op.name}: {rule.rstrip('.')}" if rule else f"check the inputs of {op.name}"
+        fix = (
+            f"make the inputs meet the rule of {op.name}: {rule.rstrip('.')}"
+            if rule
+            else f"check the inputs of {op.name}"
+        )
     return f"{message}{at(site)}. Inputs: {args}. Fix: {fix}."

@@ -39,7 +39,7 @@ def broadcast_inner(op: str, *inners: tuple[int, int]) -> tuple[int, int]:
     return (out[0], out[1])
 
 
-class vOp:  # noqa: N801 - the name users know from the original project
+class vOp:
     """A flow op. Calling it inside a flow method records a graph node; it computes nothing then.
 
     Subclasses define the shape rule (:meth:`infer`) and the plain-PyTorch semantics (:meth:`reference`), which
@@ -97,7 +97,9 @@ class vOp:  # noqa: N801 - the name users know from the original project
         if hasattr(other, self.name):
             fix = f"use vortex_torch.{ctx_side}.{self.name} there instead"
         else:
-            fix = f"vortex_torch.{ctx_side} has no {self.name}; {method.get(ctx_side, ctx_side)} cannot do this"
+            fix = (
+                f"vortex_torch.{ctx_side} has no {self.name}; {method.get(ctx_side, ctx_side)} cannot do this"
+            )
         return (
             f"{self.name} from vortex_torch.{self.side} is an op of {method.get(self.side, self.side)} but is called "
             f"in {method.get(ctx_side, ctx_side)}{at(site)}. Fix: {fix}."

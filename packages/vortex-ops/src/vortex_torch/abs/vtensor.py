@@ -12,9 +12,7 @@ from .callsite import CallSite, at, called_from_user_code, user_callsite
 from .errors import FlowRuleError
 from .formats import FORMAT
 
-_CAST_HINT = (
-    "remove the cast: Vortex computes intermediates in fp32 and stores them in the flow's dtype (Geometry.dtype)"
-)
+_CAST_HINT = "remove the cast: Vortex computes intermediates in fp32 and stores them in the flow's dtype (Geometry.dtype)"
 _INDEX_HINT = (
     "flow tensors cannot be indexed or sliced; use MaskSlice(start, end, dim) and Multiply to keep a slice of "
     "features, Reshape/Transpose to rearrange, or a Reduce op (Mean/Max/...) to collapse an axis"
@@ -83,7 +81,19 @@ _SYMBOLS = {
     "pos": "unary +", "invert": "~", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
     "getitem": "[] (indexing)", "setitem": "[]= (item assignment)", "delitem": "del []", "contains": "in",
 }  # fmt: skip
-_REFLECTED = {"radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmatmul", "rpow", "rmod", "rand", "ror", "rxor"}
+_REFLECTED = {
+    "radd",
+    "rsub",
+    "rmul",
+    "rtruediv",
+    "rfloordiv",
+    "rmatmul",
+    "rpow",
+    "rmod",
+    "rand",
+    "ror",
+    "rxor",
+}
 
 
 def native_op_hint(what: str) -> str:

@@ -1,0 +1,217 @@
+"""``vortex``: check a flow file, list the installed flows.
+
+    vortex check FLOW.py [--name NAME] [--json]    load, validate, compile, and measure a flow on the CPU
+    vortex list [--json]                           every registered flow, its package and description
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from vortex_torch.abs.errors import VortexError
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r} (use e.g. 1/16 or 0.0625)") from exc
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"budget must be in (0, 1], got {text}")
+    return value
+
+
+def _names_in_file(path: str) -> list[str]:
+    from . import registry
+
+    real = os.path.realpath(path)
+    return [info.name for info in registry.list_flows() if os.path.realpath(info.source) == real]
+
+
+def _compile_check(traced: Any, seed: int) -> dict[str, Any]:
+    """Compile to Triton and compare with the reference on a small ragged batch (interpreted on the CPU)."""
+    from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+
+    from .compiler.base import SelectionSpec
+    from .compiler.reference import ReferenceExecutor
+    from .compiler.triton_executor import TritonExecutor
+    from vortex_torch.kernels.select import default_budget, selection_indptr
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    geo = traced.geometry
+    compiled = TritonExecutor(traced, block_chunk=16)
+    reference = ReferenceExecutor(traced)
+    gen = torch.Generator().manual_seed(seed)
+    heads, bs = 2, geo.block_size
+    layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=heads)
+    lengths = [5 * bs + 3, 2 * bs, bs - 1]  # partial last block, exact fit, one short block
+    num_pages = 1 + sum(-(-n // bs) for n in lengths)
+    nb = layout.num_blocks(num_pages)
+    fields = {"k": torch.randn(nb, bs, geo.head_dim, generator=gen), "v": torch.randn(nb, bs, geo.head_dim, generator=gen)}
+    fields = {k: v.to(geo.kv_dtype) for k, v in fields.items()}
+    for name, (r, c) in traced.fields.items():
+        fields[name] = torch.zeros(nb, r, c, dtype=geo.dtype)
+    fields = {k: v.to(device) for k, v in fields.items()}
+    mirror = {k: v.clone() for k, v in fields.items()}
+    all_blocks = torch.arange(bs, nb, device=device)  # page 0 is never handed out
+    compiled.run_cache(fields, all_blocks)
+    reference.run_cache(mirror, all_blocks)
+    slots, start = [], bs
+    for n in lengths:
+        slots.append(torch.arange(start, start + n, device=device))
+        start += -(-n // bs) * bs
+    dense = DenseBlocks.from_token_slots(layout, slots)
+    spec = SelectionSpec(selection_indptr(default_budget(dense.lengths().int(), 1, 0.0, 1, 1)), 1, 1)
+    q = torch.randn(dense.num_rows, geo.group_size, geo.head_dim, generator=gen).to(geo.kv_dtype).to(device)
+    out_c = torch.empty(spec.total, dtype=torch.int32, device=device)
+    out_r = torch.empty_like(out_c)
+    compiled.run_indexer(q, fields, dense, spec, out_c)
+    reference.run_indexer(q, mirror, dense, spec, out_r)
+    aux_ok = all(
+        torch.allclose(fields[n].float(), mirror[n].float(), rtol=2e-2, atol=2e-2) for n in traced.fields
+    )
+    return {
+        "kernels_per_layer": compiled.indexer_launches,
+        "cache_kernels": 1 if compiled.cache_kernel is not None else 0,
+        "compiled_matches_reference": bool(torch.equal(out_c, out_r)) and aux_ok,
+        "device": str(device),
+    }
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vortex_torch.abs.context import Geometry
+
+    from .loader import build_vflow, load_module_file
+    from .runtime.synthetic import measure_flow
+    from .trace import trace_flow
+
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"ok": False, "file": args.flow}
+    try:
+        load_module_file(args.flow)
+        names = _names_in_file(args.flow)
+        name = args.name
+        if name is None:
+            if len(names) != 1:
+                raise VortexError(
+                    f"{args.flow} registers {len(names)} flows ({', '.join(names) or 'none'}): pick one with --name"
+                )
+            name = names[0]
+        report["flow"] = name
+        flow = build_vflow(name, args.flow)
+        geometry = Geometry(block_size=args.block_size, head_dim=args.head_dim, group_size=args.group_size)
+        traced = trace_flow(flow, geometry)
+        report["compile"] = _compile_check(traced, args.seed)
+        report["kernels_per_layer"] = report["compile"]["kernels_per_layer"]
+        per_ctx = []
+        for n in tqdm(args.contexts, desc="needle contexts", unit="ctx", disable=args.json or not sys.stderr.isatty()):
+            per_ctx.append(
+                measure_flow(
+                    flow, seq_lens=[n], budget_fraction=args.budget, num_needles=args.needles,
+                    num_kv_heads=args.kv_heads, head_dim=args.head_dim, group_size=args.group_size,
+                    seed=args.seed,
+                )  # fmt: skip
+            )
+        hits = sum(m["needle_blocks_hit"] for m in per_ctx)
+        total = sum(m["needle_blocks_total"] for m in per_ctx)
+        report.update(
+            needle_recall=hits / total,
+            attn_rel_error=sum(m["attn_rel_error"] for m in per_ctx) / len(per_ctx),
+            pages_selected=sum(m["pages_selected"] for m in per_ctx),
+            pages_total=sum(m["pages_total"] for m in per_ctx),
+            budget_fraction=args.budget,
+            per_context=[
+                {k: m[k] for k in ("needle_recall", "attn_rel_error", "pages_selected", "pages_total")}
+                | {"context": n}
+                for n, m in zip(args.contexts, per_ctx, strict=True)
+            ],
+        )
+        report["ok"] = report["compile"]["compiled_matches_reference"]
+    except VortexError as exc:
+        report["error"] = str(exc)
+    report["time_s"] = round(time.perf_counter() - t0, 2)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_report(report)
+    return 0 if report["ok"] else 1
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    if "error" in r:
+        print(f"vortex check: {r['file']}: FAILED\n  {r['error']}")
+        return
+    c = r["compile"]
+    print(f"vortex check: {r['flow']} ({r['file']})")
+    match = "yes" if c["compiled_matches_reference"] else "NO"
+    print(f"  compile            ok; {c['kernels_per_layer']} indexer kernel(s) per layer (+ {c['cache_kernels']} cache-update kernel)")
+    print(f"  compiled == ref    {match} (Triton on {c['device']}, small ragged batch)")
+    print(f"  budget             {r['budget_fraction']:.4g} of each row's blocks")
+    print(f"  {'context':>8}  {'needle recall':>13}  {'attn rel err':>12}  {'pages sel/total':>16}")
+    for row in r["per_context"]:
+        sel = f"{row['pages_selected']}/{row['pages_total']}"
+        print(f"  {row['context']:>8}  {row['needle_recall']:>13.3f}  {row['attn_rel_error']:>12.4f}  {sel:>16}")
+    print(f"  {'all':>8}  {r['needle_recall']:>13.3f}  {r['attn_rel_error']:>12.4f}  {r['pages_selected']}/{r['pages_total']}")
+    print(f"  time               {r['time_s']} s")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import registry
+
+    flows = registry.list_flows()
+    broken = registry.broken_packages()
+    if args.json:
+        print(json.dumps({
+            "flows": [{"name": f.name, "package": f.package, "description": f.description} for f in flows],
+            "aliases": registry.aliases(),
+            "broken": broken,
+        }))  # fmt: skip
+        return 0
+    width = max((len(f.name) for f in flows), default=4)
+    pw = max((len(f.package) for f in flows), default=7)
+    for f in flows:
+        print(f"{f.name:<{width}}  {f.package:<{pw}}  {f.description}")
+    for name, err in broken.items():
+        print(f"warning: flow package {name} failed to load: {err}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vortex", description="Vortex: programmable sparse attention")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="load, validate, compile and measure a flow on planted-needle contexts")
+    c.add_argument("flow", help="path to the flow's .py file")
+    c.add_argument("--name", help="the @register name (needed when the file registers several flows)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--contexts", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="context lengths")
+    c.add_argument("--budget", type=_fraction, default=1 / 16, help="fraction of each row's blocks kept (1/16)")
+    c.add_argument("--needles", type=int, default=4, help="needles hidden per (context, kv-head)")
+    c.add_argument("--block-size", type=int, default=16)
+    c.add_argument("--head-dim", type=int, default=128)
+    c.add_argument("--group-size", type=int, default=4, help="query heads per KV head")
+    c.add_argument("--kv-heads", type=int, default=2)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_check)
+    ls = sub.add_parser("list", help="list registered flows")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

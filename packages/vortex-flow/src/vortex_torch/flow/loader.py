@@ -113,7 +113,9 @@ def resolve_flow_class(module_name: str, module_path: str | None = None) -> type
     return registry.get(module_name)
 
 
-def build_vflow(module_name: str, module_path: str | None = None, init_kwargs: dict[str, Any] | None = None) -> vFlow:
+def build_vflow(
+    module_name: str, module_path: str | None = None, init_kwargs: dict[str, Any] | None = None
+) -> vFlow:
     """Load and instantiate the flow ``module_name`` (from ``module_path`` if given)."""
     cls = resolve_flow_class(module_name, module_path)
     where = registry.class_site(cls)

@@ -323,7 +323,9 @@ def broken_packages() -> dict[str, str]:
     return dict(_BROKEN)
 
 
-def unknown_flow_message(name: Any, module_path: str | None = None, registered_there: list[str] | None = None) -> str:
+def unknown_flow_message(
+    name: Any, module_path: str | None = None, registered_there: list[str] | None = None
+) -> str:
     """The message for a missing flow: the known names, the closest one, what a loaded file registered."""
     known = sorted(_REGISTRY)
     where = f" in {module_path}" if module_path else ""
@@ -346,5 +348,7 @@ def unknown_flow_message(name: Any, module_path: str | None = None, registered_t
             "registers."
         )
     if _BROKEN:
-        parts.append(f"Flow packages that failed to load: {'; '.join(f'{k}: {v}' for k, v in _BROKEN.items())}.")
+        parts.append(
+            f"Flow packages that failed to load: {'; '.join(f'{k}: {v}' for k, v in _BROKEN.items())}."
+        )
     return " ".join(parts)

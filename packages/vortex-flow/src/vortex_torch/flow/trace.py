@@ -21,7 +21,7 @@ from vortex_torch import cache as cache_ops
 from vortex_torch import indexer as indexer_ops
 from vortex_torch.abs.callsite import CallSite, at, traceback_callsite, user_callsite
 from vortex_torch.abs.context import ContextBase, Geometry
-from vortex_torch.abs.errors import FlowRuleError, VortexError
+from vortex_torch.abs.errors import FlowRuleError, FlowShapeError, VortexError
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.graph import Graph, OpNode
 from vortex_torch.abs.vtensor import vTensor
@@ -145,11 +145,11 @@ class _TracedCache(Mapping[str, vTensor]):
         if key not in self._entries:
             site = user_callsite()
             close = difflib.get_close_matches(str(key), list(self._entries), n=1)
-            guess = f"did you mean cache[{close[0]!r}]? " if close else ""
+            guess = f"did you mean cache[{close[0]!r}]? Otherwise d" if close else "D"
             raise FlowRuleError(
                 f"{self._method} reads cache[{key!r}], which create_cache does not declare{at(site)}. Declared: "
-                f"{', '.join(sorted(self._entries))}. Fix: {guess}fields other than 'k' and 'v' must be "
-                f"declared in create_cache, e.g. return {{{str(key)!r}: (1, head_dim)}}."
+                f"{', '.join(sorted(self._entries))}. Fix: {guess}eclare the field in create_cache (every field "
+                f"but 'k' and 'v' must be), e.g. return {{{str(key)!r}: (1, head_dim)}}."
             )
         return self._entries[key]
 
@@ -223,13 +223,21 @@ def _entries(ctx: ContextBase, fields: CacheSpec, geometry: Geometry) -> dict[st
 
 def _attribute_hint(exc: BaseException, flow: vFlow) -> str:
     if isinstance(exc, AttributeError) and getattr(exc, "obj", None) is flow and getattr(exc, "name", None):
-        close = difflib.get_close_matches(str(exc.name), [n for n in dir(flow) if not n.startswith("__")], n=1)
+        close = difflib.get_close_matches(
+            str(exc.name), [n for n in dir(flow) if not n.startswith("__")], n=1
+        )
         if close:
             return f" Did you mean self.{close[0]}?"
         return f" Create self.{exc.name} in __init__ (after super().__init__())."
     if isinstance(exc, TypeError) and "ctx" in str(exc):
         return " Vortex ops take the context as a keyword: op(x, ctx=ctx)."
     return ""
+
+
+_SHAPE_FIX = (
+    "change the op's inputs, or the field's (rows, cols) in create_cache, so that the shapes agree (each op's "
+    "docstring states its shape rule; tensors are [rows, D0, D1] and the inner axes broadcast when equal or 1)."
+)
 
 
 def _run_user(flow: vFlow, method: str, *args: Any) -> Any:
@@ -242,10 +250,15 @@ def _run_user(flow: vFlow, method: str, *args: Any) -> Any:
         return getattr(flow, method)(*args)
     except VortexError as exc:
         site = traceback_callsite(exc.__traceback__, prefer=flow_file(flow))
-        if site is None or str(site) in str(exc):
+        msg = str(exc)
+        if site is not None and str(site) not in msg:
+            msg += at(site)
+        if isinstance(exc, FlowShapeError) and "Fix" not in msg:
+            msg += f". Fix: {_SHAPE_FIX}"
+        if msg == str(exc):
             raise
         try:
-            located = type(exc)(f"{exc}{at(site)}")
+            located = type(exc)(msg)
         except Exception:  # an error class with another constructor: keep it as is
             raise exc from None
         raise located.with_traceback(exc.__traceback__) from None
@@ -271,10 +284,14 @@ def trace_flow(flow: vFlow, geometry: Geometry) -> TracedFlow:
     ictx = indexer_ops.Context(geometry)
     q = ictx.entry("q", (geometry.group_size, geometry.head_dim), FORMAT.BATCHED, geometry.kv_dtype)
     o = ictx.entry("o", (1, 1), FORMAT.RAGGED, torch.int32)
-    _run_user(flow, "forward_indexer", q, o, _TracedCache(_entries(ictx, fields, geometry), "forward_indexer"), ictx)
+    _run_user(
+        flow, "forward_indexer", q, o, _TracedCache(_entries(ictx, fields, geometry), "forward_indexer"), ictx
+    )
 
     cctx = cache_ops.Context(geometry)
-    _run_user(flow, "forward_cache", _TracedCache(_entries(cctx, fields, geometry), "forward_cache"), _Loc(), cctx)
+    _run_user(
+        flow, "forward_cache", _TracedCache(_entries(cctx, fields, geometry), "forward_cache"), _Loc(), cctx
+    )
 
     traced = TracedFlow(flow=flow, geometry=geometry, fields=fields, indexer=ictx.graph, cache=cctx.graph)
     _check_terminal(traced)
@@ -320,7 +337,9 @@ def _check_fields(t: TracedFlow) -> None:
                 f"ctx=ctx)) or with indexer.Save, or remove it from create_cache."
             )
         if name not in read:
-            also = " (forward_cache reads it, but that does not count)" if name in t.cache.read_fields() else ""
+            also = (
+                " (forward_cache reads it, but that does not count)" if name in t.cache.read_fields() else ""
+            )
             raise FlowRuleError(
                 f"cache field {name!r} is declared in create_cache{where} but never read by forward_indexer{also}. "
                 f"Fix: use cache[{name!r}] in the score computed in forward_indexer, or remove the field from "
@@ -345,4 +364,3 @@ def check_ops_are_known(t: TracedFlow) -> None:
                     f"{n.op.name}{at(n.site)} is not a Vortex op (its class lives in {type(n.op).__module__}). "
                     "Fix: use the ops of vortex_torch.indexer / vortex_torch.cache; flows cannot define their own."
                 )
-

@@ -9,9 +9,14 @@ import torch
 
 @dataclass(frozen=True)
 class PoolLayout:
-    """Page-major, head-interleaved pool: block = ``block_size`` tokens of one KV head, contiguous.
+    """How a block id addresses SGLang's native per-layer K/V buffers ``[num_slots, H_kv, D]`` (design §2).
 
-    ``page_size`` is SGLang's allocation unit (tokens, all heads); ``block_size`` divides it.
+    ``page_size`` is SGLang's allocation unit (token slots, all heads); ``block_size`` (a power of two) divides
+    it. A block is ``block_size`` consecutive slots of one page and one KV head; K/V are never copied into a
+    block-contiguous layout, every reader computes the addresses of a block's tokens from its id. Aux fields are
+    ``[num_blocks, r, c]`` tensors indexed by block id directly.
+
+    ``block_page``/``block_head``/``block_sub`` are elementwise on integer tensors of any shape.
     """
 
     page_size: int
@@ -21,29 +26,71 @@ class PoolLayout:
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
-        if self.page_size % self.block_size:
-            raise ValueError(f"page_size ({self.page_size}) must be a multiple of block_size ({self.block_size})")
+        if self.page_size <= 0 or self.page_size % self.block_size:
+            raise ValueError(
+                f"page_size ({self.page_size}) must be a positive multiple of block_size ({self.block_size})"
+            )
+        if self.num_kv_heads <= 0:
+            raise ValueError(f"num_kv_heads must be positive, got {self.num_kv_heads}")
 
     @property
     def blocks_per_page(self) -> int:
+        """``bpp = page_size // block_size``: blocks of one head in one page."""
         return self.page_size // self.block_size
 
     def num_blocks(self, num_pages: int) -> int:
         return num_pages * self.num_kv_heads * self.blocks_per_page
 
-    def flat_row(self, slots: torch.Tensor, head: torch.Tensor | int) -> torch.Tensor:
-        """Row of the ``[num_pages * H_kv * page_size, D]`` K/V buffer holding token slot ``slots`` of ``head``."""
-        page, offset = slots // self.page_size, slots % self.page_size
-        return page * (self.page_size * self.num_kv_heads) + head * self.page_size + offset
-
+    # -- slot, head -> block ----------------------------------------------------------------------------------
     def block_id(self, slots: torch.Tensor, head: torch.Tensor | int) -> torch.Tensor:
-        """Block holding token slot ``slots`` of ``head`` (same shape as ``slots``)."""
+        """Block holding token slot ``slots`` of ``head`` (broadcast shape of ``slots`` and ``head``)."""
         page, offset = slots // self.page_size, slots % self.page_size
         return (page * self.num_kv_heads + head) * self.blocks_per_page + offset // self.block_size
 
     def completes_block(self, slots: torch.Tensor) -> torch.Tensor:
         """True where writing ``slots`` fills the last token of its block (slots are filled in order)."""
         return (slots + 1) % self.block_size == 0
+
+    # -- block -> page, head, slots, offsets ------------------------------------------------------------------
+    def block_page(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """Page of each block: ``b // (H_kv * bpp)``."""
+        return block_ids // (self.num_kv_heads * self.blocks_per_page)
+
+    def block_head(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """KV head of each block: ``(b // bpp) % H_kv``."""
+        return (block_ids // self.blocks_per_page) % self.num_kv_heads
+
+    def block_sub(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """Index of each block inside its page (for its head): ``b % bpp``."""
+        return block_ids % self.blocks_per_page
+
+    def block_token_slots(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """``block_ids [N]`` -> ``[N, block_size] int64``: the token slots each block covers, in order."""
+        ids = block_ids.long()
+        first = self.block_page(ids) * self.page_size + self.block_sub(ids) * self.block_size  # [N]
+        return first[:, None] + torch.arange(self.block_size, dtype=torch.int64, device=ids.device)[None, :]
+
+    def kv_offsets(self, block_ids: torch.Tensor, head_dim: int) -> torch.Tensor:
+        """``block_ids [N]`` -> ``[N, block_size] int64``: element offset of ``d = 0`` of every token of each
+        block in a contiguous ``[num_slots, H_kv, D]`` buffer (element ``d`` is at offset ``+ d``)::
+
+            page * (page_size * H_kv * D) + head * D + (sub * block_size + t) * (H_kv * D)
+        """
+        ids = block_ids.long()
+        row = self.num_kv_heads * head_dim  # elements per token slot
+        return self.block_token_slots(ids) * row + (self.block_head(ids) * head_dim)[:, None]
+
+    def gather_blocks(self, buffer: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+        """``buffer [num_slots, H_kv, D]``, ``block_ids [N]`` -> ``[N, block_size, D]`` (a copy, same dtype).
+
+        The plain-PyTorch reference of how kernels read a block's K or V; any strides are accepted.
+        """
+        if buffer.dim() != 3 or buffer.shape[1] != self.num_kv_heads:
+            raise ValueError(
+                f"expected a K/V buffer [num_slots, H_kv={self.num_kv_heads}, D], got {tuple(buffer.shape)}"
+            )
+        ids = block_ids.to(device=buffer.device, dtype=torch.int64).reshape(-1)
+        return buffer[self.block_token_slots(ids), self.block_head(ids)[:, None]]
 
 
 @dataclass

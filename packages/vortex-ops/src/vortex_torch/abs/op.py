@@ -119,10 +119,20 @@ def shape_error(op: vOp, message: str, site: CallSite | None) -> FlowShapeError:
     return FlowShapeError(f"{op.name}: {message}{at(site)}")
 
 
+_BASES = frozenset({"vOp", "IndexerOp", "CacheOp"})
+
+
 def shape_rule(op: vOp) -> str:
-    """The op's shape rule for error messages: the first paragraph of the nearest docstring that states one
-    (contains ``->``), else of the op's own docstring."""
-    docs = [(c.__doc__ or "").strip() for c in type(op).__mro__ if c.__module__.startswith("vortex_torch.")]
-    docs = [" ".join(d.split("\n\n")[0].split()).replace("``", "") for d in docs if d]
+    """The op's shape rule for error messages, from the docstrings of its class and of the ancestors up to the
+    one that defines ``infer``: the first paragraph that states a mapping (contains ``->``), else the first."""
+    docs: list[str] = []
+    for cls in type(op).__mro__:
+        if cls.__name__ in _BASES or not cls.__module__.startswith("vortex_torch."):
+            continue
+        doc = (cls.__doc__ or "").strip()
+        if doc:
+            docs.append(" ".join(doc.split("\n\n")[0].split()).replace("``", ""))
+        if "infer" in vars(cls):
+            break
     with_arrow = [d for d in docs if "->" in d]
     return with_arrow[0] if with_arrow else (docs[0] if docs else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,7 +99,7 @@ _REFLECTED = {
 
 def native_op_hint(what: str) -> str:
     """The Vortex replacement for a native torch operation (``"mean"``, ``"__mul__"``, ``".float"``)."""
-    key = what.lstrip(".").strip("_")
+    key = what.lstrip(".").strip("_").removesuffix("()")
     if key in _REFLECTED:
         key = key[1:]
     return _NATIVE_HINTS.get(key, "")
@@ -121,7 +122,7 @@ def _native_op_error(what: str, t: vTensor | None = None) -> FlowRuleError:
     hint = native_op_hint(what)
     if not hint:
         fix = "express the computation with the ops of vortex_torch.indexer / vortex_torch.cache"
-    elif hint[0].isupper():
+    elif re.match(r"[A-Z]\w*\(", hint):  # starts with an op: Mean(dim=...)
         fix = f"use {hint} (ops of vortex_torch.indexer in forward_indexer, of vortex_torch.cache in forward_cache)"
     else:
         fix = hint
@@ -129,6 +130,11 @@ def _native_op_error(what: str, t: vTensor | None = None) -> FlowRuleError:
         f"native torch operation {_display(what)!r}{target}{at(site)}. Flow methods are traced, not run: every tensor "
         f"must go through Vortex ops. Fix: {fix}."
     )
+
+
+class NativeAttributeError(FlowRuleError, AttributeError):
+    """A native tensor attribute (``q.mean``, ``q.float``) used in flow code. Also an ``AttributeError``, so
+    ``hasattr(q, "mean")`` and ``getattr(q, "mean", None)`` keep their usual meaning."""
 
 
 @dataclass(eq=False)
@@ -164,17 +170,17 @@ class vTensor:
             return f"{self.name!r} ({self.format.name} {shape})"
         return f"a {self.format.name} {shape} tensor"
 
-    # Identity semantics for Vortex's own code (graphs keep vTensors in lists and dicts); a comparison in flow
-    # code would be a native torch op that silently yields a Python bool, so it is an error there.
+    # Two flow tensors compare by identity (graphs keep them in lists and dicts). Comparing one with anything
+    # else (``q == 0``) in flow code would be a native torch op that silently yields a Python bool: an error.
     __hash__ = object.__hash__
 
     def __eq__(self, other: object) -> bool:
-        if called_from_user_code():
+        if not isinstance(other, vTensor) and called_from_user_code():
             raise _native_op_error("__eq__", self)
         return self is other
 
     def __ne__(self, other: object) -> bool:
-        if called_from_user_code():
+        if not isinstance(other, vTensor) and called_from_user_code():
             raise _native_op_error("__ne__", self)
         return self is not other
 
@@ -197,7 +203,8 @@ class vTensor:
         # libraries probing with hasattr() get a plain AttributeError.
         if name.startswith("__") or not called_from_user_code():
             raise AttributeError(name)
-        raise _native_op_error(f".{name}", self)
+        err = _native_op_error(f".{name}", self)
+        raise NativeAttributeError(str(err), name=name, obj=self)
 
     def __bool__(self) -> bool:
         raise _native_op_error("bool()", self)

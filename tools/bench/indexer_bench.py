@@ -4,7 +4,8 @@ Measures, in one process on one GPU:
   * copy bandwidth (the HBM floor's denominator);
   * the quick-start flow's indexer lowered two ways — Vortex's own Triton codegen and torch.compile (Inductor)
     over the reference semantics — kernel launches per layer and time (the compiler decision, docs/design.md);
-  * the sparse step with Vortex's Triton attention and with FlashInfer's decode kernel over the selection;
+  * the sparse step with Vortex's Triton attention, which reads K/V in place from SGLang's native
+    [num_slots, H_kv, D] buffers (docs/design.md §2);
   * dense FlashInfer decode (when flashinfer imports) and dense attention with Vortex's kernel.
 Times are CUDA-graph replays (as in serving) and eager; ratios are against dense measured in the same run.
 
@@ -98,16 +99,19 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     hq, hkv, d, bs = 32, 8, 128, 16
     g = hq // hkv
     dev = torch.device("cuda")
-    layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=hkv)
-    pages_per_req = ctx_len // bs
+    page_size = bs
+    layout = PoolLayout(page_size=page_size, block_size=bs, num_kv_heads=hkv)
+    pages_per_req = ctx_len // page_size
     num_pages = batch * pages_per_req + 1
-    nb = layout.num_blocks(num_pages)
-    k = torch.randn(nb, bs, d, dtype=torch.bfloat16, device=dev)
-    v = torch.randn(nb, bs, d, dtype=torch.bfloat16, device=dev)
-    slots = [torch.arange(b * ctx_len, (b + 1) * ctx_len, device=dev) + bs for b in range(batch)]  # page 0 unused
+    num_slots = num_pages * page_size
+    # K/V in SGLang's native per-layer layout: [num_slots, H_kv, D]
+    k = torch.randn(num_slots, hkv, d, dtype=torch.bfloat16, device=dev)
+    v = torch.randn(num_slots, hkv, d, dtype=torch.bfloat16, device=dev)
+    # page 0 unused
+    slots = [torch.arange(b * ctx_len, (b + 1) * ctx_len, device=dev) + page_size for b in range(batch)]
     dense = DenseBlocks.from_token_slots(layout, slots)
     rows = dense.num_rows
-    max_n = pages_per_req
+    max_n = ctx_len // bs  # blocks per row
     topk_val = budget_tokens // bs - 2
     budget = default_budget(dense.lengths().int(), topk_val, 0.0, 1, 1)
     sel = SelectionSpec(selection_indptr(budget), 1, 1)
@@ -116,13 +120,16 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     q = torch.randn(rows, g, d, dtype=torch.bfloat16, device=dev)
     flow = build_vflow("custom_sparse_attention", os.path.join(REPO, "examples", "custom_sparse_attention.py"))
     traced = trace_flow(flow, Geometry(block_size=bs, head_dim=d, group_size=g))
-    centroids = k.float().mean(1, keepdim=True).to(torch.bfloat16)
+    # the quick-start flow's aux field: mean key of every block, [num_blocks, 1, D] in block-id order
+    bpp = layout.blocks_per_page
+    centroids = k.view(num_pages, bpp, bs, hkv, d).float().mean(2)  # [pages, bpp, H_kv, D]
+    centroids = centroids.transpose(1, 2).reshape(-1, 1, d).to(torch.bfloat16)
     fields = {"k": k, "v": v, "centroids": centroids}
     last = dense.last_block_len
     res: dict[str, object] = {"ctx": ctx_len, "batch": batch, "budget_tokens": budget_tokens, "rows": rows}
 
-    tri = TritonExecutor(traced)
-    ref = ReferenceExecutor(traced)
+    tri = TritonExecutor(traced, layout=layout)
+    ref = ReferenceExecutor(traced, layout)
 
     def vortex_indexer() -> None:
         tri.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
@@ -148,10 +155,16 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     res["vortex_equals_reference"] = bool(torch.equal(ref_sel, out_sel))
 
     def sparse_attn() -> torch.Tensor:
-        return sparse_decode_attention(q, k, v, sel.sel_indptr, out_sel, last, max_blocks_per_row=max_n)
+        return sparse_decode_attention(
+            q, k, v, sel.sel_indptr, out_sel, last, page_size=page_size, block_size=bs,
+            max_blocks_per_row=max_n,
+        )  # fmt: skip
 
     def dense_attn() -> torch.Tensor:
-        return sparse_decode_attention(q, k, v, dense.indptr, dense.indices, last, max_blocks_per_row=max_n)
+        return sparse_decode_attention(
+            q, k, v, dense.indptr, dense.indices, last, page_size=page_size, block_size=bs,
+            max_blocks_per_row=max_n,
+        )  # fmt: skip
 
     def sparse_step() -> torch.Tensor:
         vortex_indexer()
@@ -190,22 +203,6 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
         wd.plan(indptr, indices, lastp, hq, hkv, d, bs, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
         dense_fi = lambda: wd.run(qd, (kd, vd))
         res["attn_dense_flashinfer"] = measure(dense_fi)
-        # sparse attention through FlashInfer: rows as sequences, one KV head, block = page (upstream's way)
-        ws2 = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
-        ws_ = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws2, "NHD", use_tensor_cores=True)
-        ws_.plan(sel.sel_indptr, out_sel, last, g, 1, d, bs, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
-        k4, v4 = k.view(nb, bs, 1, d), v.view(nb, bs, 1, d)
-        fi_sparse = lambda: ws_.run(q, (k4, v4))
-        res["attn_sparse_flashinfer"] = measure(fi_sparse)
-
-        def step_fi() -> object:
-            vortex_indexer()
-            return ws_.run(q, (k4, v4))
-
-        res["step_sparse_vortex_indexer_flashinfer_attn"] = measure(step_fi)
-        o_fi = ws_.run(q, (k4, v4)).float()
-        o_vx = sparse_attn().float()
-        res["flashinfer_vs_vortex_attn_max_abs"] = float((o_fi - o_vx).abs().max())
     except ImportError as exc:
         res["flashinfer"] = f"not importable: {exc}"
 

@@ -47,8 +47,8 @@ class CountingExecutor(ReferenceExecutor):
     """Reference executor that records every block id forward_cache is run on, and checks the block's K/V are
     complete at that moment (equal to what the test wrote)."""
 
-    def __init__(self, traced: TracedFlow) -> None:
-        super().__init__(traced)
+    def __init__(self, traced: TracedFlow, layout: PoolLayout) -> None:
+        super().__init__(traced, layout)
         self.cache_ids: list[int] = []
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
@@ -107,12 +107,21 @@ def test_pool_slots_layout_and_completed_blocks() -> None:
     done = pool.write(0, slots, k, -k)
     # blocks whose last token was written: positions 15 and 31 (page 1), none on page 3 yet (8 tokens)
     assert done.tolist() == [layout.block_id(torch.tensor(s), h).item() for s in (47, 63) for h in (0, 1)]
-    flat = pool.k_cache(0).reshape(-1, 4)
+    # K/V stay in SGLang's native layout: [num_slots, H_kv, D], token slot s of head h at [s, h]
+    assert pool.k_cache(0).shape == pool.v_cache(0).shape == (6 * 32, 2, 4)
+    assert torch.equal(pool.k_cache(0)[slots], k) and torch.equal(pool.v_cache(0)[slots], -k)
+    flat = pool.k_cache(0).reshape(-1)
     for pos in (0, 17, 39):
         for h in (0, 1):
             s = int(slots[pos])
-            row = (s // 32) * (32 * 2) + h * 32 + s % 32  # design §2 formula
-            assert torch.equal(flat[row], k[pos, h])
+            b = int(layout.block_id(torch.tensor(s), h))
+            page, head, sub = b // (2 * 2), (b // 2) % 2, b % 2  # design §2: block -> page, head, sub-block
+            t = s % 16
+            off = page * (32 * 2 * 4) + head * 4 + (sub * 16 + t) * (2 * 4)  # element d = 0 of token t
+            assert torch.equal(flat[off : off + 4], k[pos, h])
+            assert torch.equal(layout.gather_blocks(pool.k_cache(0), torch.tensor([b]))[0, t], k[pos, h])
+    read_k, read_v = pool.read(0, slots[5:9])
+    assert torch.equal(read_k, k[5:9]) and torch.equal(read_v, -k[5:9])
     pool.release("a")
     assert pool.allocator.num_free == 4
     pool.add_request("c")
@@ -125,8 +134,8 @@ def test_pool_slots_layout_and_completed_blocks() -> None:
 def test_forward_cache_fires_once_per_completed_block(page_size: int, block_size: int) -> None:
     executors: list[CountingExecutor] = []
 
-    def factory(traced: TracedFlow) -> FlowExecutor:
-        executors.append(CountingExecutor(traced))
+    def factory(traced: TracedFlow, layout: PoolLayout) -> FlowExecutor:
+        executors.append(CountingExecutor(traced, layout))
         return executors[-1]
 
     cfg = RuntimeConfig(
@@ -150,7 +159,7 @@ def test_forward_cache_fires_once_per_completed_block(page_size: int, block_size
         ids = torch.tensor(expected)
         torch.testing.assert_close(
             fields["centroids"][ids].float(),
-            fields["k"][ids].float().mean(1, keepdim=True),
+            rt.layout.gather_blocks(fields["k"], ids).float().mean(1, keepdim=True),
             atol=1e-2,
             rtol=1e-2,
         )
@@ -160,8 +169,8 @@ def test_forward_cache_fires_once_per_completed_block(page_size: int, block_size
 def test_chunked_prefill_fires_each_block_once() -> None:
     executors: list[CountingExecutor] = []
 
-    def factory(traced: TracedFlow) -> FlowExecutor:
-        executors.append(CountingExecutor(traced))
+    def factory(traced: TracedFlow, layout: PoolLayout) -> FlowExecutor:
+        executors.append(CountingExecutor(traced, layout))
         return executors[-1]
 
     cfg = RuntimeConfig(page_size=32, executor=factory)
@@ -178,10 +187,12 @@ def test_chunked_prefill_fires_each_block_once() -> None:
 
 
 # -- attention ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("page_size", [16, 32])
-def test_full_budget_equals_dense(page_size: int) -> None:
-    cfg = RuntimeConfig(topk_val=1000, page_size=page_size)
-    run = run_synthetic(quickstart(), MIXED, 3, config=cfg, shuffle_pages_seed=1, group_size=3)
+@pytest.mark.parametrize(("page_size", "block_size", "heads"), [(16, 16, 2), (32, 16, 2), (32, 8, 3)])
+def test_full_budget_equals_dense(page_size: int, block_size: int, heads: int) -> None:
+    cfg = RuntimeConfig(topk_val=1000, page_size=page_size, block_size=block_size)
+    run = run_synthetic(
+        quickstart(), MIXED, 3, config=cfg, shuffle_pages_seed=1, group_size=3, num_kv_heads=heads
+    )
     g = run.runtime.group_size
     for step, plan in enumerate(run.plans):
         for layer in range(run.runtime.num_layers):
@@ -271,10 +282,12 @@ def test_decode_needs_the_layer_written() -> None:
     assert rt.pool.allocator.num_free == 7
 
 
-def test_triton_attention_matches_naive() -> None:
-    cfg = RuntimeConfig(topk_val=2)
-    naive = run_synthetic(quickstart(), [20, 70], 1, config=cfg, num_layers=1, seed=5)
-    triton = run_synthetic(quickstart(), [20, 70], 1, config=cfg, num_layers=1, seed=5, attention="triton")
+@pytest.mark.parametrize(("page_size", "block_size", "heads"), [(16, 16, 2), (32, 8, 3)])
+def test_triton_attention_matches_naive(page_size: int, block_size: int, heads: int) -> None:
+    cfg = RuntimeConfig(topk_val=2, page_size=page_size, block_size=block_size)
+    kw = {"config": cfg, "num_layers": 1, "num_kv_heads": heads, "seed": 5, "shuffle_pages_seed": 2}
+    naive = run_synthetic(quickstart(), [20, 70], 1, **kw)
+    triton = run_synthetic(quickstart(), [20, 70], 1, attention="triton", **kw)
     assert naive.selections[0][0].positions == triton.selections[0][0].positions
     torch.testing.assert_close(triton.outputs[0][0], naive.outputs[0][0], atol=1e-4, rtol=1e-4)
 

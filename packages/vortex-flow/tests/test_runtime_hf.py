@@ -69,7 +69,7 @@ def test_full_budget_matches_hf_eager(
 def test_sparse_budget_runs_and_records_selections(model: Any, prompts: list[list[int]]) -> None:
     cache_calls: list[int] = []
 
-    def counting(traced: Any) -> Any:
+    def counting(traced: Any, layout: Any) -> Any:
         from vortex_torch.flow.compiler.reference import ReferenceExecutor
 
         class Counting(ReferenceExecutor):
@@ -77,7 +77,7 @@ def test_sparse_budget_runs_and_records_selections(model: Any, prompts: list[lis
                 cache_calls.extend(block_ids.tolist())
                 super().run_cache(fields, block_ids)
 
-        return Counting(traced)
+        return Counting(traced, layout)
 
     cfg = RuntimeConfig(topk_val=1, layers_skip=(0,), executor=counting)
     rt = runtime_for_model(model, quickstart(), cfg, num_pages=32, keep_selection_log=True)

@@ -1,7 +1,9 @@
 """Sparse paged decode attention: Triton kernel vs the naive reference vs masked dense attention.
 
-Shapes are small and ragged on purpose (partial last blocks, single-block and empty rows, odd G, D = 80) so
-the Triton interpreter stays fast on CPU while every masking path of the kernel is exercised.
+Shapes are small and ragged on purpose (partial last blocks, single-block and empty rows, odd G, D = 80,
+pages holding several blocks, 1 to 3 KV heads) so the Triton interpreter stays fast on CPU while every masking
+and addressing path of the kernel is exercised. K/V live in SGLang's native ``[num_slots, H_kv, D]`` buffers;
+the dense reference here reads blocks with its own transcription of the design §2 offset formula.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from vortex_torch.abs.layout import PoolLayout
 from vortex_torch.kernels.sparse_decode import (
     sparse_decode_attention,
     sparse_decode_attention_naive,
@@ -52,42 +55,77 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 
 @dataclass
 class Pool:
-    """A KV pool and, per row, its dense block list in position order (block ids scattered in the pool)."""
+    """A KV pool and, per row, its dense block list in position order (block ids scattered in the pool).
+
+    Row ``r`` is a (request, kv head) pair with head ``r % H_kv``: all of its blocks belong to that head.
+    """
 
     q: torch.Tensor  # [R, G, D]
-    k: torch.Tensor  # [NB, BS, D]
-    v: torch.Tensor  # [NB, BS, D]
+    k: torch.Tensor  # [num_slots, H_kv, D]
+    v: torch.Tensor  # [num_slots, H_kv, D]
+    layout: PoolLayout
     rows: list[list[int]]  # rows[r] = pool block ids of row r, position order
     last_len: torch.Tensor  # [R] int32
 
     @property
     def block_size(self) -> int:
-        return self.k.shape[1]
+        return self.layout.block_size
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The ``page_size`` / ``block_size`` keywords of the kernels."""
+        return {"page_size": self.layout.page_size, "block_size": self.layout.block_size}
 
 
 def make_pool(
-    row_blocks: list[int], group: int, head_dim: int, block_size: int, dtype: torch.dtype, seed: int = 0
+    row_blocks: list[int],
+    group: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+    *,
+    page_size: int | None = None,
+    num_kv_heads: int = 1,
 ) -> Pool:
-    """Random pool: ``row_blocks[r]`` blocks for row ``r``, some unused blocks, random partial last blocks."""
+    """Random pool: ``row_blocks[r]`` blocks for row ``r`` (of head ``r % H_kv``), unused blocks of every
+    head, random partial last blocks. Every slot of every head holds random K/V: reading a wrong one shows."""
+    layout = PoolLayout(page_size=page_size or block_size, block_size=block_size, num_kv_heads=num_kv_heads)
     gen = torch.Generator().manual_seed(seed)
-    num_blocks = sum(row_blocks) + 7  # unused blocks too: reading them would show up as an error
-    perm = torch.randperm(num_blocks, generator=gen).tolist()
-    rows, start = [], 0
-    for n in row_blocks:
-        rows.append(perm[start : start + n])
-        start += n
+    heads = [r % num_kv_heads for r in range(len(row_blocks))]
+    need = max(sum(n for n, h in zip(row_blocks, heads, strict=True) if h == g) for g in range(num_kv_heads))
+    num_pages = -(-(need + 7) // layout.blocks_per_page)  # 7+ unused blocks per head
+    free = []  # free[h]: the block ids of head h, shuffled
+    for h in range(num_kv_heads):
+        ids = layout.block_id(torch.arange(num_pages * layout.page_size)[:: block_size], h)
+        free.append(ids[torch.randperm(ids.numel(), generator=gen)].tolist())
+    rows = []
+    for n, h in zip(row_blocks, heads, strict=True):
+        rows.append([free[h].pop() for _ in range(n)])
     last_len = torch.randint(1, block_size + 1, (len(row_blocks),), generator=gen, dtype=torch.int32)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(dtype=dtype, device=DEVICE)
 
+    num_slots = num_pages * layout.page_size
     return Pool(
         q=rand(len(row_blocks), group, head_dim) * 2.0,  # sharper softmax than unit scale
-        k=rand(num_blocks, block_size, head_dim),
-        v=rand(num_blocks, block_size, head_dim),
+        k=rand(num_slots, num_kv_heads, head_dim),
+        v=rand(num_slots, num_kv_heads, head_dim),
+        layout=layout,
         rows=rows,
         last_len=last_len.to(DEVICE),
     )
+
+
+def block_tokens(buffer: torch.Tensor, block: int, page_size: int, block_size: int) -> torch.Tensor:
+    """``[block_size, D]`` K or V of ``block``, read at the design §2 offsets of the flat buffer."""
+    _, heads, d = buffer.shape
+    bpp = page_size // block_size
+    page, head, sub = block // (heads * bpp), (block // bpp) % heads, block % bpp
+    flat = buffer.reshape(-1)
+    base = page * (page_size * heads * d) + head * d
+    return torch.stack([flat[base + (sub * block_size + t) * heads * d :][:d] for t in range(block_size)])
 
 
 def to_csr(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,16 +149,15 @@ def select(pool: Pool, keep: float, seed: int) -> list[list[int]]:
 def masked_dense(pool: Pool, selected: list[list[int]], sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain fp64 softmax attention over each row's full token sequence, masked to the selected blocks."""
     num_rows, group, head_dim = pool.q.shape
-    bs = pool.block_size
+    bs, ps = pool.block_size, pool.layout.page_size
     o = torch.zeros(num_rows, group, head_dim, dtype=torch.float64)
     lse = torch.full((num_rows, group), -math.inf, dtype=torch.float64)
     for r, blocks in enumerate(pool.rows):
         if not blocks:
             continue
         num_tokens = (len(blocks) - 1) * bs + int(pool.last_len[r])
-        ids = torch.tensor(blocks)
-        k = pool.k.cpu()[ids].reshape(-1, head_dim)[:num_tokens].double()  # [T, D]
-        v = pool.v.cpu()[ids].reshape(-1, head_dim)[:num_tokens].double()  # [T, D]
+        k = torch.cat([block_tokens(pool.k.cpu(), b, ps, bs) for b in blocks])[:num_tokens].double()  # [T, D]
+        v = torch.cat([block_tokens(pool.v.cpu(), b, ps, bs) for b in blocks])[:num_tokens].double()  # [T, D]
         chosen = set(selected[r])
         mask = torch.tensor([blocks[t // bs] in chosen for t in range(num_tokens)])  # [T] token kept?
         scores = (pool.q[r].cpu().double() @ k.T * sm_scale).masked_fill(~mask, -math.inf)  # [G, T]
@@ -134,37 +171,67 @@ def nan_like(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full_like(q, NAN), torch.full(q.shape[:2], NAN, dtype=torch.float32, device=q.device)
 
 
-# Ragged rows: single-block rows, a long row, mixed lengths; (G, D, BS, dtype) cover odd G, non-pow2 D.
+# Ragged rows: single-block rows, a long row, mixed lengths; (G, D, BS, page, H_kv, dtype) cover odd G,
+# non-pow2 D, one or several blocks per page and 1 to 3 KV heads.
 ROW_BLOCKS = [3, 1, 9, 1, 20, 6]
 CASES = [
-    (1, 16, 4, torch.float32),
-    (3, 80, 4, torch.float32),
-    (4, 64, 16, torch.float32),
-    (3, 16, 16, torch.float32),
-    (1, 64, 16, torch.bfloat16),
-    (3, 80, 16, torch.bfloat16),
-    (4, 16, 4, torch.bfloat16),
-    (4, 64, 4, torch.float16),
+    (1, 16, 4, 4, 1, torch.float32),
+    (3, 80, 4, 16, 2, torch.float32),
+    (4, 64, 16, 16, 1, torch.float32),
+    (3, 16, 16, 32, 3, torch.float32),
+    (1, 64, 16, 64, 2, torch.bfloat16),
+    (3, 80, 16, 16, 3, torch.bfloat16),
+    (4, 16, 4, 8, 2, torch.bfloat16),
+    (4, 64, 4, 4, 1, torch.float16),
 ]
 
 
-@pytest.mark.parametrize(("group", "head_dim", "block_size", "dtype"), CASES)
-def test_matches_naive(group: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
-    seed = group * 1000 + head_dim + block_size
-    pool = make_pool(ROW_BLOCKS, group, head_dim, block_size, dtype, seed=seed)
+@pytest.mark.parametrize(("group", "head_dim", "block_size", "page_size", "heads", "dtype"), CASES)
+def test_matches_naive(
+    group: int, head_dim: int, block_size: int, page_size: int, heads: int, dtype: torch.dtype
+) -> None:
+    seed = group * 1000 + head_dim + block_size + page_size + heads
+    pool = make_pool(
+        ROW_BLOCKS, group, head_dim, block_size, dtype, seed=seed, page_size=page_size, num_kv_heads=heads
+    )
     indptr, indices = to_csr(select(pool, keep=0.6, seed=1))
     ref, ref_lse = sparse_decode_attention_naive(
-        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, return_lse=True
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, return_lse=True
     )
-    tag = f"G={group} D={head_dim} BS={block_size} {dtype}"
-    o = sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len)
+    tag = f"G={group} D={head_dim} BS={block_size} page={page_size} H_kv={heads} {dtype}"
+    o = sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes)
     assert o.dtype == dtype and o.shape == pool.q.shape
     assert_close(o, ref, dtype, f"o, default splits, {tag}")
     # Forced split path: 3 splits per row, so 1-block rows also get empty splits to merge away.
     out, lse = nan_like(pool.q)
-    triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, head_dim**-0.5, out, lse, 3)
+    triton_kernel.launch(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, head_dim**-0.5, out, lse, 3, **pool.sizes
+    )
     assert_close(out, ref, dtype, f"o, 3 splits, {tag}")
     assert_close(lse, ref_lse, torch.float32, f"lse, 3 splits, {tag}")
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3])
+def test_page_larger_than_block(heads: int) -> None:
+    """page 32 / block 8: four blocks of each head per page, interleaved with the other heads' tokens."""
+    pool = make_pool(
+        [5, 2, 11, 1, 7, 4], group=2, head_dim=32, block_size=8, dtype=torch.float32, seed=20 + heads,
+        page_size=32, num_kv_heads=heads,
+    )  # fmt: skip
+    selected = select(pool, keep=0.5, seed=4)
+    dense_o, dense_lse = masked_dense(pool, selected, 0.2)
+    indptr, indices = to_csr(selected)
+    naive_o = sparse_decode_attention_naive(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, sm_scale=0.2
+    )
+    assert_close(naive_o, dense_o, torch.float32, f"naive vs masked dense, H_kv={heads}")
+    for num_splits in (1, 2):
+        out, lse = nan_like(pool.q)
+        triton_kernel.launch(
+            pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.2, out, lse, num_splits, **pool.sizes
+        )
+        assert_close(out, dense_o, torch.float32, f"o, H_kv={heads}, {num_splits} splits")
+        assert_close(lse, dense_lse, torch.float32, f"lse, H_kv={heads}, {num_splits} splits")
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 16])
@@ -173,9 +240,11 @@ def test_split_counts_and_empty_rows(num_splits: int) -> None:
     pool = make_pool([0, 5, 1, 0, 12], group=3, head_dim=16, block_size=4, dtype=torch.float32, seed=7)
     indptr, indices = to_csr(pool.rows)
     out, lse = nan_like(pool.q)
-    triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, num_splits)
+    triton_kernel.launch(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, num_splits, **pool.sizes
+    )
     ref, ref_lse = sparse_decode_attention_naive(
-        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, return_lse=True
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, sm_scale=0.25, return_lse=True
     )
     assert_close(out, ref, torch.float32, f"o, {num_splits} splits")
     assert_close(lse, ref_lse, torch.float32, f"lse, {num_splits} splits")
@@ -188,16 +257,20 @@ def test_split_counts_and_empty_rows(num_splits: int) -> None:
 )
 def test_sparse_equals_masked_dense(dtype: torch.dtype, num_splits: int) -> None:
     """The key property: attention over the selected CSR list == dense attention masked to those blocks."""
-    pool = make_pool([7, 1, 2, 13, 5], group=4, head_dim=64, block_size=4, dtype=dtype, seed=3)
+    pool = make_pool(
+        [7, 1, 2, 13, 5], group=4, head_dim=64, block_size=4, dtype=dtype, seed=3, page_size=8, num_kv_heads=2
+    )
     selected = select(pool, keep=0.4, seed=5)
     sm_scale = 0.1
     dense_o, dense_lse = masked_dense(pool, selected, sm_scale)
     indptr, indices = to_csr(selected)
-    naive_o = sparse_decode_attention_naive(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, sm_scale)
+    naive_o = sparse_decode_attention_naive(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, sm_scale=sm_scale
+    )
     assert_close(naive_o, dense_o, dtype, "naive vs masked dense")
     out, lse = nan_like(pool.q)
-    q, k, v = pool.q, pool.k, pool.v
-    triton_kernel.launch(q, k, v, indptr, indices, pool.last_len, sm_scale, out, lse, num_splits)
+    q, k, v, last = pool.q, pool.k, pool.v, pool.last_len
+    triton_kernel.launch(q, k, v, indptr, indices, last, sm_scale, out, lse, num_splits, **pool.sizes)
     assert_close(out, dense_o, dtype, f"o vs masked dense, {num_splits} splits")
     lse_tol = torch.float32 if dtype == torch.float32 else torch.float16
     assert_close(lse, dense_lse, lse_tol, "lse vs masked dense")
@@ -206,12 +279,14 @@ def test_sparse_equals_masked_dense(dtype: torch.dtype, num_splits: int) -> None
 @pytest.mark.parametrize("block_size", [4, 16])
 def test_select_all_equals_dense(block_size: int) -> None:
     """Selecting every block is plain (unmasked) dense attention."""
-    pool = make_pool([4, 1, 9], group=3, head_dim=80, block_size=block_size, dtype=torch.float32, seed=11)
+    pool = make_pool(
+        [4, 1, 9], group=3, head_dim=80, block_size=block_size, dtype=torch.float32, seed=11, num_kv_heads=3
+    )
     dense_o, dense_lse = masked_dense(pool, pool.rows, 1.0 / math.sqrt(80))
     indptr, indices = to_csr(pool.rows)
     out = torch.full_like(pool.q, NAN)
     o, lse = sparse_decode_attention(
-        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, out=out, return_lse=True
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, out=out, return_lse=True
     )
     assert o is out
     assert_close(o, dense_o, torch.float32, "o vs dense")
@@ -219,20 +294,28 @@ def test_select_all_equals_dense(block_size: int) -> None:
 
 
 def test_out_buffer_lse_and_strided_q() -> None:
-    """out= is written in place and returned; q may be a strided view; max_blocks_per_row is only a hint."""
-    pool = make_pool([2, 6, 1], group=4, head_dim=16, block_size=16, dtype=torch.bfloat16, seed=2)
+    """out= is written in place and returned; q and the K/V buffers may be strided views (D contiguous);
+    max_blocks_per_row is only a hint."""
+    pool = make_pool(
+        [2, 6, 1], group=4, head_dim=16, block_size=16, dtype=torch.bfloat16, seed=2, page_size=32,
+        num_kv_heads=2,
+    )  # fmt: skip
     q_strided = pool.q.transpose(0, 1).contiguous().transpose(0, 1)  # same values, [G, R, D] memory order
     assert not q_strided.is_contiguous()
+    # K/V as views into larger allocations, with different slot and head strides: (64, 32, 1), (96, 16, 1)
+    k_wide = torch.cat([pool.k, torch.full_like(pool.k, NAN)], dim=-1)[..., :16]
+    v_wide = torch.cat([pool.v, *[torch.full_like(pool.v, NAN)] * 2], dim=1)[:, :2]
+    assert k_wide.stride() == (64, 32, 1) and v_wide.stride() == (96, 16, 1)
     indptr, indices = to_csr(pool.rows)
     ref, ref_lse = sparse_decode_attention_naive(
-        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, return_lse=True
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, return_lse=True
     )
     for hint in (None, 1, 6, 1000):  # a wrong hint changes the split count, never the result
         out = torch.full_like(pool.q, NAN)
         o, lse = sparse_decode_attention(
-            q_strided, pool.k, pool.v, indptr, indices, pool.last_len, out=out,
+            q_strided, k_wide, v_wide, indptr, indices, pool.last_len, **pool.sizes, out=out,
             max_blocks_per_row=hint, return_lse=True,
-        )
+        )  # fmt: skip
         assert o is out and lse.dtype == torch.float32 and lse.shape == (3, 4)
         assert_close(o, ref, torch.bfloat16, f"o, hint={hint}")
         assert_close(lse, ref_lse, torch.float16, f"lse, hint={hint}")
@@ -240,13 +323,17 @@ def test_out_buffer_lse_and_strided_q() -> None:
 
 def test_all_rows_empty() -> None:
     """nnz == 0 (every row empty): o = 0, lse = -inf, on both the single-pass and the split path."""
-    pool = make_pool([0, 0], group=2, head_dim=16, block_size=4, dtype=torch.float32)
+    pool = make_pool([0, 0], group=2, head_dim=16, block_size=4, dtype=torch.float32, num_kv_heads=2)
     indptr, indices = to_csr(pool.rows)
     assert indices.numel() == 0
-    o, lse = sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, return_lse=True)
+    o, lse = sparse_decode_attention(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, return_lse=True
+    )
     assert torch.all(o == 0) and torch.all(lse == -math.inf)
     out, lse = nan_like(pool.q)
-    triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, 2)
+    triton_kernel.launch(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, 2, **pool.sizes
+    )
     assert torch.all(out == 0) and torch.all(lse == -math.inf)
 
 
@@ -265,25 +352,46 @@ def test_default_num_splits() -> None:
 def test_input_validation() -> None:
     pool = make_pool([2], group=2, head_dim=16, block_size=4, dtype=torch.float32)
     indptr, indices = to_csr(pool.rows)
+    args = (indptr, indices, pool.last_len)
     with pytest.raises(ValueError, match="dtype"):
-        sparse_decode_attention(pool.q.half(), pool.k, pool.v, indptr, indices, pool.last_len)
+        sparse_decode_attention(pool.q.half(), pool.k, pool.v, *args, **pool.sizes)
     with pytest.raises(ValueError, match="indptr"):
-        sparse_decode_attention(pool.q, pool.k, pool.v, indptr[:1], indices, pool.last_len)
+        sparse_decode_attention(pool.q, pool.k, pool.v, indptr[:1], indices, pool.last_len, **pool.sizes)
     with pytest.raises(ValueError, match="out"):
-        sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, out=pool.q[:, :1])
+        sparse_decode_attention(pool.q, pool.k, pool.v, *args, **pool.sizes, out=pool.q[:, :1])
+    with pytest.raises(ValueError, match="num_slots, H_kv, D"):
+        sparse_decode_attention(pool.q, pool.k[:, 0], pool.v[:, 0], *args, **pool.sizes)
+    with pytest.raises(ValueError, match="page_size"):
+        sparse_decode_attention(pool.q, pool.k, pool.v, *args, page_size=6, block_size=4)
+    with pytest.raises(ValueError, match="power of two"):
+        sparse_decode_attention_naive(pool.q, pool.k, pool.v, *args, page_size=12, block_size=6)
+    k_strided_d = torch.randn(pool.k.shape[0], 1, 32)[..., ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        sparse_decode_attention(pool.q, k_strided_d, k_strided_d, *args, **pool.sizes)
+
+
+# realistic GPU case: Qwen3-8B-like pool (H_kv = 8, D = 128), page 64 = 4 blocks of 16 per head
+GPU_SIZES = {"page_size": 64, "block_size": 16}
 
 
 def _realistic_case(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """R=256 rows, G=4, D=128, BS=16, 128 selected blocks per row (scattered in a 64k-block pool), bf16."""
+    """R=256 rows (32 requests x 8 KV heads), G=4, D=128, 128 selected blocks per row, each a random block of
+    the row's head in a 64k-block pool ([131072, 8, 128] K and V), bf16."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    num_rows, group, head_dim, block_size, per_row, num_blocks = 256, 4, 128, 16, 128, 65536
+    num_rows, group, head_dim, heads, per_row = 256, 4, 128, 8, 128
+    layout = PoolLayout(num_kv_heads=heads, **GPU_SIZES)
+    num_pages = 65536 // (heads * layout.blocks_per_page)
+    num_slots = num_pages * layout.page_size
     q = torch.randn(num_rows, group, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
-    k = torch.randn(num_blocks, block_size, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
-    v = torch.randn(num_blocks, block_size, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k = torch.randn(num_slots, heads, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    v = torch.randn(num_slots, heads, head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
     nnz = num_rows * per_row
-    indices = torch.randint(0, num_blocks, (nnz,), device="cuda", generator=gen, dtype=torch.int32)
+    slots = torch.randint(0, num_slots, (nnz,), device="cuda", generator=gen)
+    row_head = (torch.arange(nnz, device="cuda") // per_row) % heads
+    indices = layout.block_id(slots, row_head).to(torch.int32)
     indptr = torch.arange(0, num_rows + 1, device="cuda", dtype=torch.int32) * per_row
-    last = torch.randint(1, block_size + 1, (num_rows,), device="cuda", generator=gen, dtype=torch.int32)
+    bs = layout.block_size
+    last = torch.randint(1, bs + 1, (num_rows,), device="cuda", generator=gen, dtype=torch.int32)
     return q, k, v, indptr, indices, last
 
 
@@ -291,13 +399,15 @@ def _realistic_case(seed: int = 0) -> tuple[torch.Tensor, ...]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_realistic_shape() -> None:
     q, k, v, indptr, indices, last = _realistic_case()
-    ref, ref_lse = sparse_decode_attention_naive(q, k, v, indptr, indices, last, return_lse=True)
-    o, lse = sparse_decode_attention(q, k, v, indptr, indices, last, max_blocks_per_row=128, return_lse=True)
+    ref, ref_lse = sparse_decode_attention_naive(q, k, v, indptr, indices, last, **GPU_SIZES, return_lse=True)
+    o, lse = sparse_decode_attention(
+        q, k, v, indptr, indices, last, **GPU_SIZES, max_blocks_per_row=128, return_lse=True
+    )
     assert_close(o, ref, torch.bfloat16, "o, realistic shape")
     assert_close(lse, ref_lse, torch.float16, "lse, realistic shape")
     for num_splits in (1, 7):
         out, lse = nan_like(q)
-        triton_kernel.launch(q, k, v, indptr, indices, last, 128**-0.5, out, lse, num_splits)
+        triton_kernel.launch(q, k, v, indptr, indices, last, 128**-0.5, out, lse, num_splits, **GPU_SIZES)
         assert_close(out, ref, torch.bfloat16, f"o, realistic shape, {num_splits} splits")
 
 
@@ -307,19 +417,20 @@ def test_gpu_no_host_sync_and_cuda_graph() -> None:
     """With max_blocks_per_row given the launch never syncs and can be captured in a CUDA graph."""
     q, k, v, indptr, indices, last = _realistic_case(seed=1)
     out = torch.empty_like(q)
-    sparse_decode_attention(q, k, v, indptr, indices, last, out=out, max_blocks_per_row=128)  # compile
+    kw = {**GPU_SIZES, "out": out, "max_blocks_per_row": 128}
+    sparse_decode_attention(q, k, v, indptr, indices, last, **kw)  # compile
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        sparse_decode_attention(q, k, v, indptr, indices, last, out=out, max_blocks_per_row=128)
+        sparse_decode_attention(q, k, v, indptr, indices, last, **kw)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        sparse_decode_attention(q, k, v, indptr, indices, last, out=out, max_blocks_per_row=128)
+        sparse_decode_attention(q, k, v, indptr, indices, last, **kw)
     q.copy_(torch.randn_like(q))  # new inputs, replayed graph must see them
     out.fill_(NAN)
     graph.replay()
     torch.cuda.synchronize()
-    ref = sparse_decode_attention_naive(q, k, v, indptr, indices, last)
+    ref = sparse_decode_attention_naive(q, k, v, indptr, indices, last, **GPU_SIZES)
     assert_close(out, ref, torch.bfloat16, "graph replay")

@@ -47,21 +47,21 @@ def _compile_check(traced: Any, seed: int) -> dict[str, Any]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     geo = traced.geometry
-    compiled = TritonExecutor(traced, block_chunk=16)
-    reference = ReferenceExecutor(traced)
     gen = torch.Generator().manual_seed(seed)
     heads, bs = 2, geo.block_size
     layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=heads)
+    compiled = TritonExecutor(traced, layout, block_chunk=16)
+    reference = ReferenceExecutor(traced, layout)
     lengths = [5 * bs + 3, 2 * bs, bs - 1]  # partial last block, exact fit, one short block
     num_pages = 1 + sum(-(-n // bs) for n in lengths)
     nb = layout.num_blocks(num_pages)
-    fields = {"k": torch.randn(nb, bs, geo.head_dim, generator=gen), "v": torch.randn(nb, bs, geo.head_dim, generator=gen)}
-    fields = {k: v.to(geo.kv_dtype) for k, v in fields.items()}
+    kv_shape = (num_pages * layout.page_size, heads, geo.head_dim)  # SGLang's native [num_slots, H_kv, D]
+    fields = {name: torch.randn(*kv_shape, generator=gen).to(geo.kv_dtype) for name in ("k", "v")}
     for name, (r, c) in traced.fields.items():
         fields[name] = torch.zeros(nb, r, c, dtype=geo.dtype)
     fields = {k: v.to(device) for k, v in fields.items()}
     mirror = {k: v.clone() for k, v in fields.items()}
-    all_blocks = torch.arange(bs, nb, device=device)  # page 0 is never handed out
+    all_blocks = torch.arange(layout.num_blocks(1), nb, device=device)  # page 0 is never handed out
     compiled.run_cache(fields, all_blocks)
     reference.run_cache(mirror, all_blocks)
     slots, start = [], bs

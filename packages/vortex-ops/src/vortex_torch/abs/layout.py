@@ -11,10 +11,10 @@ import torch
 class PoolLayout:
     """How a block id addresses SGLang's native per-layer K/V buffers ``[num_slots, H_kv, D]`` (design §2).
 
-    ``page_size`` is SGLang's allocation unit (token slots, all heads); ``block_size`` (a power of two) divides
-    it. A block is ``block_size`` consecutive slots of one page and one KV head; K/V are never copied into a
-    block-contiguous layout, every reader computes the addresses of a block's tokens from its id. Aux fields are
-    ``[num_blocks, r, c]`` tensors indexed by block id directly.
+    ``page_size`` is SGLang's allocation unit (token slots, all heads); ``block_size`` (a power of two)
+    divides it. A block is ``block_size`` consecutive slots of one page and one KV head; K/V are never copied
+    into a block-contiguous layout, every reader computes the addresses of a block's tokens from its id. Aux
+    fields are ``[num_blocks, r, c]`` tensors indexed by block id directly.
 
     ``block_page``/``block_head``/``block_sub`` are elementwise on integer tensors of any shape.
     """
@@ -41,7 +41,7 @@ class PoolLayout:
     def num_blocks(self, num_pages: int) -> int:
         return num_pages * self.num_kv_heads * self.blocks_per_page
 
-    # -- slot, head -> block ----------------------------------------------------------------------------------
+    # -- slot, head -> block ---------------------------------------------------------------------------
     def block_id(self, slots: torch.Tensor, head: torch.Tensor | int) -> torch.Tensor:
         """Block holding token slot ``slots`` of ``head`` (broadcast shape of ``slots`` and ``head``)."""
         page, offset = slots // self.page_size, slots % self.page_size
@@ -51,7 +51,7 @@ class PoolLayout:
         """True where writing ``slots`` fills the last token of its block (slots are filled in order)."""
         return (slots + 1) % self.block_size == 0
 
-    # -- block -> page, head, slots, offsets ------------------------------------------------------------------
+    # -- block -> page, head, slots, offsets -----------------------------------------------------------
     def block_page(self, block_ids: torch.Tensor) -> torch.Tensor:
         """Page of each block: ``b // (H_kv * bpp)``."""
         return block_ids // (self.num_kv_heads * self.blocks_per_page)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vortex_torch.abs.layout import DenseBlocks
+from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 
 from ..trace import TracedFlow
 
@@ -27,11 +27,21 @@ class SelectionSpec:
 
 
 class FlowExecutor(abc.ABC):
-    """Runs a traced flow. ``fields`` maps every cache field (including ``"k"``/``"v"`` viewed as
-    ``[num_blocks, block_size, D]``) to its pool tensor ``[num_blocks, r, c]``; fields are updated in place."""
+    """Runs a traced flow over one layer of a pool laid out as ``layout`` (design §2).
 
-    def __init__(self, traced: TracedFlow) -> None:
+    ``fields`` maps ``"k"``/``"v"`` to the layer's native K/V buffers ``[num_slots, H_kv, D]`` (SGLang's; a
+    block's tokens are found through ``layout``: ``gather_blocks`` / ``kv_offsets``, never copied out) and
+    every aux field to its ``[num_blocks, r, c]`` tensor indexed by block id; aux fields are updated in place.
+    """
+
+    def __init__(self, traced: TracedFlow, layout: PoolLayout) -> None:
+        if layout.block_size != traced.geometry.block_size:
+            raise ValueError(
+                f"pool layout has block_size={layout.block_size} but the flow was traced for "
+                f"block_size={traced.geometry.block_size}"
+            )
         self.traced = traced
+        self.layout = layout
 
     @abc.abstractmethod
     def run_indexer(

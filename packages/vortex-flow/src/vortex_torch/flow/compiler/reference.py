@@ -1,7 +1,8 @@
 """The reference executor: interprets the traced graph with each op's plain-PyTorch semantics.
 
 This is the oracle every compiled kernel and every backend is compared against. All arithmetic is fp32;
-aux fields are stored in their declared dtype.
+aux fields are stored in their declared dtype. ``cache["k"]``/``cache["v"]`` are read from the native
+``[num_slots, H_kv, D]`` buffers with ``PoolLayout.gather_blocks`` (only when the graph uses them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vortex_torch.kernels.select.naive import select_blocks_naive
 from .base import FlowExecutor, SelectionSpec
 
 SEGMENTED = (ix.Softmax, ix.Normalize, ix.Conv1d, ix.Sum, ix.Mean, ix.Max, ix.Min, ix.L2Norm)
+KV_FIELDS = ("k", "v")  # native [num_slots, H_kv, D] buffers, read per block through the layout
 
 
 def _as_ragged(x: torch.Tensor, fmt: FORMAT, dense: DenseBlocks) -> torch.Tensor:
@@ -59,9 +61,15 @@ class ReferenceExecutor(FlowExecutor):
         """The score ``[nnz]`` fp32 and the pending ``Save`` writes, without selecting or storing anything."""
         graph = self.traced.indexer
         env: dict[int, tuple[torch.Tensor, FORMAT]] = {graph.entries["q"].tensor_id: (q.float(), FORMAT.BATCHED)}
+        read = graph.read_fields()
         for name, t in graph.entries.items():
-            if t.format == FORMAT.PAGED:
+            if t.format != FORMAT.PAGED:
+                continue
+            if name not in KV_FIELDS:
                 env[t.tensor_id] = (fields[name], FORMAT.PAGED)
+            elif name in read:  # K/V of every dense block, [nnz, block_size, D]: already RAGGED
+                kv = self.layout.gather_blocks(fields[name], dense.indices).float()
+                env[t.tensor_id] = (kv, FORMAT.RAGGED)
         saves: list[tuple[str, torch.Tensor]] = []
         score: torch.Tensor | None = None
         for node in graph.nodes:
@@ -78,7 +86,7 @@ class ReferenceExecutor(FlowExecutor):
             if isinstance(op, ix.Load):
                 value = _as_ragged(args[0][0], FORMAT.PAGED, dense)
             elif isinstance(op, SEGMENTED) and op.schedule == Schedule.S:
-                value = op.reference_segmented(_as_ragged(*args[0], dense), dense)  # type: ignore[attr-defined]
+                value = op.reference_segmented(_as_ragged(*args[0], dense), dense)
             elif fmt_out == FORMAT.BATCHED:
                 value = op.reference(*(a for a, _ in args))
             else:
@@ -90,7 +98,13 @@ class ReferenceExecutor(FlowExecutor):
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
         graph = self.traced.cache
         ids = block_ids.long()
-        env = {t.tensor_id: fields[name][ids].float() for name, t in graph.entries.items()}
+        read = graph.read_fields()
+        env: dict[int, torch.Tensor] = {}
+        for name, t in graph.entries.items():
+            if name not in KV_FIELDS:
+                env[t.tensor_id] = fields[name][ids].float()
+            elif name in read:  # [N, block_size, D]
+                env[t.tensor_id] = self.layout.gather_blocks(fields[name], ids).float()
         for node in graph.nodes:
             if isinstance(node.op, Fill):
                 fields[node.writes or ""][ids] = node.op.alpha

@@ -11,14 +11,17 @@ import torch
 from vortex_torch.kernels.select.budget import default_budget
 
 if TYPE_CHECKING:
+    from vortex_torch.abs.layout import PoolLayout
+
     from ..compiler.base import FlowExecutor
     from ..trace import TracedFlow
 
 #: ``(n_blocks [R] int, topk_val, topk_ratio, bos, eos) -> budget [R] int``: the budget rule (design §5).
 BudgetFn = Callable[[torch.Tensor, int, float, int, int], torch.Tensor]
 
-#: Builds the executor of a traced flow (the reference interpreter, a compiled backend, a test double).
-ExecutorFactory = Callable[["TracedFlow"], "FlowExecutor"]
+#: Builds the executor of a traced flow over a pool layout (the reference interpreter, a compiled backend, a
+#: test double): ``factory(traced, layout)``, e.g. ``lambda t, layout: TritonExecutor(t, layout=layout)``.
+ExecutorFactory = Callable[["TracedFlow", "PoolLayout"], "FlowExecutor"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,8 @@ class RuntimeConfig:
       unit, a multiple of ``block_size``);
     * ``dtype``: storage dtype of the flow's aux cache fields and indexer intermediates;
     * ``budget_fn``: replaces the default budget rule (``schedule_policy``); ``None`` keeps the default;
-    * ``executor``: ``"reference"`` (the graph interpreter) or a factory ``TracedFlow -> FlowExecutor``.
+    * ``executor``: ``"reference"`` (the graph interpreter) or a factory
+      ``(TracedFlow, PoolLayout) -> FlowExecutor``.
     """
 
     topk_val: int = 30
@@ -95,7 +99,8 @@ class RuntimeConfig:
             )
         if not (self.executor == "reference" or callable(self.executor)):
             raise ValueError(
-                f"RuntimeConfig.executor must be 'reference' or a factory TracedFlow -> FlowExecutor, got {self.executor!r}"
+                "RuntimeConfig.executor must be 'reference' or a factory (TracedFlow, PoolLayout) -> "
+                f"FlowExecutor, got {self.executor!r}"
             )
 
     @property

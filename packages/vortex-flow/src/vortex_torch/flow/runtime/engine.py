@@ -167,7 +167,9 @@ class ReferenceRuntime:
         self.traced: TracedFlow = trace_flow(flow, self.geometry)
         factory = config.executor  # validated: "reference" or a callable
         self.executor: FlowExecutor = (
-            ReferenceExecutor(self.traced) if isinstance(factory, str) else factory(self.traced)
+            ReferenceExecutor(self.traced, self.layout)
+            if isinstance(factory, str)
+            else factory(self.traced, self.layout)
         )
         self.skip_layers = frozenset(config.layers_skip)
         self.pool = PagedKVPool(
@@ -385,13 +387,15 @@ class ReferenceRuntime:
         last_block_len: torch.Tensor,
         sm_scale: float | None,
     ) -> torch.Tensor:
-        k_cache, v_cache = self.pool.k_cache(layer), self.pool.v_cache(layer)
+        k_cache, v_cache = self.pool.k_cache(layer), self.pool.v_cache(layer)  # [num_slots, H_kv, D]
+        args = (q_rows, k_cache, v_cache, indptr, ids, last_block_len)
+        ps, bs = self.layout.page_size, self.layout.block_size
         if self.attention == "triton":
             # imported here: the module patches the Triton interpreter on import when TRITON_INTERPRET=1
             from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
-            return sparse_decode_attention(q_rows, k_cache, v_cache, indptr, ids, last_block_len, sm_scale)
-        return sparse_decode_attention_naive(q_rows, k_cache, v_cache, indptr, ids, last_block_len, sm_scale)
+            return sparse_decode_attention(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
+        return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
 
     def _positions(
         self, plan: StepPlan, ids: torch.Tensor, indptr: torch.Tensor, *, check: bool

@@ -1,4 +1,4 @@
-"""The paged KV pool of the reference runtime: SGLang-style page allocation over the layout of design §2."""
+"""The paged KV pool of the reference runtime: SGLang-style page allocation and K/V buffers (design §2)."""
 
 from __future__ import annotations
 
@@ -57,9 +57,11 @@ class PagedKVPool:
     """KV pool of all layers plus the per-request token-slot bookkeeping.
 
     Pages are shared by all layers: token slot ``s`` of a request is the same in every layer. Per layer the pool
-    holds ``"k"``/``"v"`` as ``[num_blocks, block_size, D]`` views of flat ``[num_pages * H_kv * page_size, D]``
-    buffers (``kv_dtype``), and, for layers not in ``skip_layers``, every aux field of the flow as
-    ``[num_blocks, r, c]`` (``aux_dtype``). ``num_blocks = num_pages * H_kv * page_size // block_size``.
+    holds ``"k"``/``"v"`` as SGLang's native ``[num_slots, H_kv, D]`` buffers (``kv_dtype``,
+    ``num_slots = num_pages * page_size``; token ``s`` of head ``h`` at ``[s, h]``), and, for layers not in
+    ``skip_layers``, every aux field of the flow as ``[num_blocks, r, c]`` (``aux_dtype``) indexed by block
+    id, ``num_blocks = num_pages * H_kv * page_size // block_size``. Blocks of K/V are addressed through
+    :attr:`layout` (``PoolLayout.gather_blocks`` / ``kv_offsets``), never copied.
 
     A request's tokens fill its pages in order; a new page is taken when its last page is full (SGLang's paged
     allocator), so slot ``s`` of position ``p`` is ``pages[p // page_size] * page_size + p % page_size``.
@@ -90,34 +92,34 @@ class PagedKVPool:
         self.skip_layers = frozenset(skip_layers)
         self.allocator = PageAllocator(num_pages, reserved=reserved_pages, shuffle_seed=shuffle_seed)
         self.num_blocks = layout.num_blocks(num_pages)
-        rows = num_pages * layout.num_kv_heads * layout.page_size
-        bs = layout.block_size
-        self._flat: list[dict[str, torch.Tensor]] = []  # per layer: "k"/"v" -> [rows, D]
-        self._fields: list[dict[str, torch.Tensor]] = []  # per layer: field -> [num_blocks, r, c]
+        self.num_slots = num_pages * layout.page_size
+        heads = layout.num_kv_heads
+        # per layer: "k"/"v" -> [num_slots, H_kv, D], aux field -> [num_blocks, r, c]
+        self._fields: list[dict[str, torch.Tensor]] = []
         for layer in range(num_layers):
-            flat = {
-                name: torch.zeros(rows, head_dim, dtype=kv_dtype, device=self.device) for name in ("k", "v")
+            fields = {
+                name: torch.zeros(self.num_slots, heads, head_dim, dtype=kv_dtype, device=self.device)
+                for name in ("k", "v")
             }
-            fields = {name: t.view(self.num_blocks, bs, head_dim) for name, t in flat.items()}
             if layer not in self.skip_layers:
                 for name, (r, c) in aux_fields.items():
                     fields[name] = torch.zeros(self.num_blocks, r, c, dtype=aux_dtype, device=self.device)
-            self._flat.append(flat)
             self._fields.append(fields)
         self._pages: dict[RequestId, list[int]] = {}
         self._len: dict[RequestId, int] = {}
 
     # -- per-layer tensors ----------------------------------------------------------------------------------------
     def fields(self, layer: int) -> dict[str, torch.Tensor]:
-        """``{"k": [NB, BS, D], "v": [NB, BS, D], aux...: [NB, r, c]}`` of ``layer`` (live views, not copies)."""
+        """``{"k": [num_slots, H_kv, D], "v": [num_slots, H_kv, D], aux...: [num_blocks, r, c]}`` of ``layer``
+        (the live tensors, not copies)."""
         return self._fields[layer]
 
     def k_cache(self, layer: int) -> torch.Tensor:
-        """``[num_blocks, block_size, D]`` keys of ``layer``."""
+        """``[num_slots, H_kv, D]`` keys of ``layer``."""
         return self._fields[layer]["k"]
 
     def v_cache(self, layer: int) -> torch.Tensor:
-        """``[num_blocks, block_size, D]`` values of ``layer``."""
+        """``[num_slots, H_kv, D]`` values of ``layer``."""
         return self._fields[layer]["v"]
 
     # -- requests -------------------------------------------------------------------------------------------------
@@ -201,20 +203,15 @@ class PagedKVPool:
                 f"write: k and v must be [N={n}, H_kv={heads}, D={d}], got {tuple(k.shape)} and {tuple(v.shape)}"
             )
         slots = slots.to(device=self.device, dtype=torch.int64)
-        head_ids = torch.arange(heads, device=self.device)
-        rows = self.layout.flat_row(slots[:, None], head_ids[None, :]).reshape(-1)  # [N * H_kv]
-        flat = self._flat[layer]
-        flat["k"][rows] = k.reshape(n * heads, d).to(device=self.device, dtype=self.kv_dtype)
-        flat["v"][rows] = v.reshape(n * heads, d).to(device=self.device, dtype=self.kv_dtype)
+        fields = self._fields[layer]
+        fields["k"][slots] = k.to(device=self.device, dtype=self.kv_dtype)
+        fields["v"][slots] = v.to(device=self.device, dtype=self.kv_dtype)
         done = slots[self.layout.completes_block(slots)]  # [m]
+        head_ids = torch.arange(heads, device=self.device)
         return self.layout.block_id(done[:, None], head_ids[None, :]).reshape(-1)  # [m * H_kv]
 
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of token slots ``slots [N]`` in ``layer`` -> two ``[N, H_kv, D]`` tensors (copies)."""
-        heads = self.layout.num_kv_heads
         slots = slots.to(device=self.device, dtype=torch.int64)
-        rows = self.layout.flat_row(
-            slots[:, None], torch.arange(heads, device=self.device)[None, :]
-        )  # [N, H_kv]
-        flat = self._flat[layer]
-        return flat["k"][rows], flat["v"][rows]
+        fields = self._fields[layer]
+        return fields["k"][slots], fields["v"][slots]

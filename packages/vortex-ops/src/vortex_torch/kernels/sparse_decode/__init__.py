@@ -1,7 +1,12 @@
 """Sparse paged decode attention: attend each row's queries to the KV blocks of its CSR selection.
 
 ``sparse_decode_attention`` is the Triton kernel, ``sparse_decode_attention_naive`` the plain-PyTorch
-reference that defines its semantics (``docs/design.md`` §3, step 3).
+reference that defines its semantics (``docs/design.md`` §3, step 3). Both read K/V in place from SGLang's
+native ``[num_slots, H_kv, D]`` buffers, addressing each block through its id (§2)::
+
+    sparse_decode_attention(q, k_cache, v_cache, indptr, indices, last_block_len,
+                            page_size=..., block_size=..., sm_scale=None, out=None,
+                            max_blocks_per_row=None, return_lse=False)
 """
 
 from .naive import sparse_decode_attention_naive

@@ -1,8 +1,10 @@
 """Plain-PyTorch reference of sparse paged decode attention: this file DEFINES the semantics.
 
 Every row ``r`` (one (request, kv-head) pair, see ``docs/design.md`` §1) attends with its ``G`` query heads
-to the tokens of the blocks ``indices[indptr[r]:indptr[r + 1]]`` of the KV pool. The last listed block is
-the row's final block: only its first ``last_block_len[r]`` tokens are valid, every other block is full.
+to the tokens of the blocks ``indices[indptr[r]:indptr[r + 1]]`` of the KV pool. K/V are SGLang's native
+``[num_slots, H_kv, D]`` buffers; a block id names its page, KV head and place in the page (design §2,
+``PoolLayout``), so the head of a row is implied by its blocks. The last listed block is the row's final
+block: only its first ``last_block_len[r]`` tokens are valid, every other block is full.
 The Triton kernel in ``triton_kernel.py`` must match this function up to floating-point rounding.
 """
 
@@ -13,6 +15,8 @@ from typing import Literal, overload
 
 import torch
 
+from vortex_torch.abs.layout import PoolLayout
+
 
 def check_inputs(
     q: torch.Tensor,
@@ -22,15 +26,24 @@ def check_inputs(
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
     out: torch.Tensor | None,
-) -> None:
-    """Validate shapes and dtypes (metadata only: never reads device memory, so never synchronises)."""
+    page_size: int,
+    block_size: int,
+) -> PoolLayout:
+    """Validate shapes and dtypes (metadata only: never reads device memory, so never synchronises).
+
+    Returns the pool layout ``(page_size, block_size, H_kv = k_cache.shape[1])``.
+    """
     if q.dim() != 3:
         raise ValueError(f"q must be [R, G, D], got shape {tuple(q.shape)}")
     num_rows, group, head_dim = q.shape
     if k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(
-            f"k_cache/v_cache must both be [NB, BS, D], got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+            "k_cache/v_cache must both be [num_slots, H_kv, D], "
+            f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
         )
+    if k_cache.shape[1] == 0:
+        raise ValueError(f"k_cache/v_cache have no KV head: {tuple(k_cache.shape)}")
+    layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=k_cache.shape[1])
     if k_cache.shape[2] != head_dim:
         raise ValueError(f"head dim mismatch: q has D={head_dim}, cache has D={k_cache.shape[2]}")
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
@@ -50,6 +63,7 @@ def check_inputs(
             f"got {tuple(out.shape)} {out.dtype} on {out.device}"
         )
     del group
+    return layout
 
 
 @overload
@@ -60,8 +74,10 @@ def sparse_decode_attention_naive(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
-    sm_scale: float | None = ...,
     *,
+    page_size: int,
+    block_size: int,
+    sm_scale: float | None = ...,
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[False] = ...,
@@ -76,8 +92,10 @@ def sparse_decode_attention_naive(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
-    sm_scale: float | None = ...,
     *,
+    page_size: int,
+    block_size: int,
+    sm_scale: float | None = ...,
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[True],
@@ -91,8 +109,10 @@ def sparse_decode_attention_naive(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
-    sm_scale: float | None = None,
     *,
+    page_size: int,
+    block_size: int,
+    sm_scale: float | None = None,
     out: torch.Tensor | None = None,
     max_blocks_per_row: int | None = None,
     return_lse: bool = False,
@@ -101,11 +121,13 @@ def sparse_decode_attention_naive(
 
     Args:
         q: ``[R, G, D]`` queries (bf16/fp16/fp32): the ``G`` query heads that share row ``r``'s kv head.
-        k_cache: ``[NB, BS, D]`` key pool, same dtype as ``q``; one block = ``BS`` tokens of one kv head.
-        v_cache: ``[NB, BS, D]`` value pool.
+        k_cache: ``[num_slots, H_kv, D]`` keys of one layer (SGLang's buffer), same dtype as ``q``.
+        v_cache: ``[num_slots, H_kv, D]`` values.
         indptr: ``[R + 1]`` int32 CSR offsets into ``indices``.
-        indices: ``[nnz]`` int32 block ids; row ``r`` reads ``indices[indptr[r]:indptr[r + 1]]``.
-        last_block_len: ``[R]`` int32 in ``[1, BS]``, valid tokens of the last listed block of each row.
+        indices: ``[nnz]`` int32 block ids (design §2); row ``r`` reads ``indices[indptr[r]:indptr[r + 1]]``.
+        last_block_len: ``[R]`` int32 in ``[1, block_size]``: valid tokens of each row's last listed block.
+        page_size: token slots per page (SGLang's allocation unit), a multiple of ``block_size``.
+        block_size: tokens per block, a power of two.
         sm_scale: softmax scale, default ``1 / sqrt(D)``.
         out: optional ``[R, G, D]`` output buffer in ``q.dtype``.
         max_blocks_per_row: accepted for signature parity with the Triton kernel; unused here.
@@ -115,10 +137,9 @@ def sparse_decode_attention_naive(
         ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
         Rows with no blocks get ``o = 0`` and ``lse = -inf``.
     """
-    check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out)
+    layout = check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out, page_size, block_size)
     del max_blocks_per_row
     num_rows, group, head_dim = q.shape
-    block_size = k_cache.shape[1]
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
 
     o = torch.zeros(num_rows, group, head_dim, dtype=torch.float32, device=q.device)  # [R, G, D]
@@ -131,8 +152,8 @@ def sparse_decode_attention_naive(
             continue
         blocks = indices[lo:hi].long()  # [n]
         num_tokens = (hi - lo - 1) * block_size + last_lens[r]  # full blocks + the partial last one
-        k = k_cache[blocks].reshape(-1, head_dim)[:num_tokens].float()  # [T, D]
-        v = v_cache[blocks].reshape(-1, head_dim)[:num_tokens].float()  # [T, D]
+        k = layout.gather_blocks(k_cache, blocks).reshape(-1, head_dim)[:num_tokens].float()  # [T, D]
+        v = layout.gather_blocks(v_cache, blocks).reshape(-1, head_dim)[:num_tokens].float()  # [T, D]
         scores = (q[r].float() @ k.T) * scale  # [G, T]
         lse[r] = torch.logsumexp(scores, dim=-1)
         o[r] = torch.softmax(scores, dim=-1) @ v  # [G, D]

@@ -3,6 +3,11 @@
 Semantics: ``naive.sparse_decode_attention_naive``. Decode attention is memory bound, so the kernels are
 built to stream exactly the selected KV bytes once, with every program busy:
 
+* K/V are read in place from SGLang's ``[num_slots, H_kv, D]`` buffers: each block id is decomposed into
+  (page, head, sub-block) (design §2; ``PAGE``, ``BS`` and ``H_KV`` are constexprs, so the divisions are
+  shifts or multiply-highs) and every token of the tile is one contiguous row of ``D`` elements at
+  ``slot * stride_slot + head * stride_head`` (``H_kv * D`` and ``D`` for a contiguous buffer; int64 math).
+
 * ``_split_kernel``, grid ``(R, S)``: program ``(r, s)`` takes the ``s``-th contiguous chunk of row ``r``'s
   selected blocks and runs an fp32 online softmax for all ``G`` queries of the row at once, as one
   ``[G_PAD, D_PAD]`` tile (``G_PAD >= 16`` so both products are ``tl.dot``s on tensor cores; the padding is
@@ -23,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vortex_torch.abs.layout import PoolLayout
+
 from .naive import check_inputs
 
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E): the kernels work in base 2 (one MUFU op per exp)
@@ -37,8 +44,8 @@ _PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep HBM busy
 @triton.jit
 def _split_kernel(
     q_ptr,  # [R, G, D]
-    k_ptr,  # [NB, BS, D]
-    v_ptr,  # [NB, BS, D]
+    k_ptr,  # [num_slots, H_kv, D], last dim contiguous
+    v_ptr,  # [num_slots, H_kv, D], last dim contiguous
     indptr_ptr,  # [R + 1]
     indices_ptr,  # [nnz]
     last_len_ptr,  # [R]
@@ -47,13 +54,15 @@ def _split_kernel(
     qk_scale,  # sm_scale * log2(e)
     num_splits,
     stride_qr, stride_qg, stride_qd,
-    stride_kb, stride_kt, stride_kd,
-    stride_vb, stride_vt, stride_vd,
+    stride_ks, stride_kh,  # slot and head strides of k (elements); d stride is 1
+    stride_vs, stride_vh,
     stride_or, stride_os, stride_og, stride_od,
     stride_lr, stride_ls, stride_lg,
     G: tl.constexpr,
     D: tl.constexpr,
-    BS: tl.constexpr,
+    PAGE: tl.constexpr,  # page_size (token slots per page)
+    BS: tl.constexpr,  # block_size, divides PAGE
+    H_KV: tl.constexpr,  # KV heads of the pool
     G_PAD: tl.constexpr,  # next_pow2(G), at least 16 (tl.dot's minimum M)
     D_PAD: tl.constexpr,  # next_pow2(D), at least 16
     BLOCKS_PER_ITER: tl.constexpr,  # whole blocks per loop step
@@ -63,6 +72,7 @@ def _split_kernel(
     row = tl.program_id(0)
     split = tl.program_id(1)
     BLOCK_N: tl.constexpr = BLOCKS_PER_ITER * BS
+    BPP: tl.constexpr = PAGE // BS  # blocks of one head per page
 
     row_start = tl.load(indptr_ptr + row).to(tl.int32)
     num_blocks = tl.load(indptr_ptr + row + 1).to(tl.int32) - row_start
@@ -79,11 +89,8 @@ def _split_kernel(
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] token slot within a loop step
     mask_g = offs_g < G
     mask_d = offs_d < D
-    blk_in_step = offs_n // BS  # [BLOCK_N] which block of the step the slot belongs to
+    blk_in_step = offs_n // BS  # [BLOCK_N] which block of the step the token belongs to
     tok_in_blk = offs_n % BS  # [BLOCK_N] token position inside that block
-    # Slot -> address inside its block; the block's base address is added per step.
-    k_tile = k_ptr + tok_in_blk[:, None] * stride_kt + offs_d[None, :] * stride_kd  # [BLOCK_N, D_PAD]
-    v_tile = v_ptr + tok_in_blk[:, None] * stride_vt + offs_d[None, :] * stride_vd  # [BLOCK_N, D_PAD]
 
     # Padded query rows / dims are zero, so they add nothing to the dot products.
     q_ptrs = q_ptr + row.to(tl.int64) * stride_qr + offs_g[:, None] * stride_qg + offs_d[None, :] * stride_qd
@@ -97,11 +104,16 @@ def _split_kernel(
         blk = step + blk_in_step  # [BLOCK_N] row-local block index of every token slot
         in_chunk = blk < hi
         block_id = tl.load(indices_ptr + row_start + blk, mask=in_chunk, other=0).to(tl.int64)  # [BLOCK_N]
-        # Only the row's final block is partial. The first slot of a step is always valid, so m_new is finite.
+        # design §2: block -> (page, head, sub-block) -> token slot of every lane; int64 throughout, as a
+        # layer's buffer can exceed 2^31 elements (constexpr divisors: shifts / multiply-highs, no division)
+        head = (block_id // BPP) % H_KV  # [BLOCK_N]
+        slot = (block_id // (H_KV * BPP)) * PAGE + (block_id % BPP) * BS + tok_in_blk  # [BLOCK_N]
+        # Only the row's final block is partial. A step's first token is always valid, so m_new is finite.
         valid = in_chunk & ((blk < num_blocks - 1) | (tok_in_blk < last_len))  # [BLOCK_N]
         kv_mask = valid[:, None] & mask_d[None, :]  # [BLOCK_N, D_PAD]
 
-        k = tl.load(k_tile + block_id[:, None] * stride_kb, mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
+        k_rows = k_ptr + (slot * stride_ks + head * stride_kh)  # [BLOCK_N] int64: each token's first element
+        k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [G_PAD, BLOCK_N]
         s = tl.where(valid[None, :], s, float("-inf"))
 
@@ -110,7 +122,8 @@ def _split_kernel(
         p = tl.exp2(s - m_new[:, None])  # [G_PAD, BLOCK_N]
         l_i = l_i * alpha + tl.sum(p, axis=1)
 
-        v = tl.load(v_tile + block_id[:, None] * stride_vb, mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
+        v_rows = v_ptr + (slot * stride_vs + head * stride_vh)  # [BLOCK_N]
+        v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
         # p is rounded to v's dtype (as in flash attention) so the second product also runs on tensor cores.
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -204,28 +217,34 @@ def launch(
     out: torch.Tensor,
     lse: torch.Tensor | None,
     num_splits: int,
+    *,
+    page_size: int,
+    block_size: int,
 ) -> None:
     """Run the kernels with an explicit split count (``num_splits >= 1``); writes ``out`` and ``lse``.
 
-    Shapes: ``q, out [R, G, D]``; ``k_cache, v_cache [NB, BS, D]``; ``indptr [R + 1]``; ``indices [nnz]``;
-    ``last_block_len [R]``; ``lse [R, G]`` fp32 or None. Correct for any ``num_splits``, the split count
-    only trades parallelism against combine work.
+    Shapes: ``q, out [R, G, D]``; ``k_cache, v_cache [num_slots, H_kv, D]`` (last dim contiguous);
+    ``indptr [R + 1]``; ``indices [nnz]``; ``last_block_len [R]``; ``lse [R, G]`` fp32 or None. Correct for
+    any ``num_splits``, the split count only trades parallelism against combine work.
     """
     num_rows, group, head_dim = q.shape
-    block_size = k_cache.shape[1]
-    if block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two (tile shapes), got {block_size}")
+    layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=k_cache.shape[1])
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    if k_cache.stride(2) != 1 or v_cache.stride(2) != 1:
+        raise ValueError(
+            "k_cache/v_cache need a contiguous last (D) dim, "
+            f"got strides {k_cache.stride()} and {v_cache.stride()}"
+        )
     g_pad = _next_pow2(group, 16)
     d_pad = _next_pow2(head_dim, 16)
     meta = dict(
-        G=group, D=head_dim, BS=block_size, G_PAD=g_pad, D_PAD=d_pad,
-        BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
+        G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
+        G_PAD=g_pad, D_PAD=d_pad, BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     qk_scale = sm_scale * LOG2E
-    kv_strides = (*k_cache.stride(), *v_cache.stride())
+    kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
     if num_splits == 1:
         # Single pass: the split kernel writes the final output ([R, 1, G, D] view of out) itself.
         lse_out = lse if lse is not None else out  # dummy pointer when STORE_LSE is False
@@ -261,8 +280,10 @@ def sparse_decode_attention(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
-    sm_scale: float | None = ...,
     *,
+    page_size: int,
+    block_size: int,
+    sm_scale: float | None = ...,
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[False] = ...,
@@ -277,8 +298,10 @@ def sparse_decode_attention(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
-    sm_scale: float | None = ...,
     *,
+    page_size: int,
+    block_size: int,
+    sm_scale: float | None = ...,
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[True],
@@ -292,8 +315,10 @@ def sparse_decode_attention(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     last_block_len: torch.Tensor,
-    sm_scale: float | None = None,
     *,
+    page_size: int,
+    block_size: int,
+    sm_scale: float | None = None,
     out: torch.Tensor | None = None,
     max_blocks_per_row: int | None = None,
     return_lse: bool = False,
@@ -302,11 +327,14 @@ def sparse_decode_attention(
 
     Args:
         q: ``[R, G, D]`` queries (bf16/fp16/fp32), ``G <= 16`` recommended (any G works, padded to pow2).
-        k_cache: ``[NB, BS, D]`` key pool, same dtype as ``q``.
-        v_cache: ``[NB, BS, D]`` value pool.
+        k_cache: ``[num_slots, H_kv, D]`` keys of one layer (SGLang's buffer, read in place; the D dim must
+            be contiguous), same dtype as ``q``.
+        v_cache: ``[num_slots, H_kv, D]`` values.
         indptr: ``[R + 1]`` int32 CSR offsets into ``indices``.
-        indices: ``[nnz]`` int32 block ids; row ``r`` reads ``indices[indptr[r]:indptr[r + 1]]``.
-        last_block_len: ``[R]`` int32 in ``[1, BS]``, valid tokens of the last listed block of each row.
+        indices: ``[nnz]`` int32 block ids (design §2); row ``r`` reads ``indices[indptr[r]:indptr[r + 1]]``.
+        last_block_len: ``[R]`` int32 in ``[1, block_size]``: valid tokens of each row's last listed block.
+        page_size: token slots per page, a multiple of ``block_size`` (a kernel constexpr).
+        block_size: tokens per block, a power of two (a kernel constexpr).
         sm_scale: softmax scale, default ``1 / sqrt(D)``.
         out: optional ``[R, G, D]`` output buffer in ``q.dtype``.
         max_blocks_per_row: upper bound of ``indptr[r + 1] - indptr[r]``; only picks the split count (any
@@ -317,7 +345,7 @@ def sparse_decode_attention(
         ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
         Rows with no blocks get ``o = 0`` and ``lse = -inf``.
     """
-    check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out)
+    check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out, page_size, block_size)
     num_rows, group, head_dim = q.shape
     if out is None:
         out = torch.empty_like(q)
@@ -325,9 +353,12 @@ def sparse_decode_attention(
     if num_rows > 0 and group > 0:
         if max_blocks_per_row is None:
             max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
-        num_splits = default_num_splits(num_rows, max_blocks_per_row, k_cache.shape[1], head_dim, q.device)
+        num_splits = default_num_splits(num_rows, max_blocks_per_row, block_size, head_dim, q.device)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
-        launch(q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits)
+        launch(
+            q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits,
+            page_size=page_size, block_size=block_size,
+        )  # fmt: skip
     if lse is not None:
         return out, lse
     return out

@@ -6,9 +6,9 @@ Any installed distribution can hook into ``import vortex_torch`` by declaring a 
     [project.entry-points."vortex_torch.plugins"]
     sglang_adapter = "vortex_torch.engine.sgl.adapter:install"
 
-``import vortex_torch`` calls every such hook once per process. Setting ``VORTEX_DISABLE_PLUGIN_AUTOLOAD=1``
-turns that automatic call off; :func:`load_plugins` still loads them when called explicitly. A hook that raises
-is an error (:class:`PluginLoadError`), never skipped silently.
+``import vortex_torch`` calls every such hook once per process. Setting
+``VORTEX_DISABLE_PLUGIN_AUTOLOAD=1`` turns that automatic call off; :func:`load_plugins` still loads them when
+called explicitly. A hook that raises is an error (:class:`PluginLoadError`), never skipped silently.
 """
 
 from __future__ import annotations

@@ -39,11 +39,11 @@ def _names_in_file(path: str) -> list[str]:
 def _compile_check(traced: Any, seed: int) -> dict[str, Any]:
     """Compile to Triton and compare with the reference on a small ragged batch (interpreted on the CPU)."""
     from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+    from vortex_torch.kernels.select import default_budget, selection_indptr
 
     from .compiler.base import SelectionSpec
     from .compiler.reference import ReferenceExecutor
     from .compiler.triton_executor import TritonExecutor
-    from vortex_torch.kernels.select import default_budget, selection_indptr
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     geo = traced.geometry
@@ -117,10 +117,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         for n in tqdm(args.contexts, desc="needle contexts", unit="ctx", disable=args.json or not sys.stderr.isatty()):
             per_ctx.append(
                 measure_flow(
-                    flow, seq_lens=[n], budget_fraction=args.budget, num_needles=args.needles,
-                    num_kv_heads=args.kv_heads, head_dim=args.head_dim, group_size=args.group_size,
+                    flow,
+                    seq_lens=[n],
+                    budget_fraction=args.budget,
+                    num_needles=args.needles,
+                    num_kv_heads=args.kv_heads,
+                    head_dim=args.head_dim,
+                    group_size=args.group_size,
                     seed=args.seed,
-                )  # fmt: skip
+                )
             )
         hits = sum(m["needle_blocks_hit"] for m in per_ctx)
         total = sum(m["needle_blocks_total"] for m in per_ctx)

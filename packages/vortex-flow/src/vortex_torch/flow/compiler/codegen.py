@@ -3,6 +3,10 @@
 Every value inside a kernel is an fp32 tile ``[S, RP, CP]``: ``S`` is ``BS`` (one slot per block of the
 chunk) or 1 (a per-row value such as the query), ``RP``/``CP`` the block's inner shape padded to powers of two.
 Padded lanes hold don't-care values; every reduction masks them with its identity, and stores mask them out.
+
+Aux fields are ``[num_blocks, r, c]`` tensors indexed by block id. ``cache["k"]``/``cache["v"]`` are SGLang's
+native ``[num_slots, H_kv, D]`` buffers (design §2): a block's tokens are addressed through :class:`KVLayout`,
+with the buffer's slot and head strides passed as kernel arguments (``stride0_<ptr>``, ``stride1_<ptr>``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,32 @@ def lit(v: float) -> str:
     """A float parameter as Triton source (``float("inf")`` folds to a constant; ``repr`` would give ``inf``)."""
     v = float(v)
     return repr(v) if math.isfinite(v) else f'float("{v}")'
+
+
+KV_FIELDS = ("k", "v")
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """How a block id addresses the native K/V buffers ``[num_slots, H_kv, D]`` (``PoolLayout``, design §2)."""
+
+    page_size: int
+    block_size: int
+    heads: int
+
+    def base(self, blk: str, ptr: str) -> str:
+        """Offset of token 0, element 0 of blocks ``blk`` (an int64 expression) in the buffer ``ptr``."""
+        bpp = self.page_size // self.block_size
+        slot0 = f"({blk} // {self.heads * bpp}) * {self.page_size}"
+        head = f"({blk} // {bpp}) % {self.heads}" if bpp > 1 else f"{blk} % {self.heads}"
+        if bpp > 1:
+            slot0 += f" + ({blk} % {bpp}) * {self.block_size}"
+        return f"({slot0}) * stride0_{ptr} + ({head}) * stride1_{ptr}"
+
+
+def kv_stride_args(ptr: str, name: str) -> list[KernelArg]:
+    """The slot and head strides of K/V buffer ``ptr`` (no other parameter name starts with "stride")."""
+    return [KernelArg(f"stride0_{ptr}", f"stride0:{name}"), KernelArg(f"stride1_{ptr}", f"stride1:{name}")]
 
 
 @dataclass(frozen=True)
@@ -69,8 +99,9 @@ class KernelSource:
 class _Emitter:
     """Builds one kernel body; knows how every live tensor is addressed."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, kv: KVLayout | None = None) -> None:
         self.mode = mode  # "ragged" | "batched" | "cache"
+        self.kv = kv
         self.pre: list[str] = []
         self.body: list[str] = []
         self.args: list[KernelArg] = []
@@ -111,10 +142,16 @@ class _Emitter:
         return f"{key} * {rc}", "BS", ["VALID3"]
 
     def load(self, t: vTensor, ptr: str, addressing: str) -> Tile:
+        """Load ``t`` into a tile: ``addressing`` is "row", "rag", "blk" (an aux field) or "kv" (K/V)."""
         r, c = t.inner
-        base, s, mask = self.address(t, addressing)
+        if addressing == "kv":
+            assert self.kv is not None
+            self.args += kv_stride_args(ptr, t.name)
+            base, s, mask, row_stride = self.kv.base("BLK3", ptr), "BS", ["VALID3"], f"stride0_{ptr}"
+        else:
+            (base, s, mask), row_stride = self.address(t, addressing), str(c)
         mask = mask + self.inner_mask(r, c)
-        offs = f"{base} + {self.ar(1, p2(r))} * {c} + {self.ar(2, p2(c))}"
+        offs = f"{base} + {self.ar(1, p2(r))} * {row_stride} + {self.ar(2, p2(c))}"
         var = self.tmp()
         m = f", mask={' & '.join(mask)}, other=0.0" if mask else ""
         self.body.append(f"{var} = tl.load({ptr} + {offs}{m}).to(tl.float32)")
@@ -137,7 +174,9 @@ class _Emitter:
         self.body.append(f"{var} = {tile.var}.to({ptr}.dtype.element_ty).to(tl.float32)")
         return Tile(var, tile.s, tile.r, tile.c)
 
-    def store(self, tile: Tile, t: vTensor, ptr: str, addressing: str, *, into: list[str] | None = None) -> None:
+    def store(
+        self, tile: Tile, t: vTensor, ptr: str, addressing: str, *, into: list[str] | None = None
+    ) -> None:
         r, c = t.inner
         base, s, mask = self.address(t, addressing)
         mask = mask + self.inner_mask(r, c)
@@ -300,12 +339,14 @@ def _inner_normalise(e: _Emitter, op: ix.Softmax | ix.Normalize, x: Tile, var: s
     return Tile(var, x.s, r, c)
 
 
-def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored: set[int]) -> KernelSource:
+def fused_kernel(
+    name: str, group: KernelGroup, external: dict[int, str], stored: set[int], kv: KVLayout
+) -> KernelSource:
     """A fused W group. ``external`` maps input tensor ids to "entry:<name>" or "buffer"; ``stored`` are the
     outputs other kernels read."""
     mode = "ragged" if group.ragged else "batched"
-    e = _Emitter(mode)
-    saves: list[str] = []
+    e = _Emitter(mode, kv)
+    saves: dict[str, list[str]] = {}  # field -> its store; a later Save of the same field replaces it
     save_ptrs: set[str] = set()
     entry_ptr: dict[str, str] = {}  # field name -> the pointer its loads go through
     for node in group.nodes:
@@ -317,7 +358,7 @@ def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored
                 src = external[t.tensor_id]
                 e.args.append(KernelArg(arg, src, t))
                 if t.format == FORMAT.PAGED:
-                    addressing = "blk"
+                    addressing = "kv" if t.name in KV_FIELDS else "blk"
                     entry_ptr[src.partition(":")[2]] = arg
                 elif t.format == FORMAT.BATCHED:
                     addressing = "row"
@@ -327,10 +368,14 @@ def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored
             xs.append(tile)
         if isinstance(node.op, ix.Save):
             arg = f"save_{node.writes}"
-            e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
+            if node.writes not in saves:
+                e.args.append(KernelArg(arg, f"entry:{node.writes}", None))
             target = node.inputs[0]
             fake = vTensor(inner=target.inner, format=FORMAT.PAGED, dtype=target.dtype, tensor_id=-1)
-            e.store(xs[0], fake, arg, "blk", into=saves)  # Load reads last step's value: store at the end
+            saves[node.writes or ""] = []
+            e.store(
+                xs[0], fake, arg, "blk", into=saves[node.writes or ""]
+            )  # Load reads last step's: at the end
             if node.writes in entry_ptr:
                 save_ptrs.add(entry_ptr[node.writes or ""])
             continue
@@ -345,12 +390,12 @@ def fused_kernel(name: str, group: KernelGroup, external: dict[int, str], stored
     tail: list[str] = []
     if saves:
         e.barrier_before_overwrite(save_ptrs, tail)  # a Save may overwrite what a Load of this program read
-    return _finish(name, e, tail + saves)
+    return _finish(name, e, tail + [line for lines in saves.values() for line in lines])
 
 
-def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor]) -> KernelSource:
+def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor], kv: KVLayout) -> KernelSource:
     """forward_cache: one program per ``BS`` completed blocks; every input is a field read at the block id."""
-    e = _Emitter("cache")
+    e = _Emitter("cache", kv)
     by_id = {t.tensor_id: n for n, t in entries.items()}
     declared: set[str] = set()
 
@@ -361,31 +406,42 @@ def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor]) ->
             declared.add(arg)
         return arg
 
-    def write(tile: Tile, fname: str) -> None:
-        arg = field_arg(fname, None)
-        e.barrier_before_overwrite({arg}, e.body)
-        field_t = entries[fname]
-        e.store(tile, field_t, arg, "blk")
-        e.tiles[field_t.tensor_id] = e.rounded(tile, arg)  # a later read of the field sees the stored value
+    read_later: list[set[int]] = [set() for _ in range(len(nodes) + 1)]  # [i]: tensors read by nodes[i:]
+    for i in range(len(nodes) - 1, -1, -1):
+        read_later[i] = read_later[i + 1] | {t.tensor_id for t in nodes[i].inputs}
+    last_write = {n.writes: i for i, n in enumerate(nodes) if n.writes is not None}
 
-    for node in nodes:
+    def write(tile: Tile, fname: str, i: int) -> None:
+        arg = field_arg(fname, None)
+        field_t = entries[fname]
+        if last_write[fname] == i:  # only the final value is stored: two stores of one element could race
+            e.barrier_before_overwrite({arg}, e.body)
+            e.store(tile, field_t, arg, "blk")
+        e.tiles.pop(field_t.tensor_id, None)
+        if field_t.tensor_id in read_later[i + 1]:  # a later read of the field sees the stored value
+            e.tiles[field_t.tensor_id] = e.rounded(tile, arg)
+
+    for i, node in enumerate(nodes):
         if isinstance(node.op, cx.Fill):
             t = entries[node.writes or ""]
             const = Tile(e.tmp(), "BS", *t.inner)
-            e.body.append(f"{const.var} = tl.zeros([BS, {const.rp}, {const.cp}], tl.float32) + {lit(node.op.alpha)}")
-            write(const, node.writes or "")
+            e.body.append(
+                f"{const.var} = tl.zeros([BS, {const.rp}, {const.cp}], tl.float32) + {lit(node.op.alpha)}"
+            )
+            write(const, node.writes or "", i)
             continue
         xs = []
         for t in node.inputs:
             tile = e.tiles.get(t.tensor_id)
             if tile is None:
-                tile = e.load(t, field_arg(by_id[t.tensor_id], t), "blk")
+                fname = by_id[t.tensor_id]
+                tile = e.load(t, field_arg(fname, t), "kv" if fname in KV_FIELDS else "blk")
             xs.append(tile)
         tile = emit_op(e, node, xs)
         assert node.output is not None
         e.tiles[node.output.tensor_id] = tile
         if node.writes is not None:
-            write(tile, node.writes)
+            write(tile, node.writes, i)
     return _finish(name, e, [])
 
 
@@ -424,28 +480,42 @@ def _finish(name: str, e: _Emitter, tail: list[str]) -> KernelSource:
     return KernelSource(name=name, args=e.args, lines=lines, ragged=e.mode == "ragged")
 
 
-def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
+def standalone_kernel(name: str, node: OpNode, src: str, kv: KVLayout) -> KernelSource:
     """Row-wise kernels over a row's blocks: Reduce(dim=0), Softmax/Normalize(dim=0), Conv1d."""
     (t,) = node.inputs
     out = node.output
     assert out is not None
-    e = _Emitter("segment")
+    e = _Emitter("segment", kv)
     r, c = t.inner
     rc = r * c
-    e.args = [KernelArg("x", src, t), KernelArg("y", f"buffer:{out.tensor_id}", out)]
+    e.args = [KernelArg("x_ptr", src, t), KernelArg("y_ptr", f"buffer:{out.tensor_id}", out)]
     op = node.op
     ir, ic = e.ar(1, p2(r)), e.ar(2, p2(c))
     inner_parts = e.inner_mask(r, c)
     inner = " & ".join(inner_parts)
     inner_kw = f", mask={inner}" if inner else ""
     paged = t.format == FORMAT.PAGED
-    addr = "tl.load(indices + start + p, mask=valid, other=0).to(tl.int64)" if paged else "(start + p).to(tl.int64)"
+    kv_in = paged and t.name in KV_FIELDS
+    if kv_in:
+        e.args += kv_stride_args("x_ptr", t.name)
+
+    def in_offs(ids: str) -> str:
+        """Offsets of the input at ``ids [BS]`` int64 (ragged slots, or block ids of a PAGED input)."""
+        if kv_in:
+            return f"{kv.base(f'{ids}[:, None, None]', 'x_ptr')} + {ir} * stride0_x_ptr + {ic}"
+        return f"{ids}[:, None, None] * {rc} + {ir} * {c} + {ic}"
+
+    addr = (
+        "tl.load(indices + start + p, mask=valid, other=0).to(tl.int64)"
+        if paged
+        else "(start + p).to(tl.int64)"
+    )
     chunk_head = [
         "p = c0 + tl.arange(0, BS)",
         "valid = p < n",
         f"src = {addr}",
         "m = valid[:, None, None]" + (f" & ({inner})" if inner else ""),
-        f"offs = src[:, None, None] * {rc} + {ir} * {c} + {ic}",
+        f"offs = {in_offs('src')}",
     ]
     out_offs = f"(start + p).to(tl.int64)[:, None, None] * {rc} + {ir} * {c} + {ic}"
     body: list[str] = []
@@ -495,12 +565,13 @@ def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
         k = op.weight.shape[0]
         half = (k - 1) // 2
         wr, wc = int(op.weight.shape[1]), int(op.weight.shape[2])
-        e.args.insert(2, KernelArg("w", "weight", None))
+        e.args.insert(2, KernelArg("w_ptr", "weight", None))
         # weight [K, wr, wc] with wr in (1, r), wc in (1, c): a size-1 axis broadcasts (offset 0); a full axis
         # is indexed like the input and masked where the input is padded (else the load reads past the weight)
         w_offs = f"{ir if wr > 1 else '0'} * {wc} + {ic if wc > 1 else '0'}"
         w_mask = " & ".join(
-            ([f"({ir} < {r})"] if wr > 1 and r != p2(r) else []) + ([f"({ic} < {c})"] if wc > 1 and c != p2(c) else [])
+            ([f"({ir} < {r})"] if wr > 1 and r != p2(r) else [])
+            + ([f"({ic} < {c})"] if wc > 1 and c != p2(c) else [])
         )
         w_kw = f", mask={w_mask}, other=0.0" if w_mask else ""
         stmts = [f"acc = tl.zeros({shape}, tl.float32)"]
@@ -510,7 +581,7 @@ def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
                 f"ok{j} = (q{j} >= 0) & (q{j} < n)",
                 (f"s{j} = tl.load(indices + start + q{j}, mask=ok{j}, other=0).to(tl.int64)" if paged
                  else f"s{j} = (start + q{j}).to(tl.int64)"),
-                f"x{j} = tl.load(x_ptr + s{j}[:, None, None] * {rc} + {ir} * {c} + {ic}, "
+                f"x{j} = tl.load(x_ptr + {in_offs(f's{j}')}, "
                 f"mask=ok{j}[:, None, None]" + (f" & ({inner})" if inner else "") + ", other=0.0).to(tl.float32)",
                 f"acc = acc + x{j} * tl.load(w_ptr + {j * wr * wc} + {w_offs}{w_kw})",
             ]  # fmt: skip
@@ -518,7 +589,7 @@ def standalone_kernel(name: str, node: OpNode, src: str) -> KernelSource:
         loop(stmts)
     else:
         raise CompileError(f"{op.name} has no standalone Triton lowering")
-    params = ", ".join(f"{a.name}_ptr" for a in e.args)
+    params = ", ".join(a.name for a in e.args)
     lines = [
         "@triton.jit",
         f"def {name}(indptr, indices, {params}, BS: tl.constexpr):",

@@ -42,7 +42,8 @@ class KernelGroup:
         from vortex_torch.abs.formats import FORMAT
 
         return any(
-            (n.output is not None and n.output.format != FORMAT.BATCHED) or n.writes is not None for n in self.nodes
+            (n.output is not None and n.output.format != FORMAT.BATCHED) or n.writes is not None
+            for n in self.nodes
         )
 
 
@@ -64,15 +65,24 @@ def group_nodes(nodes: list[OpNode]) -> list[KernelGroup]:
 
 def _check_state_order(groups: list[KernelGroup]) -> None:
     """A field saved in kernel i must not be read by a later kernel: it would see this step's value."""
-    saved_in = {n.writes: i for i, g in enumerate(groups) for n in g.nodes if isinstance(n.op, ix.Save)}
+    saved_in: dict[str | None, int] = {}  # field -> the first kernel that Saves it
+    for i, g in enumerate(groups):
+        for n in g.nodes:
+            if isinstance(n.op, ix.Save):
+                saved_in.setdefault(n.writes, i)
     for i, g in enumerate(groups):
         for n in g.nodes:
             for t in n.inputs:
                 j = saved_in.get(t.name) if t.name else None
                 if j is not None and i > j:
+                    fix = (
+                        "select on a value computed before the Save (e.g. Load the field) instead"
+                        if isinstance(n.op, ix.topK)
+                        else "move the Save after every read of the field"
+                    )
                     raise CompileError(
                         f"field {t.name!r} is read by {n.op.name} (at {n.site}) in a kernel after the one that Saves "
-                        "it; move the Save after every read of the field"
+                        f"it, where this backend would see this step's value instead of the previous one; {fix}"
                     )
 
 

@@ -13,33 +13,79 @@ import torch
 
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
-from vortex_torch.abs.layout import DenseBlocks
+from vortex_torch.abs.graph import OpNode
+from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+from vortex_torch.cache.ops import _Interleave
 from vortex_torch.kernels.select import select_blocks
 
 from ..trace import TracedFlow
 from .base import FlowExecutor, SelectionSpec
-from .codegen import KernelSource, cache_kernel, fused_kernel, standalone_kernel
-from .schedule import KernelGroup, group_nodes, live_nodes, materialized
+from .codegen import KV_FIELDS, KernelSource, KVLayout, cache_kernel, fused_kernel, p2, standalone_kernel
+from .schedule import CompileError, KernelGroup, group_nodes, live_nodes, materialized
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("VORTEX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vortex"))
+    return os.environ.get(
+        "VORTEX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vortex")
+    )
+
+
+#: fp32 elements of the largest per-block tile, times the blocks of a program, that a program may hold
+TILE_BUDGET = 8192
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def per_block_elements(nodes: list[OpNode]) -> int:
+    """The largest tile a kernel of ``nodes`` holds per block (padded sizes), including the rank-4 product of
+    a GeMM and of a non-power-of-two Interleave; per-row (BATCHED) values are not counted, they do not grow
+    with the block chunk."""
+    most = 1
+    for n in nodes:
+        for t in (*n.inputs, *([n.output] if n.output is not None else [])):
+            if t.format != FORMAT.BATCHED:
+                most = max(most, p2(t.inner[0]) * p2(t.inner[1]))
+        if n.output is None or n.output.format == FORMAT.BATCHED:
+            continue
+        if isinstance(n.op, ix.GeMM):
+            x, y = n.inputs
+            most = max(most, p2(y.inner[0]) * p2(x.inner[0]) * p2(x.inner[1]))
+        if isinstance(n.op, _Interleave):
+            (x,) = n.inputs
+            most = max(most, p2(x.inner[0]) * p2(x.inner[1]) * p2(n.output.inner[n.op.dim - 1]))
+    return most
 
 
 class TritonExecutor(FlowExecutor):
     """Runs a traced flow as generated Triton kernels (one per fused group, one per standalone op, one for
-    selection). ``block_chunk`` is the number of blocks a program handles at once."""
+    selection). ``block_chunk`` is the number of blocks a program handles at once (a power of two; 0 picks,
+    per kernel, up to 64 so that its largest tile stays within ``TILE_BUDGET`` elements: ``chunks``);
+    ``cache_chunk`` the same for ``forward_cache``."""
 
     def __init__(
-        self, traced: TracedFlow, *, block_chunk: int = 64, cache_dir: str | None = None, cache_chunk: int = 0
+        self,
+        traced: TracedFlow,
+        layout: PoolLayout,
+        *,
+        block_chunk: int = 0,
+        cache_dir: str | None = None,
+        cache_chunk: int = 0,
     ) -> None:
-        super().__init__(traced)
+        super().__init__(traced, layout)
+        kv = KVLayout(layout.page_size, layout.block_size, layout.num_kv_heads)
         for what, v in (("block_chunk", block_chunk), ("cache_chunk", cache_chunk)):
-            if v < 0 or (v & (v - 1)) or (what == "block_chunk" and v == 0):
+            if v < 0 or (v & (v - 1)):
                 raise ValueError(f"{what} must be a power of two (Triton tile sizes are), got {v}")
-        self.block_chunk = block_chunk
         nodes = live_nodes(traced.indexer)
         self.groups: list[KernelGroup] = group_nodes(nodes)
+        self.block_chunk = block_chunk
+        #: blocks per program of each kernel (the selection kernel picks its own tiles)
+        self.chunks = [
+            block_chunk or min(64, _pow2_floor(TILE_BUDGET // per_block_elements(g.nodes)))
+            for g in self.groups
+        ]
         self.stored = materialized(self.groups)
         self.terminal = self.groups[-1].nodes[0]
         entries = traced.indexer.entries
@@ -47,6 +93,10 @@ class TritonExecutor(FlowExecutor):
         score = self.terminal.inputs[0]
         #: the selection reads a cache field directly (``topK()(cache["f"], o)``): gathered at the dense blocks
         self.score_field: str | None = entry_of[score.tensor_id][6:] if score.tensor_id in entry_of else None
+        if self.score_field in KV_FIELDS:
+            raise CompileError(
+                f"topK of cache[{self.score_field!r}] itself: reduce it to one score per block first"
+            )
         if self.score_field is None:
             self.stored.add(score.tensor_id)  # the score feeds the selection kernel
         self.kernels: list[KernelSource | None] = []
@@ -54,19 +104,26 @@ class TritonExecutor(FlowExecutor):
             name = f"k{i}_{g.kind}"
             if g.kind == "fused":
                 external = {
-                    t.tensor_id: entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}") for n in g.nodes for t in n.inputs
+                    t.tensor_id: entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}")
+                    for n in g.nodes
+                    for t in n.inputs
                 }
-                self.kernels.append(fused_kernel(name, g, external, self.stored))
+                self.kernels.append(fused_kernel(name, g, external, self.stored, kv))
             elif g.kind == "standalone":
                 t = g.nodes[0].inputs[0]
-                self.kernels.append(standalone_kernel(name, g.nodes[0], entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}")))
+                self.kernels.append(
+                    standalone_kernel(
+                        name, g.nodes[0], entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}"), kv
+                    )
+                )
             else:
                 self.kernels.append(None)
         cache_nodes = live_nodes(traced.cache)
-        self.cache_kernel = cache_kernel("cache_update", cache_nodes, traced.cache.entries) if cache_nodes else None
-        biggest = max((t.inner[0] * t.inner[1] for t in traced.cache.entries.values()), default=1)
+        self.cache_kernel = (
+            cache_kernel("cache_update", cache_nodes, traced.cache.entries, kv) if cache_nodes else None
+        )
         # blocks per cache-kernel program: a power of two with at most ~4096 elements per tile
-        self.cache_chunk = cache_chunk or 1 << (max(1, min(16, 4096 // max(1, biggest))).bit_length() - 1)
+        self.cache_chunk = cache_chunk or _pow2_floor(min(16, 4096 // per_block_elements(cache_nodes)))
         self.source = self._render()
         self.source_path = ""  # the generated module on disk (set by _import)
         self.module = self._import(cache_dir or default_cache_dir())
@@ -109,10 +166,20 @@ class TritonExecutor(FlowExecutor):
         return len(self.groups) + (self.score_field is not None)
 
     # -- run -------------------------------------------------------------------------------------------------
-    def _resolve(self, source: str, q: torch.Tensor, fields: dict[str, torch.Tensor], bufs: dict[int, torch.Tensor]) -> Any:
+    def _resolve(
+        self, source: str, q: torch.Tensor, fields: dict[str, torch.Tensor], bufs: dict[int, torch.Tensor]
+    ) -> Any:
         kind, _, key = source.partition(":")
         if kind == "entry":
             return q if key == "q" else fields[key]
+        if kind in ("stride0", "stride1"):  # native K/V buffer [num_slots, H_kv, D]: slot and head strides
+            buf = fields[key]
+            if buf.dim() != 3 or buf.shape[1] != self.layout.num_kv_heads or buf.stride(2) != 1:
+                raise ValueError(
+                    f"cache[{key!r}] must be a [num_slots, H_kv={self.layout.num_kv_heads}, D] buffer with "
+                    f"contiguous rows, got shape {tuple(buf.shape)} strides {buf.stride()}"
+                )
+            return buf.stride(0 if kind == "stride0" else 1)
         return bufs[int(key)]
 
     def run_indexer(
@@ -134,9 +201,10 @@ class TritonExecutor(FlowExecutor):
                 t = n.output
                 if t is not None and t.tensor_id in self.stored:
                     lead = rows if t.format == FORMAT.BATCHED else nnz
-                    bufs[t.tensor_id] = torch.empty(lead * t.inner[0] * t.inner[1], dtype=torch.float32, device=q.device)
-        bs = self.block_chunk
-        for g, k in zip(self.groups, self.kernels, strict=True):
+                    bufs[t.tensor_id] = torch.empty(
+                        lead * t.inner[0] * t.inner[1], dtype=torch.float32, device=q.device
+                    )
+        for g, k, bs in zip(self.groups, self.kernels, self.chunks, strict=True):
             if k is None:
                 (score_t,) = g.nodes[0].inputs
                 op = g.nodes[0].op
@@ -146,8 +214,15 @@ class TritonExecutor(FlowExecutor):
                 else:
                     score = bufs[score_t.tensor_id]
                 select_blocks(
-                    score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos,
-                    selection.eos, tolerate_ratio=op.tolerate_ratio, out=out, max_blocks_per_row=max_n,
+                    score,
+                    dense.indptr,
+                    dense.indices,
+                    selection.sel_indptr,
+                    selection.bos,
+                    selection.eos,
+                    tolerate_ratio=op.tolerate_ratio,
+                    out=out,
+                    max_blocks_per_row=max_n,
                 )
                 continue
             args = []
@@ -165,7 +240,7 @@ class TritonExecutor(FlowExecutor):
         if self.cache_kernel is None or block_ids.numel() == 0:
             return
         n = block_ids.numel()
-        args = [fields[a.source.partition(":")[2]] for a in self.cache_kernel.args]
+        args = [self._resolve(a.source, block_ids, fields, {}) for a in self.cache_kernel.args]
         kernel = getattr(self.module, self.cache_kernel.name)
         kernel[(triton_cdiv(n, self.cache_chunk),)](block_ids, n, *args, BS=self.cache_chunk)
 

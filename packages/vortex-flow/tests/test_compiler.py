@@ -1,0 +1,427 @@
+"""The flow compiler: generated Triton kernels (TritonExecutor) == the graph interpreter (ReferenceExecutor).
+
+Every indexer and cache op is exercised by one of the small flows of ``flows_for_tests`` on two pools with
+odd shapes (head_dim 24, group size 3, block 4 in page 8; head_dim 16, group 2, block 8 in page 16 with bf16
+fields and K/V), K/V as strided views of SGLang-style ``[num_slots, H_kv, D]`` buffers, ragged batches (rows of
+one block, rows shorter than the budget, partial last blocks) and a block chunk smaller than the longest rows,
+so a row spans several programs. Compared: every field after ``run_cache``, then the selection, the score
+itself (Saved into a ``probe`` field) and every field after a decode step (two steps for flows with state).
+On CPU the kernels run in Triton's interpreter (the repository conftest sets ``TRITON_INTERPRET=1``); one
+test also lowers every generated kernel for an H100 (sm_90) with Triton's NVIDIA backend, which needs no GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vortex_torch import cache as cx
+from vortex_torch import indexer as ix
+from vortex_torch.abs import ContextBase, Geometry, PoolLayout, vTensor
+from vortex_torch.abs.layout import DenseBlocks
+from vortex_torch.flow import build_vflow
+from vortex_torch.flow.compiler.base import SelectionSpec
+from vortex_torch.flow.compiler.reference import ReferenceExecutor
+from vortex_torch.flow.compiler.schedule import CompileError
+from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+from vortex_torch.flow.trace import TracedFlow, trace_flow
+from vortex_torch.kernels.select import default_budget, selection_indptr
+
+_spec = importlib.util.spec_from_file_location(
+    "flows_for_tests", Path(__file__).with_name("flows_for_tests.py")
+)
+assert _spec is not None and _spec.loader is not None
+flows_for_tests = importlib.util.module_from_spec(_spec)
+sys.modules["flows_for_tests"] = flows_for_tests
+_spec.loader.exec_module(flows_for_tests)
+FLOWS = flows_for_tests.FLOWS
+SpecFlow = flows_for_tests.SpecFlow
+
+# padded lanes of a tile hold don't-care values (0 / 0 in a padded Normalize lane): numpy warns about them
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+REPO = Path(__file__).resolve().parents[3]
+BLOCK_CHUNK = 8  # blocks per program: the longest rows (13 blocks) span two programs
+BOS, EOS, TOPK, RATIO = 1, 1, 2, 0.25
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    block_size: int
+    page_size: int
+    head_dim: int
+    group_size: int
+    heads: int
+    dtype: torch.dtype
+    seq_lens: tuple[int, ...]
+
+
+CONFIGS = {
+    "d24g3b4": Config("d24g3b4", 4, 8, 24, 3, 2, torch.float32, (1, 6, 23, 50)),
+    "d16g2b8bf16": Config("d16g2b8bf16", 8, 16, 16, 2, 2, torch.bfloat16, (1, 9, 60, 100)),
+}
+
+
+@dataclass
+class Pool:
+    cfg: Config
+    geometry: Geometry
+    layout: PoolLayout
+    num_blocks: int
+    kv: dict[str, torch.Tensor]
+    dense: DenseBlocks
+    selection: SelectionSpec
+    qs: list[torch.Tensor]
+    block_ids: torch.Tensor  # the blocks run_cache summarises: most of the pool, shuffled
+    seed: int
+
+    def fields(self, spec: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """k, v and every aux field, the latter filled with distinct random values (what is not overwritten
+        must stay as it was)."""
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        out = dict(self.kv)  # read-only: shared
+        for name, (r, c) in sorted(spec.items()):
+            out[name] = torch.randn(self.num_blocks, r, c, generator=gen).to(self.geometry.dtype)
+        return out
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def pool(request: pytest.FixtureRequest) -> Pool:
+    cfg = CONFIGS[request.param]
+    seed = 1234 + len(cfg.name)
+    gen = torch.Generator().manual_seed(seed)
+    layout = PoolLayout(page_size=cfg.page_size, block_size=cfg.block_size, num_kv_heads=cfg.heads)
+    pages_per_req = [-(-n // cfg.page_size) for n in cfg.seq_lens]
+    num_pages = sum(pages_per_req) + 3
+    order = torch.randperm(num_pages, generator=gen).tolist()  # requests get scattered pages
+    slots = []
+    for n, n_pages in zip(cfg.seq_lens, pages_per_req, strict=True):
+        pages, order = order[:n_pages], order[n_pages:]
+        per_page = [torch.arange(p * cfg.page_size, (p + 1) * cfg.page_size) for p in pages]
+        slots.append(torch.cat(per_page)[:n])
+    dense = DenseBlocks.from_token_slots(layout, slots)
+    nb = layout.num_blocks(num_pages)
+    # SGLang's native per-layer K/V [num_slots, H_kv, D], here as views of one [num_slots, 2, H_kv, D] buffer:
+    # the kernels must follow the buffers' strides, not assume contiguous K and V
+    both = torch.randn(num_pages * cfg.page_size, 2, cfg.heads, cfg.head_dim, generator=gen).to(cfg.dtype)
+    kv = {"k": both[:, 0], "v": both[:, 1]}
+    budget = default_budget(dense.lengths(), TOPK, RATIO, BOS, EOS)
+    selection = SelectionSpec(selection_indptr(budget), BOS, EOS)
+    g, d = cfg.group_size, cfg.head_dim
+    qs = [torch.randn(dense.num_rows, g, d, generator=gen).to(cfg.dtype) for _ in range(2)]
+    ids = torch.randperm(nb, generator=gen)[: nb - 5].to(torch.int32)
+    geometry = Geometry(
+        block_size=cfg.block_size, head_dim=d, group_size=g, dtype=cfg.dtype, kv_dtype=cfg.dtype
+    )
+    lengths = dense.lengths()
+    assert (
+        int(lengths.min()) == 1
+        and bool((budget.long() == lengths).any())
+        and bool((budget.long() < lengths).any())
+    )
+    return Pool(cfg, geometry, layout, nb, kv, dense, selection, qs, ids, seed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreter_rounds_bf16_to_nearest_even() -> Iterator[None]:
+    """Triton's interpreter truncates fp32 -> bf16 (``create_fp_trunc`` drops the low bits) where a GPU rounds
+    to nearest even, as torch does. Make it round like the GPU so that bf16 fields can be compared tightly."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    truncate = builder.create_fp_trunc
+
+    def fp_trunc(self: Any, src: Any, dst_type: Any) -> Any:
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return truncate(self, src, dst_type)
+        bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        out = np.where(nan, ((bits >> 16) | 0x40).astype(np.uint16), out)  # stay NaN (quiet)
+        return interpreter.TensorHandle(out, tl.bfloat16)
+
+    builder.create_fp_trunc = fp_trunc
+    try:
+        yield
+    finally:
+        builder.create_fp_trunc = truncate
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("vortex_cache"))
+
+
+def _tol(dtype: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol): both sides compute in fp32 in different orders; a bf16 value may round the other way."""
+    return (1e-4, 1e-5) if dtype == torch.float32 else (1.6e-2, 1e-3)
+
+
+def _assert_fields(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        where = f"{what}: field {name!r}"
+        rtol, atol = _tol(want[name].dtype)
+
+        def msg(m: str, w: str = where) -> str:
+            return f"{w}: {m}"
+
+        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=msg)
+        if want[name].dtype != torch.float32:
+            # both round to nearest even: only an fp32 difference at a rounding boundary may flip an element
+            flipped = (got[name] != want[name]).float().mean().item()
+            assert flipped <= 0.02, f"{where}: {flipped:.1%} of the elements differ (rounding mode?)"
+
+
+def _clone(fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v if k in ("k", "v") else v.clone() for k, v in fields.items()}
+
+
+def _select(ex: Any, pool: Pool, q: torch.Tensor, fields: dict[str, torch.Tensor]) -> list[int]:
+    out = torch.full((pool.selection.total,), -1, dtype=torch.int32)
+    ex.run_indexer(q, fields, pool.dense, pool.selection, out)
+    return out.tolist()
+
+
+def compare(traced: TracedFlow, pool: Pool, cache_dir: str) -> TritonExecutor:
+    """Run both executors on the same inputs and assert the compiled one reproduces the reference."""
+    ref = ReferenceExecutor(traced, pool.layout)
+    tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
+    want = pool.fields(traced.fields)
+    got = _clone(want)
+    ref.run_cache(want, pool.block_ids)
+    tri.run_cache(got, pool.block_ids)
+    _assert_fields(got, want, "after run_cache")
+    state = want
+    stateful = bool(traced.saved_fields - {"probe"})  # a second step reads what the first one Saved
+    for step, q in enumerate(pool.qs[: 2 if stateful else 1]):
+        want, got = _clone(state), _clone(state)  # same inputs each step: a rounding flip must not compound
+        sel_ref = _select(ref, pool, q, want)
+        sel_tri = _select(tri, pool, q, got)
+        _assert_fields(got, want, f"decode step {step}")  # Saved state and the score probe included
+        assert sel_tri == sel_ref, f"decode step {step}: selections differ\n{tri.source}"
+        state = want
+    return tri
+
+
+@pytest.mark.parametrize("flow_name", sorted(FLOWS))
+def test_compiled_equals_reference(flow_name: str, pool: Pool, cache_dir: str) -> None:
+    traced = trace_flow(FLOWS[flow_name](), pool.geometry)
+    compare(traced, pool, cache_dir)
+
+
+def test_every_op_is_exercised(pool: Pool) -> None:
+    """The flows above call every op of both op sets (so a new op without a test is noticed)."""
+    seen: set[type] = set()
+    for make in FLOWS.values():
+        traced = trace_flow(make(), pool.geometry)
+        seen.update(type(n.op) for g in (traced.indexer, traced.cache) for n in g.nodes)
+    want = {getattr(ix, n) for n in ix.__all__ if n not in ("Context", "MASKED")}
+    want |= {getattr(cx, n) for n in cx.__all__ if n != "Context"}
+    missing = sorted(c.__module__ + "." + c.__name__ for c in want - seen)
+    assert not missing, f"ops no test flow calls: {missing}"
+
+
+# -- schedule: fusion, dead ops, launches ----------------------------------------------------------------------
+
+
+def test_quickstart_compiles_to_two_launches(pool: Pool, cache_dir: str) -> None:
+    flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
+    tri = compare(trace_flow(flow, pool.geometry), pool, cache_dir)
+    assert tri.indexer_launches == 2
+    assert [g.kind for g in tri.groups] == ["fused", "select"]
+
+
+def test_dead_ops_are_removed(pool: Pool, cache_dir: str) -> None:
+    traced = trace_flow(FLOWS["dead"](), pool.geometry)
+    tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
+    assert len(traced.indexer.nodes) == 7  # Mean, GeMV, Softmax, Max, Exp, Sum (dead ones included), topK ...
+    assert tri.indexer_launches == 2  # ... but only the scoring kernel and the selection run
+    assert [g.kind for g in tri.groups] == ["fused", "select"]
+    live = [type(n.op).__name__ for g in tri.groups for n in g.nodes]
+    assert live == ["Mean", "GeMV", "topK"]
+    assert "tl.exp" not in tri.source and "standalone" not in tri.source
+
+
+def test_state_flow_kernels(pool: Pool, cache_dir: str) -> None:
+    """Load/Save fuse into the scoring kernel, a standalone op splits it; the Load output another kernel reads
+    goes through memory."""
+    traced = trace_flow(FLOWS["state"](), pool.geometry)
+    tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
+    assert [g.kind for g in tri.groups] == ["fused", "standalone", "fused", "select"]
+    load = next(n for n in tri.groups[0].nodes if isinstance(n.op, ix.Load))
+    assert load.output is not None and load.output.tensor_id in tri.stored
+
+
+# -- the on-disk source cache ------------------------------------------------------------------------------------
+
+
+def test_generated_source_is_cached_on_disk(pool: Pool, tmp_path: Path) -> None:
+    first = TritonExecutor(trace_flow(FLOWS["dim0"](), pool.geometry), pool.layout, cache_dir=str(tmp_path))
+    path = Path(first.source_path)
+    assert path.parent == tmp_path and path.read_text() == first.source
+    stamp = path.stat().st_mtime_ns
+    again = TritonExecutor(trace_flow(FLOWS["dim0"](), pool.geometry), pool.layout, cache_dir=str(tmp_path))
+    assert again.source_path == first.source_path  # same flow and geometry: same file ...
+    assert path.stat().st_mtime_ns == stamp  # ... not rewritten ...
+    assert again.module is first.module  # ... and not re-imported
+    other = Geometry(block_size=16, head_dim=32, group_size=4, dtype=torch.float32, kv_dtype=torch.float32)
+    layout = PoolLayout(page_size=32, block_size=16, num_kv_heads=2)
+    third = TritonExecutor(trace_flow(FLOWS["dim0"](), other), layout, cache_dir=str(tmp_path))
+    assert third.source_path != first.source_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({path.name, Path(third.source_path).name})
+
+
+# -- what the backend cannot lower -------------------------------------------------------------------------------
+
+G24 = Geometry(block_size=4, head_dim=24, group_size=3, dtype=torch.float32, kv_dtype=torch.float32)
+L24 = PoolLayout(page_size=8, block_size=4, num_kv_heads=2)
+
+
+def _reshape_indexer(q: vTensor, cache: dict[str, vTensor], ctx: ContextBase) -> vTensor:
+    row = ix.Mean(dim=1)(cache["k"], ctx=ctx)  # [S, 1, 24]
+    col = ix.Reshape(-1, ctx.head_dim, 1)(row, ctx=ctx)  # [S, 24, 1]: not a power of two
+    return ix.GeMV()(ix.Mean(dim=1)(q, ctx=ctx), ix.Transpose()(col, ctx=ctx), ctx=ctx)
+
+
+def _reshape_cache(cache: dict[str, vTensor], loc: Any, ctx: ContextBase) -> None:
+    col = cx.Reshape(-1, ctx.head_dim, 1)(cx.Mean(dim=1)(cache["k"], loc=loc, ctx=ctx), loc=loc, ctx=ctx)
+    cx.Mean(dim=1)(col, cache["r"], loc=loc, ctx=ctx)
+
+
+def test_reshape_of_non_power_of_two_block_is_a_compile_error(tmp_path: Path) -> None:
+    flow = SpecFlow("reshape", flows_for_tests.no_fields, flows_for_tests.no_cache, _reshape_indexer)
+    traced = trace_flow(flow, G24)
+    with pytest.raises(
+        CompileError, match=r"Reshape\(-1, 24, 1\) of a \[\*, 1, 24\] block at .*test_compiler"
+    ):
+        TritonExecutor(traced, L24, cache_dir=str(tmp_path))
+    ReferenceExecutor(traced, L24)  # the reference runs it; only this backend refuses
+    flow = SpecFlow("reshape_cache", lambda _b, _d: {"r": (1, 1)}, _reshape_cache, lambda q, c, ctx: c["r"])
+    with pytest.raises(CompileError, match="powers of two"):
+        TritonExecutor(trace_flow(flow, G24), L24, cache_dir=str(tmp_path))
+
+
+def _late_load_indexer(q: vTensor, cache: dict[str, vTensor], ctx: ContextBase) -> vTensor:
+    s = ix.GeMV()(ix.Mean(dim=1)(q, ctx=ctx), cache["c"], ctx=ctx)
+    ix.Save()(s, cache["acc"], ctx=ctx)
+    sm = ix.Softmax(dim=0)(s, ctx=ctx)  # a standalone kernel between the Save and the Load
+    return ix.Add()(sm, ix.Load()(cache["acc"], ctx=ctx), ctx=ctx)
+
+
+def _late_load_cache(cache: dict[str, vTensor], loc: Any, ctx: ContextBase) -> None:
+    flows_for_tests.centroid(cache, loc, ctx)
+    cx.Fill(0.0)(cache["acc"], loc=loc, ctx=ctx)
+
+
+def test_load_after_save_in_a_later_kernel_is_a_compile_error(tmp_path: Path) -> None:
+    fields = lambda _b, d: {"c": (1, d), "acc": (1, 1)}
+    flow = SpecFlow("late_load", fields, _late_load_cache, _late_load_indexer, probe=False)
+    with pytest.raises(CompileError, match=r"'acc' is read by Load .* after the one that Saves it"):
+        TritonExecutor(trace_flow(flow, G24), L24, cache_dir=str(tmp_path))
+
+
+def test_tile_sizes_are_powers_of_two(tmp_path: Path) -> None:
+    traced = trace_flow(FLOWS["centroid"](), G24)
+    with pytest.raises(ValueError, match="block_chunk must be a power of two"):
+        TritonExecutor(traced, L24, block_chunk=3, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="cache_chunk must be a power of two"):
+        TritonExecutor(traced, L24, cache_chunk=6, cache_dir=str(tmp_path))
+    # head_dim 80 with 16-token blocks: 4096 // (16 * 80) = 3 blocks per program would not be a power of two
+    g80 = Geometry(block_size=16, head_dim=80, group_size=1, dtype=torch.float32, kv_dtype=torch.float32)
+    layout = PoolLayout(page_size=32, block_size=16, num_kv_heads=1)  # 2 pages: 4 blocks
+    traced = trace_flow(FLOWS["centroid"](), g80)
+    tri = TritonExecutor(traced, layout, cache_dir=str(tmp_path))
+    assert tri.cache_chunk == 2 and tri.chunks == [64, 64]
+    gen = torch.Generator().manual_seed(0)
+    want = {f: torch.randn(64, 1, 80, generator=gen) for f in ("k", "v")}
+    want |= {name: torch.zeros(4, r, c) for name, (r, c) in traced.fields.items()}
+    got = _clone(want)
+    ids = torch.tensor([3, 0, 2], dtype=torch.int32)
+    ReferenceExecutor(traced, layout).run_cache(want, ids)
+    tri.run_cache(got, ids)
+    _assert_fields(got, want, "head_dim 80")
+    # per-kernel chunks: GeMM(q, k) at block 16, G 8, D 128 holds a [16, 8, 128] product per block
+    g128 = Geometry(block_size=16, head_dim=128, group_size=8)
+    tri = TritonExecutor(trace_flow(FLOWS["heads"](), g128), PoolLayout(32, 16, 2), cache_dir=str(tmp_path))
+    kinds = [(g.kind, g.nodes[0].op.name, c) for g, c in zip(tri.groups, tri.chunks, strict=True)]
+    assert kinds[0] == ("fused", "GeMM", 1)  # a [16, 8, 128] product per block
+    assert ("standalone", "Max", 4) in kinds and kinds[-1] == ("select", "topK", 64)  # a [16, 128] K tile
+    _assert_fields(got, want, "head_dim 80")
+
+
+# -- the generated source compiles for a GPU (sm_90) -------------------------------------------------------------
+
+_COMPILE_FOR_SM90 = textwrap.dedent(
+    """
+    import importlib.util, sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for path in sys.argv[1:]:
+        spec = importlib.util.spec_from_file_location("generated", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        for name, fn in vars(mod).items():
+            if not isinstance(fn, triton.runtime.jit.JITFunction):
+                continue
+            def kind(a):  # pointers to fields in bf16, intermediates in fp32; K/V strides are ints
+                if a == "BS":
+                    return "constexpr"
+                if a == "num_blocks" or a.startswith("stride"):
+                    return "i32"
+                if a in ("indptr", "indices", "block_ids"):
+                    return "*i32"
+                return "*bf16" if a.startswith(("save_", "f_")) or a in ("x_ptr",) else "*fp32"
+            sig = {a: kind(a) for a in fn.arg_names}
+            triton.compile(ASTSource(fn, sig, constexprs={"BS": 16}), target=GPUTarget("cuda", 90, 32))
+            print("compiled", name)
+    """
+)
+
+
+def test_generated_kernels_compile_for_sm90(tmp_path: Path) -> None:
+    """Lower every kernel of every test flow (odd geometry) through Triton's NVIDIA backend down to a cubin for
+    an H100, without a GPU: the interpreter accepts code that the real compiler rejects."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    paths = sorted(
+        {
+            TritonExecutor(trace_flow(make(), G24), L24, cache_dir=str(tmp_path / "src")).source_path
+            for make in FLOWS.values()
+        }
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
+    procs = [  # two workers: the NVIDIA backend compiles one kernel at a time
+        subprocess.Popen(
+            [sys.executable, "-c", _COMPILE_FOR_SM90, *paths[i::2]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    compiled = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:] + err[-6000:]
+        compiled += out.count("compiled ")
+    assert compiled >= 2 * len(paths)

@@ -92,13 +92,24 @@ class Pool:
         gen = torch.Generator().manual_seed(self.seed + 1)
         out = dict(self.kv)  # read-only: shared
         for name, (r, c) in sorted(spec.items()):
-            out[name] = torch.randn(self.num_blocks, r, c, generator=gen).to(self.geometry.dtype)
+            out[name] = torch.randn(self.num_blocks, r, c, generator=gen).to(self.geometry.dtype).to(self.qs[0].device)
         return out
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+# The same comparisons on a real GPU (compiled kernels, not the interpreter), when one is present.
+_POOL_PARAMS = [pytest.param((name, "cpu"), id=name) for name in sorted(CONFIGS)] + [
+    pytest.param((name, "cuda"), id=f"{name}-cuda", marks=[pytest.mark.gpu]) for name in sorted(CONFIGS)
+]
+
+
+@pytest.fixture(scope="module", params=_POOL_PARAMS)
 def pool(request: pytest.FixtureRequest) -> Pool:
-    cfg = CONFIGS[request.param]
+    name, device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    if device == "cpu" and torch.cuda.is_available():
+        pytest.skip("the CPU variants run in Triton's interpreter, on machines without CUDA")
+    cfg = CONFIGS[name]
     seed = 1234 + len(cfg.name)
     gen = torch.Generator().manual_seed(seed)
     layout = PoolLayout(page_size=cfg.page_size, block_size=cfg.block_size, num_kv_heads=cfg.heads)
@@ -130,7 +141,11 @@ def pool(request: pytest.FixtureRequest) -> Pool:
         and bool((budget.long() == lengths).any())
         and bool((budget.long() < lengths).any())
     )
-    return Pool(cfg, geometry, layout, nb, kv, dense, selection, qs, ids, seed)
+    dev = torch.device(device)
+    dense = DenseBlocks(*(getattr(dense, f).to(dev) for f in ("indptr", "indices", "last_block_len", "row_of", "pos")))
+    selection = SelectionSpec(selection.sel_indptr.to(dev), BOS, EOS)
+    kv = {k: v.to(dev) for k, v in kv.items()}
+    return Pool(cfg, geometry, layout, nb, kv, dense, selection, [q.to(dev) for q in qs], ids.to(dev), seed)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -194,7 +209,7 @@ def _clone(fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _select(ex: Any, pool: Pool, q: torch.Tensor, fields: dict[str, torch.Tensor]) -> list[int]:
-    out = torch.full((pool.selection.total,), -1, dtype=torch.int32)
+    out = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=q.device)
     ex.run_indexer(q, fields, pool.dense, pool.selection, out)
     return out.tolist()
 

@@ -32,8 +32,7 @@ from vortex_torch.abs.layout import PoolLayout
 
 from .naive import check_inputs
 
-LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E): the kernels work in base 2 (one MUFU op per exp)
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
 
 _TILE_ELEMS = 8192  # K (and V) tile of one loop step: BLOCK_N x D_PAD elements, 64 x 128 at D = 128
 _MIN_ITERS_PER_SPLIT = 2  # a split shorter than this costs more in launch/combine than it gains
@@ -243,7 +242,7 @@ def launch(
         G_PAD=g_pad, D_PAD=d_pad, BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
-    qk_scale = sm_scale * LOG2E
+    qk_scale = sm_scale * math.log2(math.e)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
     if num_splits == 1:
         # Single pass: the split kernel writes the final output ([R, 1, G, D] view of out) itself.

@@ -178,7 +178,31 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
             entry["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
         return entry
 
+    # where the indexer's time goes, and how the generated scoring kernel's tiling moves it
+    score_buf = torch.empty(dense.nnz, dtype=torch.float32, device=dev)
+
+    def select_only() -> None:
+        select_blocks(score_buf, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
+
+    res["select_only"] = measure(select_only)
+    sweep = {}
+    for chunk in (16, 32, 64, 128):
+        for warps in (2, 4, 8):
+            try:
+                ex = TritonExecutor(traced, layout, block_chunk=chunk, num_warps=warps)
+                fn = lambda ex=ex: ex.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
+                sweep[f"chunk{chunk}_warps{warps}"] = round(bench_graph(fn), 1)
+            except Exception as exc:
+                sweep[f"chunk{chunk}_warps{warps}"] = f"{type(exc).__name__}: {exc}"[:200]
+    res["indexer_vortex_sweep_graph_us"] = sweep
+    generic = torch.compile(lambda qq: ref.evaluate(qq, fields, dense)[0], dynamic=False)
+
+    def inductor_generic_indexer() -> None:
+        score = generic(q)
+        select_blocks(score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
+
     for name, fn in [
+        ("indexer_inductor_generic", inductor_generic_indexer),
         ("indexer_vortex", vortex_indexer),
         ("indexer_inductor", inductor_indexer),
         ("indexer_torch_eager", eager_indexer),

@@ -60,7 +60,7 @@ def per_block_elements(nodes: list[OpNode]) -> int:
 
 class TritonExecutor(FlowExecutor):
     """Runs a traced flow as generated Triton kernels (one per fused group, one per standalone op, one for
-    selection). ``block_chunk`` is the number of blocks a program handles at once (a power of two; 0 picks,
+    selection). ``num_warps`` is the warps per program of the scoring kernels. ``block_chunk`` is the number of blocks a program handles at once (a power of two; 0 picks,
     per kernel, up to 64 so that its largest tile stays within ``TILE_BUDGET`` elements: ``chunks``);
     ``cache_chunk`` the same for ``forward_cache``."""
 
@@ -72,8 +72,11 @@ class TritonExecutor(FlowExecutor):
         block_chunk: int = 0,
         cache_dir: str | None = None,
         cache_chunk: int = 0,
+        num_warps: int = 4,
     ) -> None:
         super().__init__(traced, layout)
+        #: warps per program of the generated scoring kernels
+        self.num_warps = num_warps
         kv = KVLayout(layout.page_size, layout.block_size, layout.num_kv_heads)
         for what, v in (("block_chunk", block_chunk), ("cache_chunk", cache_chunk)):
             if v < 0 or (v & (v - 1)):
@@ -234,7 +237,7 @@ class TritonExecutor(FlowExecutor):
                     args.append(self._resolve(a.source, q, fields, bufs))
             kernel = getattr(self.module, k.name)
             grid = (rows, triton_cdiv(max_n, bs)) if k.ragged else (rows,)
-            kernel[grid](dense.indptr, dense.indices, *args, BS=bs)
+            kernel[grid](dense.indptr, dense.indices, *args, BS=bs, num_warps=self.num_warps)
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
         if self.cache_kernel is None or block_ids.numel() == 0:

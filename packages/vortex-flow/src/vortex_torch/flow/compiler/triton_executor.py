@@ -72,10 +72,10 @@ class TritonExecutor(FlowExecutor):
         block_chunk: int = 0,
         cache_dir: str | None = None,
         cache_chunk: int = 0,
-        num_warps: int = 4,
+        num_warps: int = 2,
     ) -> None:
         super().__init__(traced, layout)
-        #: warps per program of the generated scoring kernels
+        #: warps per program of the generated scoring kernels (2 measured fastest: results/gpu/*indexer-bench*)
         self.num_warps = num_warps
         kv = KVLayout(layout.page_size, layout.block_size, layout.num_kv_heads)
         for what, v in (("block_chunk", block_chunk), ("cache_chunk", cache_chunk)):

@@ -14,8 +14,6 @@ import time
 from fractions import Fraction
 from typing import Any
 
-import torch
-
 from vortex_torch.abs.errors import VortexError
 
 
@@ -36,56 +34,6 @@ def _names_in_file(path: str) -> list[str]:
     return [info.name for info in registry.list_flows() if os.path.realpath(info.source) == real]
 
 
-def _compile_check(traced: Any, seed: int) -> dict[str, Any]:
-    """Compile to Triton and compare with the reference on a small ragged batch (interpreted on the CPU)."""
-    from vortex_torch.abs.layout import DenseBlocks, PoolLayout
-    from vortex_torch.kernels.select import default_budget, selection_indptr
-
-    from .compiler.base import SelectionSpec
-    from .compiler.reference import ReferenceExecutor
-    from .compiler.triton_executor import TritonExecutor
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    geo = traced.geometry
-    gen = torch.Generator().manual_seed(seed)
-    heads, bs = 2, geo.block_size
-    layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=heads)
-    compiled = TritonExecutor(traced, layout, block_chunk=16)
-    reference = ReferenceExecutor(traced, layout)
-    lengths = [5 * bs + 3, 2 * bs, bs - 1]  # partial last block, exact fit, one short block
-    num_pages = 1 + sum(-(-n // bs) for n in lengths)
-    nb = layout.num_blocks(num_pages)
-    kv_shape = (num_pages * layout.page_size, heads, geo.head_dim)  # SGLang's native [num_slots, H_kv, D]
-    fields = {name: torch.randn(*kv_shape, generator=gen).to(geo.kv_dtype) for name in ("k", "v")}
-    for name, (r, c) in traced.fields.items():
-        fields[name] = torch.zeros(nb, r, c, dtype=geo.dtype)
-    fields = {k: v.to(device) for k, v in fields.items()}
-    mirror = {k: v.clone() for k, v in fields.items()}
-    all_blocks = torch.arange(layout.num_blocks(1), nb, device=device)  # page 0 is never handed out
-    compiled.run_cache(fields, all_blocks)
-    reference.run_cache(mirror, all_blocks)
-    slots, start = [], bs
-    for n in lengths:
-        slots.append(torch.arange(start, start + n, device=device))
-        start += -(-n // bs) * bs
-    dense = DenseBlocks.from_token_slots(layout, slots)
-    spec = SelectionSpec(selection_indptr(default_budget(dense.lengths().int(), 1, 0.0, 1, 1)), 1, 1)
-    q = torch.randn(dense.num_rows, geo.group_size, geo.head_dim, generator=gen).to(geo.kv_dtype).to(device)
-    out_c = torch.empty(spec.total, dtype=torch.int32, device=device)
-    out_r = torch.empty_like(out_c)
-    compiled.run_indexer(q, fields, dense, spec, out_c)
-    reference.run_indexer(q, mirror, dense, spec, out_r)
-    aux_ok = all(
-        torch.allclose(fields[n].float(), mirror[n].float(), rtol=2e-2, atol=2e-2) for n in traced.fields
-    )
-    return {
-        "kernels_per_layer": compiled.indexer_launches,
-        "cache_kernels": 1 if compiled.cache_kernel is not None else 0,
-        "compiled_matches_reference": bool(torch.equal(out_c, out_r)) and aux_ok,
-        "device": str(device),
-    }
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -93,6 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .loader import build_vflow, load_module_file
     from .runtime.synthetic import measure_flow
+    from .testing import compile_check
     from .trace import trace_flow
 
     t0 = time.perf_counter()
@@ -111,7 +60,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         flow = build_vflow(name, args.flow)
         geometry = Geometry(block_size=args.block_size, head_dim=args.head_dim, group_size=args.group_size)
         traced = trace_flow(flow, geometry)
-        report["compile"] = _compile_check(traced, args.seed)
+        report["compile"] = compile_check(traced, seed=args.seed).as_dict()
         report["kernels_per_layer"] = report["compile"]["kernels_per_layer"]
         per_ctx = []
         for n in tqdm(args.contexts, desc="needle contexts", unit="ctx", disable=args.json or not sys.stderr.isatty()):

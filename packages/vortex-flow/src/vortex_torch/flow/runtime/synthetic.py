@@ -151,14 +151,14 @@ def make_needle_context(
     *,
     block_size: int = 16,
     strength: float = 4.0,
-    query_scale: float = 2.0,
+    query_scale: float = 3.0,
     edge_blocks: int = 1,
 ) -> NeedleContext:
     """Hide ``num_needles`` keys aligned with the query among ``N(0, I)`` keys.
 
     A random unit direction ``u`` is drawn; every query head is ``query_scale * u`` plus small noise, and each
     needle key is a hay key plus ``strength * sqrt(D) * u``. A needle's logit ``q.k / sqrt(D)`` is thus about
-    ``query_scale * strength`` (8 by default) while hay logits are ~``N(0, (query_scale / sqrt(D))^2)``, and the
+    ``query_scale * strength`` (12 by default, so the needles hold most of the dense attention mass even at 32k tokens) while hay logits are ~``N(0, (query_scale / sqrt(D))^2)``, and the
     mean key of a needle's block stands ``strength * sqrt(D) / block_size`` above the hay blocks along ``u``
     (several standard deviations for the defaults). Needles avoid the first and last ``edge_blocks`` blocks,
     which bos/eos keep anyway, so finding them is the flow's merit. Positions are distinct but two needles may

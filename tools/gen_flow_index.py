@@ -12,7 +12,7 @@ runs what ``vortex check`` measures, on the CPU reference runtime:
 It writes ``<flow>/RESULTS.md`` (with the numbers as JSON in a comment), the results line of each flow's
 README (between ``<!-- results:start -->`` and ``<!-- results:end -->``) and the index table of the
 package README (between ``<!-- flow-index:start -->`` and ``<!-- flow-index:end -->``), built from every
-RESULTS.md. GPU step time is not measured here ("not measured yet").
+RESULTS.md. GPU step time is not measured here: ``--gpu-results`` fills it from tools/bench/flows_bench.py's JSON.
 
 usage: python tools/gen_flow_index.py [--flows NAME ...] [--context 32768]  (10-30 s a flow on 2 CPU cores)
        python tools/gen_flow_index.py --render   (rewrite the READMEs from the RESULTS.md files, no measuring)
@@ -283,9 +283,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=Setup.context, help="context length in tokens (32768)")
     ap.add_argument("--check", action="store_true", help="only check that the READMEs match RESULTS.md")
     ap.add_argument("--render", action="store_true", help="only rewrite the READMEs from RESULTS.md")
+    ap.add_argument(
+        "--gpu-results", help="JSON from tools/bench/flows_bench.py: fill the GPU step time of every flow, no measuring"
+    )
     args = ap.parse_args(argv)
     eps = entry_points()
     names = list(eps)
+    if args.gpu_results:
+        with open(args.gpu_results) as fh:
+            gpu = json.load(fh)
+        for r in load_results(names):
+            e = gpu["flows"].get(r["flow"], {})
+            if "step_us" in e:
+                r["gpu_step_time"] = (
+                    f"{e['step_us']} µs/layer ({e['kernels_per_layer']} indexer kernels; dense FlashInfer "
+                    f"{gpu['dense_flashinfer_us']} µs; {gpu['device']}, {gpu['date']}, 32k x batch 32)"
+                )
+            else:
+                r["gpu_step_time"] = f"failed on the GPU: {e.get('error', 'not in the results')}"
+            (SRC / r["flow"] / "RESULTS.md").write_text(render_results(r))
+        for path, text in rendered_readmes(names).items():
+            path.write_text(text)
+        return 0
     if args.render:
         for path, text in rendered_readmes(names).items():
             path.write_text(text)

@@ -24,7 +24,7 @@ class topK(IndexerOp):  # noqa: N801 - the name users know from the original pro
     def params(self) -> dict[str, Any]:
         return {}
 
-    def __call__(self, *args: Any, ctx: ContextBase) -> vTensor:  # type: ignore[override]
+    def __call__(self, *args: Any, ctx: ContextBase) -> vTensor:
         site = self._claim(ctx)
         if len(args) != 2:
             raise FlowRuleError(f"{self.name} takes (score, o){at(site)}")

@@ -44,7 +44,7 @@ class Save(IndexerOp):
 
     arity = 2
 
-    def __call__(self, *args: Any, ctx: ContextBase) -> vTensor:  # type: ignore[override]
+    def __call__(self, *args: Any, ctx: ContextBase) -> vTensor:
         site = self._claim(ctx)
         if len(args) != 2:
             raise FlowRuleError(f"Save takes (x, cache_field){at(site)}")

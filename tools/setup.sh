@@ -5,8 +5,11 @@
 #      local disk; once it is installed, the range is satisfied and pip installs no other torch.
 #   2. triton, pinned;
 #   3. the development tools listed in pyproject.toml ([tool.hatch.envs.default] dependencies);
-#   4. the four packages of packages/, editable.
-# Re-running is a no-op (well under a second) while python and every pyproject.toml are unchanged.
+#   4. the four packages of packages/, editable;
+#   5. SGLang 0.5.17's Python side (tools/install_sglang_cpu.sh, --no-deps at pinned versions, torch kept), so
+#      the vortex-sglang tests marked `sglang` run against the real SGLang classes. VORTEX_SKIP_SGLANG=1 skips it.
+# Re-running is a no-op (well under a second) while python, this script, install_sglang_cpu.sh and every
+# pyproject.toml are unchanged.
 # Usage: bash tools/setup.sh        (PYTHON=python3.12 bash tools/setup.sh to choose the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +23,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "setup: Python >= 3.11 needed" >&2
   exit 1
 fi
-want=$({ "$python" -VV; cat tools/setup.sh pyproject.toml packages/*/pyproject.toml; } | sha256sum)
+want=$({ "$python" -VV; echo "skip_sglang=${VORTEX_SKIP_SGLANG:-0}"; cat tools/setup.sh tools/install_sglang_cpu.sh pyproject.toml packages/*/pyproject.toml; } | sha256sum)
 if [ -x "$vpy" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "setup: $venv is up to date"
   exit 0
@@ -67,18 +70,25 @@ case "$torch_url" in
     ;;
 esac
 
-echo "setup: [1/4] $torch_req"
+echo "setup: [1/5] $torch_req"
 pip_install "$torch_req"
-echo "setup: [2/4] $triton_req"
+echo "setup: [2/5] $triton_req"
 pip_install "$triton_req"
-echo "setup: [3/4] development tools"
+echo "setup: [3/5] development tools"
 pip_install "${reqs[@]:2}"
-echo "setup: [4/4] packages (editable)"
+echo "setup: [4/5] packages (editable)"
 pip_install --no-build-isolation \
   -e packages/vortex-ops \
   -e 'packages/vortex-flow[hf]' \
   -e packages/vortex-sglang \
   -e packages/vortex-flows-contrib
+
+if [ "${VORTEX_SKIP_SGLANG:-0}" = 1 ]; then
+  echo "setup: [5/5] SGLang skipped (VORTEX_SKIP_SGLANG=1): tests marked sglang will be skipped"
+else
+  echo "setup: [5/5] SGLang's Python side (tools/install_sglang_cpu.sh)"
+  PYTHON="$vpy" bash tools/install_sglang_cpu.sh
+fi
 
 "$vpy" -c 'import torch, vortex_torch as v; print("setup: torch", torch.__version__, "vortex_torch", v.__version__)'
 echo "$want" >"$stamp"

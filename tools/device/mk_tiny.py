@@ -8,7 +8,10 @@ Presets give the attention geometry; any field can be overridden. ``qwen3-8b`` i
 (hidden 4096, 32 query heads, 8 KV heads, head dim 128, MLP 12288) with few layers and a small vocabulary,
 which is enough for attention timing. ``--init-std`` sets ``initializer_range``: random bf16 weights give
 near-ties between logits, so compare a few greedy tokens or logprobs with a tolerance, or raise it to make
-the logits more peaked. Writes ``vortex_tiny.json`` (the arguments) beside the weights.
+the logits more peaked. Writes ``vortex_tiny.json`` (the arguments) beside the weights, and a small byte-level
+BPE tokenizer (trained offline on a built-in text with the ``tokenizers`` library; ids 0/1/2 are
+``<pad>``/``<s>``/``</s>`` as in the config) so text prompts, the HTTP server and ``/v1/completions`` work;
+``--no-tokenizer`` skips it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,42 @@ PRESETS = {
 }
 
 
+#: what the tokenizer is trained on: enough English for a few hundred merges (the text only shapes the vocab)
+CORPUS = (
+    "The capital of France is Paris. The capital of Italy is Rome. The quick brown fox jumps over the lazy dog. "
+    "Sparse attention keeps the pages that matter and skips the rest. A language model predicts the next token "
+    "from the tokens before it. Once upon a time there was a small model with random weights; it could not "
+    "speak, but it could serve requests very fast. 0123456789 + - * / = ( ) [ ] { } < > , . ; : ! ? ' \" \n"
+)
+
+
+def save_tokenizer(out: str, vocab_size: int) -> int:
+    """A byte-level BPE tokenizer with ``<pad>``/``<s>``/``</s>`` at ids 0/1/2, saved as a fast HF tokenizer.
+
+    Any text encodes (bytes are the base alphabet); the vocabulary stays below ``vocab_size``. Returns its size.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, 1024),
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([CORPUS] * 8, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=1 << 20
+    )
+    fast.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    fast.save_pretrained(out)
+    assert fast.convert_tokens_to_ids(["<pad>", "<s>", "</s>"]) == [0, 1, 2]
+    return len(fast)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output directory")
@@ -61,6 +100,7 @@ def main() -> None:
     p.add_argument(
         "--device", default=None, help="where to initialise the weights (default: cuda if present)"
     )
+    p.add_argument("--no-tokenizer", action="store_true", help="do not write a tokenizer")
     args = p.parse_args()
 
     t0 = time.time()
@@ -99,6 +139,7 @@ def main() -> None:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(args.out)
+    n_vocab = 0 if args.no_tokenizer else save_tokenizer(args.out, geo["vocab_size"])
     n_params = sum(p.numel() for p in model.parameters())
     with open(os.path.join(args.out, "vortex_tiny.json"), "w") as f:
         json.dump(
@@ -109,7 +150,7 @@ def main() -> None:
     print(
         f"[mk_tiny] {args.preset} -> {args.out}: layers={geo['num_hidden_layers']} H_q={geo['num_attention_heads']} "
         f"H_kv={geo['num_key_value_heads']} D={geo['head_dim']} params={n_params / 1e6:.1f}M "
-        f"on {device} in {time.time() - t0:.1f}s",
+        f"tokenizer={n_vocab or 'none'} on {device} in {time.time() - t0:.1f}s",
         flush=True,
     )
 

@@ -219,7 +219,7 @@ for m in "${MODELS[@]}"; do
         qwen3-8b-l*) margs=(--preset qwen3-8b --layers "${m#qwen3-8b-l}") ;;
         *) die "unknown model '$m' in VORTEX_MODELS (tiny, qwen3-8b-l<N>, none)" ;;
     esac
-    if [ ! -f "/tmp/models/$m/vortex_tiny.json" ]; then
+    if [ ! -f "/tmp/models/$m/vortex_tiny.json" ] || [ ! -f "/tmp/models/$m/tokenizer.json" ]; then
         "$PY" tools/device/mk_tiny.py "${margs[@]}" "/tmp/models/$m" || die "mk_tiny $m failed"
     fi
 done

@@ -93,10 +93,11 @@ class VortexConfig:
         if isinstance(value, VortexConfig):
             return value
         if isinstance(value, str):
+            text = value
             try:
-                value = json.loads(value)
+                value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise VortexConfigError("<json>", f"not valid JSON ({exc}): {value[:80]!r}") from exc
+                raise VortexConfigError("<json>", f"not valid JSON ({exc}): {text[:80]!r}") from exc
         if not isinstance(value, Mapping):
             raise VortexConfigError("<value>", f"expected a VortexConfig, a dict or a JSON string, got {type(value)}")
         known = {f.name for f in fields(cls)}

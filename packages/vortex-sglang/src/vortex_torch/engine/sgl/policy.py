@@ -77,4 +77,4 @@ def compile_policy(fn: Policy, device: torch.device) -> Policy:
     """On CUDA, fuse the policy into one kernel with torch.compile; elsewhere run it as is."""
     if device.type != "cuda":
         return fn
-    return torch.compile(fn, dynamic=False, fullgraph=True)  # type: ignore[no-any-return]
+    return torch.compile(fn, dynamic=False, fullgraph=True)

@@ -1,0 +1,232 @@
+"""Vortex attention backends: SGLang's FlashInfer and Triton backends with sparse decode for the flow's layers.
+
+Everything Vortex does not change stays the parent's: prefill/extend attention (dense, design §3), the layers
+in ``layers_skip``, idle batches, the parent's own metadata and CUDA-graph state. On top (one shared mixin):
+
+* per batch (``init_forward_metadata`` eager; ``init_forward_metadata_out_graph`` before every CUDA-graph
+  capture and replay, into capture-stable buffers): the decode plan of design §3 (:mod:`.planner`), built on
+  the GPU from ``req_to_token`` / ``req_pool_indices`` / ``seq_lens`` with no host sync;
+* ``forward_decode`` of a sparse layer: write K/V (``set_kv_buffer``, as the parent does), ``forward_cache``
+  for the blocks this token completes (a fixed-size masked candidate list), then ``q.view(R, G, D)`` ->
+  compiled indexer -> top-k selection -> sparse attention over the pool's own K/V buffers;
+* ``forward_extend``: the parent's dense prefill, then ``forward_cache`` for every block the prompt completed.
+
+This module imports SGLang's backends; it is imported only by the backend factory hook of :mod:`.plugin`,
+inside SGLang's scheduler processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import torch
+from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+from sglang.srt.runtime_context import get_parallel
+
+from vortex_torch.abs.layout import PoolLayout
+
+from .aux_store import AuxFieldStore
+from .config import VortexConfig
+from .debug_dump import DecodeDumper
+from .decode_core import VortexDecodeCore
+from .flow_spec import PreparedFlow, prepare_flow
+from .planner import DecodePlan, DecodePlanBuffers, count_completed_blocks
+from .plugin import VortexSGLangError
+
+log = logging.getLogger("vortex_torch.engine.sgl")
+
+
+class VortexBackendMixin:
+    """Sparse decode on top of an SGLang attention backend (put it first in the bases).
+
+    Attributes: ``vortex_core`` (:class:`VortexDecodeCore`), ``vortex_aux`` (the pool's
+    :class:`AuxFieldStore`), ``vortex_plan`` (the current decode batch's plan, None outside decode),
+    ``vortex_backend = True`` (what the fused-set-kv hook checks).
+    """
+
+    vortex_backend: ClassVar[bool] = True
+    token_to_kv_pool: Any
+    req_to_token_pool: Any
+
+    def __init__(self, model_runner: Any, *args: Any, vortex_config: VortexConfig, **kwargs: Any) -> None:
+        self._vortex_parent().__init__(model_runner, *args, **kwargs)
+        self._vortex_setup(model_runner, vortex_config)
+
+    def _vortex_parent(self) -> Any:
+        """The SGLang backend this mixin extends (``super()`` seen from the mixin)."""
+        return super()
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
+        pool = self.token_to_kv_pool
+        if getattr(runner, "sliding_window_size", None) is not None:
+            raise VortexSGLangError("sliding-window attention models are not supported by Vortex yet")
+        if getattr(pool, "kv_cache_layout", "nhd") != "nhd" or not hasattr(pool, "k_buffer"):
+            raise VortexSGLangError(
+                f"Vortex reads SGLang's [slots, H_kv, D] K/V buffers; this pool ({type(pool).__name__}, layout "
+                f"{getattr(pool, 'kv_cache_layout', '?')}) has another layout (unset SGLANG_USE_HND_KVCACHE)"
+            )
+        heads, dim = int(pool.head_num), int(pool.head_dim)
+        if int(pool.v_head_dim) != dim:
+            raise VortexSGLangError(
+                f"Vortex needs equal K/V head dims, the pool has {dim} and {pool.v_head_dim}"
+            )
+        h_q = runner.model_config.num_attention_heads // get_parallel().attn_tp_size
+        if h_q % heads:
+            raise VortexSGLangError(f"{h_q} query heads per rank do not split over {heads} KV heads")
+        prepared: PreparedFlow = prepare_flow(
+            config, head_dim=dim, group_size=h_q // heads, kv_dtype=pool.dtype
+        )
+        layout = PoolLayout(page_size=int(runner.page_size), block_size=config.block_size, num_kv_heads=heads)
+        start = int(getattr(pool, "start_layer", 0) or 0)
+        layers = prepared.sparse_layers(start, start + int(pool.layer_num))
+        self.vortex_aux = AuxFieldStore.attach(pool, prepared, layout, layers)
+        self.vortex_core = VortexDecodeCore(
+            prepared, layout, context_len=int(runner.model_config.context_len), device=runner.device
+        )
+        self.vortex_plan: DecodePlan | None = None
+        self.vortex_buffers: DecodePlanBuffers | None = None
+        self._vortex_heads = (h_q, heads, h_q // heads, dim)
+        self._vortex_logit_cap_checked: set[int] = set()
+        self._vortex_dumper = DecodeDumper.from_env(
+            rank=get_parallel().tp_rank,
+            meta={
+                "module_name": config.module_name,
+                "module_path": config.module_path,
+                "flow_kwargs": dict(config.flow_kwargs),
+                "aux_dtype": config.dtype,
+                "bos": config.block_reserved_bos,
+                "eos": config.block_reserved_eos,
+                "topk_val": config.topk_val,
+                "topk_ratio": config.topk_ratio,
+                "backend": type(self).__name__,
+            },
+        )
+        log.info(
+            "%s: flow %r, %d sparse layers of %d, G=%d, D=%d, H_kv=%d, page=%d, block=%d, <= %d blocks/row, "
+            "impl=%s",
+            type(self).__name__, config.module_name, len(layers), int(pool.layer_num), h_q // heads, dim, heads,
+            layout.page_size, layout.block_size, self.vortex_core.max_blocks_per_row, config.impl_backend,
+        )  # fmt: skip
+
+    # -- per-batch metadata ------------------------------------------------------------------------------------
+    def _vortex_fields(self, layer_id: int) -> dict[str, torch.Tensor]:
+        pool = self.token_to_kv_pool
+        return {
+            "k": pool.get_key_buffer(layer_id),
+            "v": pool.get_value_buffer(layer_id),
+            **self.vortex_aux.fields(layer_id),
+        }
+
+    def _vortex_plan_for(self, forward_batch: Any, buffers: DecodePlanBuffers | None) -> DecodePlan:
+        bs = int(forward_batch.batch_size)
+        plan = self.vortex_core.plan(
+            self.req_to_token_pool.req_to_token,
+            forward_batch.req_pool_indices[:bs],
+            forward_batch.seq_lens[:bs],
+            buffers=buffers,
+        )
+        return plan
+
+    def init_forward_metadata(self, forward_batch: Any) -> None:
+        self._vortex_parent().init_forward_metadata(forward_batch)
+        mode = forward_batch.forward_mode
+        self.vortex_plan = self._vortex_plan_for(forward_batch, None) if mode.is_decode() else None
+        if self.vortex_plan is not None and self._vortex_dumper is not None:
+            self._vortex_dumper.next_step()  # eager decode steps only: graph replays cannot be dumped
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
+        self._vortex_parent().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
+        self.vortex_buffers = self.vortex_core.allocate_buffers(max(max_bs, max_num_tokens))
+        log.info("Vortex CUDA-graph plan buffers: %.1f MiB", self.vortex_buffers.nbytes / 2**20)
+
+    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
+        self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
+        mode = forward_batch.forward_mode
+        if mode.is_decode() and self.vortex_buffers is not None:
+            self.vortex_plan = self._vortex_plan_for(forward_batch, self.vortex_buffers)
+        else:
+            self.vortex_plan = None
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def _vortex_sparse(self, layer: Any) -> bool:
+        return self.vortex_core.prepared.is_sparse(int(layer.layer_id)) and not getattr(
+            layer, "is_cross_attention", False
+        )
+
+    def forward_decode(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
+        save_kv_cache: bool = True, **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        plan = self.vortex_plan
+        if plan is None or not self._vortex_sparse(layer):
+            return self._vortex_parent().forward_decode(
+                q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
+            )
+        if layer.layer_id not in self._vortex_logit_cap_checked:
+            if getattr(layer, "logit_cap", 0) and layer.logit_cap > 0:
+                raise VortexSGLangError(
+                    f"layer {layer.layer_id}: logit soft-capping is not supported by Vortex's sparse decode"
+                )
+            self._vortex_logit_cap_checked.add(layer.layer_id)
+        loc = forward_batch.out_cache_loc
+        if k is not None and save_kv_cache:
+            self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v, layer.k_scale, layer.v_scale)
+        fields = self._vortex_fields(layer.layer_id)
+        self.vortex_core.update_cache(fields, loc)
+        h_q, _heads, group, dim = self._vortex_heads
+        # [tokens, H_q * D] -> [R, G, D]: row b * H_kv + h holds query heads h*G .. h*G+G-1 (GQA order)
+        q_rows = q.reshape(-1, h_q, dim).reshape(-1, group, dim)
+        o = self.vortex_core.decode_layer(q_rows, fields, plan, layer.scaling)
+        if self._vortex_dumper is not None:
+            self._vortex_dumper.dump(
+                int(layer.layer_id), self.vortex_core.layout, plan, q_rows, fields, o, layer.scaling,
+                seq_lens=forward_batch.seq_lens,
+            )  # fmt: skip
+        return o.reshape(-1, h_q * dim)
+
+    def forward_extend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
+        save_kv_cache: bool = True, **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        o = self._vortex_parent().forward_extend(
+            q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
+        )
+        if k is not None and self._vortex_sparse(layer):
+            prefix, extend = forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu
+            count = (
+                count_completed_blocks(self.vortex_core.layout.block_size, list(prefix), list(extend))
+                if prefix is not None and extend is not None
+                else None
+            )
+            self.vortex_core.update_cache(
+                self._vortex_fields(layer.layer_id), forward_batch.out_cache_loc, count
+            )
+        return o
+
+
+class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
+    """FlashInfer for prefill and dense layers, Vortex sparse decode for the flow's layers."""
+
+
+class VortexTritonBackend(VortexBackendMixin, TritonAttnBackend):
+    """SGLang's Triton kernels for prefill and dense layers, Vortex sparse decode for the flow's layers."""
+
+
+def create_backend(backend_str: str, model_runner: Any, config: VortexConfig) -> VortexBackendMixin:
+    """The factory the plugin's backend hook calls for ``attention_backend`` "flashinfer" / "triton"."""
+    if backend_str == "flashinfer":
+        if getattr(model_runner, "use_mla_backend", False):
+            raise VortexSGLangError("MLA models are not supported by vortex-sglang yet")
+        return VortexFlashInferBackend(
+            model_runner,
+            init_new_workspace=getattr(model_runner, "init_new_workspace", False),
+            vortex_config=config,
+        )
+    if backend_str == "triton":
+        if getattr(model_runner.model_config, "is_encoder_decoder", False):
+            raise VortexSGLangError("encoder-decoder models are not supported by Vortex")
+        return VortexTritonBackend(model_runner, vortex_config=config)
+    raise VortexSGLangError(f"no Vortex backend for attention_backend={backend_str!r} (flashinfer, triton)")

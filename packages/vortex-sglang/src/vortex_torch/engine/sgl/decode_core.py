@@ -1,0 +1,196 @@
+"""The SGLang-independent core of a Vortex attention backend: plan a decode step, keep the aux fields current,
+and run indexer -> selection -> sparse attention for one layer.
+
+The backends of :mod:`.backend` wrap it with SGLang's plumbing (``ForwardBatch``, the KV pool, CUDA graphs);
+CPU tests drive it directly against SGLang's real ``MHATokenToKVPool`` and compare with the reference runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from vortex_torch.abs.layout import PoolLayout
+
+from .flow_spec import PreparedFlow
+from .planner import (
+    BudgetFn,
+    DecodePlan,
+    DecodePlanBuffers,
+    completed_block_ids,
+    default_budget_fn,
+    max_budget_bound,
+    plan_decode,
+)
+from .policy import apply_policy, compile_policy
+
+log = logging.getLogger("vortex_torch.engine.sgl")
+
+
+def make_executor(
+    prepared: PreparedFlow, layout: PoolLayout, impl_backend: str, cache_dir: str | None
+) -> Any:
+    """The flow executor: generated Triton kernels (``"triton"``) or the reference interpreter."""
+    if impl_backend == "reference":
+        from vortex_torch.flow.compiler.reference import ReferenceExecutor
+
+        return ReferenceExecutor(prepared.traced, layout)  # type: ignore[arg-type]
+    from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+
+    return TritonExecutor(prepared.traced, layout, cache_dir=cache_dir)  # type: ignore[arg-type]
+
+
+def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[BudgetFn, int | None]:
+    """``(budget_fn, bound)``: the default rule or the compiled ``schedule_policy`` (clamped to
+    ``[min(n, bos + eos), n]``), and a static bound on its result when one is known (default rule)."""
+    cfg = prepared.config
+    bos, eos, topk, ratio = (
+        cfg.block_reserved_bos,
+        cfg.block_reserved_eos,
+        cfg.topk_val,
+        float(cfg.topk_ratio),
+    )
+    if prepared.policy is None:
+        return default_budget_fn(topk, ratio, bos, eos), None
+    raw = prepared.policy
+    fn = compile_policy(raw, device)
+    if fn is not raw:
+        try:  # a policy torch.compile cannot take runs eagerly rather than failing inside a CUDA graph
+            fn(torch.tensor([1, 64, 4096], dtype=torch.int32, device=device), topk, ratio, bos, eos)
+        except Exception as exc:
+            log.warning("schedule_policy: torch.compile failed (%s); running it eagerly", exc)
+            fn = raw
+    policy = fn
+    return (lambda n: apply_policy(policy, n.to(torch.int32), topk, ratio, bos, eos)), cfg.max_topk_val
+
+
+class VortexDecodeCore:
+    """Vortex's per-step work for one pool (design §3), independent of SGLang's classes.
+
+    Args:
+        prepared: the config's flow, traced for this pool's geometry.
+        layout: the pool layout (SGLang's page size, the config's block size, ``H_kv`` of this rank).
+        context_len: longest sequence SGLang admits: rows have at most ``ceil(context_len / block_size)``
+            blocks (the static size of every per-row list).
+        device: where plans, policies and kernels run.
+    """
+
+    def __init__(
+        self, prepared: PreparedFlow, layout: PoolLayout, *, context_len: int, device: torch.device | str
+    ) -> None:
+        self.prepared = prepared
+        self.config = prepared.config
+        self.layout = layout
+        self.device = torch.device(device)
+        self.exact = self.config.impl_backend == "reference"
+        self.executor = make_executor(
+            prepared, layout, self.config.impl_backend, self.config.compilation_cache_dir
+        )
+        self.max_blocks_per_row = max(1, math.ceil(context_len / layout.block_size))
+        self.budget_fn, bound = make_budget_fn(prepared, self.device)
+        cfg = self.config
+        self.max_selected_per_row = (
+            max_budget_bound(self.max_blocks_per_row, cfg.topk_val, float(cfg.topk_ratio),
+                             cfg.block_reserved_bos, cfg.block_reserved_eos)
+            if prepared.policy is None
+            else min(self.max_blocks_per_row, bound or self.max_blocks_per_row)
+        )  # fmt: skip
+
+    @property
+    def bos(self) -> int:
+        return self.config.block_reserved_bos
+
+    @property
+    def eos(self) -> int:
+        return self.config.block_reserved_eos
+
+    def allocate_buffers(self, max_batch: int) -> DecodePlanBuffers:
+        """Capture-stable plan buffers for up to ``max_batch`` requests (CUDA graphs)."""
+        return DecodePlanBuffers.allocate(
+            max_batch * self.layout.num_kv_heads, self.max_blocks_per_row, self.device
+        )
+
+    def plan(
+        self,
+        req_to_token: torch.Tensor,
+        req_pool_indices: torch.Tensor,
+        seq_lens: torch.Tensor,
+        buffers: DecodePlanBuffers | None = None,
+    ) -> DecodePlan:
+        """The step's plan (``req_pool_indices``/``seq_lens`` ``[B]``, ``req_to_token [reqs, ctx]``)."""
+        return plan_decode(
+            self.layout,
+            req_to_token,
+            req_pool_indices,
+            seq_lens,
+            max_blocks_per_row=self.max_blocks_per_row,
+            budget_fn=self.budget_fn,
+            max_selected_per_row=self.max_selected_per_row,
+            buffers=buffers,
+        )
+
+    def update_cache(
+        self, fields: dict[str, torch.Tensor], out_cache_loc: torch.Tensor, count: int | None = None
+    ) -> None:
+        """``forward_cache`` for every block whose last slot is in ``out_cache_loc [T]`` (K/V already written).
+
+        ``count``: number of completed blocks when known on the host (extend); None in decode (a fixed-size
+        masked candidate list, CUDA-graph safe). ``fields``: ``k``/``v`` ``[num_slots, H_kv, D]`` + aux fields.
+        """
+        if out_cache_loc is None or out_cache_loc.numel() == 0 or count == 0:
+            return
+        ids = completed_block_ids(self.layout, out_cache_loc, count=count)
+        self.executor.run_cache(fields, ids)
+
+    def select(self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan) -> torch.Tensor:
+        """Indexer + selection: ``q_rows [R, G, D]`` -> ``plan.sel_indices`` (first ``sel_indptr[R]`` valid)."""
+        from vortex_torch.flow.compiler.base import SelectionSpec
+
+        spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
+        if self.exact:
+            self.executor.run_indexer(q_rows, fields, plan.exact_dense_blocks(), spec, plan.sel_indices)
+        else:
+            self.executor.run_indexer(
+                q_rows,
+                fields,
+                plan.dense_blocks(),
+                spec,
+                plan.sel_indices,
+                max_blocks_per_row=plan.max_blocks_per_row,
+            )
+        return plan.sel_indices
+
+    def attend(
+        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, sm_scale: float | None
+    ) -> torch.Tensor:
+        """Sparse attention over ``plan``'s selection: ``q_rows [R, G, D]`` -> ``o [R, G, D]`` (q's dtype)."""
+        args = (q_rows, fields["k"], fields["v"], plan.sel_indptr, plan.sel_indices, plan.last_block_len)
+        ps, bs = self.layout.page_size, self.layout.block_size
+        if self.exact:
+            from vortex_torch.kernels.sparse_decode import sparse_decode_attention_naive
+
+            return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
+        from vortex_torch.kernels.sparse_decode import sparse_decode_attention
+
+        return sparse_decode_attention(
+            *args,
+            page_size=ps,
+            block_size=bs,
+            sm_scale=sm_scale,
+            max_blocks_per_row=plan.max_selected_per_row,
+        )
+
+    def decode_layer(
+        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, sm_scale: float | None
+    ) -> torch.Tensor:
+        """One sparse layer of a decode step (K/V and aux of this step already written)."""
+        if q_rows.shape[0] != plan.num_rows:
+            raise RuntimeError(
+                f"Vortex decode: q has {q_rows.shape[0]} rows but the step's plan {plan.num_rows} "
+                f"({plan.batch_size} requests x {plan.num_kv_heads} KV heads)"
+            )
+        self.select(q_rows, fields, plan)
+        return self.attend(q_rows, fields, plan, sm_scale)

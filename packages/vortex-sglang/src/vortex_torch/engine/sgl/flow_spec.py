@@ -1,0 +1,187 @@
+"""A ``VortexConfig`` resolved against a model: the flow loaded and traced, its aux fields and budget rule.
+
+:func:`prepare_flow` is what every SGLang-side step uses, in every process: the ``ServerArgs`` check (main
+process, before any GPU memory is allocated), the KV-pool cell-size hook and the attention backends (scheduler
+processes). It imports nothing from SGLang, so it also runs in CPU tests. Results are cached per process.
+
+Every failure is a :class:`~vortex_torch.engine.sgl.config.VortexConfigError` naming the config field to fix
+(``module_path``, ``module_name``, ``flow_kwargs``, ``dtype``, ``schedule_policy``); the flow's own error (file
+and line included) is its message and ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from vortex_torch.abs.context import Geometry
+from vortex_torch.abs.errors import VortexError
+
+from .config import VortexConfig, VortexConfigError
+from .policy import Policy
+
+#: ``VortexConfig.dtype`` -> storage dtype of aux fields and indexer intermediates
+AUX_DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def aux_dtype_of(config: VortexConfig) -> torch.dtype:
+    try:
+        return AUX_DTYPES[config.dtype]
+    except KeyError:
+        raise VortexConfigError(
+            "dtype", f"must be one of {', '.join(AUX_DTYPES)}, got {config.dtype!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """The attention shape of one SGLang worker (one attention-TP rank).
+
+    ``num_kv_heads`` is ``H_kv`` of this rank's KV pool, ``group_size`` ``G = H_q / H_kv`` (query heads that
+    share a KV head), ``head_dim`` ``D``; ``kv_dtype`` the dtype K/V are stored in; ``context_len`` the
+    longest sequence SGLang admits (sizes the per-row block lists: ``ceil(context_len / block_size)``).
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    group_size: int
+    head_dim: int
+    kv_dtype: torch.dtype = torch.bfloat16
+    context_len: int = 32768
+
+
+@dataclass
+class PreparedFlow:
+    """A config's flow, traced for one geometry, plus what the pool and the planner need from it.
+
+    * ``traced``: the flow's checked op graphs (``traced.uses_save``: the indexer writes state with ``Save``);
+    * ``fields``: aux fields ``{name: (r, c)}`` (``k``/``v`` excluded), each a ``[num_blocks, r, c]`` tensor
+      of ``aux_dtype`` per sparse layer;
+    * ``policy``: the resolved ``schedule_policy`` (``None``: the default rule, design §5).
+    """
+
+    config: VortexConfig
+    geometry: Geometry
+    traced: object  # vortex_torch.flow.trace.TracedFlow (kept untyped: vortex-flow is imported lazily)
+    fields: dict[str, tuple[int, int]]
+    aux_dtype: torch.dtype
+    policy: Policy | None = None
+    layers_skip: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def uses_save(self) -> bool:
+        return bool(getattr(self.traced, "uses_save", False))
+
+    def is_sparse(self, layer_id: int) -> bool:
+        """Whether global layer ``layer_id`` runs the flow (not in ``layers_skip``)."""
+        return layer_id not in self.layers_skip
+
+    def sparse_layers(self, start_layer: int, end_layer: int) -> list[int]:
+        """Global ids of the sparse layers in ``[start_layer, end_layer)`` (a pipeline stage's layers)."""
+        return [i for i in range(start_layer, end_layer) if self.is_sparse(i)]
+
+    def aux_bytes_per_block(self) -> int:
+        """Bytes of all aux fields of one block of one layer: ``sum(r * c) * element_size``."""
+        elt = torch.empty((), dtype=self.aux_dtype).element_size()
+        return sum(r * c for r, c in self.fields.values()) * elt
+
+    def aux_bytes_per_token(self, num_kv_heads: int, num_sparse_layers: int) -> int:
+        """Aux bytes one token slot adds to the KV pool (its ``1 / block_size`` share of one block per KV
+        head and sparse layer), rounded up: what the cell-size hook adds to SGLang's per-token cost."""
+        total = num_kv_heads * num_sparse_layers * self.aux_bytes_per_block()
+        return math.ceil(total / self.block_size)
+
+
+_cache: dict[tuple[object, ...], PreparedFlow] = {}
+_lock = threading.Lock()
+
+
+def _cache_key(config: VortexConfig, geometry: Geometry) -> tuple[object, ...]:
+    policy = config.schedule_policy
+    return (
+        config.module_name,
+        config.module_path,
+        repr(sorted(config.flow_kwargs.items())),
+        config.block_size,
+        config.dtype,
+        tuple(config.layers_skip or ()),
+        policy if callable(policy) else str(policy),
+        geometry,
+    )
+
+
+def _flow_error_field(exc: BaseException, config: VortexConfig) -> str:
+    from vortex_torch.flow.errors import FlowInitError, FlowLoadError, UnknownFlowError
+
+    if isinstance(exc, UnknownFlowError):
+        return "module_name"
+    if isinstance(exc, FlowLoadError):
+        return "module_path"
+    if isinstance(exc, FlowInitError) and config.flow_kwargs:
+        return "flow_kwargs"
+    return "module_name"
+
+
+def prepare_flow(
+    config: VortexConfig, *, head_dim: int, group_size: int, kv_dtype: torch.dtype
+) -> PreparedFlow:
+    """Load, instantiate and trace ``config``'s flow for ``(block_size, head_dim, G, dtype, kv_dtype)``.
+
+    Cached per process (same config and geometry -> same object). Raises :class:`VortexConfigError` naming
+    the field (``module_path`` for a file that cannot be loaded, ``module_name`` for an unknown flow or one
+    that breaks the flow rules, ``flow_kwargs``, ``dtype``, ``schedule_policy``).
+    """
+    aux_dtype = aux_dtype_of(config)
+    geometry = Geometry(
+        block_size=config.block_size,
+        head_dim=head_dim,
+        group_size=group_size,
+        dtype=aux_dtype,
+        kv_dtype=kv_dtype,
+    )
+    key = _cache_key(config, geometry)
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            return hit
+        from vortex_torch.flow.loader import build_vflow
+        from vortex_torch.flow.trace import trace_flow
+
+        assert config.module_name is not None  # VortexConfig.validate
+        try:
+            flow = build_vflow(config.module_name, config.module_path, config.flow_kwargs)
+            flow.initialize(config.block_size, head_dim, kv_dtype, kv_dtype, aux_dtype)
+            traced = trace_flow(flow, geometry)
+        except VortexError as exc:
+            raise VortexConfigError(_flow_error_field(exc, config), str(exc)) from exc
+        policy = config.budget_policy()  # resolves and test-runs schedule_policy (VortexConfigError)
+        prepared = PreparedFlow(
+            config=config,
+            geometry=geometry,
+            traced=traced,
+            fields=dict(traced.fields),
+            aux_dtype=aux_dtype,
+            policy=policy,
+            layers_skip=frozenset(config.layers_skip or ()),
+        )
+        _cache[key] = prepared
+        return prepared
+
+
+def clear_cache() -> None:
+    """Forget every prepared flow (tests)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,168 @@
+"""The Vortex backend mixin's SGLang plumbing on the CPU, against the reference runtime.
+
+``VortexBackendMixin`` is put on a stand-in parent with the same methods as SGLang's backends (dense
+prefill/decode that write K/V with the real ``MHATokenToKVPool.set_kv_buffer``), then driven with SGLang's
+real ``ForwardMode`` and ``ForwardBatch``-shaped batches: extend batches (``forward_extend`` -> dense parent +
+``forward_cache`` of the completed blocks, a radix-cache hit included), and decode steps, eager
+(``init_forward_metadata``) and through the CUDA-graph entry points (``init_cuda_graph_state`` +
+``init_forward_metadata_out_graph`` into capture-stable buffers). Sparse layers must select exactly what the
+reference runtime selects, ``layers_skip`` layers must go to the parent, and ``VORTEX_DEBUG_DUMP`` must write
+records that replay clean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from vortex_sgl_testlib import CTX, DIM, FLOW_FILE, FLOW_NAME, GROUP, H_KV, LAYERS, PAGE, Scenario
+
+from vortex_torch.engine.sgl.config import VortexConfig
+
+pytestmark = pytest.mark.sglang
+
+
+class StandInParent:
+    """What the mixin needs from SGLang's FlashInfer/Triton backends, with dense attention left out."""
+
+    def __init__(self, model_runner: Any, *args: Any, **kwargs: Any) -> None:
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        self.req_to_token_pool = model_runner.req_to_token_pool
+        self.calls: list[tuple[str, Any]] = []
+
+    def init_forward_metadata(self, forward_batch: Any) -> None:
+        self.calls.append(("init_forward_metadata", forward_batch.forward_mode.name))
+
+    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
+        self.calls.append(("out_graph", in_capture))
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        self.calls.append(("cuda_graph_state", max_bs))
+
+    def forward_decode(self, q: Any, k: Any, v: Any, layer: Any, fb: Any, save_kv_cache: bool = True) -> Any:
+        self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
+        self.calls.append(("dense_decode", layer.layer_id))
+        return torch.zeros_like(q)
+
+    def forward_extend(self, q: Any, k: Any, v: Any, layer: Any, fb: Any, save_kv_cache: bool = True) -> Any:
+        self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
+        return torch.zeros_like(q)
+
+
+def layer_stub(layer_id: int) -> SimpleNamespace:
+    return SimpleNamespace(layer_id=layer_id, scaling=None, k_scale=None, v_scale=None, logit_cap=0.0,
+                           is_cross_attention=False, tp_q_head_num=H_KV * GROUP, tp_k_head_num=H_KV)  # fmt: skip
+
+
+class BackendScenario(Scenario):
+    """The scenario of test_decode_core, with SGLang's side going through the backend's entry points."""
+
+    backend: Any
+
+    def extend_layer(
+        self,
+        layer: int,
+        loc: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        prefix: list[int],
+        extend: list[int],
+    ) -> None:
+        from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+        fb = SimpleNamespace(forward_mode=ForwardMode.EXTEND, batch_size=len(extend), out_cache_loc=loc,
+                             extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=extend)  # fmt: skip
+        q = torch.zeros(loc.numel(), H_KV * GROUP * DIM, dtype=k.dtype)
+        self.backend.forward_extend(q, k, v, layer_stub(layer), fb)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph-entry-points"])
+def test_backend_mixin_matches_reference_runtime(
+    sgl: Any, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from vortex_torch.engine.sgl import backend as backend_mod
+    from vortex_torch.engine.sgl.debug_dump import DUMP_ENV, load_records, replay
+
+    monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
+    monkeypatch.setenv(DUMP_ENV, str(tmp_path / "dump"))
+
+    class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
+        pass
+
+    sc = BackendScenario("sglang", "reference", [5, 17, 30, 41], tmp_path)
+    runner = SimpleNamespace(
+        token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
+        model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
+        device="cpu", sliding_window_size=None,
+    )  # fmt: skip
+    cfg = VortexConfig(**{**sc.prepared.config.__dict__})
+    backend = GlueBackend(runner, vortex_config=cfg)
+    assert backend.vortex_backend and sc.pool.pool.vortex_aux is backend.vortex_aux
+    assert backend.vortex_core.max_blocks_per_row == CTX // sc.layout.block_size
+    sc.backend = backend
+    sc.prefill()
+    if graph:
+        backend.init_cuda_graph_state(8, 8)
+        assert backend.vortex_buffers is not None and backend.vortex_buffers.max_rows == 8 * H_KV
+
+    for step in range(4):
+        loc, seq_lens, rows = sc.next_inputs()
+        fb = SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=len(rows), req_pool_indices=rows,
+                             seq_lens=seq_lens, out_cache_loc=loc)  # fmt: skip
+        if graph:
+            backend.init_forward_metadata_out_graph(fb, in_capture=step == 0)
+            assert (
+                backend.vortex_plan.dense_indptr.data_ptr() == backend.vortex_buffers.dense_indptr.data_ptr()
+            )
+        else:
+            backend.init_forward_metadata(fb)
+        inputs = sc.layer_inputs()
+        ref = sc.reference_step(inputs)
+        for layer, (q, k, v) in enumerate(inputs):
+            o = backend.forward_decode(q.reshape(len(rows), -1), k, v, layer_stub(layer), fb)
+            assert o.shape == (len(rows), H_KV * GROUP * DIM)
+            if layer in sc.sparse_layers:
+                sc.check(step, layer, backend.vortex_plan, o, ref[layer], ties=False)
+            else:
+                assert backend.calls[-1] == ("dense_decode", layer)
+    assert sc.sparse_rows > 0
+    assert {name for name, _ in backend.calls} >= ({"out_graph"} if graph else {"init_forward_metadata"})
+
+    records = load_records(str(tmp_path / "dump"))
+    if graph:
+        assert not records  # graph replays are never dumped
+    else:
+        assert {r["layer"] for r in records} == set(sc.sparse_layers) and len(
+            {r["step"] for r in records}
+        ) == 4
+        for rec in records:
+            report = replay(rec)
+            assert report.ok and report.rows_exact == report.rows, report
+
+
+def test_backend_refuses_what_it_cannot_run(
+    sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vortex_torch.engine.sgl import backend as backend_mod
+    from vortex_torch.engine.sgl.plugin import VortexSGLangError
+
+    monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
+
+    class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
+        pass
+
+    sc = Scenario("sglang", "reference", [5], tmp_path)
+    runner = SimpleNamespace(
+        token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
+        model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
+        device="cpu", sliding_window_size=4096,
+    )  # fmt: skip
+    cfg = VortexConfig(module_path=str(FLOW_FILE), module_name=FLOW_NAME, block_size=4)
+    with pytest.raises(VortexSGLangError, match="sliding-window"):
+        GlueBackend(runner, vortex_config=cfg)
+    assert LAYERS == 3

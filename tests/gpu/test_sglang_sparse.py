@@ -59,7 +59,7 @@ def sparse_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             page_size=16,
             disable_overlap_schedule=True,
             cuda_graph_max_bs_decode=2,
-            vortex=QUICKSTART_VORTEX,
+            vortex={**QUICKSTART_VORTEX, "attention_backend": "triton"},
         ) as eng:
             out: dict[str, Any] = {"warm": generate(eng, [mixed[3]], max_new=1)}
             hit = with_shared_prefix(mixed[3], 1024, 150)

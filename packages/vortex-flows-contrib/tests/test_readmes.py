@@ -63,7 +63,7 @@ def test_results_are_generated_and_the_readmes_agree(contrib: Any, names: list[s
     for name, r in results.items():
         # either not measured, or filled from a committed GPU run (tools/gen_flow_index.py --gpu-results)
         gpu = r["gpu_step_time"]
-        assert gpu == gen.NOT_MEASURED or (" µs/layer (" in gpu and "H100" in gpu), f"{name}: {gpu!r}"
+        assert gpu == gen.NOT_MEASURED or " µs/layer (" in gpu, f"{name}: {gpu!r}"
         assert [b["budget"] for b in r["budgets"]] == ["1/8", "1/16", "1/32"]
         assert r["compiled_matches_reference"], f"{name}: the generator's compile check failed"
     stale = [str(p) for p, text in gen.rendered_readmes(names).items() if p.read_text() != text]

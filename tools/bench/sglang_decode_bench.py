@@ -33,6 +33,9 @@ from datetime import date
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from indexer_bench import bench_eager  # noqa: E402 - one eager timer for every bench
+
 REPO = os.path.dirname(os.path.dirname(HERE))
 FLOW_FILE = os.path.join(REPO, "examples", "custom_sparse_attention.py")
 VORTEX = {
@@ -74,21 +77,6 @@ def bench_graph(fn: Callable[[], object], iters: int = 50) -> float:
     start.record()
     for _ in range(iters):
         g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / iters
-
-
-def bench_eager(fn: Callable[[], object], iters: int = 30) -> float:
-    import torch
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) * 1000 / iters

@@ -24,12 +24,12 @@ from vortex_torch.kernels.sparse_decode import (
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 NAN = float("nan")
 
-# (relative RMSE, max abs error) allowed against an fp32/fp64 reference. bf16: the output is rounded to
-# bf16 (2^-9 relative) and the kernel rounds the softmax weights to bf16 before p @ v (as flash attention).
+# (relative RMSE, max abs error) allowed against an fp32/fp64 reference: the output is rounded once to its
+# dtype (bf16: 2^-9 relative), the softmax weights stay fp32 (test_output_is_rounded_once).
 TOL: dict[torch.dtype, tuple[float, float]] = {
     torch.float32: (1e-5, 1e-4),
     torch.float16: (2e-3, 5e-3),
-    torch.bfloat16: (1.5e-2, 4e-2),
+    torch.bfloat16: (6e-3, 2e-2),
 }
 
 
@@ -274,6 +274,30 @@ def test_sparse_equals_masked_dense(dtype: torch.dtype, num_splits: int) -> None
     assert_close(out, dense_o, dtype, f"o vs masked dense, {num_splits} splits")
     lse_tol = torch.float32 if dtype == torch.float32 else torch.float16
     assert_close(lse, dense_lse, lse_tol, "lse vs masked dense")
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_output_is_rounded_once(num_splits: int) -> None:
+    """bf16 in, bf16 out: the output is the exact attention rounded once, up to fp32 summation order.
+
+    Nearly every element equals the fp64 result rounded to bf16, and none is more than one bf16 step away.
+    (Rounding the softmax weights to bf16 before ``p @ v``, as flash attention does, moves ~1/3 of them.)
+    This is what lets a full-budget selection inside SGLang reproduce FlashInfer's dense decode.
+    """
+    pool = make_pool([9, 3, 14, 6], group=4, head_dim=64, block_size=16, dtype=torch.bfloat16, seed=31)
+    selected = select(pool, keep=0.7, seed=2)
+    dense_o, _ = masked_dense(pool, selected, 0.125)
+    expected = dense_o.to(torch.bfloat16)  # [R, G, D] exact result, rounded once
+    indptr, indices = to_csr(selected)
+    out, lse = nan_like(pool.q)
+    triton_kernel.launch(
+        pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.125, out, lse, num_splits, **pool.sizes
+    )
+    got = out.cpu()
+    differs = got != expected
+    ulp = (expected.double().abs().clamp_min(2**-126).log2().floor() - 7).exp2()  # bf16 step at |expected|
+    assert ((got.double() - expected.double()).abs() <= ulp * 1.001).all(), "an output is off by > 1 bf16 ulp"
+    assert differs.double().mean().item() <= 0.02, f"{differs.double().mean().item():.1%} outputs differ"
 
 
 @pytest.mark.parametrize("block_size", [4, 16])

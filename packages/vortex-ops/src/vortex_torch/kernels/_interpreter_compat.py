@@ -12,12 +12,14 @@ import triton.language as tl
 
 
 def _fix_interpreter() -> None:
-    """Work around two Triton-interpreter bugs (CPU tests only; compiled kernels are unaffected). Idempotent.
+    """Work around three Triton-interpreter bugs (CPU tests only; compiled kernels are unaffected). Idempotent.
 
     * Scalars are shape-``[1]`` arrays converted with ``int(array)``, which numpy >= 2.4 rejects, so
       ``for i in range(lo, hi)`` with runtime bounds fails (triton-lang/triton#9171, fixed after 3.6).
     * bf16 is stored as ``uint16`` and ``tl.dot`` multiplies the bit patterns (triton-lang/triton#11584;
       the interpreter does not support bf16 math). Upcast bf16 dot operands to fp32, exact as on the GPU.
+    * fp32 -> bf16 casts truncate (the default rounding mode is passed as None and the mantissa is cut),
+      where the GPU rounds to nearest even (``cvt.rn.bf16.f32``). Round to nearest even here too.
     """
     import numpy as np
     from triton.runtime import interpreter
@@ -40,8 +42,31 @@ def _fix_interpreter() -> None:
     def patched_dot(self: Any, a: Any, b: Any, *args: Any) -> Any:
         return create_dot(self, as_fp32(a), as_fp32(b), *args)
 
+    cast_impl = interpreter.InterpreterBuilder.cast_impl
+    fp_to_fp = interpreter.InterpreterBuilder.create_fp_to_fp
+
+    def to_bf16_rtne(src: Any) -> Any:
+        bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # ties to even
+        nan = np.isnan(src.data)
+        rounded[nan] = 0x7FC0
+        return interpreter.TensorHandle(rounded, tl.bfloat16)
+
+    def is_f32_to_bf16(src: Any, dst_type: Any) -> bool:
+        return bool(src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16)
+
+    def patched_cast(self: Any, src: Any, dst_type: Any) -> Any:
+        return to_bf16_rtne(src) if is_f32_to_bf16(src, dst_type) else cast_impl(self, src, dst_type)
+
+    def patched_fp_to_fp(self: Any, src: Any, dst_type: Any, rounding_mode: Any) -> Any:
+        if is_f32_to_bf16(src, dst_type) and rounding_mode in (None, interpreter._ir.ROUNDING_MODE.RTNE):
+            return to_bf16_rtne(src)
+        return fp_to_fp(self, src, dst_type, rounding_mode)
+
     interpreter._patch_lang_tensor = patched_tensor
     interpreter.InterpreterBuilder.create_dot = patched_dot
+    interpreter.InterpreterBuilder.cast_impl = patched_cast
+    interpreter.InterpreterBuilder.create_fp_to_fp = patched_fp_to_fp
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":

@@ -11,7 +11,8 @@ built to stream exactly the selected KV bytes once, with every program busy:
 * ``_split_kernel``, grid ``(R, S)``: program ``(r, s)`` takes the ``s``-th contiguous chunk of row ``r``'s
   selected blocks and runs an fp32 online softmax for all ``G`` queries of the row at once, as one
   ``[G_PAD, D_PAD]`` tile (``G_PAD >= 16`` so both products are ``tl.dot``s on tensor cores; the padding is
-  free because the kernel waits on memory, not on math). Chunks are cut per row inside the kernel, so a
+  free because the kernel waits on memory, not on math). ``p @ v`` keeps ``p`` in fp32 (tf32x3), so the
+  output is the fp32 result rounded once, as in FlashInfer's CUDA-core decode. Chunks are cut per row inside the kernel, so a
   short row in a ragged batch still spreads over all ``S`` programs and no host knowledge of the lengths is
   needed. With ``S == 1`` the program writes the final ``o``/``lse`` directly: one launch in total.
 * ``_combine_kernel``, grid ``(R, G)``: merges the ``S`` partial results of a row by their log-sum-exps.
@@ -67,6 +68,7 @@ def _split_kernel(
     BLOCKS_PER_ITER: tl.constexpr,  # whole blocks per loop step
     STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no silent tf32), ignored for 16-bit
+    PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -123,8 +125,10 @@ def _split_kernel(
 
         v_rows = v_ptr + (slot * stride_vs + head * stride_vh)  # [BLOCK_N]
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
-        # p is rounded to v's dtype (as in flash attention) so the second product also runs on tensor cores.
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        # p stays fp32 (v widens exactly): rounding p to bf16, as flash attention does, would move the fp32
+        # result by ~2^-9 and flip the final bf16 rounding of many outputs, where FlashInfer's decode and an
+        # fp32 reference agree. tf32x3 keeps the product on tensor cores at ~fp32 accuracy.
+        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PV_PRECISION)
         m_i = m_new
 
     empty = l_i == 0.0  # [G_PAD] empty chunk (or empty row)
@@ -241,6 +245,7 @@ def launch(
         G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
         G_PAD=g_pad, D_PAD=d_pad, BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
     )
     qk_scale = sm_scale * math.log2(math.e)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))

@@ -141,6 +141,8 @@ class Comparison:
     ok: bool
     max_logprob_diff: float
     reason: str = ""
+    #: the reference's top-2 log-prob gap at the first differing step (inf when none differs)
+    gap_at_split: float = float("inf")
 
 
 def compare_greedy(ref: Gen, got: Gen, *, tie_gap: float = 0.15, logprob_atol: float = 0.15) -> Comparison:
@@ -155,12 +157,13 @@ def compare_greedy(ref: Gen, got: Gen, *, tie_gap: float = 0.15, logprob_atol: f
     ok = max_diff <= logprob_atol
     if not ok:
         reason = f"log-probs differ by {max_diff:.3f} > {logprob_atol} before any divergence"
+    gap = float("inf")
     if not exact:
         gap = ref.top2_gap[same] if same < len(ref.top2_gap) else float("inf")
         if gap > tie_gap:
             ok = False
             reason = f"diverged at step {same} where the reference's top-2 gap is {gap:.3f} > {tie_gap}"
-    return Comparison(same, n, exact, ok, max_diff, reason)
+    return Comparison(same, n, exact, ok, max_diff, reason, gap)
 
 
 def assert_all_close(refs: list[Gen], gots: list[Gen], what: str, **kw: float) -> list[Comparison]:
@@ -168,9 +171,12 @@ def assert_all_close(refs: list[Gen], gots: list[Gen], what: str, **kw: float) -
     comps = [compare_greedy(r, g, **kw) for r, g in zip(refs, gots, strict=True)]
     bad = [(i, c) for i, c in enumerate(comps) if not c.ok]
     summary = ", ".join(
-        f"#{i}: {c.same_prefix}/{c.length}{'' if c.exact else '*'}" for i, c in enumerate(comps)
+        f"#{i}: {c.same_prefix}/{c.length}"
+        + ("" if c.exact else f" (split at top-2 gap {c.gap_at_split:.4f})")
+        for i, c in enumerate(comps)
     )
-    print(f"[{what}] agreeing tokens {summary} (* = diverged at a near-tie)")
+    worst = max((c.max_logprob_diff for c in comps), default=0.0)
+    print(f"[{what}] agreeing tokens {summary}; max |d logprob| before a split {worst:.4f}")
     assert not bad, f"{what}: " + "; ".join(f"prompt {i}: {c.reason}" for i, c in bad)
     return comps
 

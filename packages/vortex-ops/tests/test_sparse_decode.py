@@ -97,7 +97,7 @@ def make_pool(
     num_pages = -(-(need + 7) // layout.blocks_per_page)  # 7+ unused blocks per head
     free = []  # free[h]: the block ids of head h, shuffled
     for h in range(num_kv_heads):
-        ids = layout.block_id(torch.arange(num_pages * layout.page_size)[:: block_size], h)
+        ids = layout.block_id(torch.arange(num_pages * layout.page_size)[::block_size], h)
         free.append(ids[torch.randperm(ids.numel(), generator=gen)].tolist())
     rows = []
     for n, h in zip(row_blocks, heads, strict=True):

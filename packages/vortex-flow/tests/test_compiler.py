@@ -92,7 +92,11 @@ class Pool:
         gen = torch.Generator().manual_seed(self.seed + 1)
         out = dict(self.kv)  # read-only: shared
         for name, (r, c) in sorted(spec.items()):
-            out[name] = torch.randn(self.num_blocks, r, c, generator=gen).to(self.geometry.dtype).to(self.qs[0].device)
+            out[name] = (
+                torch.randn(self.num_blocks, r, c, generator=gen)
+                .to(self.geometry.dtype)
+                .to(self.qs[0].device)
+            )
         return out
 
 
@@ -142,7 +146,9 @@ def pool(request: pytest.FixtureRequest) -> Pool:
         and bool((budget.long() < lengths).any())
     )
     dev = torch.device(device)
-    dense = DenseBlocks(*(getattr(dense, f).to(dev) for f in ("indptr", "indices", "last_block_len", "row_of", "pos")))
+    dense = DenseBlocks(
+        *(getattr(dense, f).to(dev) for f in ("indptr", "indices", "last_block_len", "row_of", "pos"))
+    )
     selection = SelectionSpec(selection.sel_indptr.to(dev), BOS, EOS)
     kv = {k: v.to(dev) for k, v in kv.items()}
     return Pool(cfg, geometry, layout, nb, kv, dense, selection, [q.to(dev) for q in qs], ids.to(dev), seed)

@@ -288,3 +288,22 @@ class Scenario:
         )
         if got == want:
             torch.testing.assert_close(o.reshape(len(self.rows), -1, DIM).cpu(), ro, atol=2e-5, rtol=2e-5)
+
+
+def scattered_requests(
+    layout: PoolLayout, seq_lens: list[int], max_ctx: int, num_pages: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A ``req_to_token`` whose requests own shuffled pages (page 0 never used, as in SGLang), the batch's
+    ``req_pool_indices`` (rows in a shuffled order too) and each request's slots."""
+    g = torch.Generator().manual_seed(seed)
+    pages = (torch.randperm(num_pages - 1, generator=g) + 1).tolist()
+    rows = (torch.randperm(len(seq_lens) + 3, generator=g)[: len(seq_lens)] + 1).tolist()
+    req_to_token = torch.zeros(len(seq_lens) + 4, max_ctx, dtype=torch.int32)
+    slots_of = []
+    for row, n in zip(rows, seq_lens, strict=True):
+        own = [pages.pop() for _ in range(-(-n // layout.page_size))]
+        t = torch.arange(n)
+        slots = torch.tensor(own)[t // layout.page_size] * layout.page_size + t % layout.page_size
+        req_to_token[row, :n] = slots.to(torch.int32)
+        slots_of.append(slots)
+    return req_to_token, torch.tensor(rows, dtype=torch.int64), slots_of

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vortex_sgl_testlib import scattered_requests
 
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 from vortex_torch.engine.sgl.planner import (
@@ -18,26 +19,6 @@ from vortex_torch.engine.sgl.planner import (
 )
 from vortex_torch.engine.sgl.policy import apply_policy
 from vortex_torch.kernels.select.budget import default_budget, selection_indptr
-
-
-def scattered_requests(
-    layout: PoolLayout, seq_lens: list[int], max_ctx: int, num_pages: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """A ``req_to_token`` whose requests own shuffled pages (page 0 never used, as in SGLang), the batch's
-    ``req_pool_indices`` (rows in a shuffled order too) and each request's slots."""
-    g = torch.Generator().manual_seed(seed)
-    pages = (torch.randperm(num_pages - 1, generator=g) + 1).tolist()
-    rows = (torch.randperm(len(seq_lens) + 3, generator=g)[: len(seq_lens)] + 1).tolist()
-    req_to_token = torch.zeros(len(seq_lens) + 4, max_ctx, dtype=torch.int32)
-    slots_of = []
-    for row, n in zip(rows, seq_lens, strict=True):
-        own = [pages.pop() for _ in range(-(-n // layout.page_size))]
-        t = torch.arange(n)
-        slots = torch.tensor(own)[t // layout.page_size] * layout.page_size + t % layout.page_size
-        req_to_token[row, :n] = slots.to(torch.int32)
-        slots_of.append(slots)
-    return req_to_token, torch.tensor(rows, dtype=torch.int64), slots_of
-
 
 LAYOUTS = [PoolLayout(16, 16, 2), PoolLayout(32, 8, 4), PoolLayout(4, 1, 1), PoolLayout(64, 16, 8)]
 BATCHES = [[1], [1, 15, 16, 17, 33, 70], [64, 3, 200, 129], [16] * 5]

@@ -30,7 +30,8 @@ from vortex_torch.abs.layout import PoolLayout
 from .aux_store import AuxFieldStore
 from .config import VortexConfig
 from .debug_dump import DecodeDumper
-from .decode_core import VortexDecodeCore
+from .decode_core import VortexDecodeCore, make_host_budget_fn
+from .flashinfer_decode import FlashInferSparseDecode
 from .flow_spec import PreparedFlow, prepare_flow
 from .planner import DecodePlan, DecodePlanBuffers, count_completed_blocks
 from .plugin import VortexSGLangError
@@ -127,8 +128,19 @@ class VortexBackendMixin:
             forward_batch.req_pool_indices[:bs],
             forward_batch.seq_lens[:bs],
             buffers=buffers,
+            budget=self._vortex_host_budget(forward_batch, graph=buffers is not None),
         )
         return plan
+
+    def _vortex_host_budget(self, forward_batch: Any, *, graph: bool) -> torch.Tensor | None:
+        """Budgets computed on the host for this step (None: the device planner computes them)."""
+        return None
+
+    def _vortex_attend(
+        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, layer: Any
+    ) -> torch.Tensor:
+        """Attention over the step's selection: Vortex's Triton kernel (the FlashInfer backend overrides)."""
+        return self.vortex_core.attend(q_rows, fields, plan, layer.scaling)
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self._vortex_parent().init_forward_metadata(forward_batch)
@@ -179,7 +191,13 @@ class VortexBackendMixin:
         h_q, _heads, group, dim = self._vortex_heads
         # [tokens, H_q * D] -> [R, G, D]: row b * H_kv + h holds query heads h*G .. h*G+G-1 (GQA order)
         q_rows = q.reshape(-1, h_q, dim).reshape(-1, group, dim)
-        o = self.vortex_core.decode_layer(q_rows, fields, plan, layer.scaling)
+        o = self.vortex_core.decode_layer(
+            q_rows,
+            fields,
+            plan,
+            layer.scaling,
+            attend=lambda q_, f_, p_: self._vortex_attend(q_, f_, p_, layer),
+        )
         if self._vortex_dumper is not None:
             self._vortex_dumper.dump(
                 int(layer.layer_id), self.vortex_core.layout, plan, q_rows, fields, o, layer.scaling,
@@ -208,7 +226,43 @@ class VortexBackendMixin:
 
 
 class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
-    """FlashInfer for prefill and dense layers, Vortex sparse decode for the flow's layers."""
+    """FlashInfer for prefill and dense layers; for the flow's layers, Vortex's indexer and selection, then
+    FlashInfer's own decode kernel over the selected tokens (:mod:`.flashinfer_decode`)."""
+
+    def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
+        super()._vortex_setup(runner, config)
+        core = self.vortex_core
+        self.vortex_fi: FlashInferSparseDecode | None = None
+        if core.exact:  # impl_backend="reference": plain-PyTorch attention as well
+            return
+        _h_q, heads, group, dim = self._vortex_heads
+        self.vortex_fi = FlashInferSparseDecode(
+            self, group=group, head_dim=dim, num_kv_heads=heads, block_size=core.layout.block_size,
+            page_size=core.layout.page_size, dtype=self.token_to_kv_pool.dtype,
+            max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
+            budget_fn=make_host_budget_fn(core.prepared), device=torch.device(runner.device),
+        )  # fmt: skip
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
+        super().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
+        if self.vortex_fi is not None:
+            nbytes = self.vortex_fi.allocate_graph_buffers(max(max_bs, max_num_tokens))
+            log.info("Vortex CUDA-graph FlashInfer page tables: %.1f MiB", nbytes / 2**20)
+
+    def _vortex_host_budget(self, forward_batch: Any, *, graph: bool) -> torch.Tensor | None:
+        if self.vortex_fi is None:
+            return None
+        bs = int(forward_batch.batch_size)
+        seq_cpu = forward_batch.seq_lens_cpu
+        seq_cpu = seq_cpu[:bs] if seq_cpu is not None else forward_batch.seq_lens[:bs].cpu()
+        return self.vortex_fi.begin_step(seq_cpu, graph=graph)
+
+    def _vortex_attend(
+        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, layer: Any
+    ) -> torch.Tensor:
+        if self.vortex_fi is None:
+            return super()._vortex_attend(q_rows, fields, plan, layer)
+        return self.vortex_fi.attend(q_rows, fields["k"], fields["v"], plan, layer)
 
 
 class VortexTritonBackend(VortexBackendMixin, TritonAttnBackend):

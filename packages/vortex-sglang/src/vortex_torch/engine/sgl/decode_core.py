@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,6 +68,21 @@ def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[Budget
     return (lambda n: apply_policy(policy, n.to(torch.int32), topk, ratio, bos, eos)), cfg.max_topk_val
 
 
+def make_host_budget_fn(prepared: PreparedFlow) -> BudgetFn:
+    """The same budget rule on host tensors (uncompiled), for planners that need budgets on the host."""
+    cfg = prepared.config
+    bos, eos, topk, ratio = (
+        cfg.block_reserved_bos,
+        cfg.block_reserved_eos,
+        cfg.topk_val,
+        float(cfg.topk_ratio),
+    )
+    raw = prepared.policy
+    if raw is None:
+        return default_budget_fn(topk, ratio, bos, eos)
+    return lambda n: apply_policy(raw, n.to(torch.int32), topk, ratio, bos, eos)
+
+
 class VortexDecodeCore:
     """Vortex's per-step work for one pool (design §3), independent of SGLang's classes.
 
@@ -119,8 +135,10 @@ class VortexDecodeCore:
         req_pool_indices: torch.Tensor,
         seq_lens: torch.Tensor,
         buffers: DecodePlanBuffers | None = None,
+        budget: torch.Tensor | None = None,
     ) -> DecodePlan:
-        """The step's plan (``req_pool_indices``/``seq_lens`` ``[B]``, ``req_to_token [reqs, ctx]``)."""
+        """The step's plan (``req_pool_indices``/``seq_lens`` ``[B]``, ``req_to_token [reqs, ctx]``; ``budget
+        [R]`` when the caller computed the budgets on the host)."""
         return plan_decode(
             self.layout,
             req_to_token,
@@ -130,6 +148,7 @@ class VortexDecodeCore:
             budget_fn=self.budget_fn,
             max_selected_per_row=self.max_selected_per_row,
             buffers=buffers,
+            budget=budget,
         )
 
     def update_cache(
@@ -184,13 +203,21 @@ class VortexDecodeCore:
         )
 
     def decode_layer(
-        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, sm_scale: float | None
+        self,
+        q_rows: torch.Tensor,
+        fields: dict[str, torch.Tensor],
+        plan: DecodePlan,
+        sm_scale: float | None,
+        attend: Callable[[torch.Tensor, dict[str, torch.Tensor], DecodePlan], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One sparse layer of a decode step (K/V and aux of this step already written)."""
+        """One sparse layer of a decode step (K/V and aux of this step already written); ``attend`` replaces
+        :meth:`attend` (the FlashInfer backend runs FlashInfer's decode over the selection)."""
         if q_rows.shape[0] != plan.num_rows:
             raise RuntimeError(
                 f"Vortex decode: q has {q_rows.shape[0]} rows but the step's plan {plan.num_rows} "
                 f"({plan.batch_size} requests x {plan.num_kv_heads} KV heads)"
             )
         self.select(q_rows, fields, plan)
+        if attend is not None:
+            return attend(q_rows, fields, plan)
         return self.attend(q_rows, fields, plan, sm_scale)

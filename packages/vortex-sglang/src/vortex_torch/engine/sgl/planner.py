@@ -147,6 +147,7 @@ def plan_decode(
     budget_fn: BudgetFn,
     max_selected_per_row: int | None = None,
     buffers: DecodePlanBuffers | None = None,
+    budget: torch.Tensor | None = None,
 ) -> DecodePlan:
     """Build a decode step's plan on the inputs' device, with no host synchronisation.
 
@@ -162,6 +163,8 @@ def plan_decode(
         max_selected_per_row: static bound on the budget (split count of the attention kernel); default
             ``max_blocks_per_row``.
         buffers: write into these capture-stable buffers (CUDA graphs) instead of fresh tensors.
+        budget: ``[R]`` budgets already computed on the host (FlashInfer path, which needs them there to plan);
+            replaces ``budget_fn`` when given.
 
     Block ``j`` of row ``(b, h)`` is the block of the slot of token ``j * block_size`` of request ``b`` and KV
     head ``h``: ``layout.block_id(req_to_token[req_pool_indices[b], j * block_size], h)``.
@@ -193,7 +196,10 @@ def plan_decode(
     slots = req_to_token[req, tok].to(torch.int64)  # [cap]
     ids = layout.block_id(slots, row % heads).to(torch.int32)  # [cap]; entries >= nnz are scratch
 
-    budget = budget_fn(n_row).to(torch.int32)  # [R]
+    if budget is None:
+        budget = budget_fn(n_row).to(torch.int32)  # [R]
+    else:
+        budget = budget.to(device=device, dtype=torch.int32, non_blocking=True)  # [R]
     sel64 = torch.zeros(rows + 1, dtype=torch.int64, device=device)
     torch.cumsum(budget.to(torch.int64), 0, out=sel64[1:])  # [R+1]
 

@@ -149,6 +149,34 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
     res["layer_us"] = bench_graph(
         lambda: (core.update_cache(fields, loc), core.decode_layer(q, fields, plan, None))
     )
+    # The flashinfer base backend's path: token table + FlashInfer's decode over the selected tokens.
+    from types import SimpleNamespace
+
+    from vortex_torch.engine.sgl.decode_core import make_host_budget_fn
+    from vortex_torch.engine.sgl.flashinfer_decode import FlashInferSparseDecode
+
+    fi = FlashInferSparseDecode(
+        SimpleNamespace(decode_use_tensor_cores=group >= 4, decode_backend="auto"), group=group, head_dim=d,
+        num_kv_heads=hkv, block_size=blk, page_size=page, dtype=torch.bfloat16,
+        max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
+        budget_fn=make_host_budget_fn(prepared), device=torch.device(dev),
+    )  # fmt: skip
+    fi.allocate_graph_buffers(batch)
+    fi_plan = core.plan(
+        req_to_token, rpi, seq_lens, buffers=buffers, budget=fi.begin_step(seq_lens.cpu(), graph=True)
+    )
+    core.select(q, fields, fi_plan)
+    layer = SimpleNamespace(scaling=d**-0.5, logit_cap=0.0, k_scale_float=None, v_scale_float=None)
+    res["plan_host_fi_us"] = bench_eager(lambda: fi.begin_step(seq_lens.cpu(), graph=True))
+    res["attention_fi_us"] = bench_graph(lambda: fi.attend(q, k_buf, v_buf, fi_plan, layer))
+    res["layer_fi_us"] = bench_graph(
+        lambda: (
+            core.update_cache(fields, loc),
+            core.decode_layer(
+                q, fields, fi_plan, None, attend=lambda q_, f_, p_: fi.attend(q_, k_buf, v_buf, p_, layer)
+            ),
+        )
+    )
     res["dense_vortex_kernel_us"] = bench_graph(
         lambda: sparse_decode_attention(q, k_buf, v_buf, plan.dense_indptr, plan.dense_indices, plan.last_block_len,
                                         page_size=page, block_size=blk, max_blocks_per_row=plan.max_blocks_per_row)
@@ -167,7 +195,10 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
             indptr, indices, last, hq, hkv, d, 1, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16
         )
         qd = q.reshape(batch, hq, d)
-        kv4 = (k_buf.unsqueeze(1), v_buf.unsqueeze(1))  # NHD [pages, page_size=1, H_kv, D], as SGLang plans it
+        kv4 = (
+            k_buf.unsqueeze(1),
+            v_buf.unsqueeze(1),
+        )  # NHD [pages, page_size=1, H_kv, D], as SGLang plans it
         res["dense_flashinfer_us"] = bench_graph(lambda: wrapper.run(qd, kv4))
     except Exception as exc:
         res["dense_flashinfer_us"] = None
@@ -299,8 +330,12 @@ def report(res: dict[str, Any]) -> str:
         lines += [
             "One layer, per decode step, us (CUDA-graph replays; plan is eager, once per step for all layers):",
             "",
-            "| ctx | batch | plan | cache | indexer | (select) | attention | sparse layer | dense flashinfer | dense vortex kernel |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "Triton path (triton base backend) and FlashInfer path (flashinfer base backend: token table +",
+            "FlashInfer decode over the selected tokens; its plan is host-side, per step).",
+            "",
+            "| ctx | batch | plan (device) | plan (host, fi) | cache | indexer | (select) | attention triton | "
+            "attention fi | sparse layer triton | sparse layer fi | dense flashinfer | dense vortex kernel |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["kernels"]:
             if "error" in r:
@@ -308,9 +343,10 @@ def report(res: dict[str, Any]) -> str:
                 continue
             f = lambda x: "-" if x is None else (f"{x:.1f}" if x >= 0 else f"{-x:.1f} (eager)")
             lines.append(
-                f"| {r['ctx']} | {r['batch']} | {f(r['plan_eager_us'])} | {f(r['cache_us'])} | {f(r['indexer_us'])} | "
-                f"{f(r['select_us'])} | {f(r['attention_us'])} | {f(r['layer_us'])} | {f(r['dense_flashinfer_us'])} | "
-                f"{f(r['dense_vortex_kernel_us'])} |"
+                f"| {r['ctx']} | {r['batch']} | {f(r['plan_eager_us'])} | {f(r.get('plan_host_fi_us'))} | "
+                f"{f(r['cache_us'])} | {f(r['indexer_us'])} | {f(r['select_us'])} | {f(r['attention_us'])} | "
+                f"{f(r.get('attention_fi_us'))} | {f(r['layer_us'])} | {f(r.get('layer_fi_us'))} | "
+                f"{f(r['dense_flashinfer_us'])} | {f(r['dense_vortex_kernel_us'])} |"
             )
     if res["engines"]:
         lines += ["", "Engine decode throughput, tokens/s (flashinfer; Vortex = quick-start config):", "",

@@ -180,7 +180,8 @@ def test_full_selection_matches_flashinfer(group: int, heads: int, dim: int) -> 
 @pytest.mark.parametrize(("group", "heads", "dim"), [(2, 2, 64), (4, 8, 128)])
 def test_sparse_selection_both_paths_match_exact(group: int, heads: int, dim: int) -> None:
     """A random ~30% selection (partial final blocks kept): both paths equal fp64 attention over the selected
-    tokens (Triton: rounded once; FlashInfer path: within FlashInfer's own error on dense decode)."""
+    tokens (Triton: rounded once; FlashInfer path: within one bf16 step plus FlashInfer's own error on dense
+    decode)."""
     data = build(group, heads, dim, seed=5)
     rows, last = selection(data, heads, keep=0.3)
     ref = exact_over(data, rows, last, group, dim**-0.5)
@@ -199,4 +200,9 @@ def test_sparse_selection_both_paths_match_exact(group: int, heads: int, dim: in
         f"{dense_err.max().item():.2e})"
     )
     assert u.max() <= 1 and (u > 0).double().mean() <= 0.02
-    assert fi_err.max() <= 2 * dense_err.max() + 1e-3
+    # fewer tokens -> larger outputs -> larger bf16 steps: allow one bf16 step of |ref| (2^-7 relative) on top
+    # of the absolute error FlashInfer shows on dense decode of the same pool
+    bound = ref.double().abs() * 2**-7 + dense_err.max() + 1e-3
+    assert (fi_err <= bound).all(), (
+        f"FlashInfer path off by {(fi_err - bound).max().item():.2e} beyond the bound"
+    )

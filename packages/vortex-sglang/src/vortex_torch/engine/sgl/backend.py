@@ -151,7 +151,11 @@ class VortexBackendMixin:
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
         self._vortex_parent().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
-        self.vortex_buffers = self.vortex_core.allocate_buffers(max(max_bs, max_num_tokens))
+        self._vortex_allocate_graph_state(max(max_bs, max_num_tokens))
+
+    def _vortex_allocate_graph_state(self, max_batch: int) -> None:
+        """Capture-stable buffers for decode batches of up to ``max_batch`` requests."""
+        self.vortex_buffers = self.vortex_core.allocate_buffers(max_batch)
         log.info("Vortex CUDA-graph plan buffers: %.1f MiB", self.vortex_buffers.nbytes / 2**20)
 
     def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
@@ -243,10 +247,10 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
             budget_fn=make_host_budget_fn(core.prepared), device=torch.device(runner.device),
         )  # fmt: skip
 
-    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
-        super().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
+    def _vortex_allocate_graph_state(self, max_batch: int) -> None:
+        super()._vortex_allocate_graph_state(max_batch)
         if self.vortex_fi is not None:
-            nbytes = self.vortex_fi.allocate_graph_buffers(max(max_bs, max_num_tokens))
+            nbytes = self.vortex_fi.allocate_graph_buffers(max_batch)
             log.info("Vortex CUDA-graph FlashInfer page tables: %.1f MiB", nbytes / 2**20)
 
     def _vortex_host_budget(self, forward_batch: Any, *, graph: bool) -> torch.Tensor | None:

@@ -446,3 +446,21 @@ def test_generated_kernels_compile_for_sm90(tmp_path: Path) -> None:
         assert proc.returncode == 0, out[-3000:] + err[-6000:]
         compiled += out.count("compiled ")
     assert compiled >= 2 * len(paths)
+
+
+def test_conv_weights_are_copied_to_the_device_once(pool: Pool, cache_dir: str) -> None:
+    """Conv1d taps reach the kernel from a per-executor cache: no copy per call (CUDA-graph capture would
+    otherwise see a host-to-device transfer), but an in-place change of the weight is picked up."""
+    tri = compare(trace_flow(FLOWS["conv"](), pool.geometry), pool, cache_dir)
+    weights = [n.op.weight for g in tri.groups for n in g.nodes if hasattr(n.op, "weight")]
+    assert weights and tri._weight_cache
+    first = {k: v[1] for k, v in tri._weight_cache.items()}
+    fields = pool.fields(tri.traced.fields)
+    tri.run_cache(fields, pool.block_ids)
+    _select(tri, pool, pool.qs[0], fields)
+    assert all(tri._weight_cache[k][1] is t for k, t in first.items()), "weights were copied again"
+    weights[0].mul_(2.0)
+    _select(tri, pool, pool.qs[0], fields)
+    fresh = tri._weight_cache[(id(weights[0]), pool.qs[0].device)][1]
+    assert torch.equal(fresh.cpu(), weights[0].detach().cpu().contiguous())
+    weights[0].div_(2.0)

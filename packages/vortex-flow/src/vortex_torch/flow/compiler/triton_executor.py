@@ -77,6 +77,7 @@ class TritonExecutor(FlowExecutor):
         super().__init__(traced, layout)
         #: warps per program of the generated scoring kernels (2 measured fastest: results/gpu/*indexer-bench*)
         self.num_warps = num_warps
+        self._weight_cache: dict[tuple[int, torch.device], tuple[int, torch.Tensor]] = {}
         kv = KVLayout(layout.page_size, layout.block_size, layout.num_kv_heads)
         for what, v in (("block_chunk", block_chunk), ("cache_chunk", cache_chunk)):
             if v < 0 or (v & (v - 1)):
@@ -185,6 +186,16 @@ class TritonExecutor(FlowExecutor):
             return buf.stride(0 if kind == "stride0" else 1)
         return bufs[int(key)]
 
+    def _device_weight(self, weight: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``weight`` as a contiguous tensor on ``device``, copied once and reused (a copy on every call would
+        break CUDA-graph capture and cost a host-to-device transfer per layer); recopied if it was modified."""
+        key = (id(weight), device)
+        hit = self._weight_cache.get(key)
+        if hit is None or hit[0] != weight._version:
+            hit = (weight._version, weight.detach().to(device).contiguous())
+            self._weight_cache[key] = hit
+        return hit[1]
+
     def run_indexer(
         self,
         q: torch.Tensor,
@@ -231,8 +242,7 @@ class TritonExecutor(FlowExecutor):
             args = []
             for a in k.args:
                 if a.source == "weight":
-                    w = g.nodes[0].op.weight  # type: ignore[attr-defined]
-                    args.append(w.to(q.device).contiguous())
+                    args.append(self._device_weight(g.nodes[0].op.weight, q.device))  # type: ignore[attr-defined]
                 else:
                     args.append(self._resolve(a.source, q, fields, bufs))
             kernel = getattr(self.module, k.name)

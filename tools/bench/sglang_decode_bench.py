@@ -152,14 +152,14 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
     # The flashinfer base backend's path: token table + FlashInfer's decode over the selected tokens.
     from types import SimpleNamespace
 
-    from vortex_torch.engine.sgl.decode_core import make_host_budget_fn
+    from vortex_torch.engine.sgl.decode_core import make_budget_fn
     from vortex_torch.engine.sgl.flashinfer_decode import FlashInferSparseDecode
 
     fi = FlashInferSparseDecode(
         SimpleNamespace(decode_use_tensor_cores=group >= 4, decode_backend="auto"), group=group, head_dim=d,
         num_kv_heads=hkv, block_size=blk, page_size=page, dtype=torch.bfloat16,
         max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
-        budget_fn=make_host_budget_fn(prepared), device=torch.device(dev),
+        budget_fn=make_budget_fn(prepared, torch.device("cpu"))[0], device=torch.device(dev),
     )  # fmt: skip
     fi.allocate_graph_buffers(batch)
     fi_plan = core.plan(

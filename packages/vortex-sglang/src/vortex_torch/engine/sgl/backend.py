@@ -30,7 +30,7 @@ from vortex_torch.abs.layout import PoolLayout
 from .aux_store import AuxFieldStore
 from .config import VortexConfig
 from .debug_dump import DecodeDumper
-from .decode_core import VortexDecodeCore, make_host_budget_fn
+from .decode_core import VortexDecodeCore, make_budget_fn
 from .flashinfer_decode import FlashInferSparseDecode
 from .flow_spec import PreparedFlow, prepare_flow
 from .planner import DecodePlan, DecodePlanBuffers, count_completed_blocks
@@ -244,7 +244,7 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
             self, group=group, head_dim=dim, num_kv_heads=heads, block_size=core.layout.block_size,
             page_size=core.layout.page_size, dtype=self.token_to_kv_pool.dtype,
             max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
-            budget_fn=make_host_budget_fn(core.prepared), device=torch.device(runner.device),
+            budget_fn=make_budget_fn(core.prepared, torch.device("cpu"))[0], device=torch.device(runner.device),
         )  # fmt: skip
 
     def _vortex_allocate_graph_state(self, max_batch: int) -> None:

@@ -45,8 +45,9 @@ def make_executor(
 
 
 def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[BudgetFn, int | None]:
-    """``(budget_fn, bound)``: the default rule or the compiled ``schedule_policy`` (clamped to
-    ``[min(n, bos + eos), n]``), and a static bound on its result when one is known (default rule)."""
+    """``(budget_fn, bound)``: the default rule or the ``schedule_policy`` (clamped to ``[min(n, bos + eos), n]``;
+    compiled on CUDA, as is on the host: ``device="cpu"`` gives the rule for host-side planners), and a static
+    bound on its result when one is known (default rule)."""
     cfg = prepared.config
     bos, eos, topk, ratio = (
         cfg.block_reserved_bos,
@@ -66,21 +67,6 @@ def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[Budget
             fn = raw
     policy = fn
     return (lambda n: apply_policy(policy, n.to(torch.int32), topk, ratio, bos, eos)), cfg.max_topk_val
-
-
-def make_host_budget_fn(prepared: PreparedFlow) -> BudgetFn:
-    """The same budget rule on host tensors (uncompiled), for planners that need budgets on the host."""
-    cfg = prepared.config
-    bos, eos, topk, ratio = (
-        cfg.block_reserved_bos,
-        cfg.block_reserved_eos,
-        cfg.topk_val,
-        float(cfg.topk_ratio),
-    )
-    raw = prepared.policy
-    if raw is None:
-        return default_budget_fn(topk, ratio, bos, eos)
-    return lambda n: apply_policy(raw, n.to(torch.int32), topk, ratio, bos, eos)
 
 
 class VortexDecodeCore:

@@ -284,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only check that the READMEs match RESULTS.md")
     ap.add_argument("--render", action="store_true", help="only rewrite the READMEs from RESULTS.md")
     ap.add_argument(
-        "--gpu-results",
-        help="JSON from tools/bench/flows_bench.py: fill the GPU step time of every flow, no measuring",
+        "--gpu-results", help="JSON from tools/bench/flows_bench.py: fill the GPU step time of every flow, no measuring"
     )
     args = ap.parse_args(argv)
     eps = entry_points()

@@ -63,27 +63,12 @@ def main() -> None:
         "date": date.today().isoformat(),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "setup": {
-            "ctx": args.ctx,
-            "batch": args.batch,
-            "budget_tokens": args.budget,
-            "H_q": hq,
-            "H_kv": hkv,
-            "D": d,
-            "block_size": bs,
-        },
+        "setup": {"ctx": args.ctx, "batch": args.batch, "budget_tokens": args.budget, "H_q": hq, "H_kv": hkv, "D": d,
+                  "block_size": bs},
         "copy_bandwidth_gbs": round(copy_bandwidth_gbs(), 1),
     }
     attn = lambda: sparse_decode_attention(
-        q,
-        k,
-        v,
-        sel.sel_indptr,
-        out_sel,
-        dense.last_block_len,
-        page_size=bs,
-        block_size=bs,
-        max_blocks_per_row=max_n,
+        q, k, v, sel.sel_indptr, out_sel, dense.last_block_len, page_size=bs, block_size=bs, max_blocks_per_row=max_n
     )
     try:
         import flashinfer
@@ -92,17 +77,9 @@ def main() -> None:
         ws = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
         wd = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
         indptr = torch.arange(args.batch + 1, dtype=torch.int32, device=dev) * max_n
-        wd.plan(
-            indptr,
-            torch.arange(args.batch * max_n, dtype=torch.int32, device=dev) + 1,
-            torch.full((args.batch,), bs, dtype=torch.int32, device=dev),
-            hq,
-            hkv,
-            d,
-            bs,
-            q_data_type=torch.bfloat16,
-            kv_data_type=torch.bfloat16,
-        )
+        wd.plan(indptr, torch.arange(args.batch * max_n, dtype=torch.int32, device=dev) + 1,
+                torch.full((args.batch,), bs, dtype=torch.int32, device=dev), hq, hkv, d, bs,
+                q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
         qd = torch.randn(args.batch, hq, d, dtype=torch.bfloat16, device=dev)
         report["dense_flashinfer_us"] = round(bench_graph(lambda: wd.run(qd, (kd, kd))), 1)
     except ImportError as exc:
@@ -119,9 +96,7 @@ def main() -> None:
             for name, (r, c) in traced.fields.items():
                 fields[name] = torch.zeros(nb, r, c, dtype=torch.bfloat16, device=dev)
             ex.run_cache(fields, all_blocks)
-            indexer = lambda ex=ex, fields=fields: ex.run_indexer(
-                q, fields, dense, sel, out_sel, max_blocks_per_row=max_n
-            )
+            indexer = lambda ex=ex, fields=fields: ex.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
 
             def step(indexer=indexer) -> object:  # type: ignore[no-untyped-def]
                 indexer()

@@ -73,11 +73,7 @@ def count_kernels(fn: Callable[[], object]) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(
-        1
-        for e in prof.events()
-        if e.device_type.name == "CUDA" and "Memcpy" not in e.name and "Memset" not in e.name
-    )
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name and "Memset" not in e.name)
 
 
 def copy_bandwidth_gbs() -> float:
@@ -122,9 +118,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     total_sel = int(sel.sel_indptr[-1])
     out_sel = torch.empty(total_sel, dtype=torch.int32, device=dev)
     q = torch.randn(rows, g, d, dtype=torch.bfloat16, device=dev)
-    flow = build_vflow(
-        "custom_sparse_attention", os.path.join(REPO, "examples", "custom_sparse_attention.py")
-    )
+    flow = build_vflow("custom_sparse_attention", os.path.join(REPO, "examples", "custom_sparse_attention.py"))
     traced = trace_flow(flow, Geometry(block_size=bs, head_dim=d, group_size=g))
     # the quick-start flow's aux field: mean key of every block, [num_blocks, 1, D] in block-id order
     bpp = layout.blocks_per_page
@@ -140,9 +134,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     def vortex_indexer() -> None:
         tri.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
 
-    def inductor_scores(
-        qq: torch.Tensor, cent: torch.Tensor, indices: torch.Tensor, row_of: torch.Tensor
-    ) -> torch.Tensor:
+    def inductor_scores(qq: torch.Tensor, cent: torch.Tensor, indices: torch.Tensor, row_of: torch.Tensor) -> torch.Tensor:
         qm = qq.float().mean(1)  # the quick-start graph, reference semantics
         return (cent[indices.long(), 0].float() * qm[row_of]).sum(-1)
 
@@ -150,15 +142,11 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
 
     def inductor_indexer() -> None:
         score = compiled(q, centroids, dense.indices, dense.row_of)
-        select_blocks(
-            score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n
-        )
+        select_blocks(score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
 
     def eager_indexer() -> None:
         score, _ = ref.evaluate(q, fields, dense)
-        select_blocks(
-            score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n
-        )
+        select_blocks(score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
 
     # correctness on the GPU: compiled selection == reference selection
     ref_sel = torch.empty_like(out_sel)
@@ -194,16 +182,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     score_buf = torch.empty(dense.nnz, dtype=torch.float32, device=dev)
 
     def select_only() -> None:
-        select_blocks(
-            score_buf,
-            dense.indptr,
-            dense.indices,
-            sel.sel_indptr,
-            1,
-            1,
-            out=out_sel,
-            max_blocks_per_row=max_n,
-        )
+        select_blocks(score_buf, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
 
     res["select_only"] = measure(select_only)
     sweep = {}
@@ -220,9 +199,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
 
     def inductor_generic_indexer() -> None:
         score = generic(q)
-        select_blocks(
-            score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n
-        )
+        select_blocks(score, dense.indptr, dense.indices, sel.sel_indptr, 1, 1, out=out_sel, max_blocks_per_row=max_n)
 
     for name, fn in [
         ("indexer_inductor_generic", inductor_generic_indexer),
@@ -247,9 +224,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
         indices = torch.arange(batch * pages_per_req, dtype=torch.int32, device=dev) + 1
         lastp = torch.full((batch,), bs, dtype=torch.int32, device=dev)
         wd = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
-        wd.plan(
-            indptr, indices, lastp, hq, hkv, d, bs, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16
-        )
+        wd.plan(indptr, indices, lastp, hq, hkv, d, bs, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
         dense_fi = lambda: wd.run(qd, (kd, vd))
         res["attn_dense_flashinfer"] = measure(dense_fi)
     except ImportError as exc:

@@ -1,7 +1,7 @@
 """``vortex``: check a flow file, list the installed flows.
 
-vortex check FLOW.py [--name NAME] [--json]    load, validate, compile, and measure a flow on the CPU
-vortex list [--json]                           every registered flow, its package and description
+    vortex check FLOW.py [--name NAME] [--json]    load, validate, compile, and measure a flow on the CPU
+    vortex list [--json]                           every registered flow, its package and description
 """
 
 from __future__ import annotations
@@ -63,9 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         report["compile"] = compile_check(traced, seed=args.seed).as_dict()
         report["kernels_per_layer"] = report["compile"]["kernels_per_layer"]
         per_ctx = []
-        for n in tqdm(
-            args.contexts, desc="needle contexts", unit="ctx", disable=args.json or not sys.stderr.isatty()
-        ):
+        for n in tqdm(args.contexts, desc="needle contexts", unit="ctx", disable=args.json or not sys.stderr.isatty()):
             per_ctx.append(
                 measure_flow(
                     flow,
@@ -110,20 +108,14 @@ def _print_report(r: dict[str, Any]) -> None:
     c = r["compile"]
     print(f"vortex check: {r['flow']} ({r['file']})")
     match = "yes" if c["compiled_matches_reference"] else "NO"
-    print(
-        f"  compile            ok; {c['kernels_per_layer']} indexer kernel(s) per layer (+ {c['cache_kernels']} cache-update kernel)"
-    )
+    print(f"  compile            ok; {c['kernels_per_layer']} indexer kernel(s) per layer (+ {c['cache_kernels']} cache-update kernel)")
     print(f"  compiled == ref    {match} (Triton on {c['device']}, small ragged batch)")
     print(f"  budget             {r['budget_fraction']:.4g} of each row's blocks")
     print(f"  {'context':>8}  {'needle recall':>13}  {'attn rel err':>12}  {'pages sel/total':>16}")
     for row in r["per_context"]:
         sel = f"{row['pages_selected']}/{row['pages_total']}"
-        print(
-            f"  {row['context']:>8}  {row['needle_recall']:>13.3f}  {row['attn_rel_error']:>12.4f}  {sel:>16}"
-        )
-    print(
-        f"  {'all':>8}  {r['needle_recall']:>13.3f}  {r['attn_rel_error']:>12.4f}  {r['pages_selected']}/{r['pages_total']}"
-    )
+        print(f"  {row['context']:>8}  {row['needle_recall']:>13.3f}  {row['attn_rel_error']:>12.4f}  {sel:>16}")
+    print(f"  {'all':>8}  {r['needle_recall']:>13.3f}  {r['attn_rel_error']:>12.4f}  {r['pages_selected']}/{r['pages_total']}")
     print(f"  time               {r['time_s']} s")
 
 
@@ -155,12 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("flow", help="path to the flow's .py file")
     c.add_argument("--name", help="the @register name (needed when the file registers several flows)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument(
-        "--contexts", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="context lengths"
-    )
-    c.add_argument(
-        "--budget", type=_fraction, default=1 / 16, help="fraction of each row's blocks kept (1/16)"
-    )
+    c.add_argument("--contexts", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="context lengths")
+    c.add_argument("--budget", type=_fraction, default=1 / 16, help="fraction of each row's blocks kept (1/16)")
     c.add_argument("--needles", type=int, default=4, help="needles hidden per (context, kv-head)")
     c.add_argument("--block-size", type=int, default=16)
     c.add_argument("--head-dim", type=int, default=128)

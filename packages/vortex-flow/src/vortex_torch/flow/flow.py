@@ -55,18 +55,13 @@ class vFlow(abc.ABC):  # noqa: N801 - the name users know from the original proj
         from .trace import declared_fields
 
         fields = declared_fields(self, block_size, head_dim)
-        self._meta = {
-            "k": ((block_size, head_dim), kv_cache_dtype),
-            "v": ((block_size, head_dim), kv_cache_dtype),
-        }
+        self._meta = {"k": ((block_size, head_dim), kv_cache_dtype), "v": ((block_size, head_dim), kv_cache_dtype)}
         self._meta.update({name: (shape, intermediate_dtype) for name, shape in fields.items()})
 
     def get_cache_meta_info(self) -> dict[str, tuple[tuple[int, int], torch.dtype]]:
         """``{field: ((rows, cols), dtype)}`` including k and v; call :meth:`initialize` first."""
         if not self._meta:
-            raise RuntimeError(
-                f"{type(self).__name__}.initialize(...) must be called before get_cache_meta_info()"
-            )
+            raise RuntimeError(f"{type(self).__name__}.initialize(...) must be called before get_cache_meta_info()")
         return dict(self._meta)
 
     def get_token_ratio(self) -> float:
@@ -83,9 +78,7 @@ class vFlow(abc.ABC):  # noqa: N801 - the name users know from the original proj
         """Bytes of aux fields per block (what a flow adds to the KV pool)."""
         meta = self.get_cache_meta_info()
         return sum(
-            r * c * torch.empty((), dtype=dt).element_size()
-            for n, ((r, c), dt) in meta.items()
-            if n not in ("k", "v")
+            r * c * torch.empty((), dtype=dt).element_size() for n, ((r, c), dt) in meta.items() if n not in ("k", "v")
         )
 
 

@@ -147,11 +147,7 @@ class DenseBlocks:
         lens = torch.tensor(lengths, dtype=torch.long, device=device)
         indptr = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
         indptr[1:] = torch.cumsum(lens, 0)
-        flat = (
-            torch.cat(indices).to(torch.int32)
-            if indices
-            else torch.zeros(0, dtype=torch.int32, device=device)
-        )
+        flat = torch.cat(indices).to(torch.int32) if indices else torch.zeros(0, dtype=torch.int32, device=device)
         row_of = torch.repeat_interleave(torch.arange(len(lengths), device=device), lens)
         pos = torch.arange(flat.numel(), device=device) - indptr[:-1].long()[row_of]
         return cls(

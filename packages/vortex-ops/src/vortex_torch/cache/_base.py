@@ -35,9 +35,7 @@ class CacheOp(vOp):
             assert out is not None
             return out
         if not isinstance(output, vTensor) or output.format != FORMAT.PAGED or output.name in ("k", "v"):
-            raise FlowRuleError(
-                f"{self.name}: output must be a declared cache field (not k or v) or None{at(site)}"
-            )
+            raise FlowRuleError(f"{self.name}: output must be a declared cache field (not k or v) or None{at(site)}")
         _, inner = self.infer(inputs)
         if inner != output.inner:
             raise FlowShapeError(

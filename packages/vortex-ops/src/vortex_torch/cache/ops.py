@@ -71,9 +71,7 @@ class _Interleave(CacheOp, reduce._Reduce):
         (x,) = inputs
         size = x.inner[self.dim - 1]
         if size % self.k:
-            raise FlowShapeError(
-                f"{self.name}: axis {self.dim} of size {size} is not a multiple of k={self.k}"
-            )
+            raise FlowShapeError(f"{self.name}: axis {self.dim} of size {size} is not a multiple of k={self.k}")
         inner = list(x.inner)
         inner[self.dim - 1] = size // self.k
         return FORMAT.RAGGED, (inner[0], inner[1])
@@ -134,15 +132,8 @@ class Fill(CacheOp):
     def __call__(self, *args: Any, loc: Any = None, ctx: ContextBase, output: Any = None) -> vTensor:
         site = self._claim(ctx)
         dest = args[0] if args else output
-        if (
-            len(args) > 1
-            or not isinstance(dest, vTensor)
-            or dest.format != FORMAT.PAGED
-            or dest.name in ("k", "v")
-        ):
-            raise FlowRuleError(
-                f"Fill takes one declared cache field: Fill(a)(cache['f'], loc=loc, ctx=ctx){at(site)}"
-            )
+        if len(args) > 1 or not isinstance(dest, vTensor) or dest.format != FORMAT.PAGED or dest.name in ("k", "v"):
+            raise FlowRuleError(f"Fill takes one declared cache field: Fill(a)(cache['f'], loc=loc, ctx=ctx){at(site)}")
         ctx.record(self, [], site, writes=dest.name, produces=False)
         return dest
 

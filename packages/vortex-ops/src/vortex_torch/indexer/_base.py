@@ -19,9 +19,7 @@ class IndexerOp(vOp):
     def __call__(self, *args: Any, ctx: ContextBase) -> vTensor:
         site = self._claim(ctx)
         if len(args) != self.arity:
-            raise FlowRuleError(
-                f"{self.name} takes {self.arity} tensor argument(s), got {len(args)}{at(site)}"
-            )
+            raise FlowRuleError(f"{self.name} takes {self.arity} tensor argument(s), got {len(args)}{at(site)}")
         inputs = [ctx.check_input(self, a, site) for a in args]
         out = ctx.record(self, inputs, site)
         assert out is not None

@@ -101,9 +101,7 @@ class _Binary(IndexerOp):
     arity = 2
 
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
-        return combined_format(*(t.format for t in inputs)), broadcast_inner(
-            self.name, *(t.inner for t in inputs)
-        )
+        return combined_format(*(t.format for t in inputs)), broadcast_inner(self.name, *(t.inner for t in inputs))
 
 
 class Multiply(_Binary):

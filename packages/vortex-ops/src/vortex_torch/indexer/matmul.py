@@ -40,7 +40,5 @@ class GeMV(GeMM):
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
         x, y = inputs
         if x.inner[0] != 1 or y.inner[0] != 1:
-            raise FlowShapeError(
-                f"{self.name} takes vectors [*, 1, D]; got x {x.shape} and y {y.shape} (use GeMM)"
-            )
+            raise FlowShapeError(f"{self.name} takes vectors [*, 1, D]; got x {x.shape} and y {y.shape} (use GeMM)")
         return super().infer(inputs)

@@ -31,9 +31,7 @@ class topK(IndexerOp):  # noqa: N801 - the name users know from the original pro
         score = ctx.check_input(self, args[0], site)
         o = args[1]
         if not isinstance(o, vTensor) or o.name != "o":
-            raise FlowRuleError(
-                f"{self.name}: the second argument must be the `o` forward_indexer received{at(site)}"
-            )
+            raise FlowRuleError(f"{self.name}: the second argument must be the `o` forward_indexer received{at(site)}")
         if score.format == FORMAT.BATCHED or score.inner != (1, 1):
             raise FlowShapeError(
                 f"{self.name} needs one score per block, a RAGGED [S, 1, 1] tensor; got {score!r}. Reduce the "

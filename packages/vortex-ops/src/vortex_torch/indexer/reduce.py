@@ -50,9 +50,7 @@ class _Reduce(IndexerOp):
         (x,) = inputs
         if self.dim == 0:
             if x.format == FORMAT.BATCHED:
-                raise FlowShapeError(
-                    f"{self.name}(dim=0) reduces over a row's blocks: its input must be RAGGED"
-                )
+                raise FlowShapeError(f"{self.name}(dim=0) reduces over a row's blocks: its input must be RAGGED")
             return FORMAT.BATCHED, x.inner
         inner = (1, x.inner[1]) if self.dim == 1 else (x.inner[0], 1)
         return combined_format(x.format), inner

@@ -47,9 +47,7 @@ class Reshape(IndexerOp):
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
         (x,) = inputs
         if x.inner[0] * x.inner[1] != self.d0 * self.d1:
-            raise FlowShapeError(
-                f"Reshape(-1, {self.d0}, {self.d1}) cannot hold a block of shape {list(x.inner)}"
-            )
+            raise FlowShapeError(f"Reshape(-1, {self.d0}, {self.d1}) cannot hold a block of shape {list(x.inner)}")
         return combined_format(x.format), (self.d0, self.d1)
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -86,9 +84,7 @@ class Kron(IndexerOp):
             a, b = x.inner[axis], y.inner[axis]
             if axis + 1 in self.dims:
                 if not (_is_pow2(a) and _is_pow2(b)):
-                    raise FlowShapeError(
-                        f"Kron: sizes on Kronecker axis {axis + 1} must be powers of two, got {a}, {b}"
-                    )
+                    raise FlowShapeError(f"Kron: sizes on Kronecker axis {axis + 1} must be powers of two, got {a}, {b}")
                 out.append(a * b)
             else:
                 if a != b and 1 not in (a, b):
@@ -129,9 +125,7 @@ class MaskSlice(IndexerOp):
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
         (x,) = inputs
         if self.end > x.inner[self.dim - 1]:
-            raise FlowShapeError(
-                f"MaskSlice: end {self.end} is past axis {self.dim} of size {x.inner[self.dim - 1]}"
-            )
+            raise FlowShapeError(f"MaskSlice: end {self.end} is past axis {self.dim} of size {x.inner[self.dim - 1]}")
         return combined_format(x.format), x.inner
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:

@@ -51,9 +51,7 @@ class Save(IndexerOp):
         x = ctx.check_input(self, args[0], site)
         field = _field(ctx, self, args[1], site)
         if x.format == FORMAT.BATCHED:
-            raise FlowShapeError(
-                f"Save stores one value per block: its input must be RAGGED, got BATCHED{at(site)}"
-            )
+            raise FlowShapeError(f"Save stores one value per block: its input must be RAGGED, got BATCHED{at(site)}")
         if x.inner != field.inner:
             raise FlowShapeError(
                 f"Save: value [*, {x.inner[0]}, {x.inner[1]}] does not fit field {field.name!r} declared as "

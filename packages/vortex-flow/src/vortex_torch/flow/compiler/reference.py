@@ -60,9 +60,7 @@ class ReferenceExecutor(FlowExecutor):
     ) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
         """The score ``[nnz]`` fp32 and the pending ``Save`` writes, without selecting or storing anything."""
         graph = self.traced.indexer
-        env: dict[int, tuple[torch.Tensor, FORMAT]] = {
-            graph.entries["q"].tensor_id: (q.float(), FORMAT.BATCHED)
-        }
+        env: dict[int, tuple[torch.Tensor, FORMAT]] = {graph.entries["q"].tensor_id: (q.float(), FORMAT.BATCHED)}
         read = graph.read_fields()
         for name, t in graph.entries.items():
             if t.format != FORMAT.PAGED:

@@ -99,9 +99,7 @@ class VortexConfig:
             except json.JSONDecodeError as exc:
                 raise VortexConfigError("<json>", f"not valid JSON ({exc}): {text[:80]!r}") from exc
         if not isinstance(value, Mapping):
-            raise VortexConfigError(
-                "<value>", f"expected a VortexConfig, a dict or a JSON string, got {type(value)}"
-            )
+            raise VortexConfigError("<value>", f"expected a VortexConfig, a dict or a JSON string, got {type(value)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
@@ -130,72 +128,50 @@ class VortexConfig:
         if self.module_path is not None:
             path = os.path.expanduser(str(self.module_path))
             if not os.path.isfile(path):
-                raise VortexConfigError(
-                    "module_path", f"{self.module_path!r} is not a file: point it at your flow's .py"
-                )
+                raise VortexConfigError("module_path", f"{self.module_path!r} is not a file: point it at your flow's .py")
         if not _pow2(self.block_size):
-            raise VortexConfigError(
-                "block_size", f"must be a power of two (e.g. 16), got {self.block_size!r}"
-            )
+            raise VortexConfigError("block_size", f"must be a power of two (e.g. 16), got {self.block_size!r}")
         if not _pow2(self.workload_chunk_size):
-            raise VortexConfigError(
-                "workload_chunk_size", f"must be a power of two, got {self.workload_chunk_size!r}"
-            )
+            raise VortexConfigError("workload_chunk_size", f"must be a power of two, got {self.workload_chunk_size!r}")
         if not isinstance(self.block_reserved_eos, int) or self.block_reserved_eos < 1:
             raise VortexConfigError(
                 "block_reserved_eos", f"must be an int >= 1 (the partial last block is always attended), got "
                 f"{self.block_reserved_eos!r}"
             )  # fmt: skip
         if not isinstance(self.block_reserved_bos, int) or self.block_reserved_bos < 0:
-            raise VortexConfigError(
-                "block_reserved_bos", f"must be an int >= 0, got {self.block_reserved_bos!r}"
-            )
+            raise VortexConfigError("block_reserved_bos", f"must be an int >= 0, got {self.block_reserved_bos!r}")
         if not isinstance(self.topk_val, int) or self.topk_val < 0:
             raise VortexConfigError("topk_val", f"must be an int >= 0, got {self.topk_val!r}")
-        if self.max_topk_val is not None and (
-            not isinstance(self.max_topk_val, int) or self.max_topk_val < 1
-        ):
-            raise VortexConfigError(
-                "max_topk_val", f"must be None or a positive int, got {self.max_topk_val!r}"
-            )
+        if self.max_topk_val is not None and (not isinstance(self.max_topk_val, int) or self.max_topk_val < 1):
+            raise VortexConfigError("max_topk_val", f"must be None or a positive int, got {self.max_topk_val!r}")
         if not isinstance(self.topk_ratio, (int, float)) or not 0.0 <= float(self.topk_ratio) <= 1.0:
             raise VortexConfigError("topk_ratio", f"must be in [0, 1], got {self.topk_ratio!r}")
         if not isinstance(self.max_seq_lens, int) or (self.max_seq_lens < 1 and self.max_seq_lens != -1):
-            raise VortexConfigError(
-                "max_seq_lens", f"must be -1 (model context) or a positive int, got {self.max_seq_lens!r}"
-            )
+            raise VortexConfigError("max_seq_lens", f"must be -1 (model context) or a positive int, got {self.max_seq_lens!r}")
         if self.dtype not in DTYPES:
             raise VortexConfigError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise VortexConfigError(
-                "attention_backend",
-                f"must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}",
+                "attention_backend", f"must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"
             )
         if self.impl_backend not in IMPL_BACKENDS:
-            raise VortexConfigError(
-                "impl_backend", f"must be one of {', '.join(IMPL_BACKENDS)}, got {self.impl_backend!r}"
-            )
+            raise VortexConfigError("impl_backend", f"must be one of {', '.join(IMPL_BACKENDS)}, got {self.impl_backend!r}")
         if not isinstance(self.layers_skip, list) or not all(isinstance(i, int) for i in self.layers_skip):
             raise VortexConfigError("layers_skip", f"must be a list of layer ids, got {self.layers_skip!r}")
         if not isinstance(self.flow_kwargs, dict):
             raise VortexConfigError("flow_kwargs", f"must be a dict, got {type(self.flow_kwargs).__name__}")
-        if self.schedule_policy is not None and not (
-            callable(self.schedule_policy) or isinstance(self.schedule_policy, str)
-        ):
+        if self.schedule_policy is not None and not (callable(self.schedule_policy) or isinstance(self.schedule_policy, str)):
             raise VortexConfigError("schedule_policy", "must be a callable or a 'module:function' string")
 
     def validate_for_model(self, *, page_size: int | None, num_layers: int) -> None:
         """Checks against the model and the server settings; run before any GPU memory is allocated."""
         if page_size is not None and page_size % self.block_size:
             raise VortexConfigError(
-                "block_size",
-                f"SGLang page_size ({page_size}) must be a multiple of block_size ({self.block_size})",
+                "block_size", f"SGLang page_size ({page_size}) must be a multiple of block_size ({self.block_size})"
             )
         bad = [i for i in self.layers_skip or [] if not 0 <= i < num_layers]
         if bad:
-            raise VortexConfigError(
-                "layers_skip", f"layer ids {bad} are out of range for a {num_layers}-layer model"
-            )
+            raise VortexConfigError("layers_skip", f"layer ids {bad} are out of range for a {num_layers}-layer model")
 
     def budget_policy(self) -> BudgetPolicy | None:
         """The schedule_policy as a callable (resolving "module:function" / "file.py:function"), or None."""

@@ -44,9 +44,7 @@ def resolve_policy(spec: Any) -> Policy:
                 module = importlib.import_module(target)
             fn = getattr(module, attr)
         except Exception as exc:
-            raise VortexConfigError(
-                "schedule_policy", f"cannot load {spec!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise VortexConfigError("schedule_policy", f"cannot load {spec!r}: {type(exc).__name__}: {exc}") from exc
     else:
         raise VortexConfigError("schedule_policy", f"expected a callable or 'module:function', got {spec!r}")
     check_policy(fn)
@@ -68,9 +66,7 @@ def check_policy(fn: Policy) -> None:
         raise VortexConfigError("schedule_policy", f"must return integer block counts, got dtype {out.dtype}")
 
 
-def apply_policy(
-    fn: Policy, n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int
-) -> torch.Tensor:
+def apply_policy(fn: Policy, n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
     """``[R]`` int32 budgets: the policy's answer clamped to ``[min(n, bos + eos), n]``."""
     raw = fn(n, topk_val, topk_ratio, bos, eos).to(torch.int32)
     low = torch.clamp(n, max=bos + eos)

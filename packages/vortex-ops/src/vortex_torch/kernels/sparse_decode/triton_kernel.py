@@ -12,7 +12,7 @@ built to stream exactly the selected KV bytes once, with every program busy:
   selected blocks and runs an fp32 online softmax for all ``G`` queries of the row at once, as one
   ``[G_PAD, D_PAD]`` tile (``G_PAD >= 16`` so both products are ``tl.dot``s on tensor cores; the padding is
   free because the kernel waits on memory, not on math). ``p @ v`` keeps ``p`` in fp32 (tf32x3), so the
-  output is the fp32 result rounded once, as in FlashInfer's CUDA-core decode. Chunks are cut per row inside the kernel, so a
+  output is the exact attention rounded once (up to fp32 summation order). Chunks are cut per row inside the kernel, so a
   short row in a ragged batch still spreads over all ``S`` programs and no host knowledge of the lengths is
   needed. With ``S == 1`` the program writes the final ``o``/``lse`` directly: one launch in total.
 * ``_combine_kernel``, grid ``(R, G)``: merges the ``S`` partial results of a row by their log-sum-exps.
@@ -53,20 +53,11 @@ def _split_kernel(
     lse_ptr,  # [R, S, G] fp32, natural log
     qk_scale,  # sm_scale * log2(e)
     num_splits,
-    stride_qr,
-    stride_qg,
-    stride_qd,
-    stride_ks,
-    stride_kh,  # slot and head strides of k (elements); d stride is 1
-    stride_vs,
-    stride_vh,
-    stride_or,
-    stride_os,
-    stride_og,
-    stride_od,
-    stride_lr,
-    stride_ls,
-    stride_lg,
+    stride_qr, stride_qg, stride_qd,
+    stride_ks, stride_kh,  # slot and head strides of k (elements); d stride is 1
+    stride_vs, stride_vh,
+    stride_or, stride_os, stride_og, stride_od,
+    stride_lr, stride_ls, stride_lg,
     G: tl.constexpr,
     D: tl.constexpr,
     PAGE: tl.constexpr,  # page_size (token slots per page)
@@ -135,8 +126,8 @@ def _split_kernel(
         v_rows = v_ptr + (slot * stride_vs + head * stride_vh)  # [BLOCK_N]
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
         # p stays fp32 (v widens exactly): rounding p to bf16, as flash attention does, would move the fp32
-        # result by ~2^-9 and flip the final bf16 rounding of many outputs, where FlashInfer's decode and an
-        # fp32 reference agree. tf32x3 keeps the product on tensor cores at ~fp32 accuracy.
+        # result by ~2^-9 and flip the final bf16 rounding of many outputs away from the exact result.
+        # tf32x3 keeps the product on tensor cores at ~fp32 accuracy.
         acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PV_PRECISION)
         m_i = m_new
 
@@ -158,18 +149,10 @@ def _combine_kernel(
     o_ptr,  # [R, G, D] q.dtype
     lse_ptr,  # [R, G] fp32
     num_splits,
-    stride_mr,
-    stride_ms,
-    stride_mg,
-    stride_md,
-    stride_nr,
-    stride_ns,
-    stride_ng,
-    stride_or,
-    stride_og,
-    stride_od,
-    stride_lr,
-    stride_lg,
+    stride_mr, stride_ms, stride_mg, stride_md,
+    stride_nr, stride_ns, stride_ng,
+    stride_or, stride_og, stride_od,
+    stride_lr, stride_lg,
     D: tl.constexpr,
     S_PAD: tl.constexpr,  # next_pow2(S)
     D_PAD: tl.constexpr,
@@ -259,14 +242,8 @@ def launch(
     g_pad = _next_pow2(group, 16)
     d_pad = _next_pow2(head_dim, 16)
     meta = dict(
-        G=group,
-        D=head_dim,
-        PAGE=layout.page_size,
-        BS=layout.block_size,
-        H_KV=layout.num_kv_heads,
-        G_PAD=g_pad,
-        D_PAD=d_pad,
-        BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
+        G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
+        G_PAD=g_pad, D_PAD=d_pad, BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
     )
@@ -277,69 +254,25 @@ def launch(
         lse_out = lse if lse is not None else out  # dummy pointer when STORE_LSE is False
         lse_strides = (lse.stride(0), 0, lse.stride(1)) if lse is not None else (0, 0, 0)
         _split_kernel[(num_rows, 1)](
-            q,
-            k_cache,
-            v_cache,
-            indptr,
-            indices,
-            last_block_len,
-            out,
-            lse_out,
-            qk_scale,
-            1,
-            *q.stride(),
-            *kv_strides,
-            out.stride(0),
-            0,
-            out.stride(1),
-            out.stride(2),
-            *lse_strides,
-            STORE_LSE=lse is not None,
-            num_warps=4,
-            num_stages=2,
-            **meta,
+            q, k_cache, v_cache, indptr, indices, last_block_len, out, lse_out, qk_scale, 1,
+            *q.stride(), *kv_strides, out.stride(0), 0, out.stride(1), out.stride(2), *lse_strides,
+            STORE_LSE=lse is not None, num_warps=4, num_stages=2, **meta,
         )
         return
 
     mid_o = torch.empty(num_rows, num_splits, group, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(num_rows, num_splits, group, dtype=torch.float32, device=q.device)
     _split_kernel[(num_rows, num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        indptr,
-        indices,
-        last_block_len,
-        mid_o,
-        mid_lse,
-        qk_scale,
-        num_splits,
-        *q.stride(),
-        *kv_strides,
-        *mid_o.stride(),
-        *mid_lse.stride(),
-        STORE_LSE=True,
-        num_warps=4,
-        num_stages=2,
-        **meta,
+        q, k_cache, v_cache, indptr, indices, last_block_len, mid_o, mid_lse, qk_scale, num_splits,
+        *q.stride(), *kv_strides, *mid_o.stride(), *mid_lse.stride(),
+        STORE_LSE=True, num_warps=4, num_stages=2, **meta,
     )
     lse_out = lse if lse is not None else mid_lse
     _combine_kernel[(num_rows, group)](
-        mid_o,
-        mid_lse,
-        out,
-        lse_out,
-        num_splits,
-        *mid_o.stride(),
-        *mid_lse.stride(),
-        *out.stride(),
-        lse_out.stride(0) if lse is not None else 0,
-        lse_out.stride(1) if lse is not None else 0,
-        D=head_dim,
-        S_PAD=_next_pow2(num_splits),
-        D_PAD=d_pad,
-        STORE_LSE=lse is not None,
-        num_warps=4,
+        mid_o, mid_lse, out, lse_out, num_splits,
+        *mid_o.stride(), *mid_lse.stride(), *out.stride(),
+        lse_out.stride(0) if lse is not None else 0, lse_out.stride(1) if lse is not None else 0,
+        D=head_dim, S_PAD=_next_pow2(num_splits), D_PAD=d_pad, STORE_LSE=lse is not None, num_warps=4,
     )
 
 

@@ -26,7 +26,7 @@ import torch
 
 from vortex_torch.kernels.token_table import block_token_table, token_counts
 
-from .planner import DecodePlan
+from .planner import DecodePlan, row_blocks
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
@@ -46,13 +46,10 @@ def host_token_plan(
 
     ``seq_lens_cpu [B]`` (tokens each request attends to, the decoded one included) -> ``budget [R] int32``
     (blocks per row, ``R = B * H_kv``, row ``b * H_kv + h``) and ``tok_indptr [R + 1] int32``. Rows count blocks
-    as the device planner does (:func:`.planner.plan_decode`); a row keeps ``budget`` blocks, its last one
+    with the device planner's :func:`.planner.row_blocks`; a row keeps ``budget`` blocks, its last one
     partial, so it has ``(budget - 1) * block_size + last_block_len`` tokens.
     """
-    seq = seq_lens_cpu.to(torch.int64)
-    n_req = torch.clamp((seq + block_size - 1) // block_size, min=1, max=max_blocks_per_row)
-    last = torch.clamp(seq - (n_req - 1) * block_size, min=1, max=block_size)
-    n_row, last_row = n_req.repeat_interleave(num_kv_heads), last.repeat_interleave(num_kv_heads)
+    n_row, last_row = row_blocks(seq_lens_cpu, block_size, num_kv_heads, max_blocks_per_row)
     budget = budget_fn(n_row).to(torch.int32)
     counts = token_counts(budget, last_row, block_size)
     tok_indptr = torch.zeros(counts.numel() + 1, dtype=torch.int32)

@@ -137,6 +137,17 @@ class DecodePlan:
         )
 
 
+def row_blocks(
+    seq_lens: torch.Tensor, block_size: int, num_kv_heads: int, max_blocks_per_row: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``seq_lens [B]`` -> ``(n_blocks [R], last_block_len [R])`` int64, row ``b * H_kv + h`` (any device; the
+    device planner and the host planner of the FlashInfer path both count blocks with it)."""
+    seq = seq_lens.to(torch.int64)
+    n_req = torch.clamp((seq + block_size - 1) // block_size, min=1, max=max_blocks_per_row)  # [B]
+    last = torch.clamp(seq - (n_req - 1) * block_size, min=1, max=block_size)  # [B]
+    return n_req.repeat_interleave(num_kv_heads), last.repeat_interleave(num_kv_heads)
+
+
 def plan_decode(
     layout: PoolLayout,
     req_to_token: torch.Tensor,
@@ -179,10 +190,7 @@ def plan_decode(
             f"{buffers.max_blocks_per_row} blocks"
         )
 
-    seq = seq_lens[:batch].to(torch.int64)  # [B]
-    n_req = torch.clamp((seq + bsz - 1) // bsz, min=1, max=m)  # [B] blocks per request
-    n_row = n_req.repeat_interleave(heads)  # [R]
-    last_row = torch.clamp(seq - (n_req - 1) * bsz, min=1, max=bsz).repeat_interleave(heads)  # [R]
+    n_row, last_row = row_blocks(seq_lens[:batch], bsz, heads, m)  # [R], [R]
 
     indptr64 = torch.zeros(rows + 1, dtype=torch.int64, device=device)
     torch.cumsum(n_row, 0, out=indptr64[1:])  # [R+1]

@@ -14,15 +14,20 @@ built to stream exactly the selected KV bytes once, with every program busy:
   free because the kernel waits on memory, not on math). ``p @ v`` keeps ``p`` in fp32 (tf32x3), so the
   output is the exact attention rounded once (up to fp32 summation order). Chunks are cut per row inside the kernel, so a
   short row in a ragged batch still spreads over all ``S`` programs and no host knowledge of the lengths is
-  needed. With ``S == 1`` the program writes the final ``o``/``lse`` directly: one launch in total.
-* ``_combine_kernel``, grid ``(R, G)``: merges the ``S`` partial results of a row by their log-sum-exps.
+  needed. With ``S == 1`` the program writes the final ``o``/``lse`` directly.
+* split merge, same launch: each program writes its partial ``(o, lse)`` to the caller's workspace and counts
+  itself in on a per-row counter; the row's last program merges the ``S`` partials by their log-sum-exps
+  (``_merge_row``) and re-arms the counter. One launch per layer whatever ``S`` is.
+* ``exact=True`` keeps ``p`` fp32 through ``p @ v``; ``exact=False`` rounds it to the KV dtype first (one
+  16-bit MMA, FlashAttention's and FlashInfer's rounding).
 
-No launch reads device memory on the host when ``max_blocks_per_row`` is given (CUDA-graph capturable).
+Nothing reads device memory on the host when ``max_blocks_per_row`` is given (CUDA-graph capturable).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
@@ -51,6 +56,9 @@ def _split_kernel(
     last_len_ptr,  # [R]
     o_ptr,  # [R, S, G, D]: partial outputs (S > 1, fp32) or the final output (S == 1, q.dtype)
     lse_ptr,  # [R, S, G] fp32, natural log
+    final_o_ptr,  # [R, G, D] q.dtype: the merged output (MERGE only)
+    final_lse_ptr,  # [R, G] fp32 (MERGE and STORE_FINAL_LSE only)
+    counter_ptr,  # [R] int32, all 0 between launches: splits of a row done so far (MERGE only)
     qk_scale,  # sm_scale * log2(e)
     num_splits,
     stride_qr, stride_qg, stride_qd,
@@ -58,6 +66,8 @@ def _split_kernel(
     stride_vs, stride_vh,
     stride_or, stride_os, stride_og, stride_od,
     stride_lr, stride_ls, stride_lg,
+    stride_fr, stride_fg, stride_fd,  # final_o
+    stride_flr, stride_flg,  # final_lse
     G: tl.constexpr,
     D: tl.constexpr,
     PAGE: tl.constexpr,  # page_size (token slots per page)
@@ -69,6 +79,9 @@ def _split_kernel(
     STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no silent tf32), ignored for 16-bit
     PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
+    P_FP32: tl.constexpr,  # keep p fp32 through p @ v (exact); False: round p to v's dtype (flash attention)
+    MERGE: tl.constexpr,  # the row's last split to finish merges all splits (one launch in all)
+    STORE_FINAL_LSE: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -125,10 +138,14 @@ def _split_kernel(
 
         v_rows = v_ptr + (slot * stride_vs + head * stride_vh)  # [BLOCK_N]
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
-        # p stays fp32 (v widens exactly): rounding p to bf16, as flash attention does, would move the fp32
-        # result by ~2^-9 and flip the final bf16 rounding of many outputs away from the exact result.
-        # tf32x3 keeps the product on tensor cores at ~fp32 accuracy.
-        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PV_PRECISION)
+        if P_FP32:
+            # p stays fp32 (v widens exactly): rounding p to bf16, as flash attention does, moves the fp32
+            # result by ~2^-9 and flips the final bf16 rounding of some outputs away from the exact result.
+            # tf32x3 keeps the product on tensor cores at ~fp32 accuracy.
+            pv = tl.dot(p, v.to(tl.float32), input_precision=PV_PRECISION)
+        else:
+            pv = tl.dot(p.to(v.dtype), v)  # one 16-bit MMA, fp32 accumulate: FlashAttention/FlashInfer's rounding
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
 
     empty = l_i == 0.0  # [G_PAD] empty chunk (or empty row)
@@ -140,46 +157,55 @@ def _split_kernel(
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2)  # [G_PAD]
         lse_row = lse_ptr + row.to(tl.int64) * stride_lr + split * stride_ls
         tl.store(lse_row + offs_g * stride_lg, lse, mask=mask_g)
+    if MERGE:
+        # Split-KV merge without a second launch: every program of the row counts itself in; the last one
+        # (its acquire sees every earlier release, CUTLASS's semaphore pattern: barrier, then one gpu-scope
+        # acq_rel atomic) merges the partials, read through L2 (.cg) since other SMs wrote them, and re-arms
+        # the counter for the next launch (stream order makes the reset visible to it; CUDA graphs replay it).
+        tl.debug_barrier()
+        done = tl.atomic_add(counter_ptr + row, 1, sem="acq_rel", scope="gpu")
+        if done == num_splits - 1:
+            _merge_row(o_ptr, lse_ptr, final_o_ptr, final_lse_ptr, row.to(tl.int64), num_splits,
+                       stride_or, stride_os, stride_og, stride_od, stride_lr, stride_ls, stride_lg,
+                       stride_fr, stride_fg, stride_fd, stride_flr, stride_flg,
+                       G, D, G_PAD, D_PAD, STORE_FINAL_LSE)  # fmt: skip
+            tl.atomic_xchg(counter_ptr + row, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
-def _combine_kernel(
-    mid_o_ptr,  # [R, S, G, D] fp32, each split's normalised output
-    mid_lse_ptr,  # [R, S, G] fp32, each split's lse (natural log; -inf for an empty split)
-    o_ptr,  # [R, G, D] q.dtype
-    lse_ptr,  # [R, G] fp32
-    num_splits,
-    stride_mr, stride_ms, stride_mg, stride_md,
-    stride_nr, stride_ns, stride_ng,
-    stride_or, stride_og, stride_od,
-    stride_lr, stride_lg,
-    D: tl.constexpr,
-    S_PAD: tl.constexpr,  # next_pow2(S)
-    D_PAD: tl.constexpr,
-    STORE_LSE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
-    offs_s = tl.arange(0, S_PAD)  # [S_PAD]
-    offs_d = tl.arange(0, D_PAD)  # [D_PAD]
-    mask_s = offs_s < num_splits
-    mask_d = offs_d < D
-
-    lse_ptrs = mid_lse_ptr + row * stride_nr + g * stride_ng + offs_s * stride_ns  # [S_PAD]
-    lse_s = tl.load(lse_ptrs, mask=mask_s, other=float("-inf"))
-    m = tl.max(lse_s, axis=0)
-    m = tl.where(m == float("-inf"), 0.0, m)  # all splits empty: keep exp() finite, the weights are all 0
-    w = tl.exp(lse_s - m)  # [S_PAD], 0 for empty splits
-    denom = tl.sum(w, axis=0)
-    o_row = mid_o_ptr + row * stride_mr + g * stride_mg
-    o_ptrs = o_row + offs_s[:, None] * stride_ms + offs_d[None, :] * stride_md  # [S_PAD, D_PAD]
-    o_s = tl.load(o_ptrs, mask=mask_s[:, None] & mask_d[None, :], other=0.0)  # [S_PAD, D_PAD]
-    o = tl.sum(w[:, None] * o_s, axis=0) / tl.where(denom == 0.0, 1.0, denom)  # [D_PAD]
-    out_row = o_ptr + row * stride_or + g * stride_og
-    tl.store(out_row + offs_d * stride_od, o.to(o_ptr.dtype.element_ty), mask=mask_d)
+def _merge_row(
+    mid_o_ptr, mid_lse_ptr, o_ptr, lse_ptr, row, num_splits,
+    stride_mr, stride_ms, stride_mg, stride_md, stride_nr, stride_ns, stride_ng,
+    stride_or, stride_og, stride_od, stride_lr, stride_lg,
+    G: tl.constexpr, D: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr, STORE_LSE: tl.constexpr,
+):  # fmt: skip
+    """Merge row ``row``'s ``num_splits`` partial results by their log-sum-exps (online, one split at a time,
+    so registers hold one ``[G_PAD, D_PAD]`` tile whatever the split count)."""
+    offs_g = tl.arange(0, G_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    mask = (offs_g < G)[:, None] & (offs_d < D)[None, :]
+    m = tl.full([G_PAD], float("-inf"), dtype=tl.float32)  # running max lse
+    w_sum = tl.zeros([G_PAD], dtype=tl.float32)  # running sum of exp(lse_s - m)
+    acc = tl.zeros([G_PAD, D_PAD], dtype=tl.float32)
+    for s in range(0, num_splits):
+        lse_s = tl.load(mid_lse_ptr + row * stride_nr + s * stride_ns + offs_g * stride_ng, mask=offs_g < G,
+                        other=float("-inf"), cache_modifier=".cg")  # [G_PAD]
+        o_s = tl.load(mid_o_ptr + row * stride_mr + s * stride_ms + offs_g[:, None] * stride_mg
+                      + offs_d[None, :] * stride_md, mask=mask, other=0.0, cache_modifier=".cg")  # [G_PAD, D_PAD]
+        m_new = tl.maximum(m, lse_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # every split so far empty: weights stay 0
+        scale = tl.exp(m - m_safe)  # 0 while m = -inf
+        w = tl.exp(lse_s - m_safe)  # 0 for an empty split
+        w_sum = w_sum * scale + w
+        acc = acc * scale[:, None] + w[:, None] * o_s
+        m = m_new
+    empty = w_sum == 0.0
+    o = acc / tl.where(empty, 1.0, w_sum)[:, None]
+    tl.store(o_ptr + row * stride_or + offs_g[:, None] * stride_og + offs_d[None, :] * stride_od,
+             o.to(o_ptr.dtype.element_ty), mask=mask)  # fmt: skip
     if STORE_LSE:
-        lse = tl.where(denom == 0.0, float("-inf"), m + tl.log(tl.where(denom == 0.0, 1.0, denom)))
-        tl.store(lse_ptr + row * stride_lr + g * stride_lg, lse)
+        lse = tl.where(empty, float("-inf"), m + tl.log(tl.where(empty, 1.0, w_sum)))
+        tl.store(lse_ptr + row * stride_lr + offs_g * stride_lg, lse, mask=offs_g < G)
 
 
 def _next_pow2(x: int, at_least: int = 1) -> int:
@@ -209,6 +235,40 @@ def default_num_splits(
     return int(max(1, min(want, cap, _MAX_SPLITS)))
 
 
+@dataclass
+class SparseDecodeWorkspace:
+    """Caller-owned scratch of the split-KV path (FlashInfer's rule: workspaces belong to the caller, so the
+    decode path allocates nothing and CUDA graphs see fixed addresses).
+
+    ``mid_o [max_rows, max_splits, G, D] fp32`` and ``mid_lse [max_rows, max_splits, G] fp32`` hold each
+    split's partial result; ``counter [max_rows] int32`` counts the finished splits of a row and is 0 between
+    launches (the merging program re-arms it).
+    """
+
+    mid_o: torch.Tensor
+    mid_lse: torch.Tensor
+    counter: torch.Tensor
+
+    @classmethod
+    def allocate(
+        cls, max_rows: int, max_splits: int, group: int, head_dim: int, device: torch.device | str
+    ) -> SparseDecodeWorkspace:
+        rows, splits = max(1, max_rows), max(1, max_splits)
+        return cls(
+            mid_o=torch.empty(rows, splits, group, head_dim, dtype=torch.float32, device=device),
+            mid_lse=torch.empty(rows, splits, group, dtype=torch.float32, device=device),
+            counter=torch.zeros(rows, dtype=torch.int32, device=device),
+        )
+
+    def fits(self, rows: int, splits: int, group: int, head_dim: int) -> bool:
+        r, s, g, d = self.mid_o.shape
+        return rows <= r and splits <= s and group == g and head_dim == d
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.mid_o, self.mid_lse, self.counter))
+
+
 def launch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -223,12 +283,20 @@ def launch(
     *,
     page_size: int,
     block_size: int,
+    workspace: SparseDecodeWorkspace | None = None,
+    exact: bool = True,
+    blocks_per_step: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> None:
-    """Run the kernels with an explicit split count (``num_splits >= 1``); writes ``out`` and ``lse``.
+    """One launch of the split kernel with an explicit split count (``num_splits >= 1``); writes ``out``/``lse``.
 
     Shapes: ``q, out [R, G, D]``; ``k_cache, v_cache [num_slots, H_kv, D]`` (last dim contiguous);
     ``indptr [R + 1]``; ``indices [nnz]``; ``last_block_len [R]``; ``lse [R, G]`` fp32 or None. Correct for
-    any ``num_splits``, the split count only trades parallelism against combine work.
+    any ``num_splits``: the count trades parallelism against merge work. With ``num_splits > 1`` the partials go
+    through ``workspace`` (allocated here when None) and the row's last split merges them in the same launch.
+    ``exact``: keep softmax weights fp32 in ``p @ v`` (tf32x3); False rounds them to the KV dtype (one MMA).
+    ``blocks_per_step``/``num_warps``/``num_stages``: tiling (defaults: :func:`blocks_per_iter`).
     """
     num_rows, group, head_dim = q.shape
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=k_cache.shape[1])
@@ -239,41 +307,45 @@ def launch(
             "k_cache/v_cache need a contiguous last (D) dim, "
             f"got strides {k_cache.stride()} and {v_cache.stride()}"
         )
-    g_pad = _next_pow2(group, 16)
-    d_pad = _next_pow2(head_dim, 16)
     meta = dict(
         G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
-        G_PAD=g_pad, D_PAD=d_pad, BLOCKS_PER_ITER=blocks_per_iter(block_size, head_dim),
+        G_PAD=_next_pow2(group, 16), D_PAD=_next_pow2(head_dim, 16),
+        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
-    )
+        P_FP32=bool(exact) or q.dtype == torch.float32,
+    )  # fmt: skip
     qk_scale = sm_scale * math.log2(math.e)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
+    lse_strides = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
     if num_splits == 1:
         # Single pass: the split kernel writes the final output ([R, 1, G, D] view of out) itself.
         lse_out = lse if lse is not None else out  # dummy pointer when STORE_LSE is False
-        lse_strides = (lse.stride(0), 0, lse.stride(1)) if lse is not None else (0, 0, 0)
         _split_kernel[(num_rows, 1)](
-            q, k_cache, v_cache, indptr, indices, last_block_len, out, lse_out, qk_scale, 1,
-            *q.stride(), *kv_strides, out.stride(0), 0, out.stride(1), out.stride(2), *lse_strides,
-            STORE_LSE=lse is not None, num_warps=4, num_stages=2, **meta,
-        )
+            q, k_cache, v_cache, indptr, indices, last_block_len, out, lse_out, out, lse_out, indptr,
+            qk_scale, 1, *q.stride(), *kv_strides, out.stride(0), 0, out.stride(1), out.stride(2),
+            lse_strides[0], 0, lse_strides[1], 0, 0, 0, 0, 0,
+            STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, num_warps=num_warps,
+            num_stages=num_stages, **meta,
+        )  # fmt: skip
         return
-
-    mid_o = torch.empty(num_rows, num_splits, group, head_dim, dtype=torch.float32, device=q.device)
-    mid_lse = torch.empty(num_rows, num_splits, group, dtype=torch.float32, device=q.device)
+    ws = workspace
+    if ws is None:
+        ws = SparseDecodeWorkspace.allocate(num_rows, num_splits, group, head_dim, q.device)
+    elif not ws.fits(num_rows, num_splits, group, head_dim):
+        raise ValueError(
+            f"workspace of {tuple(ws.mid_o.shape)} (rows, splits, G, D) is too small for "
+            f"{(num_rows, num_splits, group, head_dim)}"
+        )
+    mid_o, mid_lse = ws.mid_o, ws.mid_lse
+    lse_out = lse if lse is not None else mid_lse  # dummy pointer when STORE_FINAL_LSE is False
     _split_kernel[(num_rows, num_splits)](
-        q, k_cache, v_cache, indptr, indices, last_block_len, mid_o, mid_lse, qk_scale, num_splits,
-        *q.stride(), *kv_strides, *mid_o.stride(), *mid_lse.stride(),
-        STORE_LSE=True, num_warps=4, num_stages=2, **meta,
-    )
-    lse_out = lse if lse is not None else mid_lse
-    _combine_kernel[(num_rows, group)](
-        mid_o, mid_lse, out, lse_out, num_splits,
-        *mid_o.stride(), *mid_lse.stride(), *out.stride(),
-        lse_out.stride(0) if lse is not None else 0, lse_out.stride(1) if lse is not None else 0,
-        D=head_dim, S_PAD=_next_pow2(num_splits), D_PAD=d_pad, STORE_LSE=lse is not None, num_warps=4,
-    )
+        q, k_cache, v_cache, indptr, indices, last_block_len, mid_o, mid_lse, out, lse_out, ws.counter,
+        qk_scale, num_splits, *q.stride(), *kv_strides, *mid_o.stride(), *mid_lse.stride(), *out.stride(),
+        *lse_strides,
+        STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, num_warps=num_warps,
+        num_stages=num_stages, **meta,
+    )  # fmt: skip
 
 
 @overload
@@ -291,6 +363,8 @@ def sparse_decode_attention(
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[False] = ...,
+    workspace: SparseDecodeWorkspace | None = ...,
+    exact: bool = ...,
 ) -> torch.Tensor: ...
 
 
@@ -309,6 +383,8 @@ def sparse_decode_attention(
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[True],
+    workspace: SparseDecodeWorkspace | None = ...,
+    exact: bool = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -326,8 +402,10 @@ def sparse_decode_attention(
     out: torch.Tensor | None = None,
     max_blocks_per_row: int | None = None,
     return_lse: bool = False,
+    workspace: SparseDecodeWorkspace | None = None,
+    exact: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Sparse paged decode attention (Triton); same contract as ``sparse_decode_attention_naive``.
+    """Sparse paged decode attention (Triton, one launch); same contract as ``sparse_decode_attention_naive``.
 
     Args:
         q: ``[R, G, D]`` queries (bf16/fp16/fp32), ``G <= 16`` recommended (any G works, padded to pow2).
@@ -344,6 +422,9 @@ def sparse_decode_attention(
         max_blocks_per_row: upper bound of ``indptr[r + 1] - indptr[r]``; only picks the split count (any
             value is correct). Give it for CUDA graphs: when None it is read from ``indptr`` (host sync).
         return_lse: also return the log-sum-exp of the scaled scores.
+        workspace: caller-owned split scratch (:class:`SparseDecodeWorkspace`); allocated per call when None.
+        exact: True keeps the softmax weights fp32 through ``p @ v`` (the exact attention rounded once);
+            False rounds them to the KV dtype first, as FlashAttention and FlashInfer do (one MMA, faster).
 
     Returns:
         ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
@@ -361,7 +442,7 @@ def sparse_decode_attention(
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
         launch(
             q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits,
-            page_size=page_size, block_size=block_size,
+            page_size=page_size, block_size=block_size, workspace=workspace, exact=exact,
         )  # fmt: skip
     if lse is not None:
         return out, lse

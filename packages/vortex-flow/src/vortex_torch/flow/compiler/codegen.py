@@ -393,8 +393,15 @@ def fused_kernel(
     return _finish(name, e, tail + [line for lines in saves.values() for line in lines])
 
 
-def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor], kv: KVLayout) -> KernelSource:
-    """forward_cache: one program per ``BS`` completed blocks; every input is a field read at the block id."""
+def cache_kernel(
+    name: str, nodes: list[OpNode], entries: dict[str, vTensor], kv: KVLayout, *, decode: bool = False
+) -> KernelSource:
+    """forward_cache: one program per ``BS`` completed blocks; every input is a field read at the block id.
+
+    ``decode``: the kernel takes the step's token slots ``locs [T]`` instead of block ids and finds the
+    completed blocks itself (candidate ``p`` is token ``p // H_kv``, head ``p % H_kv``; its block is complete
+    when the token is the block's last one), so a decode step needs no host count and no index compaction.
+    """
     e = _Emitter("cache", kv)
     by_id = {t.tensor_id: n for n, t in entries.items()}
     declared: set[str] = set()
@@ -442,14 +449,15 @@ def cache_kernel(name: str, nodes: list[OpNode], entries: dict[str, vTensor], kv
         e.tiles[node.output.tensor_id] = tile
         if node.writes is not None:
             write(tile, node.writes, i)
-    return _finish(name, e, [])
+    return _finish(name, e, [], decode_cache=decode)
 
 
-def _finish(name: str, e: _Emitter, tail: list[str]) -> KernelSource:
+def _finish(name: str, e: _Emitter, tail: list[str], *, decode_cache: bool = False) -> KernelSource:
     params = ", ".join(a.name for a in e.args)
     head = [
         "@triton.jit",
         f"def {name}(indptr, indices, {params}, BS: tl.constexpr):" if e.mode != "cache"
+        else f"def {name}(locs, num_locs, {params}, BS: tl.constexpr):" if decode_cache
         else f"def {name}(block_ids, num_blocks, {params}, BS: tl.constexpr):",
     ]  # fmt: skip
     if e.mode == "ragged":
@@ -468,6 +476,17 @@ def _finish(name: str, e: _Emitter, tail: list[str]) -> KernelSource:
         ]
     elif e.mode == "batched":
         pre = ["row = tl.program_id(0).to(tl.int64)"]
+    elif decode_cache:
+        kvl = e.kv
+        assert kvl is not None
+        pre = [
+            "p = tl.program_id(0) * BS + tl.arange(0, BS)",
+            f"loc = tl.load(locs + p // {kvl.heads}, mask=p < num_locs * {kvl.heads}, other=0).to(tl.int64)",
+            f"valid = (p < num_locs * {kvl.heads}) & (loc % {kvl.block_size} == {kvl.block_size - 1})",
+            f"blk = _vx_block_id(loc, p % {kvl.heads}, {kvl.page_size}, {kvl.block_size}, {kvl.heads})",
+            "VALID3 = valid[:, None, None]",
+            "BLK3 = blk[:, None, None]",
+        ]
     else:
         pre = [
             "p = tl.program_id(0) * BS + tl.arange(0, BS)",

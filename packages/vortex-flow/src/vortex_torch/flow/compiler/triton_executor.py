@@ -126,6 +126,12 @@ class TritonExecutor(FlowExecutor):
         self.cache_kernel = (
             cache_kernel("cache_update", cache_nodes, traced.cache.entries, kv) if cache_nodes else None
         )
+        #: the same forward_cache for a decode step: takes the step's token slots, finds completed blocks itself
+        self.cache_kernel_decode = (
+            cache_kernel("cache_update_decode", cache_nodes, traced.cache.entries, kv, decode=True)
+            if cache_nodes
+            else None
+        )
         # blocks per cache-kernel program: a power of two with at most ~4096 elements per tile
         self.cache_chunk = cache_chunk or _pow2_floor(min(16, 4096 // per_block_elements(cache_nodes)))
         self.source = self._render()
@@ -139,8 +145,10 @@ class TritonExecutor(FlowExecutor):
             "import triton",
             "import triton.language as tl",
             "",
+            "from vortex_torch.kernels._layout import block_id as _vx_block_id",
+            "",
         ]
-        for k in [*self.kernels, self.cache_kernel]:
+        for k in [*self.kernels, self.cache_kernel, self.cache_kernel_decode]:
             if k is not None:
                 parts += ["", *k.lines, ""]
         return "\n".join(parts)
@@ -256,6 +264,18 @@ class TritonExecutor(FlowExecutor):
         args = [self._resolve(a.source, block_ids, fields, {}) for a in self.cache_kernel.args]
         kernel = getattr(self.module, self.cache_kernel.name)
         kernel[(triton_cdiv(n, self.cache_chunk),)](block_ids, n, *args, BS=self.cache_chunk)
+
+
+    def run_cache_decode(self, fields: dict[str, torch.Tensor], locs: torch.Tensor) -> None:
+        """``forward_cache`` of a decode step: ``locs [T]`` are the token slots just written; the kernel
+        summarises the blocks (all KV heads) those tokens complete and skips the rest (one launch, no sync)."""
+        if self.cache_kernel_decode is None or locs.numel() == 0:
+            return
+        n = locs.numel()
+        args = [self._resolve(a.source, locs, fields, {}) for a in self.cache_kernel_decode.args]
+        kernel = getattr(self.module, self.cache_kernel_decode.name)
+        grid = (triton_cdiv(n * self.layout.num_kv_heads, self.cache_chunk),)
+        kernel[grid](locs, n, *args, BS=self.cache_chunk)
 
 
 def triton_cdiv(a: int, b: int) -> int:

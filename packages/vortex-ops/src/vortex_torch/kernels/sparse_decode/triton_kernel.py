@@ -36,6 +36,7 @@ import triton.language as tl
 
 from vortex_torch.abs.layout import PoolLayout
 
+from .._layout import block_first_slot, block_head
 from .naive import check_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
@@ -86,7 +87,6 @@ def _split_kernel(
     row = tl.program_id(0)
     split = tl.program_id(1)
     BLOCK_N: tl.constexpr = BLOCKS_PER_ITER * BS
-    BPP: tl.constexpr = PAGE // BS  # blocks of one head per page
 
     row_start = tl.load(indptr_ptr + row).to(tl.int32)
     num_blocks = tl.load(indptr_ptr + row + 1).to(tl.int32) - row_start
@@ -120,8 +120,8 @@ def _split_kernel(
         block_id = tl.load(indices_ptr + row_start + blk, mask=in_chunk, other=0).to(tl.int64)  # [BLOCK_N]
         # design §2: block -> (page, head, sub-block) -> token slot of every lane; int64 throughout, as a
         # layer's buffer can exceed 2^31 elements (constexpr divisors: shifts / multiply-highs, no division)
-        head = (block_id // BPP) % H_KV  # [BLOCK_N]
-        slot = (block_id // (H_KV * BPP)) * PAGE + (block_id % BPP) * BS + tok_in_blk  # [BLOCK_N]
+        head = block_head(block_id, PAGE, BS, H_KV)  # [BLOCK_N]
+        slot = block_first_slot(block_id, PAGE, BS, H_KV) + tok_in_blk  # [BLOCK_N]
         # Only the row's final block is partial. A step's first token is always valid, so m_new is finite.
         valid = in_chunk & ((blk < num_blocks - 1) | (tok_in_blk < last_len))  # [BLOCK_N]
         kv_mask = valid[:, None] & mask_d[None, :]  # [BLOCK_N, D_PAD]

@@ -89,6 +89,10 @@ class VortexBackendMixin:
         )
         self.vortex_plan: DecodePlan | None = None
         self.vortex_buffers: DecodePlanBuffers | None = None
+        #: the step's plan is built by this layer's forward_decode (so it is captured in the decode CUDA graph)
+        self._vortex_plan_layer = min(layers) if layers else -1
+        #: set per decode batch: (forward batch, capture-stable buffers or None) the first sparse layer plans from
+        self._vortex_pending: tuple[Any, DecodePlanBuffers | None] | None = None
         self._vortex_heads = (h_q, heads, h_q // heads, dim)
         self._vortex_logit_cap_checked: set[int] = set()
         self._vortex_dumper = DecodeDumper.from_env(
@@ -142,11 +146,26 @@ class VortexBackendMixin:
         """Attention over the step's selection: Vortex's Triton kernel (the FlashInfer backend overrides)."""
         return self.vortex_core.attend(q_rows, fields, plan, layer.scaling)
 
+    def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None) -> None:
+        """Per batch, on the host: only remember what the first sparse layer plans from (decode), or build a
+        host-dependent plan now (the FlashInfer exact path, whose own plan is host-side anyway)."""
+        self.vortex_plan = None
+        self._vortex_pending = None
+        if not forward_batch.forward_mode.is_decode():
+            return
+        if self._vortex_host_planned():
+            self.vortex_plan = self._vortex_plan_for(forward_batch, buffers)
+        else:
+            self._vortex_pending = (forward_batch, buffers)
+
+    def _vortex_host_planned(self) -> bool:
+        """Whether this backend's sparse decode needs its plan on the host before the forward (default: no)."""
+        return False
+
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self._vortex_parent().init_forward_metadata(forward_batch)
-        mode = forward_batch.forward_mode
-        self.vortex_plan = self._vortex_plan_for(forward_batch, None) if mode.is_decode() else None
-        if self.vortex_plan is not None and self._vortex_dumper is not None:
+        self._vortex_begin_batch(forward_batch, None)
+        if forward_batch.forward_mode.is_decode() and self._vortex_dumper is not None:
             self._vortex_dumper.next_step()  # eager decode steps only: graph replays cannot be dumped
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
@@ -160,11 +179,10 @@ class VortexBackendMixin:
 
     def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
         self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
-        mode = forward_batch.forward_mode
-        if mode.is_decode() and self.vortex_buffers is not None:
-            self.vortex_plan = self._vortex_plan_for(forward_batch, self.vortex_buffers)
-        else:
-            self.vortex_plan = None
+        if self.vortex_buffers is None:
+            self.vortex_plan, self._vortex_pending = None, None
+            return
+        self._vortex_begin_batch(forward_batch, self.vortex_buffers)
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _vortex_sparse(self, layer: Any) -> bool:
@@ -176,6 +194,10 @@ class VortexBackendMixin:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
         save_kv_cache: bool = True, **kwargs: Any,
     ) -> torch.Tensor:  # fmt: skip
+        if self._vortex_pending is not None and layer.layer_id == self._vortex_plan_layer:
+            # The step's plan: one launch on the stream, inside the decode CUDA graph (no host work per step).
+            batch, buffers = self._vortex_pending
+            self.vortex_plan = self._vortex_plan_for(batch, buffers)
         plan = self.vortex_plan
         if plan is None or not self._vortex_sparse(layer):
             return self._vortex_parent().forward_decode(
@@ -237,14 +259,18 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
         super()._vortex_setup(runner, config)
         core = self.vortex_core
         self.vortex_fi: FlashInferSparseDecode | None = None
-        if core.exact:  # impl_backend="reference": plain-PyTorch attention as well
+        if core.exact or not core.exact_attention:
+            # impl_backend="reference": plain-PyTorch attention as well; default: Vortex's Triton attention,
+            # planned on the device inside the CUDA graph. exact_attention=True: FlashInfer's own decode kernel
+            # over the selected tokens (bit-identical to plain SGLang at full budget; host plan per step).
             return
         _h_q, heads, group, dim = self._vortex_heads
         self.vortex_fi = FlashInferSparseDecode(
             self, group=group, head_dim=dim, num_kv_heads=heads, block_size=core.layout.block_size,
             page_size=core.layout.page_size, dtype=self.token_to_kv_pool.dtype,
             max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
-            budget_fn=make_budget_fn(core.prepared, torch.device("cpu"))[0], device=torch.device(runner.device),
+            budget_fn=make_budget_fn(core.prepared, torch.device("cpu"), core.max_selected_per_row)[0],
+            device=torch.device(runner.device),
         )  # fmt: skip
 
     def _vortex_allocate_graph_state(self, max_batch: int) -> None:
@@ -252,6 +278,9 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
         if self.vortex_fi is not None:
             nbytes = self.vortex_fi.allocate_graph_buffers(max_batch)
             log.info("Vortex CUDA-graph FlashInfer page tables: %.1f MiB", nbytes / 2**20)
+
+    def _vortex_host_planned(self) -> bool:
+        return self.vortex_fi is not None
 
     def _vortex_host_budget(self, forward_batch: Any, *, graph: bool) -> torch.Tensor | None:
         if self.vortex_fi is None:

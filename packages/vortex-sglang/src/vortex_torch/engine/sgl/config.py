@@ -80,6 +80,13 @@ class VortexConfig:
     use_tensor_core: bool = False
     #: keyword arguments passed to the flow class's constructor
     flow_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: sparse decode attention that reproduces plain SGLang exactly, at a speed cost. False (default): Vortex's
+    #: Triton kernel, planned on the GPU inside SGLang's decode CUDA graph (no per-step host work), softmax
+    #: weights rounded to the KV dtype before p @ v as FlashAttention/FlashInfer do. True: on the flashinfer
+    #: base, FlashInfer's own decode kernel over the selected tokens (bit-identical to plain SGLang when the
+    #: budget covers every block; its plan runs on the host every step); on the triton base, softmax weights
+    #: kept fp32 through p @ v (the exact attention rounded once)
+    exact_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.layers_skip is None:
@@ -158,6 +165,8 @@ class VortexConfig:
             raise VortexConfigError("impl_backend", f"must be one of {', '.join(IMPL_BACKENDS)}, got {self.impl_backend!r}")
         if not isinstance(self.layers_skip, list) or not all(isinstance(i, int) for i in self.layers_skip):
             raise VortexConfigError("layers_skip", f"must be a list of layer ids, got {self.layers_skip!r}")
+        if not isinstance(self.exact_attention, bool):
+            raise VortexConfigError("exact_attention", f"must be True or False, got {self.exact_attention!r}")
         if not isinstance(self.flow_kwargs, dict):
             raise VortexConfigError("flow_kwargs", f"must be a dict, got {type(self.flow_kwargs).__name__}")
         if self.schedule_policy is not None and not (callable(self.schedule_policy) or isinstance(self.schedule_policy, str)):

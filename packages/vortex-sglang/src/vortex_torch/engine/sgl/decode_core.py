@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vortex_torch.abs.layout import PoolLayout
+from vortex_torch.kernels.sparse_decode.triton_kernel import SparseDecodeWorkspace, default_num_splits
 
 from .flow_spec import PreparedFlow
 from .planner import (
@@ -44,10 +45,16 @@ def make_executor(
     return TritonExecutor(prepared.traced, layout, cache_dir=cache_dir)  # type: ignore[arg-type]
 
 
-def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[BudgetFn, int | None]:
-    """``(budget_fn, bound)``: the default rule or the ``schedule_policy`` (clamped to ``[min(n, bos + eos), n]``;
-    compiled on CUDA, as is on the host: ``device="cpu"`` gives the rule for host-side planners), and a static
-    bound on its result when one is known (default rule)."""
+def make_budget_fn(
+    prepared: PreparedFlow, device: torch.device, max_selected_per_row: int | None = None
+) -> tuple[BudgetFn, int | None]:
+    """``(budget_fn, bound)``: the default rule (a :class:`BudgetRule`, evaluated inside the plan kernel) or the
+    ``schedule_policy`` (compiled on CUDA, as is on the host: ``device="cpu"`` gives the rule for host-side
+    planners), and a static bound on its result when one is known (``max_topk_val``).
+
+    Every budget is clamped to ``[min(n, bos + eos), min(n, max_selected_per_row)]`` (a policy's too, on the
+    host exactly as on the device), so a policy can never ask for more blocks than the buffers hold.
+    """
     cfg = prepared.config
     bos, eos, topk, ratio = (
         cfg.block_reserved_bos,
@@ -55,8 +62,9 @@ def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[Budget
         cfg.topk_val,
         float(cfg.topk_ratio),
     )
+    cap = max_selected_per_row if max_selected_per_row is not None else 1 << 30
     if prepared.policy is None:
-        return default_budget_fn(topk, ratio, bos, eos), None
+        return default_budget_fn(topk, ratio, bos, eos, cap), None
     raw = prepared.policy
     fn = compile_policy(raw, device)
     if fn is not raw:
@@ -66,7 +74,11 @@ def make_budget_fn(prepared: PreparedFlow, device: torch.device) -> tuple[Budget
             log.warning("schedule_policy: torch.compile failed (%s); running it eagerly", exc)
             fn = raw
     policy = fn
-    return (lambda n: apply_policy(policy, n.to(torch.int32), topk, ratio, bos, eos)), cfg.max_topk_val
+
+    def budget(n: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(apply_policy(policy, n.to(torch.int32), topk, ratio, bos, eos), max=cap)
+
+    return budget, cfg.max_topk_val
 
 
 class VortexDecodeCore:
@@ -92,14 +104,19 @@ class VortexDecodeCore:
             prepared, layout, self.config.impl_backend, self.config.compilation_cache_dir
         )
         self.max_blocks_per_row = max(1, math.ceil(context_len / layout.block_size))
-        self.budget_fn, bound = make_budget_fn(prepared, self.device)
         cfg = self.config
+        #: static bound on every row's budget: the default rule's largest value, or max_topk_val for a policy
         self.max_selected_per_row = (
             max_budget_bound(self.max_blocks_per_row, cfg.topk_val, float(cfg.topk_ratio),
                              cfg.block_reserved_bos, cfg.block_reserved_eos)
             if prepared.policy is None
-            else min(self.max_blocks_per_row, bound or self.max_blocks_per_row)
+            else min(self.max_blocks_per_row, cfg.max_topk_val or self.max_blocks_per_row)
         )  # fmt: skip
+        self.budget_fn, _ = make_budget_fn(prepared, self.device, self.max_selected_per_row)
+        #: attention's split scratch, allocated for the largest batch (allocate_buffers); None: per call
+        self.attn_workspace: SparseDecodeWorkspace | None = None
+        #: "triton" sparse attention keeps softmax weights fp32 in p @ v (exact rounding) when True
+        self.exact_attention = cfg.exact_attention
 
     @property
     def bos(self) -> int:
@@ -110,10 +127,12 @@ class VortexDecodeCore:
         return self.config.block_reserved_eos
 
     def allocate_buffers(self, max_batch: int) -> DecodePlanBuffers:
-        """Capture-stable plan buffers for up to ``max_batch`` requests (CUDA graphs)."""
-        return DecodePlanBuffers.allocate(
-            max_batch * self.layout.num_kv_heads, self.max_blocks_per_row, self.device
-        )
+        """Capture-stable plan buffers and attention scratch for up to ``max_batch`` requests (CUDA graphs)."""
+        rows = max_batch * self.layout.num_kv_heads
+        group, dim = self.prepared.geometry.group_size, self.prepared.geometry.head_dim
+        splits = default_num_splits(1, self.max_selected_per_row, self.layout.block_size, dim, self.device)
+        self.attn_workspace = SparseDecodeWorkspace.allocate(rows, splits, group, dim, self.device)
+        return DecodePlanBuffers.allocate(rows, self.max_blocks_per_row, self.device)
 
     def plan(
         self,
@@ -146,6 +165,9 @@ class VortexDecodeCore:
         masked candidate list, CUDA-graph safe). ``fields``: ``k``/``v`` ``[num_slots, H_kv, D]`` + aux fields.
         """
         if out_cache_loc is None or out_cache_loc.numel() == 0 or count == 0:
+            return
+        if count is None and not self.exact:  # decode: the kernel finds the completed blocks (one launch)
+            self.executor.run_cache_decode(fields, out_cache_loc)
             return
         ids = completed_block_ids(self.layout, out_cache_loc, count=count)
         self.executor.run_cache(fields, ids)
@@ -180,12 +202,19 @@ class VortexDecodeCore:
             return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
         from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
+        ws = self.attn_workspace
+        num_rows, group, dim = q_rows.shape
+        splits = default_num_splits(num_rows, plan.max_selected_per_row, bs, dim, q_rows.device)
+        if ws is not None and not ws.fits(num_rows, splits, group, dim):
+            ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
         return sparse_decode_attention(
             *args,
             page_size=ps,
             block_size=bs,
             sm_scale=sm_scale,
             max_blocks_per_row=plan.max_selected_per_row,
+            workspace=ws,
+            exact=self.exact_attention,
         )
 
     def decode_layer(

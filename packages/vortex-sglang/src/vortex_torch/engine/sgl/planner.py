@@ -1,28 +1,38 @@
 """The per-batch decode plan (design §3) and the completed-block lists of ``forward_cache``, from SGLang's
-``req_to_token`` / ``seq_lens`` / ``out_cache_loc``, with torch ops only and no host synchronisation.
+``req_to_token`` / ``seq_lens`` / ``out_cache_loc``, with no host synchronisation.
 
-Everything here is plain PyTorch on whatever device the inputs live on (CPU in the tests, CUDA in SGLang) and
-sized by static bounds, so the decode plan can be rebuilt into the same buffers before every CUDA-graph
-replay. Rows are ``request * H_kv + kv_head`` (design §1); block ids follow design §2 (``PoolLayout``).
+The plan is one kernel (:mod:`vortex_torch.kernels.decode_plan`; its plain-PyTorch reference on a CPU without
+the Triton interpreter), sized by static bounds, so the backends run it inside the decode CUDA graph. Rows are ``request * H_kv + kv_head`` (design §1); block ids follow design §2 (``PoolLayout``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
-from vortex_torch.kernels.select.budget import default_budget
+from vortex_torch.kernels.decode_plan import BudgetRule, PlanOut, plan_decode_naive, row_blocks
+from vortex_torch.kernels.decode_plan import plan_decode as kernel_plan_decode
 
-#: ``n_blocks [R] int64`` -> ``budget [R]`` integer: the budget rule (default or ``schedule_policy``)
+__all__ = [
+    "BudgetFn", "BudgetRule", "DecodePlan", "DecodePlanBuffers", "completed_block_ids", "count_completed_blocks",
+    "default_budget_fn", "dummy_block_ids", "max_budget_bound", "plan_decode", "row_blocks",
+]  # fmt: skip
+
+#: ``n_blocks [R] int64`` -> ``budget [R]`` integer: the budget rule (a :class:`BudgetRule`) or a ``schedule_policy``
 BudgetFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def default_budget_fn(topk_val: int, topk_ratio: float, bos: int, eos: int) -> BudgetFn:
-    """Design §5's rule: ``budget(n) = min(n, max(topk_val + bos + eos, floor(n * topk_ratio)))``."""
-    return lambda n: default_budget(n, topk_val, topk_ratio, bos, eos)
+def default_budget_fn(
+    topk_val: int, topk_ratio: float, bos: int, eos: int, max_selected_per_row: int = 1 << 30
+) -> BudgetRule:
+    """Design §5's rule: ``budget(n) = min(n, max(topk_val + bos + eos, floor(n * topk_ratio)))`` (a
+    :class:`BudgetRule`, which the plan kernel evaluates itself instead of running torch ops)."""
+    return BudgetRule(topk_val, float(topk_ratio), bos, eos, max_selected_per_row)
 
 
 def max_budget_bound(max_blocks_per_row: int, topk_val: int, topk_ratio: float, bos: int, eos: int) -> int:
@@ -32,18 +42,11 @@ def max_budget_bound(max_blocks_per_row: int, topk_val: int, topk_ratio: float, 
 
 @dataclass
 class DecodePlanBuffers:
-    """Capture-stable storage of decode plans for up to ``max_rows`` rows of ``max_blocks_per_row`` blocks.
+    """Capture-stable storage of decode plans for up to ``max_rows`` rows of ``max_blocks_per_row`` blocks:
+    the plan kernel's :class:`PlanOut` plus ``sel_indices [max_rows * max_blocks_per_row] int32``. A plan of
+    ``R`` rows lives in the leading slices, so every batch size maps to fixed addresses (CUDA graphs)."""
 
-    ``dense_indptr``/``sel_indptr [max_rows+1] int32``, ``last_block_len``/``budget [max_rows] int32``,
-    ``dense_indices``/``sel_indices [max_rows * max_blocks_per_row] int32``. A plan of ``R`` rows lives in
-    the leading slices, so every batch size maps to fixed addresses (CUDA graphs capture those).
-    """
-
-    dense_indptr: torch.Tensor
-    dense_indices: torch.Tensor
-    last_block_len: torch.Tensor
-    budget: torch.Tensor
-    sel_indptr: torch.Tensor
+    out: PlanOut
     sel_indices: torch.Tensor
     max_blocks_per_row: int
 
@@ -51,32 +54,23 @@ class DecodePlanBuffers:
     def allocate(
         cls, max_rows: int, max_blocks_per_row: int, device: torch.device | str
     ) -> DecodePlanBuffers:
-        cap = max_rows * max_blocks_per_row
-
-        def i32(n: int, fill: int = 0) -> torch.Tensor:
-            return torch.full((n,), fill, dtype=torch.int32, device=device)
-
         return cls(
-            dense_indptr=i32(max_rows + 1),
-            dense_indices=i32(cap),
-            last_block_len=i32(max_rows, 1),
-            budget=i32(max_rows),
-            sel_indptr=i32(max_rows + 1),
-            sel_indices=i32(cap),
+            out=PlanOut.allocate(max_rows, max_blocks_per_row, device),
+            sel_indices=torch.zeros(max(1, max_rows * max_blocks_per_row), dtype=torch.int32, device=device),
             max_blocks_per_row=max_blocks_per_row,
         )
 
     @property
     def max_rows(self) -> int:
-        return self.last_block_len.numel()
+        return self.out.last_block_len.numel()
 
     @property
     def nbytes(self) -> int:
+        o = self.out
         return sum(
             t.numel() * t.element_size()
-            for t in (self.dense_indptr, self.dense_indices, self.last_block_len, self.budget, self.sel_indptr,
-                      self.sel_indices)
-        )  # fmt: skip
+            for t in (o.dense_indptr, o.dense_indices, o.last_block_len, o.budget, o.sel_indptr, self.sel_indices)
+        )
 
 
 @dataclass
@@ -137,15 +131,8 @@ class DecodePlan:
         )
 
 
-def row_blocks(
-    seq_lens: torch.Tensor, block_size: int, num_kv_heads: int, max_blocks_per_row: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``seq_lens [B]`` -> ``(n_blocks [R], last_block_len [R])`` int64, row ``b * H_kv + h`` (any device; the
-    device planner and the host planner of the FlashInfer path both count blocks with it)."""
-    seq = seq_lens.to(torch.int64)
-    n_req = torch.clamp((seq + block_size - 1) // block_size, min=1, max=max_blocks_per_row)  # [B]
-    last = torch.clamp(seq - (n_req - 1) * block_size, min=1, max=block_size)  # [B]
-    return n_req.repeat_interleave(num_kv_heads), last.repeat_interleave(num_kv_heads)
+def _use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def plan_decode(
@@ -160,7 +147,9 @@ def plan_decode(
     buffers: DecodePlanBuffers | None = None,
     budget: torch.Tensor | None = None,
 ) -> DecodePlan:
-    """Build a decode step's plan on the inputs' device, with no host synchronisation.
+    """Build a decode step's plan on the inputs' device, with no host synchronisation: one kernel launch
+    (:func:`vortex_torch.kernels.decode_plan.plan_decode`) for the default rule, plus the policy's own torch
+    ops when ``budget_fn`` is a ``schedule_policy``. Captured in the decode CUDA graph by the backends.
 
     Args:
         layout: the pool layout (page size, block size, ``H_kv``).
@@ -169,75 +158,49 @@ def plan_decode(
         seq_lens: ``[B]`` tokens each request attends to, the token being decoded included (``>= 1``).
         max_blocks_per_row: static bound on ``ceil(seq_len / block_size)`` (SGLang's context length over the
             block size); every list is sized ``R * max_blocks_per_row``.
-        budget_fn: ``n [R] int64 -> budget [R]`` (clamped here to ``[min(n, bos + eos) .. n]`` by the caller's
-            rule; :func:`default_budget_fn` or a compiled ``schedule_policy``).
-        max_selected_per_row: static bound on the budget (split count of the attention kernel); default
-            ``max_blocks_per_row``.
+        budget_fn: a :class:`BudgetRule` (evaluated inside the kernel) or a policy ``n [R] int64 -> [R]``.
+        max_selected_per_row: static bound on the budget; every budget, a policy's too, is clamped to it
+            (and to ``[min(n, bos + eos), n]``). Default ``max_blocks_per_row``.
         buffers: write into these capture-stable buffers (CUDA graphs) instead of fresh tensors.
         budget: ``[R]`` budgets already computed on the host (FlashInfer path, which needs them there to plan);
-            replaces ``budget_fn`` when given.
-
-    Block ``j`` of row ``(b, h)`` is the block of the slot of token ``j * block_size`` of request ``b`` and KV
-    head ``h``: ``layout.block_id(req_to_token[req_pool_indices[b], j * block_size], h)``.
+            replaces ``budget_fn``'s value (still clamped) when given.
     """
-    device = seq_lens.device
-    batch, heads, bsz = int(req_pool_indices.shape[0]), layout.num_kv_heads, layout.block_size
+    batch, heads = int(req_pool_indices.shape[0]), layout.num_kv_heads
     rows, m = batch * heads, int(max_blocks_per_row)
-    cap = rows * m
+    max_sel = min(m, max_selected_per_row) if max_selected_per_row is not None else m
     if buffers is not None and (rows > buffers.max_rows or m != buffers.max_blocks_per_row):
         raise ValueError(
             f"decode plan of {rows} rows x {m} blocks does not fit buffers of {buffers.max_rows} rows x "
             f"{buffers.max_blocks_per_row} blocks"
         )
-
-    n_row, last_row = row_blocks(seq_lens[:batch], bsz, heads, m)  # [R], [R]
-
-    indptr64 = torch.zeros(rows + 1, dtype=torch.int64, device=device)
-    torch.cumsum(n_row, 0, out=indptr64[1:])  # [R+1]
-
-    # Gather form of the CSR fill: entry p belongs to row searchsorted(indptr[1:], p) at position p - indptr[row].
-    p = torch.arange(cap, dtype=torch.int64, device=device)  # [cap]
-    row = torch.searchsorted(indptr64[1:], p, right=True).clamp_(max=max(rows - 1, 0))  # [cap]
-    pos = p - indptr64[row]  # [cap]
-    tok = (pos * bsz).clamp_(min=0, max=req_to_token.shape[1] - 1)  # [cap] token of the block's first slot
-    req = req_pool_indices[:batch].to(torch.int64)[row // heads]  # [cap]
-    slots = req_to_token[req, tok].to(torch.int64)  # [cap]
-    ids = layout.block_id(slots, row % heads).to(torch.int32)  # [cap]; entries >= nnz are scratch
-
-    if budget is None:
-        budget = budget_fn(n_row).to(torch.int32)  # [R]
-    else:
-        budget = budget.to(device=device, dtype=torch.int32, non_blocking=True)  # [R]
-    sel64 = torch.zeros(rows + 1, dtype=torch.int64, device=device)
-    torch.cumsum(budget.to(torch.int64), 0, out=sel64[1:])  # [R+1]
-
-    if buffers is None:
-        dense_indptr, dense_indices = indptr64.to(torch.int32), ids
-        last_block_len, sel_indptr = last_row.to(torch.int32), sel64.to(torch.int32)
-        sel_indices = torch.zeros(cap, dtype=torch.int32, device=device)
-    else:
-        dense_indptr = buffers.dense_indptr[: rows + 1]
-        dense_indptr.copy_(indptr64)
-        dense_indices = buffers.dense_indices[:cap]
-        dense_indices.copy_(ids)
-        last_block_len = buffers.last_block_len[:rows]
-        last_block_len.copy_(last_row)
-        buffers.budget[:rows].copy_(budget)
-        budget = buffers.budget[:rows]
-        sel_indptr = buffers.sel_indptr[: rows + 1]
-        sel_indptr.copy_(sel64)
-        sel_indices = buffers.sel_indices[:cap]
+    if isinstance(budget_fn, BudgetRule):  # evaluated inside the kernel (or clamps a host-given budget)
+        rule = dataclasses.replace(budget_fn, max_selected_per_row=min(budget_fn.max_selected_per_row, max_sel))
+    else:  # a policy (apply_policy already clamped it below to min(n, bos + eos)): only the upper bound here
+        rule = BudgetRule(0, 0.0, 0, 0, max_sel)
+        if budget is None:
+            n_row, _ = row_blocks(seq_lens[:batch], layout.block_size, heads, m)
+            budget = budget_fn(n_row)
+    if budget is not None:
+        budget = budget.to(device=seq_lens.device, dtype=torch.int32, non_blocking=True)
+    out = buffers.out if buffers is not None else None
+    planner = kernel_plan_decode if _use_triton(seq_lens) else plan_decode_naive
+    out = planner(
+        layout, req_to_token, req_pool_indices[:batch], seq_lens[:batch], max_blocks_per_row=m, rule=rule,
+        budget=budget, out=out,
+    )  # fmt: skip
+    sel = buffers.sel_indices if buffers is not None else torch.zeros(max(1, rows * m), dtype=torch.int32,
+                                                                       device=seq_lens.device)  # fmt: skip
     return DecodePlan(
         batch_size=batch,
         num_kv_heads=heads,
-        dense_indptr=dense_indptr,
-        dense_indices=dense_indices,
-        last_block_len=last_block_len,
-        budget=budget,
-        sel_indptr=sel_indptr,
-        sel_indices=sel_indices,
+        dense_indptr=out.dense_indptr[: rows + 1],
+        dense_indices=out.dense_indices[: max(1, rows * m)],
+        last_block_len=out.last_block_len[:rows],
+        budget=out.budget[:rows],
+        sel_indptr=out.sel_indptr[: rows + 1],
+        sel_indices=sel[: max(1, rows * m)],
         max_blocks_per_row=m,
-        max_selected_per_row=min(m, max_selected_per_row) if max_selected_per_row is not None else m,
+        max_selected_per_row=max_sel,
     )
 
 

@@ -1,0 +1,12 @@
+"""A decode step's plan (design §3) on the device: every row's block list, last-block length, budget and
+selection offsets, from SGLang's ``req_to_token`` map and the requests' lengths.
+
+``plan_decode`` is the Triton kernel (one launch per step, CUDA-graph capturable), ``plan_decode_naive`` the
+plain-PyTorch reference that defines it; ``BudgetRule`` is design §5's rule with its clamp, ``PlanOut`` the
+caller-owned output buffers.
+"""
+
+from .naive import BudgetRule, PlanOut, plan_decode_naive, row_blocks
+from .triton_kernel import plan_decode
+
+__all__ = ["BudgetRule", "PlanOut", "plan_decode", "plan_decode_naive", "row_blocks"]

@@ -1,0 +1,302 @@
+"""One decode step of one layer, Qwen3-8B geometry: Vortex's sparse step against dense FlashInfer decode.
+
+    VORTEX_MODELS=none bash tools/device/remote.sh bench decode_step_bench --out $OUT/decode_step.json
+    python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep]
+
+Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
+
+* copy bandwidth (``b.copy_(a)`` of 1 GiB, read + write counted): the HBM floor's denominator;
+* **dense**: FlashInfer's ``BatchDecodeWithPagedKVCacheWrapper`` (tensor cores, page 16, separate K and V
+  buffers), planned once, as plain SGLang decodes;
+* **sparse**: the step the vortex-sglang backend runs per layer: decode cache update (completed blocks found
+  in-kernel), the compiled quick-start indexer (scoring + top-k selection), Vortex's sparse attention (split
+  merge in the same launch); the per-step plan (one launch for all layers) is timed apart and amortised over
+  36 layers in ``step_us``;
+* kernel launches of one sparse layer (torch profiler) and of the per-step plan;
+* the floor: bytes the sparse step must read (selected K/V + every block summary) / copy bandwidth.
+
+Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
+layers are), so no layer finds its data in L2. ``--sweep`` also times attention and scoring tile variants.
+Writes JSON (``--out``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FLOW = os.path.join(REPO, "examples", "custom_sparse_attention.py")
+HQ, HKV, D, PAGE, BS = 32, 8, 128, 16, 16
+E2E_LAYERS = 36  # Qwen3-8B: the plan's cost is shared by this many layers
+
+
+def log(msg: str) -> None:
+    print(f"[decode_step_bench] {msg}", flush=True)
+
+
+def graph_us(fns: list[Callable[[], object]], iters: int = 20) -> float:
+    """Mean microseconds of one call of ``fns[i]``, the list captured as one CUDA graph (one call each)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        g.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / iters / len(fns)
+
+
+def launches(fn: Callable[[], object]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name
+               and "Memset" not in e.name)  # fmt: skip
+
+
+def copy_bandwidth_gbs() -> float:
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    us = graph_us([lambda: b.copy_(a)], iters=20)
+    del a, b
+    return 2 * n / (us * 1e-6) / 1e9
+
+
+class Case:
+    """``layers`` copies of one layer's pool for ``batch`` requests of ``ctx`` tokens (pages shuffled)."""
+
+    def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int) -> None:
+        from vortex_torch.abs.layout import PoolLayout
+        from vortex_torch.engine.sgl.aux_store import AuxFieldStore
+        from vortex_torch.engine.sgl.config import VortexConfig
+        from vortex_torch.engine.sgl.decode_core import VortexDecodeCore
+        from vortex_torch.engine.sgl.flow_spec import prepare_flow
+
+        dev = "cuda"
+        self.ctx, self.batch, self.layers = ctx, batch, layers
+        topk = budget_tokens // BS - 2
+        cfg = VortexConfig(module_path=FLOW, module_name="custom_sparse_attention", topk_val=topk,
+                           block_reserved_bos=1, block_reserved_eos=1)  # fmt: skip
+        self.prepared = prepare_flow(cfg, head_dim=D, group_size=HQ // HKV, kv_dtype=torch.bfloat16)
+        self.layout = PoolLayout(page_size=PAGE, block_size=BS, num_kv_heads=HKV)
+        pages_per_req = math.ceil(ctx / PAGE)
+        num_pages = batch * pages_per_req + 1
+        slots = num_pages * PAGE
+        context_len = max(ctx, 40960)
+        perm = torch.randperm(num_pages - 1, device=dev) + 1
+        self.req_to_token = torch.zeros(batch + 1, context_len, dtype=torch.int32, device=dev)
+        t = torch.arange(ctx, device=dev)
+        for b in range(batch):
+            own = perm[b * pages_per_req : (b + 1) * pages_per_req]
+            self.req_to_token[b + 1, :ctx] = (own[t // PAGE] * PAGE + t % PAGE).to(torch.int32)
+        self.rpi = torch.arange(1, batch + 1, device=dev)
+        self.seq_lens = torch.full((batch,), ctx, device=dev, dtype=torch.int64)
+        self.loc = self.req_to_token[self.rpi, ctx - 1].long()
+        self.aux = AuxFieldStore(self.prepared, self.layout, slots, list(range(layers)), dev)
+        self.k = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self.v = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self.core = VortexDecodeCore(self.prepared, self.layout, context_len=context_len, device=dev)
+        self.buffers = self.core.allocate_buffers(batch)
+        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i)} for i in range(layers)]
+        all_blocks = torch.arange(self.layout.num_blocks(num_pages), device=dev)
+        for f in self.fields:
+            self.core.executor.run_cache(f, all_blocks)  # every block summarised, as after prefill
+        self.q = [torch.randn(batch * HKV, HQ // HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self.plan = self.core.plan(self.req_to_token, self.rpi, self.seq_lens, buffers=self.buffers)
+        torch.cuda.synchronize()
+        self.selected_blocks = int(self.plan.sel_indptr[-1])
+        self.dense_blocks = int(self.plan.dense_indptr[-1])
+
+    def plan_step(self) -> None:
+        self.core.plan(self.req_to_token, self.rpi, self.seq_lens, buffers=self.buffers)
+
+    def layer(self, i: int) -> torch.Tensor:
+        f = self.fields[i]
+        self.core.update_cache(f, self.loc)
+        return self.core.decode_layer(self.q[i], f, self.plan, None)
+
+    def bytes_sparse(self) -> int:
+        # selected K and V + one summary row (D bf16) per block + q/o
+        return self.selected_blocks * BS * D * 2 * 2 + self.dense_blocks * D * 2 + 2 * self.q[0].numel() * 2
+
+    def bytes_dense(self) -> int:
+        return self.batch * self.ctx * HKV * D * 2 * 2
+
+
+def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
+    import flashinfer
+
+    dev = "cuda"
+    ws = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    pages = math.ceil(case.ctx / PAGE)
+    page_ids = torch.cat([case.req_to_token[b + 1, : case.ctx : PAGE] // PAGE for b in range(case.batch)])
+    indptr = torch.arange(case.batch + 1, dtype=torch.int32, device=dev) * pages
+    last = torch.full((case.batch,), case.ctx - (pages - 1) * PAGE, dtype=torch.int32, device=dev)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
+    wrapper.plan(indptr, page_ids.int(), last, HQ, HKV, D, PAGE, q_data_type=torch.bfloat16,
+                 kv_data_type=torch.bfloat16)  # fmt: skip
+    qd = [q.reshape(case.batch, HQ, D) for q in case.q]
+    kv = [(case.k[i].view(-1, PAGE, HKV, D), case.v[i].view(-1, PAGE, HKV, D)) for i in range(case.layers)]
+    return [lambda i=i: wrapper.run(qd[i], kv[i]) for i in range(case.layers)]
+
+
+def run_case(ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: bool) -> dict[str, Any]:
+    case = Case(ctx, batch, budget, layers)
+    res: dict[str, Any] = {"ctx": ctx, "batch": batch, "budget_tokens": budget, "layers_rotated": layers,
+                           "selected_blocks": case.selected_blocks, "dense_blocks": case.dense_blocks}  # fmt: skip
+    res["plan_us"] = graph_us([case.plan_step])
+    res["plan_launches"] = launches(case.plan_step)
+    res["layer_launches"] = launches(lambda: case.layer(0))
+    lay = [lambda i=i: case.layer(i) for i in range(layers)]
+    res["layer_us"] = graph_us(lay)
+    f0 = case.fields
+    res["cache_us"] = graph_us([lambda i=i: case.core.update_cache(f0[i], case.loc) for i in range(layers)])
+    res["indexer_us"] = graph_us([lambda i=i: case.core.select(case.q[i], f0[i], case.plan) for i in range(layers)])
+    for exact in (False, True):
+        case.core.exact_attention = exact
+        key = "attention_exact_us" if exact else "attention_us"
+        res[key] = graph_us([lambda i=i: case.core.attend(case.q[i], f0[i], case.plan, None) for i in range(layers)])
+    case.core.exact_attention = False
+    res["step_us"] = res["layer_us"] + res["plan_us"] / E2E_LAYERS
+    try:
+        res["dense_flashinfer_us"] = graph_us(dense_flashinfer(case))
+    except Exception as exc:  # flashinfer missing: no ratio
+        res["dense_flashinfer_us"] = None
+        res["flashinfer_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    res["bytes_sparse"] = case.bytes_sparse()
+    res["bytes_dense"] = case.bytes_dense()
+    res["floor_us"] = res["bytes_sparse"] / (bw * 1e9) * 1e6
+    res["attention_floor_us"] = case.selected_blocks * BS * D * 2 * 2 / (bw * 1e9) * 1e6
+    res["dense_floor_us"] = res["bytes_dense"] / (bw * 1e9) * 1e6
+    if res["dense_flashinfer_us"]:
+        res["speedup_vs_dense"] = res["dense_flashinfer_us"] / res["step_us"]
+    res["step_over_floor"] = res["step_us"] / res["floor_us"]
+    if sweep:
+        res["sweep"] = sweep_variants(case)
+    return res
+
+
+def sweep_variants(case: Case) -> list[dict[str, Any]]:
+    from vortex_torch.kernels.sparse_decode.triton_kernel import default_num_splits, launch
+
+    out: list[dict[str, Any]] = []
+    p, L = case.plan, case.layers
+    rows = case.batch * HKV
+    o = torch.empty_like(case.q[0])
+    base_splits = default_num_splits(rows, p.max_selected_per_row, BS, D, torch.device("cuda"))
+    for splits in sorted({base_splits, max(1, base_splits // 2), min(64, base_splits * 2)}):
+        for bps in (2, 4, 8):
+            for warps in (4, 8):
+                for stages in (1, 2, 3):
+                    def att(i: int, s: int = splits, b: int = bps, w: int = warps, st: int = stages) -> None:
+                        launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len,
+                               D**-0.5, o, None, s, page_size=PAGE, block_size=BS, workspace=ws, exact=False,
+                               blocks_per_step=b, num_warps=w, num_stages=st)  # fmt: skip
+                    from vortex_torch.kernels.sparse_decode.triton_kernel import SparseDecodeWorkspace
+
+                    ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
+                    try:
+                        us = graph_us([lambda i=i: att(i) for i in range(L)])
+                    except Exception as exc:
+                        us = None
+                        log(f"  attention variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+                    out.append({"kind": "attention", "splits": splits, "blocks_per_step": bps, "warps": warps,
+                                "stages": stages, "us": us})  # fmt: skip
+    ex = case.core.executor
+    for chunk in (32, 64, 128):
+        for warps in (2, 4, 8):
+            ex.chunks = [chunk for _ in ex.chunks]
+            ex.num_warps = warps
+            try:
+                us = graph_us([lambda i=i: case.core.select(case.q[i], case.fields[i], p) for i in range(L)])
+            except Exception as exc:
+                us = None
+                log(f"  scoring variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+            out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "us": us})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["32768x32", "32768x8", "32768x1", "131072x32"],
+                    help="CTXxBATCH")  # fmt: skip
+    ap.add_argument("--budget", type=int, default=2048, help="tokens attended per row (topk_val = budget/16 - 2)")
+    ap.add_argument("--layers", type=int, default=4, help="pool copies rotated (fewer when they would not fit)")
+    ap.add_argument("--sweep", action="store_true", help="also time attention/scoring tile variants (32k only)")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
+    args = ap.parse_args()
+    t0 = time.time()
+    bw = copy_bandwidth_gbs()
+    log(f"copy bandwidth {bw:.0f} GB/s")
+    result: dict[str, Any] = {"date": str(date.today()), "gpu": torch.cuda.get_device_name(0),
+                              "torch": torch.__version__, "python": platform.python_version(),
+                              "copy_bandwidth_gbs": bw, "cases": []}  # fmt: skip
+    free = torch.cuda.mem_get_info()[0]
+    for spec in args.cases:
+        ctx, batch = (int(x) for x in spec.lower().split("x"))
+        per_layer = batch * math.ceil(ctx / PAGE) * PAGE * HKV * D * 2 * 2 * 1.1
+        layers = max(1, min(args.layers, int(0.6 * free // per_layer)))
+        try:
+            rec = run_case(ctx, batch, args.budget, layers, bw, args.sweep and ctx == 32768 and batch in (32, 1))
+        except Exception as exc:
+            rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))
+        result["cases"].append(rec)
+        torch.cuda.empty_cache()
+    result["wall_s"] = round(time.time() - t0, 1)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(report(result))
+    return 0
+
+
+def report(res: dict[str, Any]) -> str:
+    f = lambda x: "-" if x is None else f"{x:.1f}"
+    lines = [f"## Decode step, one layer ({res['gpu']}, {res['date']}; copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s)",
+             "", "| ctx x batch | dense FlashInfer us | sparse step us | speedup | floor us | step/floor | plan us "
+             "(per step) | cache | indexer | attention (exact) | launches/layer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in res["cases"]:
+        if "error" in r:
+            lines.append(f"| {r['ctx']} x {r['batch']} | error: {r['error'][:100]} |")
+            continue
+        sp = r.get("speedup_vs_dense")
+        lines.append(
+            f"| {r['ctx']} x {r['batch']} | {f(r['dense_flashinfer_us'])} | {f(r['step_us'])} | "
+            f"{'-' if sp is None else f'{sp:.2f}x'} | {f(r['floor_us'])} | {r['step_over_floor']:.2f} | "
+            f"{f(r['plan_us'])} | {f(r['cache_us'])} | {f(r['indexer_us'])} | {f(r['attention_us'])} "
+            f"({f(r['attention_exact_us'])}) | {r['layer_launches']} (+{r['plan_launches']}/step) |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -86,7 +86,6 @@ def copy_bandwidth_gbs() -> float:
     a = torch.empty(n, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
     us = graph_us([lambda: b.copy_(a)], iters=20)
-    del a, b
     return 2 * n / (us * 1e-6) / 1e9
 
 
@@ -205,7 +204,11 @@ def run_case(ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: b
 
 
 def sweep_variants(case: Case) -> list[dict[str, Any]]:
-    from vortex_torch.kernels.sparse_decode.triton_kernel import default_num_splits, launch
+    from vortex_torch.kernels.sparse_decode.triton_kernel import (
+        SparseDecodeWorkspace,
+        default_num_splits,
+        launch,
+    )
 
     out: list[dict[str, Any]] = []
     p, L = case.plan, case.layers
@@ -216,13 +219,14 @@ def sweep_variants(case: Case) -> list[dict[str, Any]]:
         for bps in (2, 4, 8):
             for warps in (4, 8):
                 for stages in (1, 2, 3):
-                    def att(i: int, s: int = splits, b: int = bps, w: int = warps, st: int = stages) -> None:
-                        launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len,
-                               D**-0.5, o, None, s, page_size=PAGE, block_size=BS, workspace=ws, exact=False,
-                               blocks_per_step=b, num_warps=w, num_stages=st)  # fmt: skip
-                    from vortex_torch.kernels.sparse_decode.triton_kernel import SparseDecodeWorkspace
-
                     ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
+
+                    def att(i: int, s: int = splits, b: int = bps, w: int = warps, st: int = stages,
+                            wsp: SparseDecodeWorkspace = ws) -> None:
+                        launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len,
+                               D**-0.5, o, None, s, page_size=PAGE, block_size=BS, workspace=wsp, exact=False,
+                               blocks_per_step=b, num_warps=w, num_stages=st)  # fmt: skip
+
                     try:
                         us = graph_us([lambda i=i: att(i) for i in range(L)])
                     except Exception as exc:

@@ -82,10 +82,15 @@ def launches(fn: Callable[[], object]) -> int:
 
 
 def copy_bandwidth_gbs() -> float:
+    """Copy bandwidth, read + write counted; the GPU is kept busy ~1 s first so its clocks are up."""
     n = 1 << 30
     a = torch.empty(n, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
-    us = graph_us([lambda: b.copy_(a)], iters=20)
+    t = time.time()
+    while time.time() - t < 1.0:
+        b.copy_(a)
+        torch.cuda.synchronize()
+    us = graph_us([lambda: b.copy_(a)], iters=50)
     return 2 * n / (us * 1e-6) / 1e9
 
 
@@ -275,6 +280,9 @@ def main() -> int:
         log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))
         result["cases"].append(rec)
         torch.cuda.empty_cache()
+    bw_end = copy_bandwidth_gbs()
+    log(f"copy bandwidth at the end {bw_end:.0f} GB/s")
+    result["copy_bandwidth_end_gbs"] = bw_end
     result["wall_s"] = round(time.time() - t0, 1)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)

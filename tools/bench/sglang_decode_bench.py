@@ -210,23 +210,34 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
 
 # -- 2. engines ----------------------------------------------------------------------------------------------------
 def engine_case(
-    model: str, vortex: bool, cases: list[tuple[int, int]], steps: int, deadline: float
+    model: str, vortex: dict[str, Any] | None, cases: list[tuple[int, int]], steps: int, deadline: float,
+    *, overlap: bool = False, dummy: bool = False,
 ) -> list[dict]:
+    """Decode tokens/s of one engine (plain when ``vortex`` is None) for each ``(ctx, batch)``.
+
+    The radix cache is on: each case prefills its prompts once (warm-up), then ``generate`` with 1 and with
+    ``steps + 1`` new tokens re-uses the cached prompt, so ``batch * steps / (t(steps + 1) - t(1))`` is decode
+    time without prefill. ``dummy``: SGLang's ``load_format="dummy"`` (random weights, no checkpoint read).
+    """
     import sglang as sgl
 
     import vortex_torch  # noqa: F401
 
     kwargs: dict[str, Any] = dict(
-        model_path=model, attention_backend="flashinfer", page_size=16, disable_overlap_schedule=True,
-        disable_radix_cache=True, disable_prefill_cuda_graph=True, cuda_graph_max_bs_decode=16,
+        model_path=model, attention_backend="flashinfer", page_size=16, disable_overlap_schedule=not overlap,
+        disable_prefill_cuda_graph=True, cuda_graph_max_bs=16,
         mem_fraction_static=0.8, skip_tokenizer_init=True, log_level="warning",
+        chunked_prefill_size=16384,
     )  # fmt: skip
-    if vortex:
-        kwargs["vortex"] = VORTEX
+    if dummy:
+        kwargs["load_format"] = "dummy"
+    if vortex is not None:
+        kwargs["vortex"] = vortex
+    name = "plain" if vortex is None else f"vortex{vortex['topk_val']}"
     t = time.time()
     engine = sgl.Engine(**kwargs)
     start_s = time.time() - t
-    log(f"engine {'vortex' if vortex else 'plain'} up in {start_s:.0f}s")
+    log(f"engine {name} (overlap {overlap}) up in {start_s:.0f}s")
     out = []
     rng = random.Random(0)
     try:
@@ -242,18 +253,42 @@ def engine_case(
                 engine.generate(input_ids=batch_ids, sampling_params=sp)
                 return time.time() - t0
 
-            run(2)  # warm-up (JIT, allocator) at this shape
+            tp = run(2)  # prefill (cached from now on), JIT and allocator warm-up at this shape
+            run(steps + 1)  # CUDA graphs for this batch size warmed
             t1 = run(1)
             tn = run(steps + 1)
-            rec = {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(t1, 3),
+            rec = {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3), "one_s": round(t1, 3),
                    "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
-            log(f"  {'vortex' if vortex else 'plain '} ctx={ctx} bs={batch}: {rec['tok_per_s']} tok/s")
+            log(f"  {name} ctx={ctx} bs={batch}: {rec['tok_per_s']} tok/s")
             out.append(rec)
+            try:
+                engine.flush_cache()  # the next case's prompts start from an empty KV pool
+            except Exception as exc:
+                log(f"  flush_cache failed: {exc}")
     finally:
         engine.shutdown()
     for r in out:
         r["engine_start_s"] = round(start_s, 1)
     return out
+
+
+def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, plain_tok_s, vortex_tok_s}``."""
+    rows = []
+    eng = result["engines"]
+    for key, recs in eng.items():
+        if not key.startswith("vortex"):
+            continue
+        budget = int(key.split(":")[0][len("vortex"):])
+        overlap = key.endswith(":overlap")
+        plain = {(r.get("ctx"), r.get("batch")): r for r in eng.get("plain" + (":overlap" if overlap else ""), [])}
+        plain_off = {(r.get("ctx"), r.get("batch")): r for r in eng.get("plain", [])}
+        for r in recs:
+            base = plain.get((r.get("ctx"), r.get("batch"))) or {}
+            rows.append({"ctx": r.get("ctx"), "batch": r.get("batch"), "budget_tokens": budget, "overlap": overlap,
+                         "plain_tok_s": base.get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
+                         "plain_overlap_off_tok_s": plain_off.get((r.get("ctx"), r.get("batch")), {}).get("tok_per_s")})  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -270,6 +305,13 @@ def main() -> None:
     p.add_argument("--skip-engines", action="store_true")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--quick", action="store_true", help="8k only, 16 steps")
+    p.add_argument("--cases", nargs="+", help="CTXxBATCH engine cases (replaces --ctx/--batch for engines)")
+    p.add_argument("--budgets", type=int, nargs="+", default=[512], help="Vortex budgets in tokens (topk_val = b/16 - 2)")
+    p.add_argument("--engines", nargs="+", default=["plain", "vortex"],
+                   help="plain, plain:overlap, vortex, vortex:overlap (overlap: SGLang's overlap scheduler on)")
+    p.add_argument("--dummy-layers", type=int, default=0,
+                   help="serve --model's config with this many layers and random weights (load_format=dummy)")
+    p.add_argument("--e2e-out", help="also write the e2e rows here (list of {ctx, batch, budget_tokens, ...})")
     args = p.parse_args()
     if args.quick:
         args.ctx, args.steps = [8192], 16
@@ -310,14 +352,41 @@ def main() -> None:
             log(f"  {rec}")
             result["kernels"].append(rec)
             torch.cuda.empty_cache()
-    if not args.skip_engines and os.path.isdir(args.model):
-        for vortex in (False, True):
-            name = "vortex" if vortex else "plain"
-            try:
-                result["engines"][name] = engine_case(args.model, vortex, cases, args.steps, deadline)
-            except Exception as exc:
-                result["engines"][name] = [{"error": f"{type(exc).__name__}: {exc}"[:800]}]
-                log(f"engine {name} failed: {exc}")
+    model = args.model
+    if args.dummy_layers:
+        import shutil
+        import tempfile
+
+        model = tempfile.mkdtemp(prefix="vortex-dummy-")
+        for f in os.listdir(args.model):
+            if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
+                shutil.copy(os.path.join(args.model, f), model)
+        cfg["num_hidden_layers"] = args.dummy_layers
+        json.dump(cfg, open(os.path.join(model, "config.json"), "w"))
+        result["model"]["num_hidden_layers"] = args.dummy_layers
+        result["model"]["weights"] = "random (SGLang load_format=dummy)"
+    engine_cases = cases
+    if args.cases:
+        engine_cases = [tuple(int(x) for x in c.lower().split("x")) for c in args.cases]  # type: ignore[misc]
+    if not args.skip_engines and os.path.isdir(model):
+        for spec in args.engines:
+            kind, _, mode = spec.partition(":")
+            overlap = mode == "overlap"
+            if overlap and kind == "vortex":
+                os.environ["VORTEX_ALLOW_OVERLAP_SCHEDULE"] = "1"  # server_rules.ALLOW_OVERLAP_ENV
+            for budget in args.budgets if kind == "vortex" else [0]:
+                vcfg = None if kind == "plain" else {**VORTEX, "topk_val": budget // 16 - 2}
+                name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "")
+                try:
+                    result["engines"][name] = engine_case(model, vcfg, engine_cases, args.steps, deadline,
+                                                          overlap=overlap, dummy=bool(args.dummy_layers))  # fmt: skip
+                except Exception as exc:
+                    result["engines"][name] = [{"error": f"{type(exc).__name__}: {exc}"[:800]}]
+                    log(f"engine {name} failed: {exc}")
+    result["e2e"] = e2e_rows(result)
+    if args.e2e_out:
+        with open(args.e2e_out, "w") as fh:
+            json.dump(result["e2e"], fh, indent=1)
     result["wall_s"] = round(time.time() - T0, 1)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
@@ -348,17 +417,16 @@ def report(res: dict[str, Any]) -> str:
                 f"{f(r.get('attention_fi_us'))} | {f(r['layer_us'])} | {f(r.get('layer_fi_us'))} | "
                 f"{f(r['dense_flashinfer_us'])} | {f(r['dense_vortex_kernel_us'])} |"
             )
-    if res["engines"]:
-        lines += ["", "Engine decode throughput, tokens/s (flashinfer; Vortex = quick-start config):", "",
-                  "| ctx | batch | plain | vortex | speedup |", "|---|---|---|---|---|"]  # fmt: skip
-        plain = {(r.get("ctx"), r.get("batch")): r for r in res["engines"].get("plain", [])}
-        for r in res["engines"].get("vortex", []):
-            base = plain.get((r.get("ctx"), r.get("batch")), {})
-            a, b = base.get("tok_per_s"), r.get("tok_per_s")
+    if res.get("e2e"):
+        lines += ["", "End to end decode throughput, tokens/s (flashinfer base; Vortex = the quick-start flow):", "",
+                  "| ctx | batch | budget | overlap | plain | vortex | speedup |", "|---|---|---|---|---|---|---|"]
+        for r in res["e2e"]:
+            a, b = r.get("plain_tok_s"), r.get("vortex_tok_s")
             speed = f"{b / a:.2f}x" if a and b else "-"
-            lines.append(
-                f"| {r.get('ctx')} | {r.get('batch')} | {a or '-'} | {b or r.get('error') or r.get('skipped')} | {speed} |"
-            )
+            lines.append(f"| {r['ctx']} | {r['batch']} | {r['budget_tokens']} | {r['overlap']} | {a or '-'} | "
+                         f"{b or '-'} | {speed} |")
+    elif res["engines"]:
+        lines += ["", "engines: " + json.dumps(res["engines"])[:2000]]
     return "\n".join(lines)
 
 

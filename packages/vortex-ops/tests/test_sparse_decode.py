@@ -365,12 +365,12 @@ def test_all_rows_empty() -> None:
 def test_default_num_splits() -> None:
     """The split heuristic depends on shapes only and keeps chunks >= 2 loop steps."""
     cpu = torch.device("cpu")  # the heuristic pretends 2 SMs there, i.e. 8 programs fill the "GPU"
-    assert triton_kernel.blocks_per_iter(16, 128) == 4 and triton_kernel.blocks_per_iter(16, 256) == 2
-    assert triton_kernel.blocks_per_iter(128, 128) == 1
+    assert triton_kernel.blocks_per_iter(16, 128) == 8 and triton_kernel.blocks_per_iter(16, 256) == 4
+    assert triton_kernel.blocks_per_iter(128, 128) == 1 and triton_kernel.blocks_per_iter(256, 64) == 1
     assert triton_kernel.default_num_splits(64, 1000, 16, 128, cpu) == 1
     assert triton_kernel.default_num_splits(1, 1000, 16, 128, cpu) == 8
-    assert triton_kernel.default_num_splits(1, 8, 16, 128, cpu) == 1  # 8 blocks = 2 steps of 4 blocks
-    assert triton_kernel.default_num_splits(1, 9, 16, 128, cpu) == 2
+    assert triton_kernel.default_num_splits(1, 16, 16, 128, cpu) == 1  # 16 blocks = 2 steps of 8 blocks
+    assert triton_kernel.default_num_splits(1, 17, 16, 128, cpu) == 2
     assert triton_kernel.default_num_splits(4, 0, 16, 128, cpu) == 1
 
 

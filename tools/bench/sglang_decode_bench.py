@@ -225,7 +225,7 @@ def engine_case(
 
     kwargs: dict[str, Any] = dict(
         model_path=model, attention_backend="flashinfer", page_size=16, disable_overlap_schedule=not overlap,
-        disable_prefill_cuda_graph=True, cuda_graph_max_bs=16,
+        disable_prefill_cuda_graph=True, cuda_graph_max_bs_decode=16,
         mem_fraction_static=0.8, skip_tokenizer_init=True, log_level="warning",
         chunked_prefill_size=16384,
     )  # fmt: skip

@@ -362,6 +362,8 @@ def main() -> None:
             if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
                 shutil.copy(os.path.join(args.model, f), model)
         cfg["num_hidden_layers"] = args.dummy_layers
+        if isinstance(cfg.get("layer_types"), list) and cfg["layer_types"]:
+            cfg["layer_types"] = [cfg["layer_types"][0]] * args.dummy_layers
         json.dump(cfg, open(os.path.join(model, "config.json"), "w"))
         result["model"]["num_hidden_layers"] = args.dummy_layers
         result["model"]["weights"] = "random (SGLang load_format=dummy)"

@@ -215,7 +215,7 @@ def _next_pow2(x: int, at_least: int = 1) -> int:
 def blocks_per_iter(block_size: int, head_dim: int) -> int:
     """Whole blocks per loop step of a program: ``BLOCKS_PER_ITER * BS`` tokens, 16 to 128 of them
     (>= 16 for tl.dot, fewer at large D to bound registers), or one block when ``BS > 128``. 128 tokens at
-    D = 128 measured fastest on an H200 (results/gpu/2026-12-04-decode-step-sweep.json: 69.8 us against
+    D = 128 measured fastest on an H200 (results/gpu/2026-12-04-decode-step-bench.json (its "sweep"): 69.8 us against
     79.6 us for 64 tokens at 32k x 32, budget 2048)."""
     tokens = min(128, max(16, _TILE_ELEMS // _next_pow2(head_dim, 16)))
     return max(1, tokens // block_size)

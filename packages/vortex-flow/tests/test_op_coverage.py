@@ -15,6 +15,7 @@ from vortex_torch.abs.formats import FORMAT, combined_format
 from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.abs.vtensor import vTensor
 from vortex_torch.flow.compiler.lowerings import fused_lowering, missing_lowering, standalone_lowering
+from vortex_torch.flow.compiler.reference import missing_reference
 from vortex_torch.indexer._base import IndexerOp
 
 #: constructor arguments of the exported ops that have no all-default form
@@ -40,20 +41,11 @@ def instances(cls: type[vOp]) -> list[vOp]:
     return [cls(dim=d) for d in dims] if dims else [cls()]  # type: ignore[call-arg]
 
 
-def overrides(op: vOp, method: str) -> bool:
-    return getattr(type(op), method) is not getattr(vOp, method)
-
-
 @pytest.mark.parametrize("cls", exported_ops(), ids=lambda c: f"{c.__module__.split('.')[1]}.{c.__name__}")
 def test_exported_op_has_reference_and_lowering(cls: type[vOp]) -> None:
     for op in instances(cls):
         assert missing_lowering(op) is None, missing_lowering(op)
-        if op.schedule == Schedule.FUSED:
-            assert overrides(op, "reference"), f"{op!r} is fused but has no reference()"
-        elif op.schedule == Schedule.STANDALONE:
-            assert overrides(op, "reference_segmented"), f"{op!r} runs row-wise but has no reference_segmented()"
-        else:  # the selection: the semantics are kernels/select/naive.py, which every executor calls
-            assert isinstance(op, ix.topK)
+        assert missing_reference(op) is None, missing_reference(op)
 
 
 def test_every_placement_is_covered() -> None:
@@ -82,6 +74,10 @@ def test_an_op_without_lowering_is_reported() -> None:
     registered lowering wins over its base's (Interleave is a Reduction)."""
     assert missing_lowering(_Unlowered()) == "_Unlowered has no fused Triton lowering"
     assert missing_lowering(_Expr()) is None
+    assert missing_reference(_Unlowered()) is None
+    assert missing_reference(ix.Conv1d([1.0])) is None
+    no_reference = type("NoReference", (ix.Conv1d,), {"reference_segmented": vOp.reference_segmented})
+    assert missing_reference(no_reference([1.0])) == "NoReference(weight=[[[1.0]]]) has no reference_segmented()"
     dim0 = ix.Mean(dim=0)
     assert standalone_lowering(dim0) is not None and missing_lowering(dim0) is None
     assert fused_lowering(cx.MeanInterleave(dim=1, k=2)) is not fused_lowering(cx.Mean(dim=1))

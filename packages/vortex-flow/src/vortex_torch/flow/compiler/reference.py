@@ -14,12 +14,22 @@ import torch
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks
-from vortex_torch.abs.op import Schedule
+from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.kernels.select.naive import select_blocks_naive
 
 from .base import FlowExecutor, SelectionSpec
 
 KV_FIELDS = ("k", "v")  # native [num_slots, H_kv, D] buffers, read per block through the layout
+
+
+def missing_reference(op: vOp) -> str | None:
+    """Why this executor cannot run ``op`` at its schedule (no plain-PyTorch semantics), or ``None``."""
+    if op.schedule == Schedule.SELECT:
+        return None if isinstance(op, ix.topK) else f"{op.name} is scheduled as a selection but is not a topK"
+    method = "reference_segmented" if op.schedule == Schedule.STANDALONE else "reference"
+    if getattr(type(op), method) is getattr(vOp, method):
+        return f"{op!r} has no {method}()"
+    return None
 
 
 def _as_ragged(x: torch.Tensor, fmt: FORMAT, dense: DenseBlocks) -> torch.Tensor:

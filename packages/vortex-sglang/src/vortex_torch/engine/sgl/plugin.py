@@ -39,7 +39,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .config import VortexConfig, VortexConfigError
+from .config import VortexConfig
+from .errors import VortexConfigError, VortexSGLangError
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
@@ -61,10 +62,6 @@ TARGETS = {
     "cell_size": "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
     "fused_set_kv": "sglang.srt.models.utils.enable_fused_set_kv_buffer",
 }
-
-
-class VortexSGLangError(RuntimeError):
-    """vortex-sglang cannot run in this SGLang installation (wrong version, hooks not installed)."""
 
 
 # -- the config a ServerArgs carries -------------------------------------------------------------------------------

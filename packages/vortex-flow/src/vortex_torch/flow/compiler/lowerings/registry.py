@@ -1,7 +1,8 @@
 """The table of Triton lowerings, keyed by op class, and the decorators that fill it.
 
-An op is found by its most specific class that is registered here or that sets ``triton_expr`` (the generic
-elementwise lowering), so a subclass's lowering wins over its base's whatever the registration order.
+An op's lowering is decided by the first class of its MRO that is registered here or declares ``triton_expr``
+in its body (a string: the generic elementwise lowering; ``None``: none), so a subclass's lowering wins over
+its base's whatever the registration order.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def fused_lowering(op: vOp) -> FusedLowering | None:
     for cls in type(op).__mro__:
         if cls in _FUSED:
             return _FUSED[cls]
-        if vars(cls).get("triton_expr") is not None:
-            return _GENERIC
+        if "triton_expr" in vars(cls):  # declared here: an expression, or None for "not lowered this way"
+            return _GENERIC if cls.triton_expr is not None else None
     return None
 
 

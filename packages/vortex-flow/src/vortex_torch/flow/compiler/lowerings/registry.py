@@ -80,7 +80,7 @@ def fused_lowering(op: vOp) -> FusedLowering | None:
         if cls in _FUSED:
             return _FUSED[cls]
         if "triton_expr" in vars(cls):  # declared here: an expression, or None for "not lowered this way"
-            return _GENERIC if cls.triton_expr is not None else None
+            return _GENERIC if vars(cls)["triton_expr"] is not None else None
     return None
 
 

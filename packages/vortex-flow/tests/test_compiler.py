@@ -259,6 +259,27 @@ def test_every_op_is_exercised(pool: Pool) -> None:
     assert not missing, f"ops no test flow calls: {missing}"
 
 
+class Cube(ix.elementwise._Unary):  # the docs/contributing-an-op.md example, kept here so the doc stays true
+    """``(beta * x + alpha) ** 3``."""
+
+    triton_expr = "({beta} * {x} + {alpha}) * ({beta} * {x} + {alpha}) * ({beta} * {x} + {alpha})"
+
+    def reference(self, *xs: torch.Tensor) -> torch.Tensor:
+        return (self.beta * xs[0] + self.alpha) ** 3
+
+
+def _cube_indexer(q: vTensor, cache: dict[str, vTensor], ctx: ContextBase) -> vTensor:
+    return Cube(alpha=0.5)(ix.GeMV()(flows_for_tests.qmean(q, ctx), cache["c"], ctx=ctx), ctx=ctx)
+
+
+def test_a_fused_elementwise_op_is_one_class(pool: Pool, cache_dir: str) -> None:
+    """An op class with a ``reference`` and a ``triton_expr`` compiles and matches its reference: nothing else
+    (no compiler change) is needed to add one."""
+    flow = SpecFlow("cube", flows_for_tests.one_d, flows_for_tests.centroid, _cube_indexer)
+    tri = compare(trace_flow(flow, pool.geometry), pool, cache_dir)
+    assert [g.kind for g in tri.groups] == ["fused", "select"]
+
+
 # -- schedule: fusion, dead ops, launches ----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from vortex_torch import indexer as I
 from vortex_torch.abs.errors import FlowRuleError, FlowShapeError
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks
-from vortex_torch.abs.op import vOp
+from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.abs.vtensor import vTensor
 
 B, R, P = FORMAT.BATCHED, FORMAT.RAGGED, FORMAT.PAGED
@@ -486,6 +487,35 @@ def test_constructor_errors(make: Callable[[], vOp], match: str) -> None:
         make()
 
 
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: I.Mean(dim=True), "dim must be one of"),  # a bool is an int to Python, not to a flow author
+        (lambda: I.Mean(dim=1.0), "dim must be one of"),
+        (lambda: I.Softmax(dim="1"), "dim must be 0, 1 or 2"),
+        (lambda: I.Kron(dim=(1, 1.5)), "dim must be 1, 2 or"),
+        (lambda: I.Reshape(-1, 0, 4), "the second size must be positive"),
+        (lambda: I.Reshape(-1, 4, -1), "the third size must be positive"),
+        (lambda: I.Reshape(-1.0, 4, 4), "first argument must be -1"),
+        (lambda: I.Conv1d([]), r"weight must be \[K\] or \[K, D0, D1\]"),
+        (lambda: I.Conv1d([[[1.0, float("nan")]]]), "weight must be finite"),
+        (lambda: I.Conv1d("abc"), "weight must be a nested list of numbers"),
+        (lambda: I.MaskSlice(0.5, 2), "need ints 0 <= start <= end"),
+        (lambda: C.MeanInterleave(dim=1, k=2.0), "k must be positive"),
+    ],
+)
+def test_constructor_arguments_are_checked_where_the_flow_writes_them(make: Callable[[], vOp], match: str) -> None:
+    """The error names the line that built the op (here: this file's lambda), and how to fix it."""
+    with pytest.raises(FlowShapeError, match=match) as info:
+        make()
+    assert f"{Path(__file__).name}:" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_approx_topk_ratio_type() -> None:
+    with pytest.raises(FlowRuleError, match="tolerate_ratio must be in"):
+        I.approxTopK(True)
+
+
 def test_approx_topk_ratio_range() -> None:
     assert I.approxTopK(0.25).params() == {"tolerate_ratio": 0.25}
     for bad in (-0.1, 1.0):
@@ -494,6 +524,7 @@ def test_approx_topk_ratio_range() -> None:
 
 
 def test_reduce_schedule_depends_on_dim() -> None:
-    assert I.Mean(dim=0).schedule.name == "S" and I.Mean(dim=1).schedule.name == "W"
-    assert I.Softmax(dim=0).schedule.name == "S" and I.Softmax(dim=2).schedule.name == "W"
-    assert I.Max().schedule.name == "W"  # the class default
+    assert I.Mean(dim=0).schedule == Schedule.STANDALONE and I.Mean(dim=1).schedule == Schedule.FUSED
+    assert I.Softmax(dim=0).schedule == Schedule.STANDALONE and I.Softmax(dim=2).schedule == Schedule.FUSED
+    assert I.Max().schedule == Schedule.FUSED  # the class default
+    assert I.topK().schedule == Schedule.SELECT and I.Conv1d([1.0]).schedule == Schedule.STANDALONE

@@ -155,6 +155,53 @@ def test_flow_rule_violation_names_module_name(tmp_path: Path) -> None:
     assert "native_op_flow.py" in str(info.value)
 
 
+UNLOWERED_FLOW = textwrap.dedent(
+    """
+    from vortex_torch.flow import vFlow, register
+    from vortex_torch.indexer import GeMM, Mean, topK
+    from vortex_torch.cache import Mean as CMean
+    from vortex_torch.indexer.elementwise import Relu
+
+
+    class NoTriton(Relu):
+        triton_expr = None  # as if vortex-ops shipped an op without a Triton lowering
+
+
+    @register("unlowered_flow")
+    class UnloweredFlow(vFlow):
+        def __init__(self):
+            super().__init__()
+            self.mean, self.gemm, self.odd, self.out = Mean(dim=1), GeMM(), NoTriton(), topK()
+            self.reduction = CMean(dim=1)
+
+        def forward_indexer(self, q, o, cache, ctx):
+            score = self.gemm(self.mean(q, ctx=ctx), cache["c"], ctx=ctx)
+            self.out(self.odd(score, ctx=ctx), o, ctx=ctx)
+
+        def forward_cache(self, cache, loc, ctx):
+            self.reduction(cache["k"], cache["c"], loc=loc, ctx=ctx)
+
+        def create_cache(self, block_size, head_dim):
+            return {"c": (1, head_dim)}
+    """
+)
+
+
+def test_an_op_the_backend_cannot_run_fails_at_load(tmp_path: Path) -> None:
+    flow = tmp_path / "unlowered_flow.py"
+    flow.write_text(UNLOWERED_FLOW)
+    clear_cache()
+    cfg = {"module_path": str(flow), "module_name": "unlowered_flow"}
+    with pytest.raises(VortexConfigError) as info:
+        prepare_flow(VortexConfig(**cfg), head_dim=32, group_size=1, kv_dtype=torch.float32)
+    assert info.value.field == "impl_backend"
+    line = UNLOWERED_FLOW.splitlines().index("        self.out(self.odd(score, ctx=ctx), o, ctx=ctx)") + 1
+    assert "NoTriton has no fused Triton lowering" in str(info.value)
+    assert f"unlowered_flow.py:{line}" in str(info.value)
+    # the reference interpreter runs it (the same config with the other backend is prepared anew)
+    prepare_flow(VortexConfig(**cfg, impl_backend="reference"), head_dim=32, group_size=1, kv_dtype=torch.float32)
+
+
 def test_schedule_policy_is_checked_at_config_time() -> None:
     cfg = VortexConfig(**BASE, schedule_policy=lambda n, k, r, b, e: n * 0.5)  # floats: not block counts
     with pytest.raises(VortexConfigError) as info:

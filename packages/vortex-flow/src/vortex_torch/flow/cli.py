@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    # The program's entry decides how kernels run (the library reads no switch of its own): without CUDA,
+    # Triton's interpreter, which must be on before any Triton kernel is defined (nothing imported yet has one).
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -10,6 +10,8 @@ import torch
 from vortex_torch.abs.context import ContextBase
 from vortex_torch.abs.vtensor import vTensor
 
+from .user_code import declared_fields
+
 #: Cache layout a flow declares: field name -> inner shape ``(rows, cols)`` of one block's entry.
 CacheSpec = dict[str, tuple[int, int]]
 
@@ -52,8 +54,6 @@ class vFlow(abc.ABC):  # noqa: N801 - the name users know from the original proj
         intermediate_dtype: torch.dtype = torch.bfloat16,
     ) -> None:
         """Resolve the cache layout for this geometry (k/v in the KV dtype, aux fields in ``intermediate_dtype``)."""
-        from .trace import declared_fields
-
         fields = declared_fields(self, block_size, head_dim)
         self._meta = {"k": ((block_size, head_dim), kv_cache_dtype), "v": ((block_size, head_dim), kv_cache_dtype)}
         self._meta.update({name: (shape, intermediate_dtype) for name, shape in fields.items()})

@@ -15,9 +15,9 @@ by ``flow_path``. Optional class attributes tune the suite: ``flow_kwargs`` (con
 tiny, Triton runs interpreted on a CPU), ``needle_budget`` and ``min_needle_recall`` (the retrieval bar),
 ``needle_context_blocks``, ``num_kv_heads`` and ``decode_steps``.
 
-On a machine without CUDA the compiled kernels run in Triton's interpreter: importing this module sets
-``TRITON_INTERPRET=1`` when CUDA is absent and the variable is unset (it must be set before any Triton kernel
-is defined). :func:`compile_check` is the compiled == reference comparison; ``vortex check`` should report
+On a machine without CUDA the compiled kernels run in Triton's interpreter, which the test entry point switches
+on with ``TRITON_INTERPRET=1`` before any Triton kernel is defined (a ``conftest.py``; this module sets no
+environment variable). :func:`compile_check` is the compiled == reference comparison; ``vortex check`` should report
 the same one (it tolerates bf16 near-ties, which an exact comparison of selections does not).
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,14 +42,6 @@ from .trace import TracedFlow, check_ops_are_known, trace_flow
 
 if TYPE_CHECKING:
     from .runtime.config import RuntimeConfig
-
-# The modules above do not import Triton; the compiler and the runtime (imported where used) do. Triton's
-# interpreter only takes effect for kernels defined after it is switched on.
-_INTERPRETER_SET_TOO_LATE = (
-    not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and "triton" in sys.modules
-)
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 __all__ = ["CompileCheck", "FlowContractTests", "compile_check", "contract_config"]
 
@@ -123,7 +114,7 @@ def _require_kernel_backend() -> None:
     """Triton kernels need CUDA, or the interpreter switched on before Triton was first imported."""
     if torch.cuda.is_available():
         return
-    if os.environ.get("TRITON_INTERPRET") != "1" or _INTERPRETER_SET_TOO_LATE:
+    if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             "compile_check runs Triton kernels; without CUDA they need Triton's interpreter, switched on "
             "before triton is first imported. Fix: set TRITON_INTERPRET=1 in the environment (or at the top "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -13,8 +13,11 @@ from .callsite import CallSite, at
 from .errors import FlowRuleError, FlowShapeError
 from .formats import FORMAT
 from .graph import Graph, OpNode
-from .op import shape_rule, vOp
+from .shape_message import shape_message
 from .vtensor import vTensor
+
+if TYPE_CHECKING:
+    from .op import vOp
 
 _trace_ids = itertools.count(1)
 
@@ -37,12 +40,11 @@ class Geometry:
 class ContextBase:
     """Records the op graph of one flow method and exposes the layer geometry to it.
 
-    Flow code only passes it on (``op(x, ctx=ctx)``) and may read ``ctx.group_size``, ``ctx.head_dim`` and
-    ``ctx.block_size``.
+    Flow code only passes it on (``op(x, ctx=ctx)``) and may read ``ctx.group_size``, ``ctx.head_dim``,
+    ``ctx.block_size`` and ``ctx.vortex_dtype`` (the aux-field dtype, under the original project's name).
     """
 
     side: ClassVar[str] = ""
-    mode: str = "profile"
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geometry
@@ -139,22 +141,3 @@ def _short(x: object) -> str:
 def _made_at(t: vTensor) -> str:
     return f"; the tensor was made at {t.producer_site}" if t.producer_site is not None else ""
 
-
-def shape_message(op: vOp, message: str, inputs: Sequence[vTensor], site: CallSite | None) -> str:
-    """A shape error of ``op`` with its call site, its inputs and its shape rule (the fix is to meet the rule)."""
-    if site is not None and str(site) in message:
-        return message
-    args = ", ".join(t.describe() for t in inputs)
-    if getattr(op, "dim", None) == 0 and any(t.format == FORMAT.BATCHED for t in inputs):
-        fix = (
-            f"dim=0 works over the blocks of a row, so {op.name}(dim=0) needs a RAGGED input (one that depends on "
-            "the cache); a BATCHED tensor such as q has one row per (request, kv-head) already: use dim=1 or dim=2"
-        )
-    else:
-        rule = shape_rule(op)
-        fix = (
-            f"make the inputs meet the rule of {op.name}: {rule.rstrip('.')}"
-            if rule
-            else f"check the inputs of {op.name}"
-        )
-    return f"{message}{at(site)}. Inputs: {args}. Fix: {fix}."

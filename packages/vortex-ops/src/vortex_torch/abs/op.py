@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import enum
+import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from .callsite import CallSite, at, user_callsite
+from .context import ContextBase
 from .errors import FlowRuleError, FlowShapeError
 from .formats import FORMAT
 
 if TYPE_CHECKING:
-    from .context import ContextBase
+    from .layout import DenseBlocks
     from .vtensor import vTensor
 
 
-class Schedule(enum.Enum):
-    """How the compiler may place an op: fused into a workload kernel (W) or run as its own kernel (S)."""
+class Schedule(enum.StrEnum):
+    """Where the compiler places an op; also the kind of the kernel that runs it (``KernelGroup.kind``)."""
 
-    W = "fused"
-    S = "standalone"
+    #: inside one kernel with its neighbours: per block (RAGGED) or per row (BATCHED)
+    FUSED = "fused"
+    #: a kernel of its own, one program per row looping over the row's blocks (the ``dim=0`` ops)
+    STANDALONE = "standalone"
+    #: the terminal selection kernel (``topK`` / ``approxTopK``)
+    SELECT = "select"
 
 
 def broadcast_inner(op: str, *inners: tuple[int, int]) -> tuple[int, int]:
@@ -42,15 +48,23 @@ def broadcast_inner(op: str, *inners: tuple[int, int]) -> tuple[int, int]:
 class vOp:
     """A flow op. Calling it inside a flow method records a graph node; it computes nothing then.
 
-    Subclasses define the shape rule (:meth:`infer`) and the plain-PyTorch semantics (:meth:`reference`), which
-    every compiled kernel must reproduce.
+    An op is defined in one class: its shape rule (:meth:`infer`), its plain-PyTorch semantics
+    (:meth:`reference` for a ``FUSED`` placement, :meth:`reference_segmented` for ``STANDALONE``), which every
+    compiled kernel must reproduce, and, for an elementwise op, its Triton lowering as :attr:`triton_expr`.
+    Ops that need more than one expression are lowered by a function that vortex-flow's compiler registers for
+    the class (``vortex_torch.flow.compiler.lowering``); vortex-flow's ``test_op_coverage.py`` fails for an
+    exported op without a reference or a lowering. docs/contributing-an-op.md walks through adding one.
     """
 
     side: ClassVar[str] = "indexer"
     #: a class default; ops whose placement depends on a parameter (``dim=0``) set it per instance
-    schedule: Schedule = Schedule.W
+    schedule: Schedule = Schedule.FUSED
     #: number of tensor inputs in the call form
     arity: ClassVar[int] = 1
+    #: The op as one Triton expression of its input tiles ``{x}`` (and ``{y}``) and of its :meth:`params` (as
+    #: fp32 literals, ``{alpha}``), e.g. ``"tl.exp({x})"``; the compiler's generic lowering emits it. A string,
+    #: so that vortex-ops needs nothing of the compiler; ``None`` for ops lowered by a registered function.
+    triton_expr: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self._traced: tuple[int, CallSite | None] | None = None
@@ -70,8 +84,6 @@ class vOp:
     # -- tracing ---------------------------------------------------------------------------------------------
     def _claim(self, ctx: ContextBase) -> CallSite | None:
         """Enforce "one op instance, one call site" within one trace, and the op's side (indexer or cache)."""
-        from .context import ContextBase
-
         site = user_callsite()
         if not isinstance(ctx, ContextBase):
             raise FlowRuleError(
@@ -90,8 +102,6 @@ class vOp:
         return site
 
     def _wrong_side_message(self, ctx_side: str, site: CallSite | None) -> str:
-        import importlib
-
         method = {"indexer": "forward_indexer", "cache": "forward_cache"}
         other = importlib.import_module(f"vortex_torch.{ctx_side}")
         if hasattr(other, self.name):
@@ -111,28 +121,11 @@ class vOp:
 
     # -- semantics -------------------------------------------------------------------------------------------
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Plain-PyTorch semantics on aligned fp32 ``[N, D0, D1]`` tensors (leading axis broadcasts)."""
-        raise NotImplementedError
+        """Plain-PyTorch semantics of a ``FUSED`` placement on aligned fp32 ``[N, D0, D1]`` tensors (the leading
+        axis broadcasts)."""
+        raise NotImplementedError(f"{self.name} has no fused reference")
 
-
-def shape_error(op: vOp, message: str, site: CallSite | None) -> FlowShapeError:
-    return FlowShapeError(f"{op.name}: {message}{at(site)}")
-
-
-_BASES = frozenset({"vOp", "IndexerOp", "CacheOp"})
-
-
-def shape_rule(op: vOp) -> str:
-    """The op's shape rule for error messages, from the docstrings of its class and of the ancestors up to the
-    one that defines ``infer``: the first paragraph that states a mapping (contains ``->``), else the first."""
-    docs: list[str] = []
-    for cls in type(op).__mro__:
-        if cls.__name__ in _BASES or not cls.__module__.startswith("vortex_torch."):
-            continue
-        doc = (cls.__doc__ or "").strip()
-        if doc:
-            docs.append(" ".join(doc.split("\n\n")[0].split()).replace("``", ""))
-        if "infer" in vars(cls):
-            break
-    with_arrow = [d for d in docs if "->" in d]
-    return with_arrow[0] if with_arrow else (docs[0] if docs else "")
+    def reference_segmented(self, x: torch.Tensor, seg: DenseBlocks) -> torch.Tensor:
+        """Plain-PyTorch semantics of a ``STANDALONE`` placement: ``x [nnz, D0, D1]`` RAGGED over the rows of
+        ``seg``; the result is RAGGED, or BATCHED ``[R, D0, D1]`` for a reduction."""
+        raise NotImplementedError(f"{self.name} has no row-wise (dim=0) reference")

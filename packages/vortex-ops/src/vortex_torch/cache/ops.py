@@ -12,6 +12,7 @@ from ..abs.callsite import at
 from ..abs.context import ContextBase
 from ..abs.errors import FlowRuleError, FlowShapeError
 from ..abs.formats import FORMAT
+from ..abs.op_args import check_size
 from ..abs.vtensor import vTensor
 from ..indexer import elementwise as ew
 from ..indexer import matmul, reduce, shape
@@ -50,7 +51,7 @@ MaskSlice = cache_variant(shape.MaskSlice)
 Reshape = cache_variant(shape.Reshape)
 
 
-class _Interleave(CacheOp, reduce._Reduce):
+class Interleave(CacheOp, reduce.Reduction):
     """Fold contiguous groups of ``k`` along ``dim`` (1 or 2): the axis shrinks from ``n`` to ``n // k``.
 
     ``MeanInterleave(dim=1, k=16)(cache["k"], f)`` stores one mean key per 16-token sub-block.
@@ -60,9 +61,7 @@ class _Interleave(CacheOp, reduce._Reduce):
 
     def __init__(self, dim: int = 1, k: int = 16) -> None:
         super().__init__(dim)
-        if k <= 0:
-            raise FlowShapeError(f"{self.name}: k must be positive, got {k}")
-        self.k = int(k)
+        self.k = check_size(self.name, "k", k)
 
     def params(self) -> dict[str, Any]:
         return {"dim": self.dim, "k": self.k}
@@ -94,23 +93,23 @@ class _Interleave(CacheOp, reduce._Reduce):
         return torch.sqrt((grouped * grouped).sum(axis))
 
 
-class MeanInterleave(_Interleave):
-    __doc__ = _Interleave.__doc__
+class MeanInterleave(Interleave):
+    __doc__ = Interleave.__doc__
     how = "mean"
 
 
-class MaxInterleave(_Interleave):
-    __doc__ = _Interleave.__doc__
+class MaxInterleave(Interleave):
+    __doc__ = Interleave.__doc__
     how = "amax"
 
 
-class MinInterleave(_Interleave):
-    __doc__ = _Interleave.__doc__
+class MinInterleave(Interleave):
+    __doc__ = Interleave.__doc__
     how = "amin"
 
 
-class L2NormInterleave(_Interleave):
-    __doc__ = _Interleave.__doc__
+class L2NormInterleave(Interleave):
+    __doc__ = Interleave.__doc__
     how = "l2"
 
 
@@ -138,4 +137,6 @@ class Fill(CacheOp):
         return dest
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("Fill is executed by the runtime as a constant store")
+        """``alpha`` everywhere in the field; Fill has no tensor input, so executors pass it the field it writes
+        (``[N, r, c]``, for the shape)."""
+        return torch.full_like(xs[0], self.alpha)

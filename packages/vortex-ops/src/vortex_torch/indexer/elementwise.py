@@ -38,6 +38,8 @@ class _Unary(IndexerOp):
 class Relu(_Unary):
     """``x if x >= alpha else beta`` (defaults: the standard ReLU). Shape ``[S, D0, D1] -> [S, D0, D1]``."""
 
+    triton_expr = "tl.where({x} >= {alpha}, {x}, {beta})"
+
     default_beta = 0.0
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,8 @@ class Relu(_Unary):
 
 class Sigmoid(_Unary):
     """``1 / (1 + exp(beta * x + alpha))``; the defaults (alpha=0, beta=-1) give the standard sigmoid."""
+
+    triton_expr = "1.0 / (1.0 + tl.exp(({beta} * {x} + {alpha})))"
 
     default_beta = -1.0
 
@@ -58,6 +62,8 @@ class Sigmoid(_Unary):
 class Silu(_Unary):
     """``x / (1 + exp(beta * x + alpha))``; the defaults (alpha=0, beta=-1) give the standard SiLU."""
 
+    triton_expr = "{x} / (1.0 + tl.exp(({beta} * {x} + {alpha})))"
+
     default_beta = -1.0
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -68,6 +74,8 @@ class Silu(_Unary):
 class Add_Mul(_Unary):  # noqa: N801 - the name users know from the original project
     """``beta * x + alpha``."""
 
+    triton_expr = "({beta} * {x} + {alpha})"
+
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         (x,) = xs
         return self.beta * x + self.alpha
@@ -75,6 +83,8 @@ class Add_Mul(_Unary):  # noqa: N801 - the name users know from the original pro
 
 class Abs(_Unary):
     """``|beta * x + alpha|``."""
+
+    triton_expr = "tl.abs(({beta} * {x} + {alpha}))"
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         (x,) = xs
@@ -84,6 +94,8 @@ class Abs(_Unary):
 class Log(_Unary):
     """``log(beta * x + alpha)``."""
 
+    triton_expr = "tl.log(({beta} * {x} + {alpha}))"
+
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         (x,) = xs
         return torch.log(self.beta * x + self.alpha)
@@ -91,6 +103,8 @@ class Log(_Unary):
 
 class Exp(_Unary):
     """``exp(beta * x + alpha)``."""
+
+    triton_expr = "tl.exp(({beta} * {x} + {alpha}))"
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         (x,) = xs
@@ -107,6 +121,8 @@ class _Binary(IndexerOp):
 class Multiply(_Binary):
     """``x * y`` (broadcasting)."""
 
+    triton_expr = "{x} * {y}"
+
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         x, y = xs
         return x * y
@@ -114,6 +130,8 @@ class Multiply(_Binary):
 
 class Add(_Binary):
     """``alpha * x + beta * y`` (broadcasting)."""
+
+    triton_expr = "{alpha} * {x} + {beta} * {y}"
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
         super().__init__()
@@ -130,6 +148,8 @@ class Add(_Binary):
 class Maximum(_Binary):
     """``max(x, y)`` elementwise."""
 
+    triton_expr = "tl.maximum({x}, {y})"
+
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         x, y = xs
         return torch.maximum(x, y)
@@ -137,6 +157,8 @@ class Maximum(_Binary):
 
 class Minimum(_Binary):
     """``min(x, y)`` elementwise."""
+
+    triton_expr = "tl.minimum({x}, {y})"
 
     def reference(self, *xs: torch.Tensor) -> torch.Tensor:
         x, y = xs
@@ -161,33 +183,39 @@ class WhereEqual(_Where):
     """0 where ``x == y`` else -1e30."""
 
     predicate = "=="
+    triton_expr = f"tl.where({{x}} == {{y}}, 0.0, {MASKED!r})"
 
 
 class WhereNotEqual(_Where):
     """0 where ``x != y`` else -1e30."""
 
     predicate = "!="
+    triton_expr = f"tl.where({{x}} != {{y}}, 0.0, {MASKED!r})"
 
 
 class WhereGreater(_Where):
     """0 where ``x > y`` else -1e30."""
 
     predicate = ">"
+    triton_expr = f"tl.where({{x}} > {{y}}, 0.0, {MASKED!r})"
 
 
 class WhereGreaterEqual(_Where):
     """0 where ``x >= y`` else -1e30."""
 
     predicate = ">="
+    triton_expr = f"tl.where({{x}} >= {{y}}, 0.0, {MASKED!r})"
 
 
 class WhereLess(_Where):
     """0 where ``x < y`` else -1e30."""
 
     predicate = "<"
+    triton_expr = f"tl.where({{x}} < {{y}}, 0.0, {MASKED!r})"
 
 
 class WhereLessEqual(_Where):
     """0 where ``x <= y`` else -1e30."""
 
     predicate = "<="
+    triton_expr = f"tl.where({{x}} <= {{y}}, 0.0, {MASKED!r})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..abs.callsite import at
+from ..abs.callsite import at, user_callsite
 from ..abs.context import ContextBase
 from ..abs.errors import FlowRuleError, FlowShapeError
 from ..abs.formats import FORMAT
@@ -18,7 +18,7 @@ class topK(IndexerOp):  # noqa: N801 - the name users know from the original pro
     kept and k comes from the budget rule, not from an argument. Ties go to the earlier block."""
 
     arity = 2
-    schedule = Schedule.S
+    schedule = Schedule.SELECT
     tolerate_ratio = 0.0
 
     def params(self) -> dict[str, Any]:
@@ -46,8 +46,12 @@ class approxTopK(topK):  # noqa: N801 - the name users know from the original pr
 
     def __init__(self, tolerate_ratio: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= tolerate_ratio < 1.0:
-            raise FlowRuleError(f"approxTopK: tolerate_ratio must be in [0, 1), got {tolerate_ratio}")
+        if isinstance(tolerate_ratio, bool) or not isinstance(tolerate_ratio, int | float) or not (
+            0.0 <= tolerate_ratio < 1.0
+        ):
+            raise FlowRuleError(
+                f"approxTopK: tolerate_ratio must be in [0, 1), got {tolerate_ratio!r}{at(user_callsite())}"
+            )
         self.tolerate_ratio = float(tolerate_ratio)
 
     def params(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from ..abs.errors import FlowShapeError
 from ..abs.formats import FORMAT, combined_format
 from ..abs.layout import DenseBlocks
 from ..abs.op import Schedule
+from ..abs.op_args import check_dim
 from ..abs.vtensor import vTensor
 from ._base import IndexerOp
 
@@ -28,7 +29,7 @@ def segment_reduce(x: torch.Tensor, seg: DenseBlocks, how: str) -> torch.Tensor:
     return torch.sqrt(out) if how == "l2" else out
 
 
-class _Reduce(IndexerOp):
+class Reduction(IndexerOp):
     """Keepdim reduction. ``dim=1``: ``[S, D0, D1] -> [S, 1, D1]``; ``dim=2``: ``-> [S, D0, 1]``;
     ``dim=0``: over each row's blocks, RAGGED ``[S, D0, D1]`` -> BATCHED ``[B, D0, D1]``."""
 
@@ -38,10 +39,8 @@ class _Reduce(IndexerOp):
 
     def __init__(self, dim: int = 1) -> None:
         super().__init__()
-        if dim not in self.allowed_dims:
-            raise FlowShapeError(f"{self.name}: dim must be one of {self.allowed_dims}, got {dim}")
-        self.dim = dim
-        self.schedule = Schedule.S if dim == 0 else Schedule.W
+        self.dim = check_dim(self.name, dim, self.allowed_dims)
+        self.schedule = Schedule.STANDALONE if dim == 0 else Schedule.FUSED
 
     def params(self) -> dict[str, Any]:
         return {"dim": self.dim}
@@ -72,31 +71,31 @@ class _Reduce(IndexerOp):
         return segment_reduce(x, seg, self.how)
 
 
-class Sum(_Reduce):
+class Sum(Reduction):
     """Sum along ``dim`` (keepdim)."""
 
     how = "sum"
 
 
-class Mean(_Reduce):
+class Mean(Reduction):
     """Mean along ``dim`` (keepdim)."""
 
     how = "mean"
 
 
-class Max(_Reduce):
+class Max(Reduction):
     """Max along ``dim`` (keepdim)."""
 
     how = "amax"
 
 
-class Min(_Reduce):
+class Min(Reduction):
     """Min along ``dim`` (keepdim)."""
 
     how = "amin"
 
 
-class L2Norm(_Reduce):
+class L2Norm(Reduction):
     """Euclidean norm along ``dim`` (keepdim)."""
 
     how = "l2"

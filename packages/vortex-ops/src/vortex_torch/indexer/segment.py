@@ -12,6 +12,7 @@ from ..abs.errors import FlowShapeError
 from ..abs.formats import FORMAT, combined_format
 from ..abs.layout import DenseBlocks
 from ..abs.op import Schedule
+from ..abs.op_args import arg_error, check_dim
 from ..abs.vtensor import vTensor
 from ._base import IndexerOp
 from .reduce import segment_reduce
@@ -19,13 +20,12 @@ from .reduce import segment_reduce
 
 class _AxisOp(IndexerOp):
     arity = 1
+    allowed_dims: tuple[int, ...] = (0, 1, 2)
 
     def __init__(self, dim: int = 0) -> None:
         super().__init__()
-        if dim not in (0, 1, 2):
-            raise FlowShapeError(f"{self.name}: dim must be 0, 1 or 2, got {dim}")
-        self.dim = dim
-        self.schedule = Schedule.S if dim == 0 else Schedule.W
+        self.dim = check_dim(self.name, dim, self.allowed_dims, "0, 1 or 2")
+        self.schedule = Schedule.STANDALONE if dim == 0 else Schedule.FUSED
 
     def params(self) -> dict[str, Any]:
         return {"dim": self.dim}
@@ -74,19 +74,23 @@ class Conv1d(IndexerOp):
     """
 
     arity = 1
-    schedule = Schedule.S
+    schedule = Schedule.STANDALONE
+    allowed_dims: tuple[int, ...] = (0,)
 
     def __init__(self, weight: Any, dim: int = 0, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
-        if dim != 0:
-            raise FlowShapeError("Conv1d runs along a row's blocks: dim must be 0")
-        w = torch.as_tensor(weight, dtype=torch.float32)
+        self.dim = check_dim("Conv1d", dim, self.allowed_dims, "0 (it runs along a row's blocks)")
+        try:
+            w = torch.as_tensor(weight, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise arg_error(f"Conv1d: weight must be a nested list of numbers [K] or [K, D0, D1] ({exc})") from None
         if w.dim() == 1:
             w = w.view(-1, 1, 1)
-        if w.dim() != 3 or w.shape[0] == 0:
-            raise FlowShapeError(f"Conv1d: weight must be [K] or [K, D0, D1], got shape {list(w.shape)}")
+        if w.dim() != 3 or w.shape[0] == 0 or 0 in w.shape:
+            raise arg_error(f"Conv1d: weight must be [K] or [K, D0, D1], got shape {list(w.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            raise arg_error("Conv1d: weight must be finite")
         self.weight = w.to(dtype).float()
-        self.dim = dim
 
     def params(self) -> dict[str, Any]:
         return {"weight": self.weight.tolist()}

@@ -9,6 +9,7 @@ import torch
 
 from ..abs.errors import FlowShapeError
 from ..abs.formats import FORMAT, combined_format
+from ..abs.op_args import arg_error, check_dim, check_size, is_int
 from ..abs.vtensor import vTensor
 from ._base import IndexerOp
 
@@ -21,6 +22,7 @@ class Transpose(IndexerOp):
     """``[S, D0, D1] -> [S, D1, D0]``."""
 
     arity = 1
+    triton_expr = "tl.permute({x}, (0, 2, 1))"
 
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
         (x,) = inputs
@@ -37,9 +39,10 @@ class Reshape(IndexerOp):
 
     def __init__(self, lead: int, d0: int, d1: int) -> None:
         super().__init__()
-        if lead != -1:
-            raise FlowShapeError(f"Reshape keeps the block axis: its first argument must be -1, got {lead}")
-        self.d0, self.d1 = int(d0), int(d1)
+        if not is_int(lead) or lead != -1:
+            raise arg_error(f"Reshape keeps the block axis: its first argument must be -1, got {lead!r}")
+        self.d0 = check_size("Reshape", "the second size", d0)
+        self.d1 = check_size("Reshape", "the third size", d1)
 
     def params(self) -> dict[str, Any]:
         return {"d0": self.d0, "d1": self.d1}
@@ -69,9 +72,9 @@ class Kron(IndexerOp):
 
     def __init__(self, dim: int | tuple[int, int] = (1, 2)) -> None:
         super().__init__()
-        dims = (dim,) if isinstance(dim, int) else tuple(dim)
-        if set(dims) - {1, 2} or not dims:
-            raise FlowShapeError(f"Kron: dim must be 1, 2 or (1, 2), got {dim}")
+        dims = (dim,) if is_int(dim) else tuple(dim) if isinstance(dim, tuple | list) else ()
+        if not dims or not all(is_int(d) for d in dims) or set(dims) - {1, 2}:
+            raise arg_error(f"Kron: dim must be 1, 2 or (1, 2), got {dim!r}")
         self.dims = tuple(sorted(set(dims)))
 
     def params(self) -> dict[str, Any]:
@@ -112,11 +115,10 @@ class MaskSlice(IndexerOp):
 
     def __init__(self, start: int, end: int, dim: int = 2, alpha: float = 1.0, beta: float = 0.0) -> None:
         super().__init__()
-        if dim not in (1, 2):
-            raise FlowShapeError(f"MaskSlice: dim must be 1 or 2, got {dim}")
-        if not 0 <= start <= end:
-            raise FlowShapeError(f"MaskSlice: need 0 <= start <= end, got [{start}, {end})")
-        self.start, self.end, self.dim = int(start), int(end), dim
+        self.dim = check_dim("MaskSlice", dim, (1, 2), "1 or 2")
+        if not (is_int(start) and is_int(end)) or not 0 <= start <= end:
+            raise arg_error(f"MaskSlice: need ints 0 <= start <= end, got [{start!r}, {end!r})")
+        self.start, self.end = start, end
         self.alpha, self.beta = float(alpha), float(beta)
 
     def params(self) -> dict[str, Any]:

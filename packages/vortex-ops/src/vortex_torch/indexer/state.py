@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ..abs.callsite import at
 from ..abs.context import ContextBase
 from ..abs.errors import FlowRuleError, FlowShapeError
@@ -36,6 +38,12 @@ class Load(IndexerOp):
     def infer(self, inputs: Sequence[vTensor]) -> tuple[FORMAT, tuple[int, int]]:
         return FORMAT.RAGGED, inputs[0].inner
 
+    # the field read at each block id, which is how every executor gathers a PAGED input
+    triton_expr = "{x}"
+
+    def reference(self, *xs: torch.Tensor) -> torch.Tensor:
+        return xs[0]
+
 
 class Save(IndexerOp):
     """``Save()(x, cache["f"])``: store RAGGED ``x [S, r, c]`` into field ``f`` at each block, read by next
@@ -59,3 +67,7 @@ class Save(IndexerOp):
             )
         ctx.record(self, [x], site, writes=field.name, produces=False)
         return field
+
+    def reference(self, *xs: torch.Tensor) -> torch.Tensor:
+        """The value stored; executors store it after the selection (``Load`` reads the previous step's)."""
+        return xs[0]

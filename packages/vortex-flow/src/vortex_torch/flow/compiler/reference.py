@@ -1,4 +1,6 @@
-"""The reference executor: interprets the traced graph with each op's plain-PyTorch semantics.
+"""The reference executor: interprets the traced graph with each op's plain-PyTorch semantics (``reference``
+for a ``FUSED`` placement, ``reference_segmented`` for a ``STANDALONE`` one, the selection's in
+``vortex_torch.kernels.select.naive``).
 
 This is the oracle every compiled kernel and every backend is compared against. All arithmetic is fp32;
 aux fields are stored in their declared dtype. ``cache["k"]``/``cache["v"]`` are read from the native
@@ -12,14 +14,22 @@ import torch
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks
-from vortex_torch.abs.op import Schedule
-from vortex_torch.cache import Fill
+from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.kernels.select.naive import select_blocks_naive
 
 from .base import FlowExecutor, SelectionSpec
 
-SEGMENTED = (ix.Softmax, ix.Normalize, ix.Conv1d, ix.Sum, ix.Mean, ix.Max, ix.Min, ix.L2Norm)
 KV_FIELDS = ("k", "v")  # native [num_slots, H_kv, D] buffers, read per block through the layout
+
+
+def missing_reference(op: vOp) -> str | None:
+    """Why this executor cannot run ``op`` at its schedule (no plain-PyTorch semantics), or ``None``."""
+    if op.schedule == Schedule.SELECT:
+        return None if isinstance(op, ix.topK) else f"{op.name} is scheduled as a selection but is not a topK"
+    method = "reference_segmented" if op.schedule == Schedule.STANDALONE else "reference"
+    if getattr(type(op), method) is getattr(vOp, method):
+        return f"{op!r} has no {method}()"
+    return None
 
 
 def _as_ragged(x: torch.Tensor, fmt: FORMAT, dense: DenseBlocks) -> torch.Tensor:
@@ -31,7 +41,8 @@ def _as_ragged(x: torch.Tensor, fmt: FORMAT, dense: DenseBlocks) -> torch.Tensor
 
 
 class ReferenceExecutor(FlowExecutor):
-    """Graph interpreter over ``op.reference`` / ``op.reference_segmented``."""
+    """Graph interpreter over ``op.reference`` / ``op.reference_segmented``: no op is special-cased here but the
+    selection (``Schedule.SELECT``) and the stores, which the node's ``writes`` says."""
 
     @property
     def indexer_launches(self) -> int:
@@ -75,23 +86,19 @@ class ReferenceExecutor(FlowExecutor):
         for node in graph.nodes:
             op = node.op
             args = [env[t.tensor_id] for t in node.inputs]
-            if isinstance(op, ix.topK):
+            if op.schedule == Schedule.SELECT:
                 score = _as_ragged(*args[0], dense).reshape(-1)
                 continue
-            if isinstance(op, ix.Save):
-                saves.append((node.writes or "", _as_ragged(*args[0], dense)))
-                continue
-            assert node.output is not None
-            fmt_out = node.output.format
-            if isinstance(op, ix.Load):
-                value = _as_ragged(args[0][0], FORMAT.PAGED, dense)
-            elif isinstance(op, SEGMENTED) and op.schedule == Schedule.S:
+            if op.schedule == Schedule.STANDALONE:
                 value = op.reference_segmented(_as_ragged(*args[0], dense), dense)
-            elif fmt_out == FORMAT.BATCHED:
+            elif node.output is not None and node.output.format == FORMAT.BATCHED:
                 value = op.reference(*(a for a, _ in args))
             else:
                 value = op.reference(*(_as_ragged(a, f, dense) for a, f in args))
-            env[node.output.tensor_id] = (value, fmt_out)
+            if node.output is None:  # Save: stored after the selection
+                saves.append((node.writes or "", value))
+                continue
+            env[node.output.tensor_id] = (value, node.output.format)
         assert score is not None
         return score, saves
 
@@ -106,13 +113,11 @@ class ReferenceExecutor(FlowExecutor):
             elif name in read:  # [N, block_size, D]
                 env[t.tensor_id] = self.layout.gather_blocks(fields[name], ids).float()
         for node in graph.nodes:
-            if isinstance(node.op, Fill):
-                fields[node.writes or ""][ids] = node.op.alpha
-                env[graph.entries[node.writes or ""].tensor_id] = fields[node.writes or ""][ids].float()
-                continue
-            assert node.output is not None
-            value = node.op.reference(*(env[t.tensor_id] for t in node.inputs))
-            env[node.output.tensor_id] = value
+            # an op without tensor inputs (Fill) gets the field it writes, for its shape
+            inputs = node.inputs or (graph.entries[node.writes or ""],)
+            value = node.op.reference(*(env[t.tensor_id] for t in inputs))
+            if node.output is not None:
+                env[node.output.tensor_id] = value
             if node.writes is not None:
                 fields[node.writes][ids] = value.to(fields[node.writes].dtype)
                 env[graph.entries[node.writes].tensor_id] = fields[node.writes][ids].float()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vortex_torch import indexer as ix
 from vortex_torch.abs.errors import VortexError
+from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.graph import Graph, OpNode
 from vortex_torch.abs.op import Schedule
 
@@ -30,17 +31,15 @@ def live_nodes(graph: Graph) -> list[OpNode]:
 
 @dataclass
 class KernelGroup:
-    """One launch: a fused run of W ops (``kind="fused"``), a standalone op (``"standalone"``) or the
-    terminal selection (``"select"``)."""
+    """One launch: a run of ``Schedule.FUSED`` ops, one ``STANDALONE`` op or the ``SELECT`` terminal
+    (``kind``, a ``str`` enum: ``"fused"``, ``"standalone"``, ``"select"``)."""
 
-    kind: str
+    kind: Schedule
     nodes: list[OpNode] = field(default_factory=list)
 
     @property
     def ragged(self) -> bool:
         """Whether the kernel iterates over blocks (else over rows only)."""
-        from vortex_torch.abs.formats import FORMAT
-
         return any(
             (n.output is not None and n.output.format != FORMAT.BATCHED) or n.writes is not None
             for n in self.nodes
@@ -48,17 +47,15 @@ class KernelGroup:
 
 
 def group_nodes(nodes: list[OpNode]) -> list[KernelGroup]:
-    """Fuse maximal runs of consecutive W ops; S ops and the terminal stand alone."""
+    """Fuse maximal runs of consecutive ``FUSED`` ops; a ``STANDALONE`` op and the ``SELECT`` terminal each get
+    a kernel of their own."""
     groups: list[KernelGroup] = []
     for node in nodes:
-        if isinstance(node.op, ix.topK):
-            groups.append(KernelGroup("select", [node]))
-        elif node.op.schedule == Schedule.S:
-            groups.append(KernelGroup("standalone", [node]))
-        elif groups and groups[-1].kind == "fused":
+        kind = node.op.schedule
+        if kind == Schedule.FUSED and groups and groups[-1].kind == Schedule.FUSED:
             groups[-1].nodes.append(node)
         else:
-            groups.append(KernelGroup("fused", [node]))
+            groups.append(KernelGroup(kind, [node]))
     _check_state_order(groups)
     return groups
 

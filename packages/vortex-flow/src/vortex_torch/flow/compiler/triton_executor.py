@@ -13,14 +13,13 @@ import torch
 
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
-from vortex_torch.abs.graph import OpNode
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
-from vortex_torch.cache.ops import _Interleave
 from vortex_torch.kernels.select import select_blocks
 
 from ..trace import TracedFlow
 from .base import FlowExecutor, SelectionSpec
-from .codegen import KV_FIELDS, KernelSource, KVLayout, cache_kernel, fused_kernel, p2, standalone_kernel
+from .codegen import KV_FIELDS, KernelSource, KVLayout, cache_kernel, fused_kernel, standalone_kernel
+from .lowerings import per_block_elements
 from .schedule import CompileError, KernelGroup, group_nodes, live_nodes, materialized
 
 
@@ -36,26 +35,6 @@ TILE_BUDGET = 8192
 
 def _pow2_floor(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
-
-
-def per_block_elements(nodes: list[OpNode]) -> int:
-    """The largest tile a kernel of ``nodes`` holds per block (padded sizes), including the rank-4 product of
-    a GeMM and of a non-power-of-two Interleave; per-row (BATCHED) values are not counted, they do not grow
-    with the block chunk."""
-    most = 1
-    for n in nodes:
-        for t in (*n.inputs, *([n.output] if n.output is not None else [])):
-            if t.format != FORMAT.BATCHED:
-                most = max(most, p2(t.inner[0]) * p2(t.inner[1]))
-        if n.output is None or n.output.format == FORMAT.BATCHED:
-            continue
-        if isinstance(n.op, ix.GeMM):
-            x, y = n.inputs
-            most = max(most, p2(y.inner[0]) * p2(x.inner[0]) * p2(x.inner[1]))
-        if isinstance(n.op, _Interleave):
-            (x,) = n.inputs
-            most = max(most, p2(x.inner[0]) * p2(x.inner[1]) * p2(n.output.inner[n.op.dim - 1]))
-    return most
 
 
 class TritonExecutor(FlowExecutor):
@@ -249,8 +228,9 @@ class TritonExecutor(FlowExecutor):
                 continue
             args = []
             for a in k.args:
-                if a.source == "weight":
-                    args.append(self._device_weight(g.nodes[0].op.weight, q.device))  # type: ignore[attr-defined]
+                kind, _, attr = a.source.partition(":")
+                if kind == "param":  # a tensor parameter of the kernel's op (Conv1d's weight)
+                    args.append(self._device_weight(getattr(g.nodes[0].op, attr), q.device))
                 else:
                     args.append(self._resolve(a.source, q, fields, bufs))
             kernel = getattr(self.module, k.name)

@@ -31,10 +31,10 @@ from .aux_store import AuxFieldStore
 from .config import VortexConfig
 from .debug_dump import DecodeDumper
 from .decode_core import VortexDecodeCore, make_budget_fn
+from .errors import VortexSGLangError
 from .flashinfer_decode import FlashInferSparseDecode
 from .flow_spec import PreparedFlow, prepare_flow
 from .planner import DecodePlan, DecodePlanBuffers, count_completed_blocks
-from .plugin import VortexSGLangError
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from vortex_torch.abs.errors import VortexError
+from .errors import VortexConfigError
+from .policy import resolve_policy
 
 #: aux-field / intermediate dtypes accepted by ``dtype``
 DTYPES = ("bfloat16", "float16", "float32", "fp8_e4m3", "fp8_e5m2")
@@ -22,14 +23,6 @@ IMPL_BACKENDS = ("triton", "reference")
 
 #: ``schedule_policy`` signature: (cached_blocks [R] int32 tensor, topk_val, topk_ratio, bos, eos) -> [R] blocks
 BudgetPolicy = Callable[..., Any]
-
-
-class VortexConfigError(VortexError, ValueError):
-    """An invalid ``VortexConfig`` value; the message names the field and how to fix it."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"VortexConfig.{field_name}: {message}")
-        self.field = field_name
 
 
 def _pow2(n: int) -> bool:
@@ -184,6 +177,4 @@ class VortexConfig:
 
     def budget_policy(self) -> BudgetPolicy | None:
         """The schedule_policy as a callable (resolving "module:function" / "file.py:function"), or None."""
-        from vortex_torch.engine.sgl.policy import resolve_policy
-
         return resolve_policy(self.schedule_policy) if self.schedule_policy is not None else None

@@ -117,6 +117,7 @@ def _cache_key(config: VortexConfig, geometry: Geometry) -> tuple[object, ...]:
         repr(sorted(config.flow_kwargs.items())),
         config.block_size,
         config.dtype,
+        config.impl_backend,
         tuple(config.layers_skip or ()),
         policy if callable(policy) else str(policy),
         geometry,
@@ -124,8 +125,11 @@ def _cache_key(config: VortexConfig, geometry: Geometry) -> tuple[object, ...]:
 
 
 def _flow_error_field(exc: BaseException, config: VortexConfig) -> str:
+    from vortex_torch.flow.compiler.schedule import CompileError
     from vortex_torch.flow.errors import FlowInitError, FlowLoadError, UnknownFlowError
 
+    if isinstance(exc, CompileError):
+        return "impl_backend"
     if isinstance(exc, UnknownFlowError):
         return "module_name"
     if isinstance(exc, FlowLoadError):
@@ -142,7 +146,8 @@ def prepare_flow(
 
     Cached per process (same config and geometry -> same object). Raises :class:`VortexConfigError` naming
     the field (``module_path`` for a file that cannot be loaded, ``module_name`` for an unknown flow or one
-    that breaks the flow rules, ``flow_kwargs``, ``dtype``, ``schedule_policy``).
+    that breaks the flow rules, ``flow_kwargs``, ``dtype``, ``schedule_policy``, ``impl_backend`` for an op the
+    backend cannot run).
     """
     aux_dtype = aux_dtype_of(config)
     geometry = Geometry(
@@ -157,6 +162,7 @@ def prepare_flow(
         hit = _cache.get(key)
         if hit is not None:
             return hit
+        from vortex_torch.flow.compiler.backends import check_backend
         from vortex_torch.flow.loader import build_vflow
         from vortex_torch.flow.trace import trace_flow
 
@@ -165,6 +171,7 @@ def prepare_flow(
             flow = build_vflow(config.module_name, config.module_path, config.flow_kwargs)
             flow.initialize(config.block_size, head_dim, kv_dtype, kv_dtype, aux_dtype)
             traced = trace_flow(flow, geometry)
+            check_backend(traced, config.impl_backend)  # an op the backend lacks fails here, not at decode
         except VortexError as exc:
             raise VortexConfigError(_flow_error_field(exc, config), str(exc)) from exc
         policy = config.budget_policy()  # resolves and test-runs schedule_policy (VortexConfigError)

@@ -39,7 +39,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .config import VortexConfig, VortexConfigError
+from .config import VortexConfig
+from .errors import VortexConfigError, VortexSGLangError
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
@@ -61,10 +62,6 @@ TARGETS = {
     "cell_size": "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
     "fused_set_kv": "sglang.srt.models.utils.enable_fused_set_kv_buffer",
 }
-
-
-class VortexSGLangError(RuntimeError):
-    """vortex-sglang cannot run in this SGLang installation (wrong version, hooks not installed)."""
 
 
 # -- the config a ServerArgs carries -------------------------------------------------------------------------------
@@ -137,13 +134,13 @@ def _around_from_cli_args(original: Callable[..., Any], cls: Any, args: Any) -> 
         _cli.reset(token)
 
 
-def _pop_legacy_flat(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+def _pop_legacy_flat(kwargs: dict[str, Any]) -> VortexConfig | None:
     """Fold the original project's flat kwargs (``enable_vortex_sparsity=True, vortex_topk_val=...``)."""
     flat = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("vortex_") and k != "vortex_config"]}
     enabled = kwargs.pop("enable_vortex_sparsity", None)
-    if enabled is False or (not flat and not enabled):
+    if enabled is False or not flat:  # enable_vortex_sparsity alone names no flow: Vortex stays off
         return None
-    return {k.removeprefix("vortex_"): v for k, v in flat.items()}
+    return VortexConfig.from_flat(flat)
 
 
 def _around_server_args_init(original: Callable[..., Any], self: Any, *args: Any, **kwargs: Any) -> Any:

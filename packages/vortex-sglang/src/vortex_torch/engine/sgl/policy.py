@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import VortexConfigError
+from .errors import VortexConfigError
 
 Policy = Callable[..., torch.Tensor]
 

@@ -422,15 +422,17 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         for name, fn in vars(mod).items():
-            if not isinstance(fn, triton.runtime.jit.JITFunction):
-                continue
+            if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_vx_"):
+                continue  # device helpers imported from vortex_torch.kernels compile inside the kernels
             def kind(a):  # pointers to fields in bf16, intermediates in fp32; K/V strides are ints
                 if a == "BS":
                     return "constexpr"
-                if a == "num_blocks" or a.startswith("stride"):
+                if a in ("num_blocks", "num_locs") or a.startswith("stride"):
                     return "i32"
                 if a in ("indptr", "indices", "block_ids"):
                     return "*i32"
+                if a == "locs":
+                    return "*i64"
                 return "*bf16" if a.startswith(("save_", "f_")) or a in ("x_ptr",) else "*fp32"
             sig = {a: kind(a) for a in fn.arg_names}
             triton.compile(ASTSource(fn, sig, constexprs={"BS": 16}), target=GPUTarget("cuda", 90, 32))

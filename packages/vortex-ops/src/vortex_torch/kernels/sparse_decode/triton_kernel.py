@@ -31,6 +31,7 @@ import triton.language as tl
 
 from vortex_torch.abs.layout import PoolLayout
 
+from .._interpreter_compat import require_launchable
 from .naive import check_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
@@ -350,6 +351,7 @@ def sparse_decode_attention(
         Rows with no blocks get ``o = 0`` and ``lse = -inf``.
     """
     check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out, page_size, block_size)
+    require_launchable(_split_kernel, q, "sparse_decode_attention", "sparse_decode_attention_naive")
     num_rows, group, head_dim = q.shape
     if out is None:
         out = torch.empty_like(q)

@@ -8,6 +8,7 @@ works without vortex-flow, and all four together form one ``vortex_torch``.
 from __future__ import annotations
 
 import email.parser
+import json
 import os
 import re
 import shutil
@@ -53,6 +54,8 @@ def source_version(dist: str) -> str:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The four wheels, built as the README says (`pip wheel --no-deps`; the hatchling backend of each package,
+    the same build as `hatch build` or `python -m build`)."""
     out = tmp_path_factory.mktemp("wheels")
     dirs = [ROOT / "packages" / dist for dist in PACKAGES]
     run(
@@ -99,6 +102,12 @@ def test_wheel_metadata(wheels: dict[str, Path]) -> None:
     # The torch range admits the GPU machine's 2.11 and the CPU machines' 2.13.
     (torch,) = requires("vortex-ops", "torch")
     assert {"2.11.0", "2.13.0"} <= set(torch.specifier.filter(["2.10.0", "2.11.0", "2.13.0", "2.15.0"]))
+    # Triton: only the series that is tested (CI's interpreter and the GPU machine run 3.6).
+    (triton,) = requires("vortex-ops", "triton")
+    assert list(triton.specifier.filter(["3.5.0", "3.6.0", "3.6.1", "3.7.0", "4.0.0"])) == ["3.6.0", "3.6.1"]
+    assert version("triton") in triton.specifier
+    # Triton's interpreter (the kernels on a CPU) imports numpy, which triton does not declare.
+    assert requires("vortex-ops", "numpy")
     assert requires("vortex-flow", "vortex-ops") and requires("vortex-sglang", "vortex-flow")
     # SGLang only through the `sglang` extra: the plain install must never pull it.
     sglang = requires("vortex-sglang", "sglang")
@@ -125,6 +134,8 @@ def venv(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_wheels_install_into_fresh_venv(wheels: dict[str, Path], venv: Path, tmp_path: Path) -> None:
+    """What the README's install section says: the four wheels into a new virtual environment (torch first,
+    from local disk), then `vortex check` on the quick-start flow with the installed console script."""
     py = venv / "bin" / "python"
     pip = (py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile")
     # The exact builds running here (torch 2.13.0+cpu lies on local disk): never a CUDA download.
@@ -155,3 +166,16 @@ def test_wheels_install_into_fresh_venv(wheels: dict[str, Path], venv: Path, tmp
     )
     assert run(py, "-c", code, cwd=tmp_path).split() == [source_version(d) for d in PACKAGES]
     assert (venv / "bin" / "vortex").is_file()
+
+    # The README's check, with the installed console script, as a user runs it: nothing set in the
+    # environment (no TRITON_INTERPRET: on a CPU `vortex check` must manage Triton's interpreter itself).
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "TRITON_INTERPRET"}}
+    check = [str(venv / "bin" / "vortex"), "check", str(ROOT / "examples" / "custom_sparse_attention.py")]
+    proc = subprocess.run(check, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"vortex check failed in the fresh venv:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.startswith("vortex check: custom_sparse_attention ("), proc.stdout
+    assert "needle recall" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    proc = subprocess.run([*check, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True, report

@@ -12,7 +12,10 @@ runs what ``vortex check`` measures, on the CPU reference runtime:
 It writes ``<flow>/RESULTS.md`` (with the numbers as JSON in a comment), the results line of each flow's
 README (between ``<!-- results:start -->`` and ``<!-- results:end -->``) and the index table of the
 package README (between ``<!-- flow-index:start -->`` and ``<!-- flow-index:end -->``), built from every
-RESULTS.md. GPU step time is not measured here: ``--gpu-results`` fills it from tools/bench/flows_bench.py's JSON.
+RESULTS.md. GPU step time is not measured here: it comes from tools/bench/flows_bench.py's JSON, the newest
+``results/gpu/*flows-bench*.json`` when measuring (a CPU run never erases the committed GPU column; a flow the
+JSON lacks keeps the value its RESULTS.md had), or the file given with ``--gpu-results``. The dense FlashInfer
+time is shown only from a run that read separate K and V tensors and was not below the HBM floor.
 
 usage: python tools/gen_flow_index.py [--flows NAME ...] [--context 32768]  (10-30 s a flow on 2 CPU cores)
        python tools/gen_flow_index.py --render   (rewrite the READMEs from the RESULTS.md files, no measuring)
@@ -50,6 +53,7 @@ RESULTS_JSON = re.compile(r"<!-- results-json: (\{.*?\}) -->", re.S)
 INDEX_START, INDEX_END = "<!-- flow-index:start -->", "<!-- flow-index:end -->"
 LINE_START, LINE_END = "<!-- results:start -->", "<!-- results:end -->"
 NOT_MEASURED = "not measured yet"
+GPU_RESULTS = REPO / "results" / "gpu"
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,51 @@ def measure(name: str, module: str, setup: Setup) -> dict[str, Any]:
         "command": "python tools/gen_flow_index.py",
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+# -- GPU column ----------------------------------------------------------------------------------------------
+def latest_gpu_results() -> dict[str, Any] | None:
+    """The newest committed flows_bench JSON (file names start with the date), or None."""
+    files = sorted(GPU_RESULTS.glob("*flows-bench*.json"))
+    if not files:
+        return None
+    with files[-1].open() as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def _dense_text(gpu: dict[str, Any]) -> str:
+    dense = gpu.get("dense_flashinfer_us")
+    if not isinstance(dense, (int, float)):
+        return "dense FlashInfer not measured"
+    if not gpu.get("dense_kv"):  # flows_bench.py before the fix passed one tensor as both K and V
+        return "dense FlashInfer: to be re-measured (that run read one tensor as both K and V)"
+    if gpu.get("dense_flashinfer_below_floor"):
+        return f"dense FlashInfer: to be re-measured (that run timed it below its HBM floor of {gpu['dense_floor_us']} µs)"
+    return f"dense FlashInfer {dense} µs, HBM floor {gpu['dense_floor_us']} µs"
+
+
+def gpu_step_text(gpu: dict[str, Any], flow: str) -> str | None:
+    """The "GPU step time" of ``flow`` from a flows_bench JSON; None when the run did not include the flow."""
+    e = gpu.get("flows", {}).get(flow)
+    if e is None:
+        return None
+    if "step_us" not in e:
+        return f"failed on the GPU: {e.get('error', 'no time recorded')}"
+    setup = gpu.get("setup", {})
+    where = f"{gpu['device']}, {gpu['date']}, {setup.get('ctx', 32768) // 1024}k x batch {setup.get('batch', 32)}"
+    floor = f", HBM floor {e['step_floor_us']} µs" if "step_floor_us" in e else ""
+    if e.get("below_floor"):
+        return f"to be re-measured (the run timed it below its HBM floor of {e['step_floor_us']} µs; {where})"
+    return f"{e['step_us']} µs/layer ({e['kernels_per_layer']} indexer kernels{floor}; {_dense_text(gpu)}; {where})"
+
+
+def gpu_column(flow: str, gpu: dict[str, Any] | None, previous: dict[str, Any] | None) -> str:
+    """What a regenerated RESULTS.md shows as GPU step time: the GPU JSON's number, else what it showed."""
+    text = gpu_step_text(gpu, flow) if gpu is not None else None
+    if text is not None:
+        return text
+    return str(previous["gpu_step_time"]) if previous and "gpu_step_time" in previous else NOT_MEASURED
 
 
 # -- rendering -----------------------------------------------------------------------------------------------
@@ -293,14 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.gpu_results) as fh:
             gpu = json.load(fh)
         for r in load_results(names):
-            e = gpu["flows"].get(r["flow"], {})
-            if "step_us" in e:
-                r["gpu_step_time"] = (
-                    f"{e['step_us']} µs/layer ({e['kernels_per_layer']} indexer kernels; dense FlashInfer "
-                    f"{gpu['dense_flashinfer_us']} µs; {gpu['device']}, {gpu['date']}, 32k x batch 32)"
-                )
-            else:
-                r["gpu_step_time"] = f"failed on the GPU: {e.get('error', 'not in the results')}"
+            r["gpu_step_time"] = gpu_step_text(gpu, r["flow"]) or "not in the GPU results"
             (SRC / r["flow"] / "RESULTS.md").write_text(render_results(r))
         for path, text in rendered_readmes(names).items():
             path.write_text(text)
@@ -319,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown flow(s) {unknown}; known: {', '.join(names)}")
     setup = Setup(context=args.context)
+    gpu = latest_gpu_results()
+    previous = {r["flow"]: r for r in load_results(names)}
     for name in args.flows or names:
         r = measure(name, eps[name], setup)
+        r["gpu_step_time"] = gpu_column(name, gpu, previous.get(name))  # a CPU run measures no GPU time
         (SRC / name / "RESULTS.md").write_text(render_results(r))
         print(f"{name}: recall {_triple(r, 'needle_recall')}, error {_triple(r, 'attn_rel_error')}, "
               f"{r['kernels_per_layer']} kernels/layer, {r['seconds']} s", file=sys.stderr)  # fmt: skip

@@ -3,7 +3,9 @@ must import (and stay inert) where SGLang is not installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,8 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from vortex_torch.engine.sgl.config import VortexConfig, VortexConfigError
+from vortex_torch.engine.sgl import plugin
+from vortex_torch.engine.sgl.config import INT32_MAX, VortexConfig, VortexConfigError
 from vortex_torch.engine.sgl.flow_spec import clear_cache, prepare_flow
+from vortex_torch.flow import registry
 
 ROOT = Path(__file__).resolve().parents[3]
 FLOW_FILE = str(ROOT / "examples" / "custom_sparse_attention.py")
@@ -31,7 +35,7 @@ def test_accepts_object_dict_and_json() -> None:
 
 
 def test_defaults_are_the_originals() -> None:
-    c = VortexConfig(module_name="x")
+    c = VortexConfig(module_name="block_sparse_attention")  # an installed flow: module_path=None finds it
     assert (c.topk_val, c.max_topk_val, c.layers_skip, c.block_reserved_bos, c.block_reserved_eos) == (
         30,
         None,
@@ -67,13 +71,116 @@ def test_defaults_are_the_originals() -> None:
         ({"module_name": None}, "module_name"),
         ({"attention_backend": "fa3"}, "attention_backend"),
         ({"not_a_field": 1}, "not_a_field"),
+        # bools are not ints
+        ({"topk_val": True}, "topk_val"),
+        ({"block_size": True}, "block_size"),
+        ({"block_reserved_bos": False}, "block_reserved_bos"),
+        ({"max_topk_val": True}, "max_topk_val"),
+        ({"max_seq_lens": True}, "max_seq_lens"),
+        ({"topk_ratio": True}, "topk_ratio"),
+        ({"layers_skip": [True]}, "layers_skip"),
+        ({"workload_chunk_size": True}, "workload_chunk_size"),
+        ({"use_tensor_core": 1}, "use_tensor_core"),
+        # upper bounds: budgets and lengths are int32 on the device
+        ({"topk_val": INT32_MAX + 1}, "topk_val"),
+        ({"topk_val": INT32_MAX - 1}, "topk_val"),  # + bos + eos overflows
+        ({"block_size": 2**40}, "block_size"),
+        ({"max_seq_lens": 2**31}, "max_seq_lens"),
+        ({"max_topk_val": 2**40}, "max_topk_val"),
+        ({"max_topk_val": 31}, "max_topk_val"),  # < topk_val + bos + eos = 32
+        ({"max_seq_lens": 8}, "max_seq_lens"),  # shorter than one block
+        ({"max_seq_lens": 0}, "max_seq_lens"),
+        ({"topk_val": 2.0}, "topk_val"),
+        ({"topk_ratio": float("nan")}, "topk_ratio"),
+        ({"topk_ratio": "0.5"}, "topk_ratio"),
+        ({"layers_skip": [-1]}, "layers_skip"),
+        ({"layers_skip": "0"}, "layers_skip"),
+        ({"workload_chunk_size": 48}, "workload_chunk_size"),
+        ({"dtype": None}, "dtype"),
+        ({"impl_backend": "cuda"}, "impl_backend"),
+        ({"schedule_policy": "no_colon"}, "schedule_policy"),
+        ({"schedule_policy": "mod:"}, "schedule_policy"),
+        ({"schedule_policy": 5}, "schedule_policy"),
+        ({"flow_kwargs": {1: 2}}, "flow_kwargs"),
+        ({"flow_kwargs": [1]}, "flow_kwargs"),
+        ({"module_name": ""}, "module_name"),
+        ({"module_name": 3}, "module_name"),
+        ({"module_path": 3}, "module_path"),
+        ({"module_path": str(ROOT / "README.md")}, "module_path"),  # not a .py
+        ({"compilation_cache_dir": FLOW_FILE}, "compilation_cache_dir"),  # a file, not a directory
+        ({"compilation_cache_dir": FLOW_FILE + "/sub"}, "compilation_cache_dir"),  # under a file
+        ({"compilation_cache_dir": ""}, "compilation_cache_dir"),
+        ({"compilation_cache_dir": 7}, "compilation_cache_dir"),
+        # module_name resolved where that is cheap: the file's @register names, or the installed flows
+        ({"module_name": "no_such_flow"}, "module_name"),
+        ({"module_path": None, "module_name": "no_such_flow"}, "module_name"),
     ],
 )
 def test_invalid_values_name_the_field(fields: dict[str, Any], field: str) -> None:
     with pytest.raises(VortexConfigError) as info:
         VortexConfig.coerce({**BASE, **fields})
     assert info.value.field == field
-    assert f"VortexConfig.{field}" in str(info.value)
+    assert str(info.value).startswith(f"VortexConfig.{field}: ")
+    assert "Traceback" not in str(info.value)
+
+
+def test_unknown_module_name_says_what_the_file_registers() -> None:
+    with pytest.raises(VortexConfigError) as info:
+        VortexConfig(module_path=FLOW_FILE, module_name="custom_sparse_attn")
+    message = str(info.value)
+    assert "custom_sparse_attention.py registers 'custom_sparse_attention', not 'custom_sparse_attn'" in message
+    assert "Did you mean 'custom_sparse_attention'?" in message
+
+
+def test_module_name_of_an_installed_flow_needs_no_path() -> None:
+    assert VortexConfig(module_name="quest_sparse_attention").module_path is None
+    # a file plus an installed flow's name is what prepare_flow accepts too (the file may be a helper)
+    VortexConfig(module_path=FLOW_FILE, module_name="quest_sparse_attention")
+
+
+def test_a_computed_register_name_is_left_to_prepare_flow(tmp_path: Path) -> None:
+    flow = tmp_path / "computed_name.py"
+    flow.write_text(Path(FLOW_FILE).read_text().replace('@register("custom_sparse_attention")',
+                                                        '@register("computed_" + "flow")'))  # fmt: skip
+    cfg = VortexConfig(module_path=str(flow), module_name="anything")  # cannot be told without running the file
+    with registry.isolated(), pytest.raises(VortexConfigError) as info:
+        prepare_flow(cfg, head_dim=32, group_size=1, kv_dtype=torch.float32)
+    assert info.value.field == "module_name"
+    assert "That file registers 'computed_flow'" in str(info.value)
+
+
+def test_valid_edges_are_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    VortexConfig(**BASE, max_topk_val=32)  # == topk_val + bos + eos
+    VortexConfig(**BASE, topk_val=0, block_reserved_bos=0, max_topk_val=1, max_seq_lens=16, topk_ratio=1)
+    missing = tmp_path / "not" / "yet"  # created on first use
+    assert VortexConfig(**BASE, compilation_cache_dir=str(missing)).compilation_cache_dir == str(missing)
+    assert VortexConfig(**BASE, layers_skip=(0, 2)).layers_skip == [0, 2]  # a tuple is taken as a list
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = VortexConfig(**BASE, compilation_cache_dir="~/kernels")  # the loader and codegen do not expand ~
+    assert cfg.compilation_cache_dir == str(tmp_path / "kernels")
+    assert VortexConfig.coerce(cfg.to_json()) == cfg
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: no unwritable directory to test with")
+def test_unwritable_cache_dir_is_rejected(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for path in (locked, locked / "sub"):
+        with pytest.raises(VortexConfigError, match="compilation_cache_dir") as info:
+            VortexConfig(**BASE, compilation_cache_dir=str(path))
+        assert "writable" in str(info.value)
+
+
+def test_field_changed_after_construction_is_caught_at_engine_start() -> None:
+    cfg = VortexConfig(**BASE)
+    cfg.topk_val = -3
+    for start in (VortexConfig.coerce, plugin._payload,
+                  lambda c: prepare_flow(c, head_dim=32, group_size=1, kv_dtype=torch.float32)):  # fmt: skip
+        with pytest.raises(VortexConfigError) as info:
+            start(cfg)
+        assert info.value.field == "topk_val"
+    cfg.topk_val = 4
+    assert plugin._payload(cfg)["topk_val"] == 4
 
 
 def test_bad_json_is_one_clear_error() -> None:
@@ -102,6 +209,60 @@ def test_prepare_flow_loads_and_traces() -> None:
     assert prepared.aux_bytes_per_block() == 64 * 2
     assert prepared.aux_bytes_per_token(num_kv_heads=2, num_sparse_layers=2) == 2 * 2 * 128 // 16
     assert prepare_flow(cfg, head_dim=64, group_size=2, kv_dtype=torch.bfloat16) is prepared  # cached
+
+
+def _policy(n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
+    return n // 2
+
+
+#: one valid change of every VortexConfig field, from the config made by `_kwargs_flow`
+CHANGES: dict[str, Any] = {
+    "topk_val": 5, "max_topk_val": 64, "layers_skip": [1], "block_reserved_bos": 2, "block_reserved_eos": 2,
+    "max_seq_lens": 4096, "workload_chunk_size": 64, "dtype": "float32", "module_path": "<copy>",
+    "module_name": "block_sparse_attention", "block_size": 32, "topk_ratio": 0.5, "compilation_cache_dir": "<tmp>",
+    "schedule_policy": _policy, "attention_backend": "triton", "impl_backend": "reference", "use_tensor_core": True,
+    "flow_kwargs": {"unused": 1},
+}  # fmt: skip
+
+
+def _kwargs_flow(tmp_path: Path, name: str) -> str:
+    """The quick-start flow as ``cfg_key_flow``, with a constructor keyword (so flow_kwargs can change)."""
+    path = tmp_path / name
+    text = Path(FLOW_FILE).read_text().replace("def __init__(self):", "def __init__(self, unused: int = 0):")
+    path.write_text(text.replace('@register("custom_sparse_attention")', '@register("cfg_key_flow")'))
+    return str(path)
+
+
+def _prepare(cfg: VortexConfig) -> Any:
+    with registry.isolated():  # a.py and b.py both register cfg_key_flow: one file per registry
+        return prepare_flow(cfg, head_dim=32, group_size=2, kv_dtype=torch.float32)
+
+
+def test_prepared_flow_cache_is_keyed_by_every_field(tmp_path: Path) -> None:
+    assert set(CHANGES) == {f.name for f in dataclasses.fields(VortexConfig)}, "a field without a change to try"
+    clear_cache()
+    base = VortexConfig(module_path=_kwargs_flow(tmp_path, "a.py"), module_name="cfg_key_flow")
+    first = _prepare(base)
+    assert _prepare(dataclasses.replace(base)) is first  # equal values: the cached object
+    paths = {"<copy>": _kwargs_flow(tmp_path, "b.py"), "<tmp>": str(tmp_path / "kernels")}
+    for name, change in CHANGES.items():
+        value = paths.get(change, change) if isinstance(change, str) else change
+        changed = dataclasses.replace(base, **{name: value})
+        prepared = _prepare(changed)
+        assert prepared is not first, f"changing {name} returned the flow prepared for the old config"
+        assert getattr(prepared.config, name) == value, name
+        assert _prepare(changed) is prepared
+
+
+def test_prepared_flow_keeps_its_own_copy_of_the_config() -> None:
+    clear_cache()
+    cfg = VortexConfig(**BASE, layers_skip=[0])
+    prepared = prepare_flow(cfg, head_dim=32, group_size=1, kv_dtype=torch.float32)
+    cfg.topk_val = 3
+    cfg.layers_skip.append(1)  # type: ignore[union-attr]
+    assert (prepared.config.topk_val, prepared.config.layers_skip) == (30, [0])
+    again = prepare_flow(cfg, head_dim=32, group_size=1, kv_dtype=torch.float32)
+    assert again is not prepared and again.config.topk_val == 3
 
 
 def test_unknown_flow_names_module_name() -> None:

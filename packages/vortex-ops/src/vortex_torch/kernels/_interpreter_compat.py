@@ -1,6 +1,9 @@
-"""Work-arounds for Triton-interpreter bugs, so CPU tests (``TRITON_INTERPRET=1``) run the real kernels.
+"""Running Triton kernels on a CPU: the check that names the fix, and work-arounds for interpreter bugs.
 
-Compiled (GPU) kernels are unaffected: the patch is applied only in interpreter mode.
+Triton compiles for CUDA GPUs; on a CPU only its interpreter (``TRITON_INTERPRET=1``, read when a kernel is
+defined, i.e. when ``vortex_torch.kernels`` is imported) runs them. :func:`require_launchable` turns Triton's
+"0 active drivers" into a :class:`TritonUnavailableError` that says what to do. The interpreter patches are
+applied only in interpreter mode; compiled (GPU) kernels are unaffected.
 """
 
 from __future__ import annotations
@@ -8,7 +11,38 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 import triton.language as tl
+
+from vortex_torch.abs.errors import VortexError
+
+
+class TritonUnavailableError(VortexError, RuntimeError):
+    """A Vortex Triton kernel was called on tensors it cannot run on (CPU tensors, no Triton interpreter)."""
+
+
+def require_launchable(kernel: object, tensor: torch.Tensor, api: str, reference: str) -> None:
+    """Raise :class:`TritonUnavailableError` unless ``kernel`` can run on ``tensor``'s device: a CUDA tensor,
+    or a kernel defined under Triton's interpreter. ``api`` is the public function called, ``reference`` its
+    plain-PyTorch twin (named in the fix)."""
+    if tensor.is_cuda:
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(kernel, InterpretedFunction):
+        return
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        why = (
+            "TRITON_INTERPRET=1 is set, but only after vortex_torch.kernels was imported (Triton reads it when a "
+            "kernel is defined)"
+        )
+    else:
+        why = "Triton compiles for CUDA GPUs only; on a CPU its interpreter must run the kernel"
+    raise TritonUnavailableError(
+        f"{api} got {tensor.device.type} tensors: {why}. Fix: move the tensors to a CUDA GPU; or set "
+        f"TRITON_INTERPRET=1 in the environment before Python starts (slow; for tests and CPU machines); or call "
+        f"{reference}, the plain-PyTorch reference with the same semantics."
+    )
 
 
 def _fix_interpreter() -> None:

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._interpreter_compat import require_launchable
+
 MAX_SINGLE_TILE = 8192  # 128k context at block 16: a whole row's keys in registers
 LOOP_TILE = 4096  # tile of the looped path for longer rows
 _MIN_TILE = 16
@@ -207,6 +209,7 @@ def select_blocks_triton(
     it and ``out`` given the call never syncs and can be captured in a CUDA graph. ``tile_size`` (a power of
     two) forces the looped multi-tile path, for tests. ``0 <= tolerate_ratio < 1``; 0 is exact ``topK``.
     """
+    require_launchable(_select_blocks_kernel, score, "select_blocks_triton", "select_blocks_naive")
     if not 0.0 <= tolerate_ratio < 1.0:
         raise ValueError(f"tolerate_ratio must be in [0, 1), got {tolerate_ratio}")
     if bos < 0 or eos < 0:

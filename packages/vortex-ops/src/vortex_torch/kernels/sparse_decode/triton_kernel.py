@@ -36,6 +36,7 @@ import triton.language as tl
 
 from vortex_torch.abs.layout import PoolLayout
 
+from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head
 from .naive import check_inputs
 
@@ -433,6 +434,7 @@ def sparse_decode_attention(
         Rows with no blocks get ``o = 0`` and ``lse = -inf``.
     """
     check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out, page_size, block_size)
+    require_launchable(_split_kernel, q, "sparse_decode_attention", "sparse_decode_attention_naive")
     num_rows, group, head_dim = q.shape
     if out is None:
         out = torch.empty_like(q)

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._interpreter_compat import require_launchable
+
 
 @triton.jit
 def _token_table_kernel(
@@ -56,6 +58,7 @@ def block_token_table_triton(
 ) -> torch.Tensor:
     """Same contract as ``block_token_table_naive``; ``max_selected_per_row >= max_r b_r`` sizes the grid
     (static, so no host sync). ``out`` int32."""
+    require_launchable(_token_table_kernel, out, "block_token_table_triton", "block_token_table_naive")
     rows = last_block_len.numel()
     if rows == 0 or max_selected_per_row <= 0:
         return out

@@ -6,7 +6,9 @@ This module imports without SGLang (and without a GPU), so configs can be built 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -20,13 +22,52 @@ from .policy import resolve_policy
 DTYPES = ("bfloat16", "float16", "float32", "fp8_e4m3", "fp8_e5m2")
 ATTENTION_BACKENDS = ("flashinfer", "triton")
 IMPL_BACKENDS = ("triton", "reference")
+#: budgets, block counts and sequence lengths live in int32 tensors (planner, kernels)
+INT32_MAX = 2**31 - 1
 
 #: ``schedule_policy`` signature: (cached_blocks [R] int32 tensor, topk_val, topk_ratio, bos, eos) -> [R] blocks
 BudgetPolicy = Callable[..., Any]
 
 
-def _pow2(n: int) -> bool:
-    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
+def _is_int(value: object) -> bool:
+    """An int that is not a bool (``True`` is an ``int`` to Python, never a block count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pow2(n: object) -> bool:
+    return _is_int(n) and n > 0 and n & (n - 1) == 0  # type: ignore[operator]
+
+
+def _expand_path(value: Any) -> Any:
+    """``~`` and ``os.PathLike`` -> a plain str (JSON round-trips, and the loader does not expand ``~``)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return os.path.expanduser(value) if isinstance(value, str) else value
+
+
+def _static_register_names(path: str) -> list[str] | None:
+    """The names a flow file registers, read from its source without running it (``@register("name",
+    aliases=(...))`` with string literals), or None when that cannot be told statically."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None  # prepare_flow loads the file and reports the error with its line
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if called != "register":
+            continue
+        if not node.args or not isinstance(node.args[0], ast.Constant) or not isinstance(node.args[0].value, str):
+            return None  # a computed name: only running the file can tell
+        names.append(node.args[0].value)
+        for kw in node.keywords:
+            if kw.arg == "aliases" and isinstance(kw.value, (ast.Tuple, ast.List)):
+                names += [e.value for e in kw.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return names or None  # no @register at all: the file may import the module that registers the flow
 
 
 @dataclass
@@ -34,12 +75,21 @@ class VortexConfig:
     """Sparse-attention settings of one SGLang engine (defaults are the original project's).
 
     Budget: each (request, kv-head) attends to ``min(n, max(topk_val + bos + eos, int(n * topk_ratio)))``
-    of its ``n`` cached blocks, or what ``schedule_policy`` returns.
+    of its ``n`` cached blocks, or what ``schedule_policy`` returns. When ``max_topk_val`` is set, every budget
+    (the default rule's, a ``topk_ratio``'s and a ``schedule_policy``'s) is clamped to ``max_topk_val``
+    blocks, the size the per-row buffers are planned for; it must be ``>= topk_val + bos + eos``.
+
+    Every field is checked when the config is built (:meth:`validate`) and again at engine start (the
+    ``ServerArgs`` hook and every scheduler process), so a field changed after construction cannot reach the
+    scheduler unchecked. ``workload_chunk_size`` and ``use_tensor_core`` are accepted and validated for
+    compatibility with the original project, and unused: the Triton code generator picks its own tiling and
+    uses ``tl.dot`` where it pays.
     """
 
     #: blocks chosen by score per (request, kv-head), besides the bos/eos blocks
     topk_val: int = 30
-    #: upper bound on the budget used to size buffers; None: derived from max_seq_lens
+    #: upper bound on every budget (blocks per row) and the size of the per-row buffers; None: derived from
+    #: max_seq_lens. Budgets above it (topk_ratio, schedule_policy) are clamped to it.
     max_topk_val: int | None = None
     #: global layer ids that run dense attention (no indexer, no aux cache)
     layers_skip: list[int] | None = None
@@ -49,7 +99,7 @@ class VortexConfig:
     block_reserved_eos: int = 1
     #: planning length for buffers; -1: the model's context length
     max_seq_lens: int = -1
-    #: blocks per indexer program (a power of two)
+    #: a power of two; accepted for compatibility with the original project, unused
     workload_chunk_size: int = 32
     #: dtype of aux cache fields and stored indexer intermediates
     dtype: str = "bfloat16"
@@ -61,7 +111,8 @@ class VortexConfig:
     block_size: int = 16
     #: dynamic budget as a fraction of the cached blocks
     topk_ratio: float = 0.0
-    #: where generated kernels are cached; None: ~/.cache/vortex
+    #: where generated kernels are cached (a writable directory; created if missing); None:
+    #: $VORTEX_COMPILATION_CACHE or ~/.cache/vortex
     compilation_cache_dir: str | None = None
     #: per-sequence budget: a Python callable, or "module:function" / "path/to/file.py:function"
     schedule_policy: Any = None
@@ -69,7 +120,7 @@ class VortexConfig:
     attention_backend: str = "flashinfer"
     #: indexer implementation: generated Triton kernels, or the plain-PyTorch reference (slow; for debugging)
     impl_backend: str = "triton"
-    #: accepted for compatibility with the original project; the Triton codegen picks tl.dot itself
+    #: a bool; accepted for compatibility with the original project, unused
     use_tensor_core: bool = False
     #: keyword arguments passed to the flow class's constructor
     flow_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -84,13 +135,19 @@ class VortexConfig:
     def __post_init__(self) -> None:
         if self.layers_skip is None:
             self.layers_skip = []
+        elif isinstance(self.layers_skip, tuple):
+            self.layers_skip = list(self.layers_skip)
+        self.module_path = _expand_path(self.module_path)
+        self.compilation_cache_dir = _expand_path(self.compilation_cache_dir)
         self.validate()
 
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
     def coerce(cls, value: VortexConfig | Mapping[str, Any] | str) -> VortexConfig:
-        """Accept a VortexConfig, a dict or a JSON string."""
+        """Accept a VortexConfig, a dict or a JSON string; the result is validated (a ``VortexConfig`` again:
+        its fields may have been changed since it was built)."""
         if isinstance(value, VortexConfig):
+            value.validate()
             return value
         if isinstance(value, str):
             text = value
@@ -122,48 +179,168 @@ class VortexConfig:
 
     # -- validation ------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Checks that need nothing but the config itself (see :meth:`validate_for_model` for the rest)."""
-        if not self.module_name or not isinstance(self.module_name, str):
-            raise VortexConfigError("module_name", "required: the @register name of the flow to run")
-        if self.module_path is not None:
-            path = os.path.expanduser(str(self.module_path))
-            if not os.path.isfile(path):
-                raise VortexConfigError("module_path", f"{self.module_path!r} is not a file: point it at your flow's .py")
-        if not _pow2(self.block_size):
-            raise VortexConfigError("block_size", f"must be a power of two (e.g. 16), got {self.block_size!r}")
-        if not _pow2(self.workload_chunk_size):
-            raise VortexConfigError("workload_chunk_size", f"must be a power of two, got {self.workload_chunk_size!r}")
-        if not isinstance(self.block_reserved_eos, int) or self.block_reserved_eos < 1:
+        """Check every field; raise :class:`VortexConfigError` naming the first bad one and the fix.
+
+        Needs nothing but the config and the installed flows (:meth:`validate_for_model` checks the rest
+        against the model). Field-local checks run first, then cross-field bounds, then whether
+        ``module_name`` can be found (see :meth:`_check_module_name`).
+        """
+        self._check_flow_fields()
+        self._check_budget_fields()
+        self._check_other_fields()
+        self._check_module_name()
+
+    def _check_flow_fields(self) -> None:
+        if not isinstance(self.module_name, str) or not self.module_name.strip():
             raise VortexConfigError(
-                "block_reserved_eos", f"must be an int >= 1 (the partial last block is always attended), got "
-                f"{self.block_reserved_eos!r}"
+                "module_name", f"required: the @register name of the flow to run (a non-empty str), got "
+                f"{self.module_name!r}"
             )  # fmt: skip
-        if not isinstance(self.block_reserved_bos, int) or self.block_reserved_bos < 0:
-            raise VortexConfigError("block_reserved_bos", f"must be an int >= 0, got {self.block_reserved_bos!r}")
-        if not isinstance(self.topk_val, int) or self.topk_val < 0:
-            raise VortexConfigError("topk_val", f"must be an int >= 0, got {self.topk_val!r}")
-        if self.max_topk_val is not None and (not isinstance(self.max_topk_val, int) or self.max_topk_val < 1):
-            raise VortexConfigError("max_topk_val", f"must be None or a positive int, got {self.max_topk_val!r}")
-        if not isinstance(self.topk_ratio, (int, float)) or not 0.0 <= float(self.topk_ratio) <= 1.0:
-            raise VortexConfigError("topk_ratio", f"must be in [0, 1], got {self.topk_ratio!r}")
-        if not isinstance(self.max_seq_lens, int) or (self.max_seq_lens < 1 and self.max_seq_lens != -1):
-            raise VortexConfigError("max_seq_lens", f"must be -1 (model context) or a positive int, got {self.max_seq_lens!r}")
-        if self.dtype not in DTYPES:
-            raise VortexConfigError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
+        if self.module_path is not None:
+            path = self.module_path
+            if not isinstance(path, str) or not path:
+                raise VortexConfigError(
+                    "module_path", f"must be None or the path of your flow's .py file (a str), got {path!r}"
+                )
+            if not os.path.isfile(path):
+                raise VortexConfigError(
+                    "module_path", f"{path!r} is not a file (resolved from {os.getcwd()}): point it at your flow's "
+                    ".py (an absolute path is safest), or set it to None to use an installed flow"
+                )  # fmt: skip
+            if not path.endswith(".py"):
+                raise VortexConfigError("module_path", f"{path!r} must be a Python file ending in .py")
+            if not os.access(path, os.R_OK):
+                raise VortexConfigError("module_path", f"{path!r} is not readable: check its permissions")
+        if not isinstance(self.flow_kwargs, dict) or not all(isinstance(k, str) for k in self.flow_kwargs):
             raise VortexConfigError(
-                "attention_backend", f"must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"
+                "flow_kwargs", f"must be a dict of keyword arguments (str keys) for the flow's constructor, got "
+                f"{self.flow_kwargs!r}"
+            )  # fmt: skip
+
+    def _check_budget_fields(self) -> None:
+        def int_in(name: str, value: Any, lo: int, what: str) -> None:
+            if not _is_int(value) or not lo <= value <= INT32_MAX:
+                kind = "a bool" if isinstance(value, bool) else repr(value)
+                raise VortexConfigError(name, f"must be an int in [{lo}, 2**31 - 1] ({what}), got {kind}")
+
+        if not _pow2(self.block_size) or self.block_size > INT32_MAX:
+            raise VortexConfigError(
+                "block_size", f"must be a power of two (e.g. 16) that divides SGLang's page_size, got "
+                f"{self.block_size!r}"
+            )  # fmt: skip
+        int_in("topk_val", self.topk_val, 0, "blocks chosen by score per row")
+        int_in("block_reserved_bos", self.block_reserved_bos, 0, "first blocks always kept")
+        int_in("block_reserved_eos", self.block_reserved_eos, 1, "last blocks always kept; the partial last "
+               "block is always attended, so at least 1")  # fmt: skip
+        floor = self.topk_val + self.block_reserved_bos + self.block_reserved_eos
+        if floor > INT32_MAX:
+            raise VortexConfigError(
+                "topk_val", f"topk_val + block_reserved_bos + block_reserved_eos = {floor} overflows the int32 "
+                "budget; a budget can never exceed the blocks of one sequence, so use a value below that"
+            )  # fmt: skip
+        if self.max_topk_val is not None:
+            int_in("max_topk_val", self.max_topk_val, 1, "None, or the largest budget in blocks per row")
+            if self.max_topk_val < floor:
+                raise VortexConfigError(
+                    "max_topk_val", f"{self.max_topk_val} is below topk_val + block_reserved_bos + "
+                    f"block_reserved_eos = {floor}, the smallest budget the default rule gives a long sequence: "
+                    f"set max_topk_val >= {floor} (or None), or lower topk_val"
+                )  # fmt: skip
+        ratio = self.topk_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+            raise VortexConfigError(
+                "topk_ratio", f"must be a number in [0, 1] (a fraction of each row's cached blocks), got {ratio!r}"
             )
-        if self.impl_backend not in IMPL_BACKENDS:
-            raise VortexConfigError("impl_backend", f"must be one of {', '.join(IMPL_BACKENDS)}, got {self.impl_backend!r}")
-        if not isinstance(self.layers_skip, list) or not all(isinstance(i, int) for i in self.layers_skip):
-            raise VortexConfigError("layers_skip", f"must be a list of layer ids, got {self.layers_skip!r}")
+        if self.max_seq_lens != -1:
+            int_in("max_seq_lens", self.max_seq_lens, 1, "-1 for the model's context length, or tokens")
+            if self.max_seq_lens < self.block_size:
+                raise VortexConfigError(
+                    "max_seq_lens", f"{self.max_seq_lens} is shorter than one block ({self.block_size} tokens): no "
+                    "block would ever complete. Use -1 (the model's context length) or a longer length"
+                )  # fmt: skip
+        if not _pow2(self.workload_chunk_size) or self.workload_chunk_size > INT32_MAX:
+            raise VortexConfigError(
+                "workload_chunk_size", f"must be a power of two (accepted for compatibility, unused), got "
+                f"{self.workload_chunk_size!r}"
+            )  # fmt: skip
+
+    def _check_other_fields(self) -> None:
+        def one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+            if not isinstance(value, str) or value not in allowed:
+                raise VortexConfigError(name, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+        one_of("dtype", self.dtype, DTYPES)
+        one_of("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        one_of("impl_backend", self.impl_backend, IMPL_BACKENDS)
+        if not isinstance(self.layers_skip, list) or not all(_is_int(i) and i >= 0 for i in self.layers_skip):
+            raise VortexConfigError(
+                "layers_skip", f"must be a list of layer ids (ints >= 0), e.g. [0], got {self.layers_skip!r}"
+            )
         if not isinstance(self.exact_attention, bool):
             raise VortexConfigError("exact_attention", f"must be True or False, got {self.exact_attention!r}")
-        if not isinstance(self.flow_kwargs, dict):
-            raise VortexConfigError("flow_kwargs", f"must be a dict, got {type(self.flow_kwargs).__name__}")
-        if self.schedule_policy is not None and not (callable(self.schedule_policy) or isinstance(self.schedule_policy, str)):
-            raise VortexConfigError("schedule_policy", "must be a callable or a 'module:function' string")
+        if not isinstance(self.use_tensor_core, bool):
+            raise VortexConfigError(
+                "use_tensor_core", f"must be True or False (accepted for compatibility, unused), got "
+                f"{self.use_tensor_core!r}"
+            )  # fmt: skip
+        policy = self.schedule_policy
+        if policy is not None and not callable(policy):
+            target, sep, attr = policy.rpartition(":") if isinstance(policy, str) else ("", "", "")
+            if not (sep and target and attr.isidentifier()):
+                raise VortexConfigError(
+                    "schedule_policy", f"must be None, a callable, or 'package.module:function' / "
+                    f"'path/to/file.py:function', got {policy!r}"
+                )  # fmt: skip
+        self._check_cache_dir()
+
+    def _check_cache_dir(self) -> None:
+        path = self.compilation_cache_dir
+        if path is None:
+            return
+        if not isinstance(path, str) or not path:
+            raise VortexConfigError(
+                "compilation_cache_dir", f"must be None (~/.cache/vortex) or a directory path (a str), got {path!r}"
+            )
+        if os.path.exists(path):
+            if not os.path.isdir(path):
+                raise VortexConfigError(
+                    "compilation_cache_dir", f"{path!r} exists and is not a directory: point it at a directory"
+                )
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise VortexConfigError(
+                    "compilation_cache_dir", f"directory {path!r} is not writable: choose one you can write to"
+                )
+            return
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):  # it will be created: its nearest existing ancestor must allow that
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise VortexConfigError(
+                "compilation_cache_dir", f"{path!r} does not exist and cannot be created ({parent!r} is not a "
+                "writable directory): choose a writable location"
+            )  # fmt: skip
+
+    def _check_module_name(self) -> None:
+        """Report an unknown ``module_name`` now where that is cheap and certain: with ``module_path``, from the
+        names the file's ``@register`` calls spell out (the file is not run; a file whose names are computed
+        is left to :func:`~.flow_spec.prepare_flow`); without it, from the installed and registered flows."""
+        from vortex_torch.flow import registry
+
+        name = self.module_name
+        assert isinstance(name, str)  # _check_flow_fields
+        if self.module_path is None:
+            if not registry.has(name):
+                raise VortexConfigError("module_name", registry.unknown_flow_message(name))
+            return
+        declared = _static_register_names(self.module_path)
+        if declared is None or name in declared or registry.has(name):
+            return
+        close = difflib.get_close_matches(name, declared, n=1)
+        raise VortexConfigError(
+            "module_name", f"{self.module_path} registers {', '.join(map(repr, declared))}, not {name!r}, and no "
+            f"installed flow has that name.{f' Did you mean {close[0]!r}?' if close else ''} Fix: set module_name "
+            f"to the name the file registers, or decorate the flow class there with @register({name!r})"
+        )  # fmt: skip
 
     def validate_for_model(self, *, page_size: int | None, num_layers: int) -> None:
         """Checks against the model and the server settings; run before any GPU memory is allocated."""

@@ -11,6 +11,7 @@ and line included) is its message and ``__cause__``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass, field
@@ -109,18 +110,28 @@ _cache: dict[tuple[object, ...], PreparedFlow] = {}
 _lock = threading.Lock()
 
 
+def _hashable(value: object) -> object:
+    """A hashable stand-in for a config value: containers by content (repr keeps their order and types), a
+    callable ``schedule_policy`` by identity (two lambdas with the same text are different policies; the cached
+    entry's config holds a reference, so the id cannot be reused while the entry exists)."""
+    if callable(value):
+        return ("callable", id(value))
+    if isinstance(value, (list, tuple, dict, set)):
+        return (type(value).__name__, repr(value))
+    return value
+
+
 def _cache_key(config: VortexConfig, geometry: Geometry) -> tuple[object, ...]:
-    policy = config.schedule_policy
-    return (
-        config.module_name,
-        config.module_path,
-        repr(sorted(config.flow_kwargs.items())),
-        config.block_size,
-        config.dtype,
-        config.impl_backend,
-        tuple(config.layers_skip or ()),
-        policy if callable(policy) else str(policy),
-        geometry,
+    """Every ``VortexConfig`` field and the geometry: a :class:`PreparedFlow` carries its config, and the
+    planner, the budget rule and the executor read fields of it (``topk_val``, ``impl_backend``, ...), so two
+    configs that differ in any field must not share one."""
+    return (*((f.name, _hashable(getattr(config, f.name))) for f in dataclasses.fields(config)), geometry)
+
+
+def _snapshot(config: VortexConfig) -> VortexConfig:
+    """A copy the cached :class:`PreparedFlow` keeps: later edits of the caller's object cannot change it."""
+    return dataclasses.replace(
+        config, layers_skip=list(config.layers_skip or []), flow_kwargs=dict(config.flow_kwargs)
     )
 
 
@@ -144,11 +155,13 @@ def prepare_flow(
 ) -> PreparedFlow:
     """Load, instantiate and trace ``config``'s flow for ``(block_size, head_dim, G, dtype, kv_dtype)``.
 
-    Cached per process (same config and geometry -> same object). Raises :class:`VortexConfigError` naming
-    the field (``module_path`` for a file that cannot be loaded, ``module_name`` for an unknown flow or one
-    that breaks the flow rules, ``flow_kwargs``, ``dtype``, ``schedule_policy``, ``impl_backend`` for an op the
-    backend cannot run).
+    Cached per process, keyed by every config field and the geometry (same values -> same object). The
+    config is validated again first: this runs in every scheduler process, and a field may have been changed
+    since the config was built. Raises :class:`VortexConfigError` naming the field (``module_path`` for a file
+    that cannot be loaded, ``module_name`` for an unknown flow or one that breaks the flow rules,
+    ``flow_kwargs``, ``dtype``, ``schedule_policy``, ``impl_backend`` for an op the backend cannot run, or any field :meth:`VortexConfig.validate` rejects).
     """
+    config.validate()
     aux_dtype = aux_dtype_of(config)
     geometry = Geometry(
         block_size=config.block_size,
@@ -176,7 +189,7 @@ def prepare_flow(
             raise VortexConfigError(_flow_error_field(exc, config), str(exc)) from exc
         policy = config.budget_policy()  # resolves and test-runs schedule_policy (VortexConfigError)
         prepared = PreparedFlow(
-            config=config,
+            config=_snapshot(config),
             geometry=geometry,
             traced=traced,
             fields=dict(traced.fields),

@@ -98,6 +98,10 @@ def config_of(server_args: Any) -> VortexConfig | None:
 
 
 def _payload(config: VortexConfig) -> VortexServerConfig:
+    """The config as the ``ServerArgs`` carries it to the scheduler processes, validated once more here: a
+    ``VortexConfig`` object may have been edited after it was built, and what is sent must be what was checked
+    (each scheduler validates it again when it rebuilds the config, see :meth:`VortexServerConfig.config`)."""
+    config.validate()
     data = {name: getattr(config, name) for name in VortexConfig.__dataclass_fields__}
     data["layers_skip"] = list(config.layers_skip or [])
     data["flow_kwargs"] = dict(config.flow_kwargs)

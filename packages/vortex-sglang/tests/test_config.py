@@ -220,7 +220,7 @@ CHANGES: dict[str, Any] = {
     "topk_val": 5, "max_topk_val": 64, "layers_skip": [1], "block_reserved_bos": 2, "block_reserved_eos": 2,
     "max_seq_lens": 4096, "workload_chunk_size": 64, "dtype": "float32", "module_path": "<copy>",
     "module_name": "block_sparse_attention", "block_size": 32, "topk_ratio": 0.5, "compilation_cache_dir": "<tmp>",
-    "schedule_policy": _policy, "attention_backend": "triton", "impl_backend": "reference", "use_tensor_core": True,
+    "schedule_policy": _policy, "attention_backend": "triton", "impl_backend": "reference", "use_tensor_core": True, "exact_attention": True,
     "flow_kwargs": {"unused": 1},
 }  # fmt: skip
 

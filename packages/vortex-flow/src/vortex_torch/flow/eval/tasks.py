@@ -153,7 +153,8 @@ def _assemble(spec: _Spec, n_filler: int, depths: Sequence[float]) -> str:
     Needles keep their order (a variable chain must read top to bottom), so depths are sorted.
     """
     sentences = [FILLER[i % len(FILLER)] for i in range(n_filler)]
-    for needle, depth in sorted(zip(spec.needles, depths, strict=True), key=lambda p: p[1], reverse=True):
+    # deepest first, so the insertion points of the earlier needles still index the plain filler
+    for needle, depth in reversed(list(zip(spec.needles, sorted(depths), strict=True))):
         sentences.insert(round(depth * n_filler), needle)
     return INTRO + " ".join(sentences) + "\n\n" + spec.question
 

@@ -187,6 +187,8 @@ def _hf_backend(args: argparse.Namespace, contexts: list[int]) -> Backend:
     try:  # a runtime of the model's shape now: a flow that does not fit the model fails before any decoding
         backend.sparse_runner(budgets[0].label, base.page_size)
     except ValueError as exc:
+        if "RuntimeConfig." not in str(exc):  # not about a flag (a flow error is reported as itself)
+            raise
         raise _as_flag_error(exc) from None
     return backend
 

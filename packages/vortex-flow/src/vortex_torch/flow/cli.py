@@ -2,6 +2,7 @@
 
     vortex check FLOW.py [--name NAME] [--json]    load, validate, compile, and measure a flow on the CPU
     vortex list [--json]                           every registered flow, its package and description
+    vortex eval FLOW --model M | --server-url URL  accuracy vs budget on synthetic long-context tasks
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered flows")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    from .eval.command import add_parser as add_eval_parser  # `vortex eval`: all of it lives in flow/eval/
+
+    add_eval_parser(sub)
     return ap
 
 

@@ -15,17 +15,17 @@ by ``flow_path``. Optional class attributes tune the suite: ``flow_kwargs`` (con
 tiny, Triton runs interpreted on a CPU), ``needle_budget`` and ``min_needle_recall`` (the retrieval bar),
 ``needle_context_blocks``, ``num_kv_heads`` and ``decode_steps``.
 
-On a machine without CUDA the compiled kernels run in Triton's interpreter: importing this module sets
-``TRITON_INTERPRET=1`` when CUDA is absent and the variable is unset (it must be set before any Triton kernel
-is defined). :func:`compile_check` is the compiled == reference comparison; ``vortex check`` should report
-the same one (it tolerates bf16 near-ties, which an exact comparison of selections does not).
+On a machine without CUDA the compiled kernels run in Triton's interpreter, which has to be switched on
+before anything imports Triton; importing this module does not do it. Call
+``vortex_torch.flow.backend.use_triton_interpreter_without_cuda()`` at the top of your ``conftest.py`` (or set
+``TRITON_INTERPRET=1``); :func:`compile_check` otherwise raises a :class:`KernelBackendError` saying so.
+:func:`compile_check` is the compiled == reference comparison ``vortex check`` reports (it tolerates bf16
+near-ties, which an exact comparison of selections does not).
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from vortex_torch.abs.context import Geometry
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 
 from . import registry
+from .backend import KernelBackendError, require_kernel_backend
 from .flow import vFlow
 from .loader import build_vflow
 from .trace import TracedFlow, check_ops_are_known, trace_flow
@@ -44,15 +45,7 @@ from .trace import TracedFlow, check_ops_are_known, trace_flow
 if TYPE_CHECKING:
     from .runtime.config import RuntimeConfig
 
-# The modules above do not import Triton; the compiler and the runtime (imported where used) do. Triton's
-# interpreter only takes effect for kernels defined after it is switched on.
-_INTERPRETER_SET_TOO_LATE = (
-    not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and "triton" in sys.modules
-)
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-__all__ = ["CompileCheck", "FlowContractTests", "compile_check", "contract_config"]
+__all__ = ["CompileCheck", "FlowContractTests", "KernelBackendError", "compile_check", "contract_config"]
 
 
 # -- compiled == reference -----------------------------------------------------------------------------------
@@ -119,18 +112,6 @@ def _completed_blocks(layout: PoolLayout, slots: torch.Tensor) -> torch.Tensor:
     return layout.block_id(last[:, None], heads[None, :]).reshape(-1)
 
 
-def _require_kernel_backend() -> None:
-    """Triton kernels need CUDA, or the interpreter switched on before Triton was first imported."""
-    if torch.cuda.is_available():
-        return
-    if os.environ.get("TRITON_INTERPRET") != "1" or _INTERPRETER_SET_TOO_LATE:
-        raise RuntimeError(
-            "compile_check runs Triton kernels; without CUDA they need Triton's interpreter, switched on "
-            "before triton is first imported. Fix: set TRITON_INTERPRET=1 in the environment (or at the top "
-            "of conftest.py, before importing vortex_torch)."
-        )
-
-
 def compile_check(
     traced: TracedFlow,
     *,
@@ -161,7 +142,7 @@ def compile_check(
     neighbouring bf16 value, which legitimately reorders near-tied blocks. The reference scores are evaluated
     on the reference's own fields before each step's Save.
     """
-    _require_kernel_backend()
+    require_kernel_backend("compile_check")
     from vortex_torch.kernels.select import default_budget, selection_indptr
 
     from .compiler.base import SelectionSpec

@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,29 @@ def test_flow_that_never_finishes_loading_times_out(tmp_path: Path) -> None:
     assert rc == 1 and report["stage"] == "load" and report["timed_out"] is True
     assert "did not finish loading" in report["error"] and "within 2 s" in report["error"]
     assert report["time_s"] < 60
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker through /proc")
+def test_ctrl_c_stops_the_check_and_its_worker(tmp_path: Path) -> None:
+    path = flow_file(tmp_path, "forever", head="_ = sum(range(10**15))\n")
+    assert VORTEX
+    proc = subprocess.Popen(
+        [VORTEX, "check", str(path), "--json"], cwd=REPO, env=clean_env(tmp_path), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )  # fmt: skip
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 120
+    while not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker = int(children.read_text().split()[0])
+    time.sleep(2)  # inside main()'s wait, not in the middle of an import
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["ok"] is False and "Traceback" not in err
+    assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
 
 
 def test_flow_that_kills_the_process_is_reported(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -139,7 +140,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         seed=args.seed, min_recall=args.min_recall, timeout_s=args.timeout,
     )  # fmt: skip
     report = run_check(opts)
-    print(to_json(report) if args.json else render_text(report), flush=True)
+    try:
+        print(to_json(report) if args.json else render_text(report), flush=True)
+    except BrokenPipeError:  # `vortex check ... | head -1`: the reader left; exit non-zero, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     if report.get("interrupted"):
         return 130
     return 0 if report["ok"] else 1

@@ -76,9 +76,12 @@ def run_check(opts: CheckOptions) -> dict[str, Any]:
         return base | {"stage": stage, "error": message, "time_s": round(time.perf_counter() - t0, 2)} | extra
 
     cmd = [sys.executable, "-P", "-m", "vortex_torch.flow.check.worker", opts.to_json()]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True
-    )  # stderr is inherited: progress bars and the flow's own output show as they happen
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )  # stderr is inherited: progress bars and the flow's own output show as they happen
+    except OSError as exc:
+        return failed("start", f"could not start the check process {sys.executable!r}: {exc}")
     assert proc.stdout is not None
     events: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_read_events, args=(proc.stdout, events), daemon=True).start()

@@ -12,6 +12,7 @@ CLI started it in its own session and delivers Ctrl-C by killing it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -76,17 +77,19 @@ def _load(opts: CheckOptions, report: dict[str, Any]) -> Any:
     if opts.is_file:
         prefer = os.path.realpath(opts.flow)
         with _Stage(f"importing flow file {opts.flow}", "load", prefer):
-            names = load_module_file(opts.flow)
+            names = load_module_file(opts.flow, what="FLOW")
         name = opts.name
         if name is None:
-            if len(names) != 1:
+            if not names:
                 raise _Failed(
                     "load",
-                    f"{opts.flow} registers {len(names)} flows ({', '.join(names) or 'none'}). Fix: pick one with "
-                    "--name NAME"
-                    if names
-                    else f"{opts.flow} registers no flow. Fix: decorate the flow class "
-                    "with @register('my_flow') (from vortex_torch.flow import register).",
+                    f"{opts.flow} registers no flow. Fix: decorate the flow class with @register('my_flow') "
+                    "(from vortex_torch.flow import register).",
+                )
+            if len(names) > 1:
+                raise _Failed(
+                    "load",
+                    f"{opts.flow} registers {len(names)} flows ({', '.join(names)}). Fix: pick one with --name NAME.",
                 )
             name = names[0]
         elif name not in names:
@@ -100,10 +103,15 @@ def _load(opts: CheckOptions, report: dict[str, Any]) -> Any:
         with _Stage(f"looking up the flow {name!r}", "load"):
             info = registry.get_info(name, missing_ok=True)
         if info is None:
+            known = registry.list_keys()
+            close = difflib.get_close_matches(name, known + sorted(registry.aliases()), n=1)
+            broken = registry.broken_packages()
             raise _Failed(
                 "load",
-                f"{name!r} is neither a file nor a registered flow. {registry.unknown_flow_message(name)} "
-                "(`vortex list` shows them; to check a file, pass its path, e.g. ./my_flow.py)",
+                f"{name!r} is neither a file nor a registered flow. Known flows: {', '.join(known) or '(none)'}."
+                + (f" Did you mean {close[0]!r}?" if close else "")
+                + (f" Flow packages that failed to load: {broken}." if broken else "")
+                + " Fix: pass an installed flow's name (`vortex list`) or a flow file's path (e.g. ./my_flow.py).",
             )
         name = info.name
         prefer = info.source if info.source != "?" else None

@@ -142,6 +142,22 @@ def test_blind_flow_fails_needle_recall(registered: None) -> None:
     suite("tt_blind", min_needle_recall=0.0).test_needle_recall()
 
 
+def test_flow_class_declares_its_recall_bar(registered: None) -> None:
+    """``expected_min_recall`` on the flow class is the bar (None: none), unless the test class sets its own."""
+    _Blind.expected_min_recall = None  # type: ignore[attr-defined]
+    try:
+        assert suite("tt_blind").recall_bar() == (None, "_Blind.expected_min_recall")
+        suite("tt_blind").test_needle_recall()
+        with pytest.raises(AssertionError, match=r"needle recall .* < min_needle_recall 0.5"):
+            suite("tt_blind", min_needle_recall=0.5).test_needle_recall()
+        _Blind.expected_min_recall = 0.5  # type: ignore[attr-defined]
+        with pytest.raises(AssertionError, match=r"needle recall .* < _Blind.expected_min_recall 0.5"):
+            suite("tt_blind").test_needle_recall()
+    finally:
+        del _Blind.expected_min_recall  # type: ignore[attr-defined]
+    assert suite("tt_blind").recall_bar() == (0.9, "min_needle_recall")
+
+
 def test_undocumented_flow_fails_registration_test(registered: None) -> None:
     with pytest.raises(AssertionError, match="needs its own docstring"):
         suite("tt_undocumented").test_registered_and_loads_by_name()

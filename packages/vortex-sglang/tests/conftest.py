@@ -1,7 +1,8 @@
 """Test setup of vortex-sglang: SGLang (when installed) with the Vortex hooks applied the way SGLang does it.
 
 Tests marked ``sglang`` run against the real SGLang 0.5.17 classes (``ServerArgs``, the plugin loader, the KV
-pool); they are skipped with the reason of ``sglang_missing_reason`` when SGLang is not importable.
+pool); they are skipped with the reason of ``sglang_missing_reason`` when SGLang is not importable (the marker
+alone is enough: ``pytest_runtest_setup`` below).
 ``tools/setup.sh`` installs SGLang's Python side into ``.venv`` (``tools/install_sglang_cpu.sh``), so CI runs
 them. The hooks are applied through SGLang's own entry-point machinery (``load_plugins()``), which finds the
 ``sglang.srt.plugins`` entry point of the installed (editable) vortex-sglang distribution.
@@ -25,6 +26,15 @@ sys.modules["vortex_sgl_testlib"] = testlib
 _spec.loader.exec_module(testlib)
 FLOW_FILE, FLOW_NAME, TINY_CONFIG = testlib.FLOW_FILE, testlib.FLOW_NAME, testlib.TINY_CONFIG
 sglang_missing_reason = testlib.sglang_missing_reason
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``sglang`` is skipped when SGLang is missing, also when it only runs SGLang in a
+    subprocess and never asks for the ``sgl`` fixture (``hatch run test`` installs no SGLang)."""
+    if item.get_closest_marker("sglang") is not None:
+        reason = sglang_missing_reason()
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -21,15 +21,15 @@ from .errors import FlowInitError, FlowLoadError, RegistryError, UnknownFlowErro
 from .flow import vFlow
 
 
-def _check_path(path: str) -> str:
+def _check_path(path: str, what: str) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise FlowLoadError(
-            f"module_path must be the path of a .py file, got {type(path).__name__} {path!r}. Fix: pass a str "
+            f"{what} must be the path of a .py file, got {type(path).__name__} {path!r}. Fix: pass a str "
             "such as 'flows/my_flow.py'."
         )
     path = os.fspath(path)
     if not path:
-        raise FlowLoadError("module_path is empty. Fix: pass the path of the .py file that defines the flow.")
+        raise FlowLoadError(f"{what} is empty. Fix: pass the path of the .py file that defines the flow.")
     if not os.path.exists(path):
         resolved = os.path.abspath(path)
         near = ""
@@ -39,37 +39,39 @@ def _check_path(path: str) -> str:
             if pys:
                 near = f" The .py files in {parent} are: {', '.join(pys)}."
         raise FlowLoadError(
-            f"module_path {path!r} does not exist (resolved to {resolved} from the working directory "
-            f"{os.getcwd()}).{near} Fix: point module_path at your flow's .py file (an absolute path is safest)."
+            f"{what} {path!r} does not exist (resolved to {resolved} from the working directory "
+            f"{os.getcwd()}).{near} Fix: point {what} at your flow's .py file (an absolute path is safest)."
         )
     if os.path.isdir(path):
         pys = sorted(f for f in os.listdir(path) if f.endswith(".py"))[:10]
         listing = f" It contains: {', '.join(pys)}." if pys else " It contains no .py file."
         raise FlowLoadError(
-            f"module_path {path!r} is a directory, not a flow file.{listing} Fix: point module_path at the .py "
+            f"{what} {path!r} is a directory, not a flow file.{listing} Fix: point {what} at the .py "
             f"file that defines the flow, e.g. {os.path.join(path, pys[0] if pys else 'my_flow.py')!r}."
         )
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise FlowLoadError(
-            f"module_path {path!r} is not a readable file. Fix: check its permissions, or point module_path at "
-            "a regular .py file."
+            f"{what} {path!r} is not a readable file. Fix: check its permissions, or point {what} at a "
+            "regular .py file."
         )
     return path
 
 
-def load_module_file(path: str) -> list[str]:
+def load_module_file(path: str, *, what: str = "module_path") -> list[str]:
     """Execute a flow file so its ``@register`` decorators run (under a private module name).
+
+    ``what`` is how error messages name the path (``module_path`` for VortexConfig, ``FLOW`` for the CLI).
 
     Returns the names the file registered. Loading the same file again re-executes it and replaces its flows.
     When the file fails (syntax error, exception, a rejected ``@register``), nothing it registered is kept.
     """
-    path = _check_path(path)
+    path = _check_path(path, what)
     real = os.path.realpath(path)
     mod_name = "vortex_user_flow_" + hashlib.sha1(real.encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(mod_name, real)
     if spec is None or spec.loader is None:
         raise FlowLoadError(
-            f"module_path {path!r} cannot be imported as a Python module. Fix: give the flow file a .py suffix."
+            f"{what} {path!r} cannot be imported as a Python module. Fix: give the flow file a .py suffix."
         )
     module = importlib.util.module_from_spec(spec)
     before = registry.snapshot()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +16,13 @@ from ..abs.op import Schedule
 from ..abs.op_args import check_dim
 from ..abs.vtensor import vTensor
 from ._base import IndexerOp
+
+# PyTorch prints "index_reduce() is in beta" once per process on the first amax/amin below; its results are
+# tested against the reference here, so the notice is only noise in `vortex check`. Only that message, and only
+# when raised from this module, is ignored.
+warnings.filterwarnings(
+    "ignore", message=r"index_reduce\(\) is in beta", category=UserWarning, module=re.escape(__name__) + "$"
+)
 
 
 def segment_reduce(x: torch.Tensor, seg: DenseBlocks, how: str) -> torch.Tensor:

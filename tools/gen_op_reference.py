@@ -29,7 +29,8 @@ from types import ModuleType
 import torch
 
 from vortex_torch.abs.formats import FORMAT
-from vortex_torch.abs.op import shape_rule, vOp
+from vortex_torch.abs.op import vOp
+from vortex_torch.abs.shape_message import shape_rule
 from vortex_torch.abs.vtensor import vTensor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -159,7 +159,7 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
         SimpleNamespace(decode_use_tensor_cores=group >= 4, decode_backend="auto"), group=group, head_dim=d,
         num_kv_heads=hkv, block_size=blk, page_size=page, dtype=torch.bfloat16,
         max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
-        budget_fn=make_budget_fn(prepared, torch.device("cpu"))[0], device=torch.device(dev),
+        budget_fn=make_budget_fn(prepared, torch.device("cpu"), core.max_selected_per_row), device=torch.device(dev),
     )  # fmt: skip
     fi.allocate_graph_buffers(batch)
     fi_plan = core.plan(

@@ -21,6 +21,12 @@ class TritonUnavailableError(VortexError, RuntimeError):
     """A Vortex Triton kernel was called on tensors it cannot run on (CPU tensors, no Triton interpreter)."""
 
 
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether a kernel entry point runs its Triton kernel for ``tensor`` (CUDA, or Triton's interpreter on),
+    rather than its plain-PyTorch reference: the one dispatch rule of every kernel package."""
+    return tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def require_launchable(kernel: object, tensor: torch.Tensor, api: str, reference: str) -> None:
     """Raise :class:`TritonUnavailableError` unless ``kernel`` can run on ``tensor``'s device: a CUDA tensor,
     or a kernel defined under Triton's interpreter. ``api`` is the public function called, ``reference`` its

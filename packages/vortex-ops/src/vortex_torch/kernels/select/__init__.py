@@ -6,10 +6,9 @@ otherwise the plain-PyTorch reference; :mod:`.naive` defines the semantics both 
 
 from __future__ import annotations
 
-import os
-
 from torch import Tensor
 
+from .._interpreter_compat import use_triton
 from .budget import default_budget, selection_indptr
 from .naive import order_key, select_blocks_naive, select_middle, tolerated_slots
 from .triton_kernel import select_blocks_triton
@@ -39,7 +38,7 @@ def select_blocks(
     middle blocks, and ``recall = |selected & true_topk| / k >= 1 - tolerate_ratio`` for any scores.
     Pass ``out`` and ``max_blocks_per_row`` (``>= max n_r``) to avoid every host sync (CUDA graphs).
     """
-    if score.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+    if use_triton(score):
         return select_blocks_triton(
             score, dense_indptr, dense_indices, sel_indptr, bos, eos,
             tolerate_ratio=tolerate_ratio, out=out, max_blocks_per_row=max_blocks_per_row,

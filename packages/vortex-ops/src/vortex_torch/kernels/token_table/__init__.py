@@ -7,10 +7,9 @@ otherwise the reference.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .._interpreter_compat import use_triton
 from .naive import block_token_table_naive, token_counts
 from .triton_kernel import block_token_table_triton
 
@@ -29,7 +28,7 @@ def block_token_table(
 ) -> torch.Tensor:
     """``out[tok_indptr[r]:tok_indptr[r+1]]`` = page ids (``slot * H_kv + head``) of row ``r``'s selected
     tokens, in selection order (see :func:`block_token_table_naive` for shapes)."""
-    if sel_indices.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+    if use_triton(sel_indices):
         return block_token_table_triton(
             sel_indptr, sel_indices, last_block_len, tok_indptr, out, page_size=page_size,
             block_size=block_size, num_kv_heads=num_kv_heads, max_selected_per_row=max_selected_per_row,

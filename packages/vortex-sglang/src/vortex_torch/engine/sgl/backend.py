@@ -269,7 +269,7 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
             self, group=group, head_dim=dim, num_kv_heads=heads, block_size=core.layout.block_size,
             page_size=core.layout.page_size, dtype=self.token_to_kv_pool.dtype,
             max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
-            budget_fn=make_budget_fn(core.prepared, torch.device("cpu"), core.max_selected_per_row)[0],
+            budget_fn=make_budget_fn(core.prepared, torch.device("cpu"), core.max_selected_per_row),
             device=torch.device(runner.device),
         )  # fmt: skip
 

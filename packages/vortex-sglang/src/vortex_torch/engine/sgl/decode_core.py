@@ -47,10 +47,9 @@ def make_executor(
 
 def make_budget_fn(
     prepared: PreparedFlow, device: torch.device, max_selected_per_row: int | None = None
-) -> tuple[BudgetFn, int | None]:
-    """``(budget_fn, bound)``: the default rule (a :class:`BudgetRule`, evaluated inside the plan kernel) or the
-    ``schedule_policy`` (compiled on CUDA, as is on the host: ``device="cpu"`` gives the rule for host-side
-    planners), and a static bound on its result when one is known (``max_topk_val``).
+) -> BudgetFn:
+    """The default rule (a :class:`BudgetRule`, evaluated inside the plan kernel) or the ``schedule_policy``
+    (compiled on CUDA, as is on the host: ``device="cpu"`` gives the rule for host-side planners).
 
     Every budget is clamped to ``[min(n, bos + eos), min(n, max_selected_per_row)]`` (a policy's too, on the
     host exactly as on the device), so a policy can never ask for more blocks than the buffers hold.
@@ -64,7 +63,7 @@ def make_budget_fn(
     )
     cap = max_selected_per_row if max_selected_per_row is not None else 1 << 30
     if prepared.policy is None:
-        return default_budget_fn(topk, ratio, bos, eos, cap), None
+        return default_budget_fn(topk, ratio, bos, eos, cap)
     raw = prepared.policy
     fn = compile_policy(raw, device)
     if fn is not raw:
@@ -78,7 +77,7 @@ def make_budget_fn(
     def budget(n: torch.Tensor) -> torch.Tensor:
         return torch.clamp(apply_policy(policy, n.to(torch.int32), topk, ratio, bos, eos), max=cap)
 
-    return budget, cfg.max_topk_val
+    return budget
 
 
 class VortexDecodeCore:
@@ -112,7 +111,7 @@ class VortexDecodeCore:
             if prepared.policy is None
             else min(self.max_blocks_per_row, cfg.max_topk_val or self.max_blocks_per_row)
         )  # fmt: skip
-        self.budget_fn, _ = make_budget_fn(prepared, self.device, self.max_selected_per_row)
+        self.budget_fn = make_budget_fn(prepared, self.device, self.max_selected_per_row)
         #: attention's split scratch, allocated for the largest batch (allocate_buffers); None: per call
         self.attn_workspace: SparseDecodeWorkspace | None = None
         #: "triton" sparse attention keeps softmax weights fp32 in p @ v (exact rounding) when True

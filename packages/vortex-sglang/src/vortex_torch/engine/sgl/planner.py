@@ -8,13 +8,13 @@ the Triton interpreter), sized by static bounds, so the backends run it inside t
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+from vortex_torch.kernels._interpreter_compat import use_triton
 from vortex_torch.kernels.decode_plan import BudgetRule, PlanOut, plan_decode_naive, row_blocks
 from vortex_torch.kernels.decode_plan import plan_decode as kernel_plan_decode
 
@@ -131,10 +131,6 @@ class DecodePlan:
         )
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def plan_decode(
     layout: PoolLayout,
     req_to_token: torch.Tensor,
@@ -183,7 +179,7 @@ def plan_decode(
     if budget is not None:
         budget = budget.to(device=seq_lens.device, dtype=torch.int32, non_blocking=True)
     out = buffers.out if buffers is not None else None
-    planner = kernel_plan_decode if _use_triton(seq_lens) else plan_decode_naive
+    planner = kernel_plan_decode if use_triton(seq_lens) else plan_decode_naive
     out = planner(
         layout, req_to_token, req_pool_indices[:batch], seq_lens[:batch], max_blocks_per_row=m, rule=rule,
         budget=budget, out=out,

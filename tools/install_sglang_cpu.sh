@@ -50,7 +50,8 @@ if [ -z "${VORTEX_SGLANG_FORCE:-}" ] && [ "$(cat "$STAND/INSTALLED" 2>/dev/null)
 fi
 
 t0=$(date +%s)
-pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+# quiet: without the local package mirror's "Location ... is ignored" noise (as tools/setup.sh does)
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 
 # torch: keep whatever the target has; only a bare interpreter gets the CPU build.
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then

@@ -81,17 +81,25 @@ def launches(fn: Callable[[], object]) -> int:
                and "Memset" not in e.name)  # fmt: skip
 
 
+COPY_BANDWIDTH: dict[str, float] = {}  # the last measurement of each kind, GB/s
+
+
 def copy_bandwidth_gbs() -> float:
-    """Copy bandwidth, read + write counted; the GPU is kept busy ~1 s first so its clocks are up."""
+    """Copy bandwidth, read + write counted, of 1 GiB ``b.copy_(a)`` as uint8, bf16 and int64 tensors (torch's
+    copy kernel vectorises differently per dtype); the best of them is the floor's denominator, the others are
+    kept in ``COPY_BANDWIDTH``. The GPU is kept busy ~1 s first so its clocks are up."""
     n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
+    raw = torch.empty(n, dtype=torch.uint8, device="cuda")
+    out = torch.empty_like(raw)
     t = time.time()
     while time.time() - t < 1.0:
-        b.copy_(a)
+        out.copy_(raw)
         torch.cuda.synchronize()
-    us = graph_us([lambda: b.copy_(a)], iters=50)
-    return 2 * n / (us * 1e-6) / 1e9
+    for dtype in (torch.uint8, torch.bfloat16, torch.int64):
+        a, b = raw.view(dtype), out.view(dtype)
+        us = graph_us([lambda a=a, b=b: b.copy_(a)], iters=50)
+        COPY_BANDWIDTH[str(dtype).replace("torch.", "")] = 2 * n / (us * 1e-6) / 1e9
+    return max(COPY_BANDWIDTH.values())
 
 
 class Case:
@@ -239,17 +247,40 @@ def sweep_variants(case: Case) -> list[dict[str, Any]]:
                         log(f"  attention variant failed: {type(exc).__name__}: {str(exc)[:100]}")
                     out.append({"kind": "attention", "splits": splits, "blocks_per_step": bps, "warps": warps,
                                 "stages": stages, "us": us})  # fmt: skip
-    ex = case.core.executor
+    # indexer variants: a fresh executor each (blocks per chunk are literals of the generated source)
+    from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+
+    core = case.core
+    saved = core.executor, core.indexer_workspace
     for chunk in (32, 64, 128):
-        for warps in (2, 4, 8):
-            ex.chunks = [chunk for _ in ex.chunks]
-            ex.num_warps = warps
-            try:
-                us = graph_us([lambda i=i: case.core.select(case.q[i], case.fields[i], p) for i in range(L)])
-            except Exception as exc:
-                us = None
-                log(f"  scoring variant failed: {type(exc).__name__}: {str(exc)[:100]}")
-            out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "us": us})
+        for warps in (2, 4):
+            for pps in (4, 8, 16):
+                for stages in (1, 3):
+                    try:
+                        core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,  # type: ignore[arg-type]
+                                                       num_warps=warps, programs_per_sm=pps, num_stages=stages)  # fmt: skip
+                        core.indexer_workspace = core.executor.workspace(rows, p.max_blocks_per_row, "cuda")
+                        us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
+                    except Exception as exc:
+                        us = None
+                        log(f"  indexer variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+                    out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
+                                "stages": stages, "us": us})  # fmt: skip
+    core.executor, core.indexer_workspace = saved
+    # the selection alone (its own launch, random fp32 scores): how much of the indexer is the top-k search
+    from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
+
+    nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
+    scores = [torch.randn(max(1, nnz), device="cuda") for _ in range(L)]
+    for warps in (1, 2, 4, 8):
+        try:
+            us = graph_us([lambda i=i, w=warps: select_blocks_triton(
+                scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
+                max_blocks_per_row=p.max_blocks_per_row, num_warps=w) for i in range(L)])  # fmt: skip
+        except Exception as exc:
+            us = None
+            log(f"  select variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+        out.append({"kind": "select_only", "warps": warps, "us": us})
     return out
 
 
@@ -264,10 +295,11 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     bw = copy_bandwidth_gbs()
-    log(f"copy bandwidth {bw:.0f} GB/s")
+    log(f"copy bandwidth {bw:.0f} GB/s (best of {COPY_BANDWIDTH})")
     result: dict[str, Any] = {"date": str(date.today()), "gpu": torch.cuda.get_device_name(0),
                               "torch": torch.__version__, "python": platform.python_version(),
-                              "copy_bandwidth_gbs": bw, "cases": []}  # fmt: skip
+                              "copy_bandwidth_gbs": bw, "copy_bandwidth_by_dtype_gbs": dict(COPY_BANDWIDTH),
+                              "cases": []}  # fmt: skip
     free = torch.cuda.mem_get_info()[0]
     for spec in args.cases:
         ctx, batch = (int(x) for x in spec.lower().split("x"))

@@ -126,9 +126,10 @@ def render_text(r: dict[str, Any]) -> str:
         lines.append(f"  time               {r.get('time_s', 0)} s")
         return "\n".join(lines)
     c = r["compile"]
+    k, kc = c["kernels_per_layer"], c["cache_kernels"]
     lines.append(
-        f"  compile            ok; {c['kernels_per_layer']} indexer kernel(s) per layer "
-        f"(+ {c['cache_kernels']} cache-update kernel)"
+        f"  compile            ok; {k} indexer kernel{'' if k == 1 else 's'} per layer "
+        f"(+ {kc} cache-update kernel{'' if kc == 1 else 's'})"
     )
     lines.append(
         f"  compiled == ref    {'yes' if r['compiled_ok'] else 'NO'} (Triton on {c['device']}, small ragged batch)"

@@ -13,7 +13,7 @@ from .lowerings import fused_lowering, standalone_lowering
 from .row_kernel import RowKernel
 from .schedule import CompileError, KernelGroup
 
-__all__ = ["KV_FIELDS", "KVLayout", "KernelSource", "cache_kernel", "fused_kernel", "p2", "standalone_kernel"]
+__all__ = ["GROUP_PARAMS", "KV_FIELDS", "KVLayout", "KernelSource", "cache_kernel", "fused_kernel", "p2", "standalone_kernel"]
 
 
 def emit_op(e: Emitter, node: OpNode, xs: list[Tile]) -> Tile | None:
@@ -116,51 +116,59 @@ def cache_kernel(
     return _finish(name, e, [], decode_cache=decode)
 
 
+#: the parameters every indexer group function takes before its own (see :mod:`.indexer_kernel`)
+GROUP_PARAMS = "row, start, n, c_lo, c_step, indptr, indices"
+
+
 def _finish(name: str, e: Emitter, tail: list[str], *, decode_cache: bool = False) -> KernelSource:
+    """Indexer groups become device functions of :data:`GROUP_PARAMS` (the indexer kernel calls them); a
+    ragged group loops over chunks ``c_lo, c_lo + c_step, ...`` of ``BS`` blocks of row ``row``. Cache
+    kernels are whole kernels."""
     params = ", ".join(a.name for a in e.args)
-    head = [
-        "@triton.jit",
-        f"def {name}(indptr, indices, {params}, BS: tl.constexpr):" if e.mode != "cache"
-        else f"def {name}(locs, num_locs, {params}, BS: tl.constexpr):" if decode_cache
-        else f"def {name}(block_ids, num_blocks, {params}, BS: tl.constexpr):",
-    ]  # fmt: skip
-    if e.mode == "ragged":
-        pre = [
-            "row = tl.program_id(0)",
-            "chunk = tl.program_id(1)",
-            "start = tl.load(indptr + row)",
-            "n = tl.load(indptr + row + 1) - start",
-            "p = chunk * BS + tl.arange(0, BS)",
-            "valid = p < n",
-            "rag = (start + p).to(tl.int64)",
-            "blk = tl.load(indices + rag, mask=valid, other=0).to(tl.int64)",
-            "VALID3 = valid[:, None, None]",
-            "RAG3 = rag[:, None, None]",
-            "BLK3 = blk[:, None, None]",
-        ]
-    elif e.mode == "batched":
-        pre = ["row = tl.program_id(0).to(tl.int64)"]
-    elif decode_cache:
-        kvl = e.kv
-        assert kvl is not None
-        pre = [
-            "p = tl.program_id(0) * BS + tl.arange(0, BS)",
-            f"loc = tl.load(locs + p // {kvl.heads}, mask=p < num_locs * {kvl.heads}, other=0).to(tl.int64)",
-            f"valid = (p < num_locs * {kvl.heads}) & (loc % {kvl.block_size} == {kvl.block_size - 1})",
-            f"blk = _vx_block_id(loc, p % {kvl.heads}, {kvl.page_size}, {kvl.block_size}, {kvl.heads})",
-            "VALID3 = valid[:, None, None]",
-            "BLK3 = blk[:, None, None]",
-        ]
-    else:
-        pre = [
-            "p = tl.program_id(0) * BS + tl.arange(0, BS)",
-            "valid = p < num_blocks",
-            "blk = tl.load(block_ids + p, mask=valid, other=0).to(tl.int64)",
-            "VALID3 = valid[:, None, None]",
-            "BLK3 = blk[:, None, None]",
-        ]
-    lines = head + ["    " + x for x in pre + e.pre + e.body + tail]
-    return KernelSource(name=name, args=e.args, lines=lines, ragged=e.mode == "ragged")
+    if e.mode == "cache":
+        head = [
+            "@triton.jit",
+            f"def {name}(locs, num_locs, {params}, BS: tl.constexpr):" if decode_cache
+            else f"def {name}(block_ids, num_blocks, {params}, BS: tl.constexpr):",
+        ]  # fmt: skip
+        if decode_cache:
+            kvl = e.kv
+            assert kvl is not None
+            pre = [
+                "p = tl.program_id(0) * BS + tl.arange(0, BS)",
+                f"loc = tl.load(locs + p // {kvl.heads}, mask=p < num_locs * {kvl.heads}, other=0).to(tl.int64)",
+                f"valid = (p < num_locs * {kvl.heads}) & (loc % {kvl.block_size} == {kvl.block_size - 1})",
+                f"blk = _vx_block_id(loc, p % {kvl.heads}, {kvl.page_size}, {kvl.block_size}, {kvl.heads})",
+                "VALID3 = valid[:, None, None]",
+                "BLK3 = blk[:, None, None]",
+            ]
+        else:
+            pre = [
+                "p = tl.program_id(0) * BS + tl.arange(0, BS)",
+                "valid = p < num_blocks",
+                "blk = tl.load(block_ids + p, mask=valid, other=0).to(tl.int64)",
+                "VALID3 = valid[:, None, None]",
+                "BLK3 = blk[:, None, None]",
+            ]
+        lines = head + ["    " + x for x in pre + e.pre + e.body + tail]
+        return KernelSource(name=name, args=e.args, lines=lines, ragged=False)
+    head = ["@triton.jit", f"def {name}({GROUP_PARAMS}, {params}, BS: tl.constexpr):"]
+    if e.mode == "batched":
+        lines = head + ["    " + x for x in e.pre + e.body + tail]
+        return KernelSource(name=name, args=e.args, lines=lines, ragged=False)
+    chunk = [
+        "p = chunk * BS + tl.arange(0, BS)",
+        "valid = p < n",
+        "rag = (start + p).to(tl.int64)",
+        "blk = tl.load(indices + rag, mask=valid, other=0).to(tl.int64)",
+        "VALID3 = valid[:, None, None]",
+        "RAG3 = rag[:, None, None]",
+        "BLK3 = blk[:, None, None]",
+    ]
+    lines = head + ["    " + x for x in e.pre]
+    lines.append("    for chunk in range(c_lo, tl.cdiv(n, BS), c_step):")
+    lines += ["        " + x for x in chunk + e.body + tail]
+    return KernelSource(name=name, args=e.args, lines=lines, ragged=True)
 
 
 def standalone_kernel(name: str, node: OpNode, src: str, kv: KVLayout) -> KernelSource:
@@ -171,4 +179,4 @@ def standalone_kernel(name: str, node: OpNode, src: str, kv: KVLayout) -> Kernel
         raise CompileError(f"{node.op.name} has no standalone Triton lowering")
     kernel = RowKernel(node, src, kv)
     lowering(kernel)
-    return kernel.finish(name)
+    return kernel.finish(name, GROUP_PARAMS)

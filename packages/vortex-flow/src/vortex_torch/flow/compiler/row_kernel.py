@@ -1,4 +1,4 @@
-"""The frame of a standalone kernel: one program per row, looping over the row's blocks in chunks of ``BS``.
+"""The frame of a standalone op: one program's pass over a row, looping over its blocks in chunks of ``BS``.
 
 A standalone lowering (``lowerings/standalone.py``) fills :attr:`RowKernel.body` using the helpers here; the
 frame (arguments, row bounds, chunk addressing) is the same for every op.
@@ -63,14 +63,10 @@ class RowKernel:
         self.body.append("for c0 in range(0, n, BS):")
         self.body.extend("    " + s for s in head + stmts)
 
-    def finish(self, name: str) -> KernelSource:
+    def finish(self, name: str, frame_params: str) -> KernelSource:
+        """A device function of ``frame_params`` (``row``, ``start``, ``n``, ``indices``, ... given by the
+        indexer kernel that calls it) and the op's own pointers."""
         params = ", ".join(a.name for a in self.e.args)
-        lines = [
-            "@triton.jit",
-            f"def {name}(indptr, indices, {params}, BS: tl.constexpr):",
-            "    row = tl.program_id(0).to(tl.int64)",
-            "    start = tl.load(indptr + row).to(tl.int64)",
-            "    n = tl.load(indptr + row + 1) - tl.load(indptr + row)",
-        ]
+        lines = ["@triton.jit", f"def {name}({frame_params}, {params}, BS: tl.constexpr):"]
         lines += ["    " + x for x in self.e.pre + self.body]
         return KernelSource(name=name, args=self.e.args, lines=lines, ragged=False)

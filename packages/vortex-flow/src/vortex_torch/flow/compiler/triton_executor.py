@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -14,13 +15,37 @@ import torch
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
-from vortex_torch.kernels.select import select_blocks
+from vortex_torch.kernels.select.triton_kernel import LOW_BIT, select_tiling, tolerance_bits
 
 from ..trace import TracedFlow
 from .base import FlowExecutor, SelectionSpec
-from .codegen import KV_FIELDS, KernelSource, KVLayout, cache_kernel, fused_kernel, standalone_kernel
+from .codegen import (
+    KV_FIELDS,
+    KernelArg,
+    KernelSource,
+    KVLayout,
+    cache_kernel,
+    fused_kernel,
+    standalone_kernel,
+)
+from .indexer_kernel import indexer_kernel
 from .lowerings import per_block_elements
 from .schedule import CompileError, KernelGroup, group_nodes, live_nodes, materialized
+
+
+@dataclass
+class IndexerWorkspace:
+    """Scratch of the compiled indexer, owned by the caller: ``counter [max_rows] int32`` (0 between launches;
+    the row's last scoring program re-arms it) and the intermediates of every stored tensor (fp32, by tensor id:
+    ``[max_rows * max_blocks_per_row * r * c]`` for per-block values, ``[max_rows * r * c]`` for per-row)."""
+
+    counter: torch.Tensor
+    buffers: dict[int, torch.Tensor]
+    max_rows: int
+    max_blocks_per_row: int
+
+    def fits(self, rows: int, max_blocks_per_row: int) -> bool:
+        return rows <= self.max_rows and max_blocks_per_row <= self.max_blocks_per_row
 
 
 def default_cache_dir() -> str:
@@ -52,10 +77,16 @@ class TritonExecutor(FlowExecutor):
         cache_dir: str | None = None,
         cache_chunk: int = 0,
         num_warps: int = 2,
+        programs_per_sm: int = 8,
+        num_stages: int | None = None,
     ) -> None:
         super().__init__(traced, layout)
         #: warps per program of the generated scoring kernels (2 measured fastest: results/gpu/*indexer-bench*)
         self.num_warps = num_warps
+        #: resident indexer programs per SM the parallel stage aims for (``num_splits``)
+        self.programs_per_sm = programs_per_sm
+        #: software-pipelining stages of the indexer's chunk loop (None: Triton's default)
+        self.num_stages = num_stages
         self._weight_cache: dict[tuple[int, torch.device], tuple[int, torch.Tensor]] = {}
         kv = KVLayout(layout.page_size, layout.block_size, layout.num_kv_heads)
         for what, v in (("block_chunk", block_chunk), ("cache_chunk", cache_chunk)):
@@ -82,9 +113,9 @@ class TritonExecutor(FlowExecutor):
             )
         if self.score_field is None:
             self.stored.add(score.tensor_id)  # the score feeds the selection kernel
-        self.kernels: list[KernelSource | None] = []
-        for i, g in enumerate(self.groups):
-            name = f"k{i}_{g.kind}"
+        self.kernels: list[KernelSource] = []  # one device function per non-terminal group
+        for i, g in enumerate(self.groups[:-1]):
+            name = f"_g{i}_{g.kind}"
             if g.kind == "fused":
                 external = {
                     t.tensor_id: entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}")
@@ -92,15 +123,24 @@ class TritonExecutor(FlowExecutor):
                     for t in n.inputs
                 }
                 self.kernels.append(fused_kernel(name, g, external, self.stored, kv))
-            elif g.kind == "standalone":
+            else:
                 t = g.nodes[0].inputs[0]
                 self.kernels.append(
-                    standalone_kernel(
-                        name, g.nodes[0], entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}"), kv
-                    )
+                    standalone_kernel(name, g.nodes[0], entry_of.get(t.tensor_id, f"buffer:{t.tensor_id}"), kv)
                 )
-            else:
-                self.kernels.append(None)
+        op = self.terminal.op
+        assert isinstance(op, ix.topK)
+        #: approxTopK's tolerance (0: exact topK)
+        self.tolerate_ratio = float(op.tolerate_ratio)
+        if self.score_field is not None:
+            score_arg = KernelArg("f_score", f"entry:{self.score_field}", score)
+        else:
+            score_arg = KernelArg(f"out{score.tensor_id}", f"buffer:{score.tensor_id}", score)
+        #: the indexer writes state (a ``Save``): every row is scored, copied rows too
+        self.stateful = any(n.writes is not None for g in self.groups[:-1] for n in g.nodes)
+        self.indexer = indexer_kernel(
+            "indexer", self.kernels, self.chunks[:-1], score_arg=score_arg, skip_dense=not self.stateful
+        )
         cache_nodes = live_nodes(traced.cache)
         self.cache_kernel = (
             cache_kernel("cache_update", cache_nodes, traced.cache.entries, kv) if cache_nodes else None
@@ -125,9 +165,10 @@ class TritonExecutor(FlowExecutor):
             "import triton.language as tl",
             "",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
+            "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
         ]
-        for k in [*self.kernels, self.cache_kernel, self.cache_kernel_decode]:
+        for k in [*self.kernels, self.indexer, self.cache_kernel, self.cache_kernel_decode]:
             if k is not None:
                 parts += ["", *k.lines, ""]
         return "\n".join(parts)
@@ -154,7 +195,7 @@ class TritonExecutor(FlowExecutor):
 
     @property
     def indexer_launches(self) -> int:
-        return len(self.groups) + (self.score_field is not None)
+        return 1
 
     # -- run -------------------------------------------------------------------------------------------------
     def _resolve(
@@ -183,6 +224,34 @@ class TritonExecutor(FlowExecutor):
             self._weight_cache[key] = hit
         return hit[1]
 
+    def workspace(self, max_rows: int, max_blocks_per_row: int, device: torch.device | str) -> IndexerWorkspace:
+        """Caller-owned scratch for indexer launches of up to ``max_rows`` rows of ``max_blocks_per_row``
+        blocks (FlashInfer's rule: allocate once, e.g. before CUDA-graph capture, and pass it to every layer)."""
+        bufs: dict[int, torch.Tensor] = {}
+        for g in self.groups:
+            for n in g.nodes:
+                t = n.output
+                if t is not None and t.tensor_id in self.stored:
+                    lead = max_rows if t.format == FORMAT.BATCHED else max_rows * max_blocks_per_row
+                    bufs[t.tensor_id] = torch.empty(
+                        max(1, lead * t.inner[0] * t.inner[1]), dtype=torch.float32, device=device
+                    )
+        counter = torch.zeros(max(1, max_rows), dtype=torch.int32, device=device)
+        return IndexerWorkspace(counter=counter, buffers=bufs, max_rows=max_rows,
+                                max_blocks_per_row=max_blocks_per_row)  # fmt: skip
+
+    def num_splits(self, rows: int, max_blocks_per_row: int, device: torch.device) -> int:
+        """Programs per row of the parallel stage: enough ``(row, split)`` programs to fill the GPU, none
+        beyond the longest row's chunks. Depends on shapes and the device only (CUDA-graph stable)."""
+        chunk = self.indexer.parallel_chunk
+        if not chunk:
+            return 1
+        most = triton_cdiv(max_blocks_per_row, chunk)
+        if device.type != "cuda":  # the interpreter: a few splits per row, so tests exercise the hand-off
+            return max(1, min(4, most))
+        slots = self.programs_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(triton_cdiv(slots, max(rows, 1)), most))
+
     def run_indexer(
         self,
         q: torch.Tensor,
@@ -192,50 +261,40 @@ class TritonExecutor(FlowExecutor):
         out: torch.Tensor,
         *,
         max_blocks_per_row: int | None = None,
+        workspace: IndexerWorkspace | None = None,
     ) -> None:
+        """Scoring and selection in one launch (:mod:`.indexer_kernel`). ``max_blocks_per_row`` (``>=`` every
+        row's block count) and ``workspace`` make the call sync-free and allocation-free (CUDA graphs)."""
         q = q.contiguous()
-        rows, nnz = dense.num_rows, dense.nnz
+        rows = dense.num_rows
+        if rows == 0:
+            return
         max_n = max_blocks_per_row if max_blocks_per_row is not None else int(dense.lengths().max())
-        bufs: dict[int, torch.Tensor] = {}
-        for g in self.groups:
-            for n in g.nodes:
-                t = n.output
-                if t is not None and t.tensor_id in self.stored:
-                    lead = rows if t.format == FORMAT.BATCHED else nnz
-                    bufs[t.tensor_id] = torch.empty(
-                        lead * t.inner[0] * t.inner[1], dtype=torch.float32, device=q.device
-                    )
-        for g, k, bs in zip(self.groups, self.kernels, self.chunks, strict=True):
-            if k is None:
-                (score_t,) = g.nodes[0].inputs
-                op = g.nodes[0].op
-                assert isinstance(op, ix.topK)
-                if self.score_field is not None:
-                    score = fields[self.score_field].reshape(-1)[dense.indices.long()]
-                else:
-                    score = bufs[score_t.tensor_id]
-                select_blocks(
-                    score,
-                    dense.indptr,
-                    dense.indices,
-                    selection.sel_indptr,
-                    selection.bos,
-                    selection.eos,
-                    tolerate_ratio=op.tolerate_ratio,
-                    out=out,
-                    max_blocks_per_row=max_n,
-                )
-                continue
-            args = []
-            for a in k.args:
-                kind, _, attr = a.source.partition(":")
-                if kind == "param":  # a tensor parameter of the kernel's op (Conv1d's weight)
-                    args.append(self._device_weight(getattr(g.nodes[0].op, attr), q.device))
-                else:
-                    args.append(self._resolve(a.source, q, fields, bufs))
-            kernel = getattr(self.module, k.name)
-            grid = (rows, triton_cdiv(max_n, bs)) if k.ragged else (rows,)
-            kernel[grid](dense.indptr, dense.indices, *args, BS=bs, num_warps=self.num_warps)
+        ws = workspace
+        if ws is None or not ws.fits(rows, max_n):
+            ws = self.workspace(rows, max_n, q.device)
+        args: list[Any] = []
+        for a in self.indexer.args:
+            kind, _, attr = a.source.partition(":")
+            if kind == "param":  # "param:<attr>:<group>": a tensor of that group's op (Conv1d's weight)
+                attr, _, group = attr.partition(":")
+                args.append(self._device_weight(getattr(self.groups[int(group)].nodes[0].op, attr), q.device))
+            elif kind == "buffer":
+                args.append(ws.buffers[int(attr)])
+            else:
+                args.append(self._resolve(a.source, q, fields, {}))
+        # scores are fp32 intermediates, or the dtype of the cache field topK reads (the key width follows it)
+        score_dtype = fields[self.score_field].dtype if self.score_field is not None else torch.float32
+        approx, tol_bits = tolerance_bits(self.tolerate_ratio)
+        block_n, single = select_tiling(max_n, self.num_warps)
+        splits = self.num_splits(rows, max_n, q.device)
+        kernel = getattr(self.module, self.indexer.name)
+        kernel[(rows, splits)](
+            dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
+            tol_bits, *args, APPROX=approx, LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single,
+            BLOCK_N=block_n, GATHER=self.score_field is not None, num_warps=self.num_warps,
+            **({} if self.num_stages is None else {"num_stages": self.num_stages}),
+        )  # fmt: skip
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
         if self.cache_kernel is None or block_ids.numel() == 0:

@@ -35,7 +35,7 @@ MAX_SINGLE_TILE = 8192  # 128k context at block 16: a whole row's keys in regist
 LOOP_TILE = 4096  # tile of the looped path for longer rows
 _MIN_TILE = 16
 # fp32 mantissa bits that a widened score of this dtype always has at 0 (23 - its own mantissa bits)
-_LOW_BIT = {torch.float32: 0, torch.float16: 13, torch.bfloat16: 16}
+LOW_BIT = {torch.float32: 0, torch.float16: 13, torch.bfloat16: 16}
 
 _I32_MIN: tl.constexpr = tl.constexpr(-2147483648)
 _I32_MAX: tl.constexpr = tl.constexpr(2147483647)
@@ -55,24 +55,33 @@ def _order_key(x):
 
 
 @triton.jit
-def _tile_keys(score_ptr, row_start, pos, mid_lo, mid_hi):
+def _tile_keys(score_ptr, indices_ptr, row_start, pos, mid_lo, mid_hi, GATHER: tl.constexpr):
     """Keys of one tile: ``pos [BLOCK_N]`` positions in the row -> ``(keys [BLOCK_N] int32, in_mid [BLOCK_N])``.
 
     Positions outside the middle ``[mid_lo, mid_hi)`` get ``INT32_MIN``, which no count pass counts
     (every ``mid`` tested is ``> INT32_MIN``); they are excluded from the bin through ``in_mid``.
+    ``GATHER``: the scores are a per-block field read at the row's block ids (``score[indices[pos]]``), not
+    a ragged array aligned with them. Loads go through L2 (``.cg``): in a fused indexer other programs wrote
+    the scores just before.
     """
     in_mid = (pos >= mid_lo) & (pos < mid_hi)
-    x = tl.load(score_ptr + row_start + pos, mask=in_mid, other=0.0).to(tl.float32)
+    if GATHER:
+        at = tl.load(indices_ptr + row_start + pos, mask=in_mid, other=0).to(tl.int64)
+    else:
+        at = row_start + pos
+    x = tl.load(score_ptr + at, mask=in_mid, other=0.0, cache_modifier=".cg").to(tl.float32)
     return tl.where(in_mid, _order_key(x), _I32_MIN), in_mid
 
 
 @triton.jit
-def _count_ge_tiled(score_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N: tl.constexpr):
+def _count_ge_tiled(score_ptr, indices_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N: tl.constexpr,
+                    GATHER: tl.constexpr):  # fmt: skip
     """``#{middle keys >= mid}`` of a row longer than one tile, re-reading its scores tile by tile."""
     cnt = tl.zeros([], dtype=tl.int32)
     start = tl.zeros([], dtype=tl.int32)
     while start < n:  # not `for range(0, n, ...)`: the interpreter cannot index with a loaded scalar
-        keys, _ = _tile_keys(score_ptr, row_start, start + tl.arange(0, BLOCK_N), mid_lo, mid_hi)
+        keys, _ = _tile_keys(score_ptr, indices_ptr, row_start, start + tl.arange(0, BLOCK_N), mid_lo, mid_hi,
+                             GATHER)  # fmt: skip
         cnt += tl.sum((keys >= mid).to(tl.int32), axis=0)
         start += BLOCK_N
     return cnt
@@ -102,25 +111,28 @@ def _compact_tile(
 
 
 @triton.jit
-def _select_blocks_kernel(
-    score_ptr,  # [nnz] fp32/bf16/fp16
-    dense_indptr_ptr,  # [R+1] int32
+def select_row(
+    score_ptr,  # [nnz] fp32/bf16/fp16 aligned with dense_indices, or (GATHER) a per-block field [num_blocks]
     dense_indices_ptr,  # [nnz] int32
-    sel_indptr_ptr,  # [R+1] int32
     out_ptr,  # [S] int32
+    row_start,  # this row's first dense entry
+    n,  # this row's block count
+    out_start,  # this row's first selection slot
+    budget,  # this row's budget b (<= n; b == n copies the row)
     bos,
     eos,
-    tol_bits: tl.int64,  # fp64 bit pattern of tolerate_ratio (read only when APPROX)
+    tol_bits,  # fp64 bit pattern of tolerate_ratio as int64 (read only when APPROX)
     APPROX: tl.constexpr,
     LOW_BIT: tl.constexpr,  # key bits below it are fixed by the score dtype (bf16: 16, fp16: 13, fp32: 0)
     SINGLE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    GATHER: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    row_start = tl.load(dense_indptr_ptr + row)
-    n = tl.load(dense_indptr_ptr + row + 1) - row_start
-    out_start = tl.load(sel_indptr_ptr + row)
-    budget = tl.load(sel_indptr_ptr + row + 1) - out_start
+    """Select one row's blocks (the whole algorithm of the module docstring) into ``out[out_start:+budget]``.
+
+    A device function, so that a fused indexer's last scoring program can select its row in the same launch
+    (``vortex_torch.flow.compiler``) and :func:`select_blocks_triton` can run it one program per row.
+    """
     copy_all = budget >= n
     k = tl.where(copy_all, 0, budget - bos - eos)  # middle slots to fill
     mid_lo = bos
@@ -128,14 +140,14 @@ def _select_blocks_kernel(
     if APPROX:
         # fp64 like the reference's Python float product; the bits travel as int64 because the
         # interpreter would narrow a float argument to fp32
-        tol = tol_bits.to(tl.float64, bitcast=True)
+        tol = tol_bits.to(tl.int64).to(tl.float64, bitcast=True)
         tol_k = (tol * k.to(tl.float64)).to(tl.int32)  # floor: the product is >= 0
     else:
         tol_k = 0
 
     offs = tl.arange(0, BLOCK_N)
     if SINGLE_TILE:
-        keys, in_mid = _tile_keys(score_ptr, row_start, offs, mid_lo, mid_hi)  # [BLOCK_N], in registers
+        keys, in_mid = _tile_keys(score_ptr, dense_indices_ptr, row_start, offs, mid_lo, mid_hi, GATHER)
 
     # -- threshold search: bin [lo, top] holds the k-th largest key; c = #{key > top}; n_ge = #{key >= lo}
     lo = tl.full([], _I32_MIN, tl.int32)
@@ -152,7 +164,8 @@ def _select_blocks_kernel(
         if SINGLE_TILE:
             cnt = tl.sum((keys >= mid).to(tl.int32), axis=0)
         else:
-            cnt = _count_ge_tiled(score_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N)
+            cnt = _count_ge_tiled(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N,
+                                  GATHER)  # fmt: skip
         upper = cnt >= k  # the k-th largest is in the upper half
         top = tl.where(upper, top, mid - 1)  # mid > INT32_MIN, no overflow
         c = tl.where(upper, c, cnt)
@@ -173,7 +186,7 @@ def _select_blocks_kernel(
         start = tl.zeros([], dtype=tl.int32)
         while start < n:
             pos = start + offs
-            keys_t, in_mid_t = _tile_keys(score_ptr, row_start, pos, mid_lo, mid_hi)
+            keys_t, in_mid_t = _tile_keys(score_ptr, dense_indices_ptr, row_start, pos, mid_lo, mid_hi, GATHER)
             bin_before, out_before = _compact_tile(
                 keys_t, in_mid_t, pos, n, lo, top, owed, bin_before, out_before,
                 dense_indices_ptr, row_start, out_ptr, out_start, budget,
@@ -181,9 +194,58 @@ def _select_blocks_kernel(
             start += BLOCK_N
 
 
+@triton.jit
+def _select_blocks_kernel(
+    score_ptr,  # [nnz] fp32/bf16/fp16 (or GATHER: [num_blocks])
+    dense_indptr_ptr,  # [R+1] int32
+    dense_indices_ptr,  # [nnz] int32
+    sel_indptr_ptr,  # [R+1] int32
+    out_ptr,  # [S] int32
+    bos,
+    eos,
+    tol_bits: tl.int64,  # fp64 bit pattern of tolerate_ratio (read only when APPROX)
+    APPROX: tl.constexpr,
+    LOW_BIT: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GATHER: tl.constexpr,
+):
+    row = tl.program_id(0)
+    row_start = tl.load(dense_indptr_ptr + row)
+    out_start = tl.load(sel_indptr_ptr + row)
+    select_row(
+        score_ptr, dense_indices_ptr, out_ptr, row_start, tl.load(dense_indptr_ptr + row + 1) - row_start,
+        out_start, tl.load(sel_indptr_ptr + row + 1) - out_start, bos, eos, tol_bits,
+        APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER,
+    )  # fmt: skip
+
+
 def _num_warps(block_n: int) -> int:
     """Warps per row program: ~16 keys per thread for the big tiles (2048 -> 4, 8192 -> 16)."""
     return max(1, min(16, block_n // 512))
+
+
+def select_tiling(max_blocks_per_row: int, num_warps: int | None = None) -> tuple[int, bool]:
+    """``(BLOCK_N, SINGLE_TILE)`` for rows of at most ``max_blocks_per_row`` blocks.
+
+    A row that fits one power-of-two tile of at most ``MAX_SINGLE_TILE`` keys (and, when the caller fixes
+    ``num_warps``, at most 64 keys per thread, so the keys stay in registers) keeps them in registers for every
+    count pass; a longer row loops over tiles of ``LOOP_TILE`` (capped the same way).
+    """
+    cap = MAX_SINGLE_TILE if num_warps is None else min(MAX_SINGLE_TILE, 64 * 32 * num_warps)
+    tile = max(_MIN_TILE, triton.next_power_of_2(max(1, max_blocks_per_row)))
+    if tile <= cap:
+        return tile, True
+    return min(LOOP_TILE, cap), False
+
+
+def tolerance_bits(tolerate_ratio: float) -> tuple[bool, int]:
+    """``(APPROX, tol_bits)``: whether the approximate stop can fire, and ``tolerate_ratio``'s fp64 bits."""
+    if not 0.0 <= tolerate_ratio < 1.0:
+        raise ValueError(f"tolerate_ratio must be in [0, 1), got {tolerate_ratio}")
+    # tolerate_ratio < 2**-31 gives tol_k = floor(ratio * k) = 0 for every int32 k: exactly the exact search
+    approx = tolerate_ratio >= 2.0**-31
+    return approx, (struct.unpack("<q", struct.pack("<d", float(tolerate_ratio)))[0] if approx else 0)
 
 
 def select_blocks_triton(
@@ -198,20 +260,23 @@ def select_blocks_triton(
     out: Tensor | None = None,
     max_blocks_per_row: int | None = None,
     tile_size: int | None = None,
+    gather: bool = False,
+    num_warps: int | None = None,
 ) -> Tensor:
     """Select each row's blocks (see :mod:`.naive` for the exact semantics and the approx guarantee).
 
     ``score [nnz]`` or ``[nnz, 1, 1]`` fp32/bf16/fp16, ``dense_indptr [R+1] int32``, ``dense_indices [nnz]
     int32``, ``sel_indptr [R+1] int32`` -> ``out [sel_indptr[-1]] int32``, each row's block ids in ascending
-    position order. All on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+    position order. All on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``). ``gather=True``: ``score
+    [num_blocks]`` is a per-block field, the score of dense entry ``i`` is ``score[dense_indices[i]]``.
 
     ``max_blocks_per_row`` (``>= max n_r``) picks the tile without reading ``dense_indptr`` on the host; with
     it and ``out`` given the call never syncs and can be captured in a CUDA graph. ``tile_size`` (a power of
     two) forces the looped multi-tile path, for tests. ``0 <= tolerate_ratio < 1``; 0 is exact ``topK``.
+    ``num_warps`` per row program: default ~16 keys per thread.
     """
     require_launchable(_select_blocks_kernel, score, "select_blocks_triton", "select_blocks_naive")
-    if not 0.0 <= tolerate_ratio < 1.0:
-        raise ValueError(f"tolerate_ratio must be in [0, 1), got {tolerate_ratio}")
+    approx, tol_bits = tolerance_bits(tolerate_ratio)
     if bos < 0 or eos < 0:
         raise ValueError(f"bos={bos} and eos={eos} must be >= 0")
     if score.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -224,7 +289,7 @@ def select_blocks_triton(
         if t.dtype != torch.int32 or t.dim() != 1:
             raise TypeError(f"{name} must be a 1-D int32 tensor, got {t.dtype} {tuple(t.shape)}")
     flat = score.reshape(-1)
-    if flat.numel() != dense_indices.numel():
+    if not gather and flat.numel() != dense_indices.numel():
         raise ValueError(f"score has {flat.numel()} entries, dense_indices {dense_indices.numel()}")
     flat = flat.contiguous()
     n_rows = dense_indptr.numel() - 1
@@ -239,19 +304,14 @@ def select_blocks_triton(
     if max_blocks_per_row is None:
         max_blocks_per_row = int((dense_indptr[1:] - dense_indptr[:-1]).max())  # host sync
     if tile_size is not None:
+        if tile_size & (tile_size - 1):
+            raise ValueError(f"tile_size must be a power of two, got {tile_size}")
         block_n, single = tile_size, tile_size >= max_blocks_per_row
-    elif max_blocks_per_row <= MAX_SINGLE_TILE:
-        block_n, single = max(_MIN_TILE, triton.next_power_of_2(max_blocks_per_row)), True
     else:
-        block_n, single = LOOP_TILE, False
-    if block_n & (block_n - 1):
-        raise ValueError(f"tile_size must be a power of two, got {block_n}")
-    # tolerate_ratio < 2**-31 gives tol_k = floor(ratio * k) = 0 for every int32 k: exactly the exact search
-    approx = tolerate_ratio >= 2.0**-31
-    tol_bits = struct.unpack("<q", struct.pack("<d", float(tolerate_ratio)))[0] if approx else 0
+        block_n, single = select_tiling(max_blocks_per_row)
     _select_blocks_kernel[(n_rows,)](
         flat, dense_indptr, dense_indices, sel_indptr, out, bos, eos, tol_bits,
-        APPROX=approx, LOW_BIT=_LOW_BIT[score.dtype], SINGLE_TILE=single, BLOCK_N=block_n,
-        num_warps=_num_warps(block_n),
+        APPROX=approx, LOW_BIT=LOW_BIT[score.dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=gather,
+        num_warps=num_warps or _num_warps(block_n),
     )  # fmt: skip
     return out

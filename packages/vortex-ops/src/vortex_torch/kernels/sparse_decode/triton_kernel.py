@@ -43,6 +43,7 @@ from .naive import check_inputs
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
 
 _TILE_ELEMS = 16384  # K (and V) tile of one loop step: BLOCK_N x D_PAD elements, 128 x 128 at D = 128
+_TILE_ELEMS_EXACT = 8192  # the same with fp32 p (tf32x3 p @ v): 64 x 128 at D = 128
 _MIN_ITERS_PER_SPLIT = 2  # a split shorter than this costs more in launch/combine than it gains
 _MAX_SPLITS = 64
 _PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep HBM busy
@@ -213,17 +214,23 @@ def _next_pow2(x: int, at_least: int = 1) -> int:
     return max(at_least, 1 << max(0, x - 1).bit_length())
 
 
-def blocks_per_iter(block_size: int, head_dim: int) -> int:
+def blocks_per_iter(block_size: int, head_dim: int, exact: bool = False) -> int:
     """Whole blocks per loop step of a program: ``BLOCKS_PER_ITER * BS`` tokens, 16 to 128 of them
-    (>= 16 for tl.dot, fewer at large D to bound registers), or one block when ``BS > 128``. 128 tokens at
-    D = 128 measured fastest on an H200 (results/gpu/2026-12-04-decode-step-bench.json (its "sweep"): 69.8 us against
-    79.6 us for 64 tokens at 32k x 32, budget 2048)."""
-    tokens = min(128, max(16, _TILE_ELEMS // _next_pow2(head_dim, 16)))
+    (>= 16 for tl.dot, fewer at large D to bound registers), or one block when ``BS > 128``. At D = 128 on an
+    H200 (results/gpu/2026-12-04-decode-step-bench.md, 32k x 32, budget 2048): 128 tokens for the fast path
+    (69.8 us against 79.6 us with 64), 64 for ``exact`` (fp32 p: 122.8 us with 64, 198.4 us with 128)."""
+    elems = _TILE_ELEMS_EXACT if exact else _TILE_ELEMS
+    tokens = min(128, max(16, elems // _next_pow2(head_dim, 16)))
     return max(1, tokens // block_size)
 
 
 def default_num_splits(
-    num_rows: int, max_blocks_per_row: int, block_size: int, head_dim: int, device: torch.device
+    num_rows: int,
+    max_blocks_per_row: int,
+    block_size: int,
+    head_dim: int,
+    device: torch.device,
+    exact: bool = False,
 ) -> int:
     """Splits per row: enough ``(row, split)`` programs to fill the GPU, but chunks of >= 2 loop steps.
 
@@ -234,7 +241,7 @@ def default_num_splits(
     else:
         num_sms = 2  # Triton interpreter: small, so that tests exercise the split + combine path
     want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, max(num_rows, 1))
-    cap = triton.cdiv(max_blocks_per_row, _MIN_ITERS_PER_SPLIT * blocks_per_iter(block_size, head_dim))
+    cap = triton.cdiv(max_blocks_per_row, _MIN_ITERS_PER_SPLIT * blocks_per_iter(block_size, head_dim, exact))
     return int(max(1, min(want, cap, _MAX_SPLITS)))
 
 
@@ -313,7 +320,7 @@ def launch(
     meta = dict(
         G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
         G_PAD=_next_pow2(group, 16), D_PAD=_next_pow2(head_dim, 16),
-        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim),
+        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
         P_FP32=bool(exact) or q.dtype == torch.float32,
@@ -368,6 +375,7 @@ def sparse_decode_attention(
     return_lse: Literal[False] = ...,
     workspace: SparseDecodeWorkspace | None = ...,
     exact: bool = ...,
+    num_splits: int | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -388,6 +396,7 @@ def sparse_decode_attention(
     return_lse: Literal[True],
     workspace: SparseDecodeWorkspace | None = ...,
     exact: bool = ...,
+    num_splits: int | None = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -407,6 +416,7 @@ def sparse_decode_attention(
     return_lse: bool = False,
     workspace: SparseDecodeWorkspace | None = None,
     exact: bool = True,
+    num_splits: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse paged decode attention (Triton, one launch); same contract as ``sparse_decode_attention_naive``.
 
@@ -428,6 +438,7 @@ def sparse_decode_attention(
         workspace: caller-owned split scratch (:class:`SparseDecodeWorkspace`); allocated per call when None.
         exact: True keeps the softmax weights fp32 through ``p @ v`` (the exact attention rounded once);
             False rounds them to the KV dtype first, as FlashAttention and FlashInfer do (one MMA, faster).
+        num_splits: programs per row; default :func:`default_num_splits` of ``max_blocks_per_row``.
 
     Returns:
         ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
@@ -440,9 +451,10 @@ def sparse_decode_attention(
         out = torch.empty_like(q)
     lse = torch.empty(num_rows, group, dtype=torch.float32, device=q.device) if return_lse else None
     if num_rows > 0 and group > 0:
-        if max_blocks_per_row is None:
-            max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
-        num_splits = default_num_splits(num_rows, max_blocks_per_row, block_size, head_dim, q.device)
+        if num_splits is None:
+            if max_blocks_per_row is None:
+                max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
+            num_splits = default_num_splits(num_rows, max_blocks_per_row, block_size, head_dim, q.device, exact)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
         launch(
             q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits,

@@ -259,7 +259,7 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
         super()._vortex_setup(runner, config)
         core = self.vortex_core
         self.vortex_fi: FlashInferSparseDecode | None = None
-        if core.exact or not core.exact_attention:
+        if core.reference_kernels or not core.exact_attention:
             # impl_backend="reference": plain-PyTorch attention as well; default: Vortex's Triton attention,
             # planned on the device inside the CUDA graph. exact_attention=True: FlashInfer's own decode kernel
             # over the selected tokens (bit-identical to plain SGLang at full budget; host plan per step).

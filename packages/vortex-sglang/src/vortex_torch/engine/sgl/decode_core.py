@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from .planner import (
     plan_decode,
 )
 from .policy import apply_policy, compile_policy
+
+if TYPE_CHECKING:
+    from vortex_torch.flow.compiler.triton_executor import IndexerWorkspace
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
@@ -98,7 +101,8 @@ class VortexDecodeCore:
         self.config = prepared.config
         self.layout = layout
         self.device = torch.device(device)
-        self.exact = self.config.impl_backend == "reference"
+        #: ``impl_backend="reference"``: the plain-PyTorch executor and attention (eager, host syncs)
+        self.reference_kernels = self.config.impl_backend == "reference"
         self.executor = make_executor(
             prepared, layout, self.config.impl_backend, self.config.compilation_cache_dir
         )
@@ -114,6 +118,8 @@ class VortexDecodeCore:
         self.budget_fn = make_budget_fn(prepared, self.device, self.max_selected_per_row)
         #: attention's split scratch, allocated for the largest batch (allocate_buffers); None: per call
         self.attn_workspace: SparseDecodeWorkspace | None = None
+        #: the compiled indexer's scratch (its per-row counters and score buffers), likewise
+        self.indexer_workspace: IndexerWorkspace | None = None
         #: "triton" sparse attention keeps softmax weights fp32 in p @ v (exact rounding) when True
         self.exact_attention = cfg.exact_attention
 
@@ -129,8 +135,13 @@ class VortexDecodeCore:
         """Capture-stable plan buffers and attention scratch for up to ``max_batch`` requests (CUDA graphs)."""
         rows = max_batch * self.layout.num_kv_heads
         group, dim = self.prepared.geometry.group_size, self.prepared.geometry.head_dim
-        splits = default_num_splits(1, self.max_selected_per_row, self.layout.block_size, dim, self.device)
+        splits = max(
+            default_num_splits(1, self.max_selected_per_row, self.layout.block_size, dim, self.device, exact)
+            for exact in (False, True)
+        )  # fmt: skip
         self.attn_workspace = SparseDecodeWorkspace.allocate(rows, splits, group, dim, self.device)
+        if not self.reference_kernels:
+            self.indexer_workspace = self.executor.workspace(rows, self.max_blocks_per_row, self.device)
         return DecodePlanBuffers.allocate(rows, self.max_blocks_per_row, self.device)
 
     def plan(
@@ -165,7 +176,7 @@ class VortexDecodeCore:
         """
         if out_cache_loc is None or out_cache_loc.numel() == 0 or count == 0:
             return
-        if count is None and not self.exact:  # decode: the kernel finds the completed blocks (one launch)
+        if count is None and not self.reference_kernels:  # decode: the kernel finds the completed blocks (one launch)
             self.executor.run_cache_decode(fields, out_cache_loc)
             return
         ids = completed_block_ids(self.layout, out_cache_loc, count=count)
@@ -176,9 +187,12 @@ class VortexDecodeCore:
         from vortex_torch.flow.compiler.base import SelectionSpec
 
         spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
-        if self.exact:
+        if self.reference_kernels:
             self.executor.run_indexer(q_rows, fields, plan.exact_dense_blocks(), spec, plan.sel_indices)
         else:
+            ws = self.indexer_workspace
+            if ws is not None and not ws.fits(plan.num_rows, plan.max_blocks_per_row):
+                ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
             self.executor.run_indexer(
                 q_rows,
                 fields,
@@ -186,6 +200,7 @@ class VortexDecodeCore:
                 spec,
                 plan.sel_indices,
                 max_blocks_per_row=plan.max_blocks_per_row,
+                workspace=ws,
             )
         return plan.sel_indices
 
@@ -195,7 +210,7 @@ class VortexDecodeCore:
         """Sparse attention over ``plan``'s selection: ``q_rows [R, G, D]`` -> ``o [R, G, D]`` (q's dtype)."""
         args = (q_rows, fields["k"], fields["v"], plan.sel_indptr, plan.sel_indices, plan.last_block_len)
         ps, bs = self.layout.page_size, self.layout.block_size
-        if self.exact:
+        if self.reference_kernels:
             from vortex_torch.kernels.sparse_decode import sparse_decode_attention_naive
 
             return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
@@ -203,7 +218,8 @@ class VortexDecodeCore:
 
         ws = self.attn_workspace
         num_rows, group, dim = q_rows.shape
-        splits = default_num_splits(num_rows, plan.max_selected_per_row, bs, dim, q_rows.device)
+        exact = self.exact_attention
+        splits = default_num_splits(num_rows, plan.max_selected_per_row, bs, dim, q_rows.device, exact)
         if ws is not None and not ws.fits(num_rows, splits, group, dim):
             ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
         return sparse_decode_attention(
@@ -213,7 +229,8 @@ class VortexDecodeCore:
             sm_scale=sm_scale,
             max_blocks_per_row=plan.max_selected_per_row,
             workspace=ws,
-            exact=self.exact_attention,
+            exact=exact,
+            num_splits=splits,
         )
 
     def decode_layer(

@@ -1,0 +1,133 @@
+"""The whole indexer of a flow (scoring + selection) as ONE kernel launch per layer.
+
+A flow's scoring graph is scheduled into groups (:mod:`.schedule`): runs of fused per-block ops, standalone
+ops over a row's blocks (``dim=0`` reductions, softmax, ...) and the ``topK`` terminal. Each non-terminal
+group is emitted as a device function (:mod:`.codegen`); this module writes the kernel that calls them.
+
+Grid ``(R, S)``. Program ``(r, s)``:
+
+1. **parallel stage**, when the first group is a fused per-block group (the usual case: the quick-start flow is
+   only that): chunks ``s, s + S, s + 2S, ...`` of ``BS`` blocks of row ``r``, so ``S`` programs share a row
+   and the work follows the row's real length (programs past its last chunk do nothing);
+2. the row's **last** program to finish (a per-row counter, counted with one gpu-scope acq_rel atomic after a
+   CTA barrier, as the sparse-decode split merge does; it re-arms the counter to 0 for the next launch) runs
+   the remaining groups over the whole row, a CTA barrier between them (a group reads what the previous one
+   stored), then the selection of :func:`vortex_torch.kernels.select.triton_kernel.select_row`.
+
+Without a parallel stage (the first group is standalone, or ``topK`` reads a cache field directly) the grid
+is ``(R, 1)`` and the program runs everything. A row whose budget covers all its blocks is copied whole and,
+when the indexer writes no state (no ``Save``), never scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .codegen import GROUP_PARAMS
+from .emitter import KernelArg, KernelSource
+
+#: fixed parameters of the indexer kernel, before the groups' pointers
+KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits"
+#: its constexprs (set per launch by the executor)
+KERNEL_CONSTEXPRS = ("APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER")
+
+
+@dataclass
+class IndexerKernel:
+    """The indexer kernel's source, its pointer arguments (deduplicated over groups) and its structure."""
+
+    name: str
+    args: list[KernelArg]
+    lines: list[str]
+    #: blocks per chunk of the parallel stage, or 0 when there is none (grid ``(R, 1)``)
+    parallel_chunk: int
+    #: argument name of the scores the selection reads
+    score_arg: str
+
+
+def _call(fn: KernelSource, names: list[str], bs: int, row_serial: bool) -> str:
+    own = ", ".join(names)
+    frame = GROUP_PARAMS.replace("c_lo, c_step", "0, 1" if row_serial else "split, num_splits")
+    return f"{fn.name}({frame}, {own}, BS={bs})"
+
+
+def indexer_kernel(
+    name: str,
+    groups: list[KernelSource],
+    chunks: list[int],
+    *,
+    score_arg: KernelArg,
+    skip_dense: bool,
+) -> IndexerKernel:
+    """The kernel over ``groups`` (device functions, in order; ``chunks[i]`` blocks per chunk of group ``i``)
+    whose last group stored the scores that ``score_arg`` points to (or, with no group, a cache field read at
+    the block ids: ``GATHER``). ``skip_dense``: the groups write no state, so a row copied whole need not be
+    scored."""
+    # the kernel's parameters: one per distinct source (a group's own names may clash: x_ptr, y_ptr, ...)
+    args: dict[str, KernelArg] = {}
+    name_of: dict[str, str] = {}
+
+    def param(a: KernelArg, i: int) -> str:
+        # an op's own tensor ("param:<attr>") belongs to that group's op: "param:<attr>:<group>"
+        source = f"{a.source}:{i}" if a.source.startswith("param:") else a.source
+        if source not in name_of:
+            name = a.name if a.name not in args else f"{a.name}_g{i}"
+            name_of[source] = name
+            args[name] = KernelArg(name, source, a.tensor)
+        return name_of[source]
+
+    names = [[param(a, i) for a in g.args] for i, g in enumerate(groups)]
+    score_name = param(score_arg, len(groups))
+    params = ", ".join(args)
+    parallel = bool(groups) and groups[0].ragged
+    body = [
+        "row = tl.program_id(0).to(tl.int64)",
+        "split = tl.program_id(1)",
+        "start = tl.load(indptr + row).to(tl.int64)",
+        "n = tl.load(indptr + row + 1) - tl.load(indptr + row)",
+        "sel_start = tl.load(sel_indptr + row)",
+        "budget = tl.load(sel_indptr + row + 1) - sel_start",
+    ]
+    # `live`: whether this row is scored at all (a row copied whole needs no score, unless scoring writes state)
+    live = "(budget < n)" if skip_dense else "(n > 0)"
+    select = (
+        f"_vx_select_row({score_name}, indices, sel_out, start, n, sel_start, budget, bos, eos, tol_bits, "
+        "APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER)"
+    )
+    serial = [_call(g, nm, bs, row_serial=True) for g, nm, bs in zip(groups, names, chunks, strict=True)]
+    if parallel:
+        rest = serial[1:]
+        body += [
+            "num_splits = tl.num_programs(1)",
+            f"nchunks = tl.cdiv(n, {chunks[0]})",
+            f"if {live} & (split < nchunks):",
+            f"    {_call(groups[0], names[0], chunks[0], row_serial=False)}",
+            "    tl.debug_barrier()  # every thread's stores issued before the release below",
+            '    done = tl.atomic_add(counter + row, 1, sem="acq_rel", scope="gpu")',
+            "    if done == tl.minimum(num_splits, nchunks) - 1:  # the row's last program: finish the row",
+            '        tl.atomic_xchg(counter + row, 0, sem="relaxed", scope="gpu")',
+        ]
+        for call in rest:
+            body += [f"        {call}", "        tl.debug_barrier()"]
+        body.append(f"        {select}")
+        if skip_dense:  # copied rows: one program writes the copy
+            body += ["if (budget >= n) & (split == 0):", f"    {select}"]
+    elif not groups:  # topK of a cache field: only the selection
+        body.append(select)
+    else:
+        body.append(f"if {live}:")
+        for call in serial:
+            body += [f"    {call}", "    tl.debug_barrier()"]
+        body.append(f"    {select}")
+        if skip_dense:
+            body += ["else:", f"    {select}"]
+    constexprs = ", ".join(f"{c}: tl.constexpr" for c in KERNEL_CONSTEXPRS)
+    lines = ["@triton.jit", f"def {name}({KERNEL_PARAMS}, {params}, {constexprs}):"]
+    lines += ["    " + x for x in body]
+    return IndexerKernel(
+        name=name,
+        args=list(args.values()),
+        lines=lines,
+        parallel_chunk=chunks[0] if parallel else 0,
+        score_arg=score_name,
+    )

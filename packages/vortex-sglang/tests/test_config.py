@@ -19,6 +19,7 @@ from vortex_torch.engine.sgl import plugin
 from vortex_torch.engine.sgl.config import INT32_MAX, VortexConfig, VortexConfigError
 from vortex_torch.engine.sgl.flow_spec import clear_cache, prepare_flow
 from vortex_torch.flow import registry
+from vortex_torch.flow.runtime import RuntimeConfig, RuntimeConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 FLOW_FILE = str(ROOT / "examples" / "custom_sparse_attention.py")
@@ -122,6 +123,34 @@ def test_invalid_values_name_the_field(fields: dict[str, Any], field: str) -> No
     assert info.value.field == field
     assert str(info.value).startswith(f"VortexConfig.{field}: ")
     assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("block_size", 12),
+        ("block_size", True),
+        ("topk_val", -1),
+        ("topk_val", 2.0),
+        ("topk_val", INT32_MAX - 1),  # + bos + eos overflows
+        ("topk_ratio", 1.5),
+        ("topk_ratio", "0.5"),
+        ("block_reserved_bos", -1),
+        ("block_reserved_eos", 0),
+    ],
+)
+def test_shared_fields_fail_alike_in_both_configs(field: str, value: Any) -> None:
+    """RuntimeConfig (reference runtime) and VortexConfig (SGLang) check their common fields with one function:
+    the same value is refused by both, with the same text after the class name."""
+    with pytest.raises(RuntimeConfigError) as runtime:
+        RuntimeConfig(**{field: value})
+    with pytest.raises(VortexConfigError) as sglang:
+        VortexConfig(**BASE, **{field: value})
+    assert runtime.value.field == sglang.value.field == field
+    assert isinstance(runtime.value, ValueError) and isinstance(sglang.value, ValueError)
+    prefix_r, prefix_s = f"RuntimeConfig.{field}: ", f"VortexConfig.{field}: "
+    assert str(runtime.value).startswith(prefix_r) and str(sglang.value).startswith(prefix_s)
+    assert str(runtime.value).removeprefix(prefix_r) == str(sglang.value).removeprefix(prefix_s)
 
 
 def test_unknown_module_name_says_what_the_file_registers() -> None:

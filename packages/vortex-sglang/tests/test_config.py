@@ -460,3 +460,23 @@ def test_import_vortex_torch_without_sglang_is_a_no_op() -> None:
     )
     assert "trigger False" in out
     assert "sglang loaded False" in out
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "tp", "want"),
+    [(32, 8, 1, (8, 4, 128)), (32, 8, 4, (2, 4, 128)), (32, 8, 16, (1, 2, 128)), (12, 8, 1, None)],
+)
+def test_rank_heads_is_the_per_rank_geometry(heads: int, kv_heads: int, tp: int, want: Any) -> None:
+    """(H_kv, G, D) of one attention-TP rank, KV heads replicated past TP = H_kv as SGLang's ModelConfig does."""
+    from types import SimpleNamespace
+
+    from vortex_torch.engine.sgl.server_rules import VortexServerArgsError, rank_heads
+
+    mc = SimpleNamespace(num_attention_heads=heads, head_dim=128,
+                         get_num_kv_heads=lambda tp_size: max(1, kv_heads // tp_size))  # fmt: skip
+    if want is None:
+        with pytest.raises(VortexServerArgsError) as info:
+            rank_heads(mc, tp)
+        assert info.value.field == "tp_size"
+    else:
+        assert rank_heads(mc, tp) == want

@@ -208,14 +208,9 @@ def check_server_args(server_args: Any, config: VortexConfig) -> PreparedFlow:
     geo = model_geometry(server_args)
     config.validate_for_model(page_size=server_args.page_size, num_layers=geo.num_layers)
     prepared = prepare_flow(config, head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype)
-    stateful = prepared.uses_save or bool(
-        getattr(getattr(prepared.traced, "flow", None), "requires_radix_cache_off", False)
-    )
+    stateful = prepared.uses_save or bool(getattr(prepared.traced.flow, "requires_radix_cache_off", False))
     if stateful and not server_args.disable_radix_cache:
-        saved = (
-            ", ".join(sorted(getattr(prepared.traced, "saved_fields", ())))
-            or "declared requires_radix_cache_off"
-        )
+        saved = ", ".join(sorted(prepared.traced.saved_fields)) or "declared requires_radix_cache_off"
         raise VortexServerArgsError(
             "disable_radix_cache",
             f"flow {config.module_name!r} keeps per-request indexer state ({saved}: Save), which a radix-cache "

@@ -480,3 +480,22 @@ def test_rank_heads_is_the_per_rank_geometry(heads: int, kv_heads: int, tp: int,
         assert info.value.field == "tp_size"
     else:
         assert rank_heads(mc, tp) == want
+
+
+def test_compatibility_only_fields_are_accepted_and_read_nowhere() -> None:
+    """workload_chunk_size / use_tensor_core load from an original-project config, and no module of
+    packages/*/src but config.py (which validates them) names them."""
+    import ast
+
+    from vortex_torch.engine.sgl.config import COMPATIBILITY_ONLY
+
+    assert set(COMPATIBILITY_ONLY) <= {f.name for f in dataclasses.fields(VortexConfig)}
+    VortexConfig(**BASE, workload_chunk_size=64, use_tensor_core=True)
+    readers = []
+    for path in sorted(ROOT.glob("packages/*/src/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            attr = node.attr if isinstance(node, ast.Attribute) else None  # cfg.use_tensor_core
+            text = node.value if isinstance(node, ast.Constant) else None  # getattr(cfg, "use_tensor_core")
+            if attr in COMPATIBILITY_ONLY or text in COMPATIBILITY_ONLY:
+                readers.append(path.name)
+    assert readers and set(readers) == {"config.py"}

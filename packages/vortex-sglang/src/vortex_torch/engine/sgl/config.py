@@ -26,6 +26,10 @@ DTYPES = ("bfloat16", "float16", "float32", "fp8_e4m3", "fp8_e5m2")
 #: (server_rules), swapped by the plugin's backend hook; backend.create_backend builds one class per entry
 ATTENTION_BACKENDS = ("flashinfer", "triton")
 IMPL_BACKENDS = ("triton", "reference")
+#: Fields of the original project's config that are accepted and validated, so its configs load unchanged, and
+#: read nowhere else (tested): the Triton code generator picks its own tiling (``workload_chunk_size``) and uses
+#: ``tl.dot`` where it pays (``use_tensor_core``). This is the one place that says so.
+COMPATIBILITY_ONLY = ("workload_chunk_size", "use_tensor_core")
 
 #: ``schedule_policy`` signature: (cached_blocks [R] int32 tensor, topk_val, topk_ratio, bos, eos) -> [R] blocks
 BudgetPolicy = Callable[..., Any]
@@ -76,9 +80,7 @@ class VortexConfig:
 
     Every field is checked when the config is built (:meth:`validate`) and again at engine start (the
     ``ServerArgs`` hook and every scheduler process), so a field changed after construction cannot reach the
-    scheduler unchecked. ``workload_chunk_size`` and ``use_tensor_core`` are accepted and validated for
-    compatibility with the original project, and unused: the Triton code generator picks its own tiling and
-    uses ``tl.dot`` where it pays.
+    scheduler unchecked. The fields of :data:`COMPATIBILITY_ONLY` are accepted and validated, never read.
     """
 
     #: blocks chosen by score per (request, kv-head), besides the bos/eos blocks
@@ -94,7 +96,7 @@ class VortexConfig:
     block_reserved_eos: int = 1
     #: planning length for buffers; -1: the model's context length
     max_seq_lens: int = -1
-    #: a power of two; accepted for compatibility with the original project, unused
+    #: a power of two; COMPATIBILITY_ONLY
     workload_chunk_size: int = 32
     #: dtype of aux cache fields and stored indexer intermediates
     dtype: str = "bfloat16"
@@ -115,7 +117,7 @@ class VortexConfig:
     attention_backend: str = "flashinfer"
     #: indexer implementation: generated Triton kernels, or the plain-PyTorch reference (slow; for debugging)
     impl_backend: str = "triton"
-    #: a bool; accepted for compatibility with the original project, unused
+    #: a bool; COMPATIBILITY_ONLY
     use_tensor_core: bool = False
     #: keyword arguments passed to the flow class's constructor
     flow_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -244,7 +246,7 @@ class VortexConfig:
                 )  # fmt: skip
         if not is_pow2(self.workload_chunk_size) or self.workload_chunk_size > INT32_MAX:
             raise VortexConfigError(
-                "workload_chunk_size", f"must be a power of two (accepted for compatibility, unused), got "
+                "workload_chunk_size", f"must be a power of two (compatibility only: accepted, never read), got "
                 f"{self.workload_chunk_size!r}"
             )  # fmt: skip
 
@@ -260,7 +262,7 @@ class VortexConfig:
             raise VortexConfigError("exact_attention", f"must be True or False, got {self.exact_attention!r}")
         if not isinstance(self.use_tensor_core, bool):
             raise VortexConfigError(
-                "use_tensor_core", f"must be True or False (accepted for compatibility, unused), got "
+                "use_tensor_core", f"must be True or False (compatibility only: accepted, never read), got "
                 f"{self.use_tensor_core!r}"
             )  # fmt: skip
         policy = self.schedule_policy

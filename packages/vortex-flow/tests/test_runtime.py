@@ -241,19 +241,31 @@ def test_bos_eos_kept_and_short_rows_select_everything() -> None:
                 assert plan.positions(torch.tensor(sel.row_block_ids(b, h))).tolist() == pos
 
 
-def test_budget_fn_replaces_the_rule_and_is_checked() -> None:
+def test_budget_fn_replaces_the_rule_and_is_clamped() -> None:
     def quarter(n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
         return torch.minimum(n, torch.clamp(n // 4, min=bos + eos))
 
     run = run_synthetic(quickstart(), [70, 400], 1, config=RuntimeConfig(budget_fn=quarter), num_layers=1)
-    assert run.plans[0].budget.tolist() == [2, 2, 6, 6]  # n = 5, 25 blocks per row, two heads each
+    assert run.plans[0].budget.tolist() == [2, 2, 6, 6]  # n = 5, 26 blocks per row, two heads each
     assert [len(p) for p in run.selections[0][0].positions] == [2, 2, 6, 6]
 
     def too_big(n: torch.Tensor, *_: object) -> torch.Tensor:
         return n + 1
 
-    with pytest.raises(ValueError, match="budget_fn gave row 0"):
-        run_synthetic(quickstart(), [70], 1, config=RuntimeConfig(budget_fn=too_big), num_layers=1)
+    def too_small(n: torch.Tensor, *_: object) -> torch.Tensor:
+        return n * 0 - 3
+
+    # clamped to [min(n, bos + eos), n] as SGLang clamps a schedule_policy: whole rows, then bos + eos blocks
+    for fn, want in ((too_big, [5, 5, 26, 26]), (too_small, [2, 2, 2, 2])):
+        run = run_synthetic(quickstart(), [70, 400], 1, config=RuntimeConfig(budget_fn=fn), num_layers=1)
+        assert run.plans[0].budget.tolist() == want
+        assert [len(p) for p in run.selections[0][0].positions] == want
+
+    def not_a_count(n: torch.Tensor, *_: object) -> torch.Tensor:
+        return n / 2
+
+    with pytest.raises(ValueError, match="must return an integer tensor shaped like n"):
+        run_synthetic(quickstart(), [70], 1, config=RuntimeConfig(budget_fn=not_a_count), num_layers=1)
 
 
 def test_broken_executor_is_caught() -> None:

@@ -7,6 +7,7 @@ conftest sets it for the test process, which is exactly what a user's process do
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -75,3 +76,31 @@ def test_cpu_without_interpreter_says_what_to_do(tmp_path: Path, api: str, late:
     assert "Fix: move the tensors to a CUDA GPU; or set TRITON_INTERPRET=1" in message
     assert ("after vortex_torch.kernels was imported" in message) == late
     assert "active drivers" not in message + proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA tensors always run the Triton kernel")
+@pytest.mark.parametrize("switch", ["unset", "before-import", "after-import"])
+def test_cpu_dispatch_follows_how_triton_defined_the_kernels(tmp_path: Path, switch: str) -> None:
+    """CPU tensors run the Triton kernel only when Triton's interpreter defined it; set too late (or never),
+    the entry point runs the reference instead of failing, and no environment read overrides that."""
+    code = "import json, os, torch\n"
+    if switch == "before-import":
+        code += "os.environ['TRITON_INTERPRET'] = '1'\n"
+    code += "from vortex_torch.kernels import interpreter_active, use_triton\n"
+    code += "from vortex_torch.kernels.select import select_blocks, select_blocks_triton\n"
+    if switch == "after-import":
+        code += "os.environ['TRITON_INTERPRET'] = '1'\n"
+    code += textwrap.dedent("""
+        i32 = lambda xs: torch.tensor(xs, dtype=torch.int32)
+        args = (torch.tensor([0.5, 0.1, 0.9, 0.3, 0.2]), i32([0, 5]), i32([10, 11, 12, 13, 14]), i32([0, 3]), 1, 1)
+        got = select_blocks(*args).tolist()
+        print(json.dumps({"active": interpreter_active(), "triton": use_triton(torch.zeros(1)), "got": got,
+                          "kernel": type(select_blocks_triton.__globals__["_select_blocks_kernel"]).__name__}))
+    """)
+    proc = run_clean(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    interpreted = switch == "before-import"
+    assert out["active"] is interpreted and out["triton"] is interpreted
+    assert (out["kernel"] == "InterpretedFunction") is interpreted
+    assert out["got"] == [10, 12, 14]  # bos, the top middle block (0.9), eos

@@ -19,6 +19,7 @@ from vortex_torch.engine.sgl import plugin
 from vortex_torch.engine.sgl.config import INT32_MAX, VortexConfig, VortexConfigError
 from vortex_torch.engine.sgl.flow_spec import clear_cache, prepare_flow
 from vortex_torch.flow import registry
+from vortex_torch.flow.runtime import RuntimeConfig, RuntimeConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 FLOW_FILE = str(ROOT / "examples" / "custom_sparse_attention.py")
@@ -122,6 +123,34 @@ def test_invalid_values_name_the_field(fields: dict[str, Any], field: str) -> No
     assert info.value.field == field
     assert str(info.value).startswith(f"VortexConfig.{field}: ")
     assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("block_size", 12),
+        ("block_size", True),
+        ("topk_val", -1),
+        ("topk_val", 2.0),
+        ("topk_val", INT32_MAX - 1),  # + bos + eos overflows
+        ("topk_ratio", 1.5),
+        ("topk_ratio", "0.5"),
+        ("block_reserved_bos", -1),
+        ("block_reserved_eos", 0),
+    ],
+)
+def test_shared_fields_fail_alike_in_both_configs(field: str, value: Any) -> None:
+    """RuntimeConfig (reference runtime) and VortexConfig (SGLang) check their common fields with one function:
+    the same value is refused by both, with the same text after the class name."""
+    with pytest.raises(RuntimeConfigError) as runtime:
+        RuntimeConfig(**{field: value})
+    with pytest.raises(VortexConfigError) as sglang:
+        VortexConfig(**BASE, **{field: value})
+    assert runtime.value.field == sglang.value.field == field
+    assert isinstance(runtime.value, ValueError) and isinstance(sglang.value, ValueError)
+    prefix_r, prefix_s = f"RuntimeConfig.{field}: ", f"VortexConfig.{field}: "
+    assert str(runtime.value).startswith(prefix_r) and str(sglang.value).startswith(prefix_s)
+    assert str(runtime.value).removeprefix(prefix_r) == str(sglang.value).removeprefix(prefix_s)
 
 
 def test_unknown_module_name_says_what_the_file_registers() -> None:
@@ -431,3 +460,42 @@ def test_import_vortex_torch_without_sglang_is_a_no_op() -> None:
     )
     assert "trigger False" in out
     assert "sglang loaded False" in out
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "tp", "want"),
+    [(32, 8, 1, (8, 4, 128)), (32, 8, 4, (2, 4, 128)), (32, 8, 16, (1, 2, 128)), (12, 8, 1, None)],
+)
+def test_rank_heads_is_the_per_rank_geometry(heads: int, kv_heads: int, tp: int, want: Any) -> None:
+    """(H_kv, G, D) of one attention-TP rank, KV heads replicated past TP = H_kv as SGLang's ModelConfig does."""
+    from types import SimpleNamespace
+
+    from vortex_torch.engine.sgl.server_rules import VortexServerArgsError, rank_heads
+
+    mc = SimpleNamespace(num_attention_heads=heads, head_dim=128,
+                         get_num_kv_heads=lambda tp_size: max(1, kv_heads // tp_size))  # fmt: skip
+    if want is None:
+        with pytest.raises(VortexServerArgsError) as info:
+            rank_heads(mc, tp)
+        assert info.value.field == "tp_size"
+    else:
+        assert rank_heads(mc, tp) == want
+
+
+def test_compatibility_only_fields_are_accepted_and_read_nowhere() -> None:
+    """workload_chunk_size / use_tensor_core load from an original-project config, and no module of
+    packages/*/src but config.py (which validates them) names them."""
+    import ast
+
+    from vortex_torch.engine.sgl.config import COMPATIBILITY_ONLY
+
+    assert set(COMPATIBILITY_ONLY) <= {f.name for f in dataclasses.fields(VortexConfig)}
+    VortexConfig(**BASE, workload_chunk_size=64, use_tensor_core=True)
+    readers = []
+    for path in sorted(ROOT.glob("packages/*/src/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            attr = node.attr if isinstance(node, ast.Attribute) else None  # cfg.use_tensor_core
+            text = node.value if isinstance(node, ast.Constant) else None  # getattr(cfg, "use_tensor_core")
+            if attr in COMPATIBILITY_ONLY or text in COMPATIBILITY_ONLY:
+                readers.append(path.name)
+    assert readers and set(readers) == {"config.py"}

@@ -3,11 +3,17 @@ ragged batches, into fresh tensors and into capture-stable buffers; and the comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
-from vortex_sgl_testlib import scattered_requests
+from vortex_sgl_testlib import FLOW_FILE, FLOW_NAME, scattered_requests
 
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+from vortex_torch.engine.sgl.config import VortexConfig
+from vortex_torch.engine.sgl.decode_core import VortexDecodeCore
+from vortex_torch.engine.sgl.flow_spec import prepare_flow
 from vortex_torch.engine.sgl.planner import (
     DecodePlanBuffers,
     completed_block_ids,
@@ -18,6 +24,7 @@ from vortex_torch.engine.sgl.planner import (
     plan_decode,
 )
 from vortex_torch.engine.sgl.policy import apply_policy
+from vortex_torch.flow.runtime import RuntimeConfig
 from vortex_torch.kernels.select.budget import default_budget, selection_indptr
 
 LAYOUTS = [PoolLayout(16, 16, 2), PoolLayout(32, 8, 4), PoolLayout(4, 1, 1), PoolLayout(64, 16, 8)]
@@ -97,6 +104,42 @@ def test_schedule_policy_budget_is_clamped() -> None:
     n = DenseBlocks.from_token_slots(layout, slots).lengths()
     want = torch.minimum(torch.maximum(policy(n, 2, 0.0, 1, 1), torch.clamp(n, max=2)), n).to(torch.int32)
     assert torch.equal(plan.budget, want)
+
+
+def too_large(n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
+    return n + 100
+
+
+def too_small(n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
+    return n * 0 - 5
+
+
+def mixed(n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
+    return torch.where(n % 2 == 0, n + 7, torch.ones_like(n))  # above n on even rows, below bos + eos on odd
+
+
+@pytest.mark.parametrize("policy", [None, too_large, too_small, mixed], ids=lambda p: getattr(p, "__name__", "rule"))
+def test_reference_runtime_and_planner_agree_on_budgets(
+    policy: Callable[..., torch.Tensor] | None, tmp_path: Path
+) -> None:
+    """One budget rule: rows of n below, at and above bos + eos = 3 blocks get the same clamped budget from the
+    reference runtime (RuntimeConfig.budget) and from SGLang's planner (the decode core's plan kernel)."""
+    topk, bos, eos, layout = 1, 2, 1, PoolLayout(page_size=8, block_size=4, num_kv_heads=2)
+    lens = [1, 4, 5, 8, 9, 12, 13, 40, 200]  # n = 1, 1, 2, 2, 3, 3, 4, 10, 50 blocks
+    cfg = VortexConfig(module_path=str(FLOW_FILE), module_name=FLOW_NAME, block_size=4, topk_val=topk,
+                       block_reserved_bos=bos, block_reserved_eos=eos, schedule_policy=policy, dtype="float32",
+                       impl_backend="reference", compilation_cache_dir=str(tmp_path))  # fmt: skip
+    core = VortexDecodeCore(prepare_flow(cfg, head_dim=32, group_size=2, kv_dtype=torch.float32), layout,
+                            context_len=256, device="cpu")  # fmt: skip
+    req_to_token, rpi, slots = scattered_requests(layout, lens, 256, num_pages=60, seed=5)
+    planned = core.plan(req_to_token, rpi, torch.tensor(lens)).budget
+    n = DenseBlocks.from_token_slots(layout, slots).lengths()
+    reference = RuntimeConfig(topk_val=topk, block_reserved_bos=bos, block_reserved_eos=eos, block_size=4,
+                              page_size=8, budget_fn=policy).budget(n)  # fmt: skip
+    raw = default_budget(n, topk, 0.0, bos, eos) if policy is None else policy(n, topk, 0.0, bos, eos)
+    want = torch.minimum(torch.maximum(raw, torch.clamp(n, max=bos + eos)), n).to(torch.int32)
+    assert sorted(set(n.tolist())) == [1, 2, 3, 4, 10, 50]
+    assert torch.equal(reference, want) and torch.equal(planned, want)
 
 
 def test_max_budget_bound() -> None:

@@ -2,9 +2,11 @@
 
 Nothing here runs on import. A program that runs kernels (the ``vortex check`` worker, a flow author's
 ``conftest.py``) calls :func:`use_triton_interpreter_without_cuda` once, before anything imports Triton:
-Triton decides at ``@triton.jit`` time whether a kernel is interpreted, and vortex-ops' kernel dispatch reads the
-same ``TRITON_INTERPRET`` variable, so the switch has to be in the environment before the first kernel module
-is imported. Library code only checks (:func:`require_kernel_backend`) and says what to do.
+Triton decides at ``@triton.jit`` time whether a kernel is interpreted (from ``TRITON_INTERPRET``), and vortex-ops'
+kernel dispatch follows the decision Triton took for its kernels (``vortex_torch.kernels.interpreter_active``),
+so the switch has to be in the environment before the first kernel module is imported. This module is the only
+library code that sets it, and only when asked; elsewhere library code only checks
+(:func:`require_kernel_backend`) and says what to do.
 """
 
 from __future__ import annotations
@@ -59,13 +61,17 @@ def use_triton_interpreter_without_cuda() -> Backend:
 
 
 def require_kernel_backend(what: str) -> Backend:
-    """Raise :class:`KernelBackendError` naming ``what`` unless CUDA is present or the interpreter is on."""
+    """Raise :class:`KernelBackendError` naming ``what`` unless CUDA is present or Triton's interpreter defined
+    Vortex's kernels (imports them, and so Triton, when there is no CUDA)."""
     if _cuda():
         return "cuda"
-    if os.environ.get(INTERPRET_ENV) == "1":
+    from vortex_torch.kernels import interpreter_active
+
+    if interpreter_active():
         return "interpreter"
     raise KernelBackendError(
-        f"{what} runs Triton kernels; there is no CUDA device and Triton's interpreter is off. Fix: call "
+        f"{what} runs Triton kernels; there is no CUDA device and Triton's interpreter did not define Vortex's "
+        "kernels (it was off when vortex_torch.kernels was imported). Fix: call "
         "vortex_torch.flow.backend.use_triton_interpreter_without_cuda() before anything imports triton (e.g. "
         f"at the top of conftest.py), or set {INTERPRET_ENV}=1 in the environment. `vortex check` does this "
         "itself."

@@ -145,7 +145,8 @@ def compile_check(
     on the reference's own fields before each step's Save.
     """
     require_kernel_backend("compile_check")
-    from vortex_torch.kernels.select import default_budget, selection_indptr
+    from vortex_torch.kernels.budget_rule import BudgetRule
+    from vortex_torch.kernels.select import selection_indptr
 
     from .compiler.base import SelectionSpec
     from .compiler.reference import ReferenceExecutor
@@ -200,7 +201,7 @@ def compile_check(
     compare_aux("after forward_cache")
 
     dense = DenseBlocks.from_token_slots(layout, slots)
-    budget = default_budget(dense.lengths(), topk_val, 0.0, 1, 1)
+    budget = BudgetRule(topk_val, 0.0, 1, 1).budget(dense.lengths())
     spec = SelectionSpec(selection_indptr(budget), 1, 1)
     ptr, dptr = spec.sel_indptr.tolist(), dense.indptr.tolist()
     selections_equal, near_ties = True, 0

@@ -40,8 +40,8 @@ class Geometry:
 class ContextBase:
     """Records the op graph of one flow method and exposes the layer geometry to it.
 
-    Flow code only passes it on (``op(x, ctx=ctx)``) and may read ``ctx.group_size``, ``ctx.head_dim``,
-    ``ctx.block_size`` and ``ctx.vortex_dtype`` (the aux-field dtype, under the original project's name).
+    Flow code only passes it on (``op(x, ctx=ctx)``) and may read ``ctx.group_size``, ``ctx.head_dim`` and
+    ``ctx.block_size``; ``ctx.geometry`` holds them all, the aux-field ``dtype`` and ``kv_dtype`` included.
     """
 
     side: ClassVar[str] = ""
@@ -62,10 +62,6 @@ class ContextBase:
     @property
     def group_size(self) -> int:
         return self.geometry.group_size
-
-    @property
-    def vortex_dtype(self) -> torch.dtype:
-        return self.geometry.dtype
 
     @property
     def method(self) -> str:

@@ -1,6 +1,6 @@
 """Fused Triton kernels, each beside the plain-PyTorch reference (``naive.py``) that defines it."""
 
 from . import _interpreter_compat as _interpreter_compat
-from ._interpreter_compat import TritonUnavailableError
+from ._interpreter_compat import TritonUnavailableError, interpreter_active, use_triton
 
-__all__ = ["TritonUnavailableError"]
+__all__ = ["TritonUnavailableError", "interpreter_active", "use_triton"]

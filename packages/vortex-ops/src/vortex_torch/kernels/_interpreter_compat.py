@@ -1,18 +1,24 @@
-"""Running Triton kernels on a CPU: the check that names the fix, and work-arounds for interpreter bugs.
+"""Where a kernel entry point runs, the check that names the fix, and work-arounds for interpreter bugs.
 
-Triton compiles for CUDA GPUs; on a CPU only its interpreter (``TRITON_INTERPRET=1``, read when a kernel is
-defined, i.e. when ``vortex_torch.kernels`` is imported) runs them. :func:`require_launchable` turns Triton's
-"0 active drivers" into a :class:`TritonUnavailableError` that says what to do. The interpreter patches are
-applied only in interpreter mode; compiled (GPU) kernels are unaffected.
+The dispatch rule of every kernel package (:func:`use_triton`): CUDA tensors run the Triton kernel; CPU tensors
+run the plain-PyTorch reference (``naive.py``), unless Triton's interpreter defined this process's kernels
+(:func:`interpreter_active`), in which case the Triton kernel runs in the interpreter (slow; tests and CPU
+machines). Nothing in this package reads the environment: whether the interpreter is on is Triton's own
+decision, taken per kernel at ``@triton.jit`` time from ``triton.knobs.runtime.interpret`` (the
+``TRITON_INTERPRET`` variable), and read back here from the kernel object Triton made.
+
+:func:`require_launchable` turns Triton's "0 active drivers" into a :class:`TritonUnavailableError` that says
+what to do. The interpreter patches are applied only in interpreter mode; compiled (GPU) kernels are unaffected.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
+import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from vortex_torch.abs.errors import VortexError
 
@@ -21,23 +27,35 @@ class TritonUnavailableError(VortexError, RuntimeError):
     """A Vortex Triton kernel was called on tensors it cannot run on (CPU tensors, no Triton interpreter)."""
 
 
+@triton.jit
+def _probe():  # never launched: defined only to see how Triton defines kernels in this process
+    pass
+
+
+#: Every kernel of vortex_torch.kernels is defined (``@triton.jit``) while the package is imported, right after
+#: this module, so the probe was made the way they were: an ``InterpretedFunction`` exactly when Triton's
+#: interpreter was on at that moment. Fixed for the life of the process, like the kernels themselves.
+_INTERPRETED = isinstance(_probe, InterpretedFunction)
+
+
+def interpreter_active() -> bool:
+    """Whether Triton's interpreter runs this process's Vortex kernels (it was on when they were defined)."""
+    return _INTERPRETED
+
+
 def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether a kernel entry point runs its Triton kernel for ``tensor`` (CUDA, or Triton's interpreter on),
-    rather than its plain-PyTorch reference: the one dispatch rule of every kernel package."""
-    return tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether a kernel entry point runs its Triton kernel for ``tensor`` rather than its plain-PyTorch
+    reference: a CUDA tensor, or any tensor when :func:`interpreter_active` (the module docstring's rule)."""
+    return tensor.is_cuda or _INTERPRETED
 
 
 def require_launchable(kernel: object, tensor: torch.Tensor, api: str, reference: str) -> None:
     """Raise :class:`TritonUnavailableError` unless ``kernel`` can run on ``tensor``'s device: a CUDA tensor,
     or a kernel defined under Triton's interpreter. ``api`` is the public function called, ``reference`` its
     plain-PyTorch twin (named in the fix)."""
-    if tensor.is_cuda:
+    if tensor.is_cuda or isinstance(kernel, InterpretedFunction):
         return
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if isinstance(kernel, InterpretedFunction):
-        return
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton.knobs.runtime.interpret:  # Triton's own switch, on now: it was off when the kernel was defined
         why = (
             "TRITON_INTERPRET=1 is set, but only after vortex_torch.kernels was imported (Triton reads it when a "
             "kernel is defined)"
@@ -109,9 +127,5 @@ def _fix_interpreter() -> None:
     interpreter.InterpreterBuilder.create_fp_to_fp = patched_fp_to_fp
 
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _fix_interpreter()
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
+if _INTERPRETED:
     _fix_interpreter()

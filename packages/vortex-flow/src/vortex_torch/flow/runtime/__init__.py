@@ -4,7 +4,7 @@ specifies. It is the oracle the GPU backends are tested against.
 ``vortex_torch.flow.runtime.hf`` (needs the ``hf`` extra) drives a Hugging Face model through it.
 """
 
-from .config import BudgetFn, ExecutorFactory, RuntimeConfig
+from .config import BudgetFn, ExecutorFactory, RuntimeConfig, RuntimeConfigError
 from .engine import AttentionImpl, ReferenceRuntime, Selection, StepPlan
 from .pool import OutOfPagesError, PageAllocator, PagedKVPool, RequestId
 from .synthetic import NeedleContext, SyntheticRun, make_needle_context, measure_flow, run_synthetic
@@ -20,6 +20,7 @@ __all__ = [
     "ReferenceRuntime",
     "RequestId",
     "RuntimeConfig",
+    "RuntimeConfigError",
     "Selection",
     "StepPlan",
     "SyntheticRun",

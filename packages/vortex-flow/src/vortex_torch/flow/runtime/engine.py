@@ -105,7 +105,8 @@ class ReferenceRuntime:
         num_pages: pages in the pool (page 0 is reserved, as in SGLang).
         kv_dtype: storage dtype of K/V; queries are cast to it for attention.
         attention: ``"naive"`` (plain-PyTorch reference, default) or ``"triton"`` (the Triton kernel; on CPU
-            it needs ``TRITON_INTERPRET=1`` set before the kernels are imported).
+            it runs in Triton's interpreter when that defined the kernels, i.e. ``TRITON_INTERPRET=1`` was set
+            before they were imported; otherwise it raises ``TritonUnavailableError``).
         check_selection: verify every selection against design §3 (row ownership, ascending positions,
             bos/eos kept, whole row when the budget covers it) and raise on a violation; catches broken
             executors plugged in through ``config.executor``.
@@ -391,7 +392,7 @@ class ReferenceRuntime:
         args = (q_rows, k_cache, v_cache, indptr, ids, last_block_len)
         ps, bs = self.layout.page_size, self.layout.block_size
         if self.attention == "triton":
-            # imported here: the module patches the Triton interpreter on import when TRITON_INTERPRET=1
+            # imported on first use: only this path needs the sparse-decode Triton kernel module
             from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
             return sparse_decode_attention(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)

@@ -179,14 +179,14 @@ class PagedKVPool:
     def _zero_aux(self, pages: list[int]) -> None:
         # A reused page still holds the previous owner's aux values; a partial final block (never summarised yet)
         # and Save/Load state would otherwise depend on history. Zeroing keeps the oracle deterministic. A page's
-        # blocks are the contiguous ids [page * H_kv * bpp, (page + 1) * H_kv * bpp).
-        per_page = self.layout.num_kv_heads * self.layout.blocks_per_page
+        # blocks are the contiguous ids [num_blocks(page), num_blocks(page + 1)) (design §2, PoolLayout).
+        first = self.layout.num_blocks
         for fields in self._fields:
             for name, t in fields.items():
                 if name in ("k", "v"):
                     continue
                 for p in pages:
-                    t[p * per_page : (p + 1) * per_page] = 0
+                    t[first(p) : first(p + 1)] = 0
 
     # -- writes ---------------------------------------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,12 @@
 selection offsets, from SGLang's ``req_to_token`` map and the requests' lengths.
 
 ``plan_decode`` is the Triton kernel (one launch per step, CUDA-graph capturable), ``plan_decode_naive`` the
-plain-PyTorch reference that defines it; ``BudgetRule`` is design §5's rule with its clamp, ``PlanOut`` the
-caller-owned output buffers.
+plain-PyTorch reference that defines it; ``BudgetRule`` is design §5's rule with its clamp (re-exported from
+:mod:`vortex_torch.kernels.budget_rule`, its home), ``PlanOut`` the caller-owned output buffers.
 """
 
-from .naive import BudgetRule, PlanOut, plan_decode_naive, row_blocks
+from ..budget_rule import BudgetRule
+from .naive import PlanOut, plan_decode_naive, row_blocks
 from .triton_kernel import plan_decode
 
 __all__ = ["BudgetRule", "PlanOut", "plan_decode", "plan_decode_naive", "row_blocks"]

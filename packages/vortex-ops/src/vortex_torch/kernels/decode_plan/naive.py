@@ -8,10 +8,10 @@ A decode step of ``B`` requests has ``R = B * H_kv`` rows (row ``b * H_kv + h``,
   ``last_block_len[r] = seq_len[b] - (n[r] - 1) * block_size`` tokens (clamped to ``[1, block_size]``);
 * ``dense_indptr [R+1]`` = exclusive cumsum of ``n``; ``dense_indices[dense_indptr[r] + j]`` is the id of
   block ``j`` of row ``r``: ``block_id(req_to_token[req_pool_indices[b], j * block_size], h)`` (design §2);
-* ``budget[r]`` = the budget rule (design §5, :func:`vortex_torch.kernels.select.budget.default_budget`) or,
+* ``budget[r]`` = the budget rule (design §5, :class:`vortex_torch.kernels.budget_rule.BudgetRule`) or,
   when a ``budget`` tensor is given (a ``schedule_policy``'s result), that tensor; either way clamped to
-  ``[min(n, bos + eos), min(n, max_selected_per_row)]`` so that no policy can ask for more than the
-  selection buffers hold (the clamp is the contract, not a repair: documented in ``VortexConfig``);
+  ``[min(n, bos + eos), min(n, max_selected_per_row)]`` (``BudgetRule.clamp``, the one clamp every path
+  applies, so no policy can ask for more than the selection buffers hold);
 * ``sel_indptr [R+1]`` = exclusive cumsum of ``budget``.
 
 Only the first ``dense_indptr[R]`` entries of ``dense_indices`` are defined; the rest of the caller's buffer
@@ -26,30 +26,7 @@ import torch
 
 from vortex_torch.abs.layout import PoolLayout
 
-from ..select.budget import default_budget
-
-
-@dataclass(frozen=True)
-class BudgetRule:
-    """Design §5's budget rule parameters: ``min(n, max(topk_val + bos + eos, floor(n * topk_ratio)))``,
-    then clamped to ``[min(n, bos + eos), min(n, max_selected_per_row)]``."""
-
-    topk_val: int
-    topk_ratio: float
-    bos: int
-    eos: int
-    max_selected_per_row: int
-
-    def clamp(self, n: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-        """``budget [R]`` clamped to the rule's bounds for rows of ``n [R]`` blocks (int64)."""
-        n = n.to(torch.int64)
-        lo = torch.clamp(n, max=self.bos + self.eos)
-        hi = torch.clamp(n, max=self.max_selected_per_row)
-        return torch.minimum(torch.maximum(budget.to(torch.int64), lo), hi)
-
-    def __call__(self, n: torch.Tensor) -> torch.Tensor:
-        """``n [R]`` blocks -> ``[R] int64`` budgets of the default rule (clamped)."""
-        return self.clamp(n, default_budget(n, self.topk_val, self.topk_ratio, self.bos, self.eos))
+from ..budget_rule import BudgetRule
 
 
 @dataclass

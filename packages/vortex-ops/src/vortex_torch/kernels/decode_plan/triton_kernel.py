@@ -18,7 +18,8 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._layout import block_id
-from .naive import BudgetRule, PlanOut
+from ..budget_rule import BudgetRule
+from .naive import PlanOut
 
 CHUNK = 1024  # blocks of one request per program
 

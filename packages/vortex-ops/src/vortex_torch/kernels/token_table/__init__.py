@@ -1,8 +1,8 @@
 """Token table: a CSR block selection expanded to per-token page ids of SGLang's K/V buffers, the page table
 FlashInfer's batch decode reads (``naive`` defines the semantics; ``triton_kernel`` is the fused version).
 
-:func:`block_token_table` runs the Triton kernel on CUDA tensors (and on CPU under ``TRITON_INTERPRET=1``),
-otherwise the reference.
+:func:`block_token_table` runs the Triton kernel on CUDA tensors (and on CPU when Triton's interpreter defined
+the kernels), otherwise the reference: the rule of :func:`vortex_torch.kernels.use_triton`.
 """
 
 from __future__ import annotations

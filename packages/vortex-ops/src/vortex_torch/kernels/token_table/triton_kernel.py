@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .._interpreter_compat import require_launchable
+from .._layout import block_first_slot, block_head
 
 
 @triton.jit
@@ -34,9 +35,8 @@ def _token_table_kernel(
     i = tl.program_id(1).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)  # [BLOCKS] position in the row
     in_row = i < n
     b = tl.load(sel_indices_ptr + start + i, mask=in_row, other=0).to(tl.int64)  # [BLOCKS] block ids
-    BPP: tl.constexpr = PAGE // BS
-    head = (b // BPP) % H_KV
-    first = (b // (H_KV * BPP)) * PAGE + (b % BPP) * BS  # [BLOCKS] slot of the block's first token
+    head = block_head(b, PAGE, BS, H_KV)  # [BLOCKS]
+    first = block_first_slot(b, PAGE, BS, H_KV)  # [BLOCKS] slot of the block's first token
     t = tl.arange(0, BS_PAD)  # [BS_PAD]
     count = tl.where(i == n - 1, last, BS)  # [BLOCKS] valid tokens: the row's final block may be partial
     valid = in_row[:, None] & (t[None, :] < count[:, None])  # [BLOCKS, BS_PAD]

@@ -15,27 +15,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from vortex_torch.abs.config_fields import INT32_MAX, check_int, check_shared_fields, is_pow2
+
 from .errors import VortexConfigError
 from .policy import resolve_policy
 
 #: aux-field / intermediate dtypes accepted by ``dtype``
 DTYPES = ("bfloat16", "float16", "float32", "fp8_e4m3", "fp8_e5m2")
+#: the SGLang base attention backends Vortex runs on, the one list: validated here, forced onto ServerArgs
+#: (server_rules), swapped by the plugin's backend hook; backend.create_backend builds one class per entry
 ATTENTION_BACKENDS = ("flashinfer", "triton")
 IMPL_BACKENDS = ("triton", "reference")
-#: budgets, block counts and sequence lengths live in int32 tensors (planner, kernels)
-INT32_MAX = 2**31 - 1
+#: Fields of the original project's config that are accepted and validated, so its configs load unchanged, and
+#: read nowhere else (tested): the Triton code generator picks its own tiling (``workload_chunk_size``) and uses
+#: ``tl.dot`` where it pays (``use_tensor_core``). This is the one place that says so.
+COMPATIBILITY_ONLY = ("workload_chunk_size", "use_tensor_core")
 
 #: ``schedule_policy`` signature: (cached_blocks [R] int32 tensor, topk_val, topk_ratio, bos, eos) -> [R] blocks
 BudgetPolicy = Callable[..., Any]
-
-
-def _is_int(value: object) -> bool:
-    """An int that is not a bool (``True`` is an ``int`` to Python, never a block count to us)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _pow2(n: object) -> bool:
-    return _is_int(n) and n > 0 and n & (n - 1) == 0  # type: ignore[operator]
 
 
 def _expand_path(value: Any) -> Any:
@@ -75,15 +72,15 @@ class VortexConfig:
     """Sparse-attention settings of one SGLang engine (defaults are the original project's).
 
     Budget: each (request, kv-head) attends to ``min(n, max(topk_val + bos + eos, int(n * topk_ratio)))``
-    of its ``n`` cached blocks, or what ``schedule_policy`` returns. When ``max_topk_val`` is set, every budget
-    (the default rule's, a ``topk_ratio``'s and a ``schedule_policy``'s) is clamped to ``max_topk_val``
+    of its ``n`` cached blocks, or what ``schedule_policy`` returns, clamped to ``[min(n, bos + eos), n]``
+    (:class:`vortex_torch.kernels.budget_rule.BudgetRule`, the one rule the reference runtime applies too: a
+    budget below ``bos + eos`` is raised to it, never an error). When ``max_topk_val`` is set, every budget
+    (the default rule's, a ``topk_ratio``'s and a ``schedule_policy``'s) is also clamped to ``max_topk_val``
     blocks, the size the per-row buffers are planned for; it must be ``>= topk_val + bos + eos``.
 
     Every field is checked when the config is built (:meth:`validate`) and again at engine start (the
     ``ServerArgs`` hook and every scheduler process), so a field changed after construction cannot reach the
-    scheduler unchecked. ``workload_chunk_size`` and ``use_tensor_core`` are accepted and validated for
-    compatibility with the original project, and unused: the Triton code generator picks its own tiling and
-    uses ``tl.dot`` where it pays.
+    scheduler unchecked. The fields of :data:`COMPATIBILITY_ONLY` are accepted and validated, never read.
     """
 
     #: blocks chosen by score per (request, kv-head), besides the bos/eos blocks
@@ -99,7 +96,7 @@ class VortexConfig:
     block_reserved_eos: int = 1
     #: planning length for buffers; -1: the model's context length
     max_seq_lens: int = -1
-    #: a power of two; accepted for compatibility with the original project, unused
+    #: a power of two; COMPATIBILITY_ONLY
     workload_chunk_size: int = 32
     #: dtype of aux cache fields and stored indexer intermediates
     dtype: str = "bfloat16"
@@ -120,7 +117,7 @@ class VortexConfig:
     attention_backend: str = "flashinfer"
     #: indexer implementation: generated Triton kernels, or the plain-PyTorch reference (slow; for debugging)
     impl_backend: str = "triton"
-    #: a bool; accepted for compatibility with the original project, unused
+    #: a bool; COMPATIBILITY_ONLY
     use_tensor_core: bool = False
     #: keyword arguments passed to the flow class's constructor
     flow_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -218,49 +215,38 @@ class VortexConfig:
             )  # fmt: skip
 
     def _check_budget_fields(self) -> None:
-        def int_in(name: str, value: Any, lo: int, what: str) -> None:
-            if not _is_int(value) or not lo <= value <= INT32_MAX:
-                kind = "a bool" if isinstance(value, bool) else repr(value)
-                raise VortexConfigError(name, f"must be an int in [{lo}, 2**31 - 1] ({what}), got {kind}")
-
-        if not _pow2(self.block_size) or self.block_size > INT32_MAX:
-            raise VortexConfigError(
-                "block_size", f"must be a power of two (e.g. 16) that divides SGLang's page_size, got "
-                f"{self.block_size!r}"
-            )  # fmt: skip
-        int_in("topk_val", self.topk_val, 0, "blocks chosen by score per row")
-        int_in("block_reserved_bos", self.block_reserved_bos, 0, "first blocks always kept")
-        int_in("block_reserved_eos", self.block_reserved_eos, 1, "last blocks always kept; the partial last "
-               "block is always attended, so at least 1")  # fmt: skip
+        # the fields RuntimeConfig has too: one check, one text (vortex_torch.abs.config_fields)
+        check_shared_fields(
+            VortexConfigError,
+            block_size=self.block_size,
+            topk_val=self.topk_val,
+            topk_ratio=self.topk_ratio,
+            block_reserved_bos=self.block_reserved_bos,
+            block_reserved_eos=self.block_reserved_eos,
+            layers_skip=self.layers_skip,
+            layers_skip_type=list,
+        )
         floor = self.topk_val + self.block_reserved_bos + self.block_reserved_eos
-        if floor > INT32_MAX:
-            raise VortexConfigError(
-                "topk_val", f"topk_val + block_reserved_bos + block_reserved_eos = {floor} overflows the int32 "
-                "budget; a budget can never exceed the blocks of one sequence, so use a value below that"
-            )  # fmt: skip
         if self.max_topk_val is not None:
-            int_in("max_topk_val", self.max_topk_val, 1, "None, or the largest budget in blocks per row")
+            check_int(VortexConfigError, "max_topk_val", self.max_topk_val, 1,
+                      "None, or the largest budget in blocks per row")  # fmt: skip
             if self.max_topk_val < floor:
                 raise VortexConfigError(
                     "max_topk_val", f"{self.max_topk_val} is below topk_val + block_reserved_bos + "
                     f"block_reserved_eos = {floor}, the smallest budget the default rule gives a long sequence: "
                     f"set max_topk_val >= {floor} (or None), or lower topk_val"
                 )  # fmt: skip
-        ratio = self.topk_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-            raise VortexConfigError(
-                "topk_ratio", f"must be a number in [0, 1] (a fraction of each row's cached blocks), got {ratio!r}"
-            )
         if self.max_seq_lens != -1:
-            int_in("max_seq_lens", self.max_seq_lens, 1, "-1 for the model's context length, or tokens")
+            check_int(VortexConfigError, "max_seq_lens", self.max_seq_lens, 1,
+                      "-1 for the model's context length, or tokens")  # fmt: skip
             if self.max_seq_lens < self.block_size:
                 raise VortexConfigError(
                     "max_seq_lens", f"{self.max_seq_lens} is shorter than one block ({self.block_size} tokens): no "
                     "block would ever complete. Use -1 (the model's context length) or a longer length"
                 )  # fmt: skip
-        if not _pow2(self.workload_chunk_size) or self.workload_chunk_size > INT32_MAX:
+        if not is_pow2(self.workload_chunk_size) or self.workload_chunk_size > INT32_MAX:
             raise VortexConfigError(
-                "workload_chunk_size", f"must be a power of two (accepted for compatibility, unused), got "
+                "workload_chunk_size", f"must be a power of two (compatibility only: accepted, never read), got "
                 f"{self.workload_chunk_size!r}"
             )  # fmt: skip
 
@@ -272,15 +258,11 @@ class VortexConfig:
         one_of("dtype", self.dtype, DTYPES)
         one_of("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         one_of("impl_backend", self.impl_backend, IMPL_BACKENDS)
-        if not isinstance(self.layers_skip, list) or not all(_is_int(i) and i >= 0 for i in self.layers_skip):
-            raise VortexConfigError(
-                "layers_skip", f"must be a list of layer ids (ints >= 0), e.g. [0], got {self.layers_skip!r}"
-            )
         if not isinstance(self.exact_attention, bool):
             raise VortexConfigError("exact_attention", f"must be True or False, got {self.exact_attention!r}")
         if not isinstance(self.use_tensor_core, bool):
             raise VortexConfigError(
-                "use_tensor_core", f"must be True or False (accepted for compatibility, unused), got "
+                "use_tensor_core", f"must be True or False (compatibility only: accepted, never read), got "
                 f"{self.use_tensor_core!r}"
             )  # fmt: skip
         policy = self.schedule_policy

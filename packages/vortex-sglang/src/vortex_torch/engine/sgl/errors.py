@@ -3,16 +3,14 @@ them without importing the module that defines the rest (plugin, backend, config
 
 from __future__ import annotations
 
-from vortex_torch.abs.errors import VortexError
+from vortex_torch.abs.config_fields import ConfigFieldError
 
 
 class VortexSGLangError(RuntimeError):
     """vortex-sglang cannot run in this SGLang installation (wrong version, hooks not installed)."""
 
 
-class VortexConfigError(VortexError, ValueError):
+class VortexConfigError(ConfigFieldError):
     """An invalid ``VortexConfig`` value; the message names the field and how to fix it."""
 
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"VortexConfig.{field_name}: {message}")
-        self.field = field_name
+    owner = "VortexConfig"

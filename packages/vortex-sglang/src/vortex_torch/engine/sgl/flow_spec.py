@@ -15,6 +15,7 @@ import dataclasses
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from vortex_torch.abs.errors import VortexError
 
 from .config import VortexConfig, VortexConfigError
 from .policy import Policy
+
+if TYPE_CHECKING:  # vortex-flow's tracer is imported when a flow is prepared, not with this module
+    from vortex_torch.flow.trace import TracedFlow
 
 #: ``VortexConfig.dtype`` -> storage dtype of aux fields and indexer intermediates
 AUX_DTYPES: dict[str, torch.dtype] = {
@@ -72,7 +76,7 @@ class PreparedFlow:
 
     config: VortexConfig
     geometry: Geometry
-    traced: object  # vortex_torch.flow.trace.TracedFlow (kept untyped: vortex-flow is imported lazily)
+    traced: TracedFlow
     fields: dict[str, tuple[int, int]]
     aux_dtype: torch.dtype
     policy: Policy | None = None
@@ -84,7 +88,7 @@ class PreparedFlow:
 
     @property
     def uses_save(self) -> bool:
-        return bool(getattr(self.traced, "uses_save", False))
+        return self.traced.uses_save
 
     def is_sparse(self, layer_id: int) -> bool:
         """Whether global layer ``layer_id`` runs the flow (not in ``layers_skip``)."""

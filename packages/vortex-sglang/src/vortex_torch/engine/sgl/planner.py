@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
-from vortex_torch.kernels._interpreter_compat import use_triton
+from vortex_torch.kernels import use_triton
 from vortex_torch.kernels.decode_plan import BudgetRule, PlanOut, plan_decode_naive, row_blocks
 from vortex_torch.kernels.decode_plan import plan_decode as kernel_plan_decode
 

@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .config import VortexConfig
+from .config import ATTENTION_BACKENDS, VortexConfig
 from .errors import VortexConfigError, VortexSGLangError
 
 log = logging.getLogger("vortex_torch.engine.sgl")
@@ -188,7 +188,7 @@ def _around_build_attention_backend(original: Callable[..., Any], *args: Any, **
     model_runner = kwargs.get("model_runner", args[0] if args else None)
     backend_str = kwargs.get("backend_str", args[1] if len(args) > 1 else None)
     config = config_of(getattr(model_runner, "server_args", None))
-    if config is None or model_runner is None or backend_str not in ("flashinfer", "triton"):
+    if config is None or model_runner is None or backend_str not in ATTENTION_BACKENDS:
         return original(*args, **kwargs)
     if getattr(model_runner, "is_draft_worker", False):
         raise VortexSGLangError("speculative decoding (a draft worker) is not supported with Vortex")
@@ -209,12 +209,8 @@ def _after_compute_cell_size(
 
     from .flow_spec import prepare_flow
 
-    mc = kvc.model_config
-    attn_tp = get_parallel().attn_tp_size
-    h_kv = mc.get_num_kv_heads(attn_tp)
-    group = (mc.num_attention_heads // attn_tp) // h_kv
-    kv_dtype = kvc.kv_cache_dtype
-    prepared = prepare_flow(config, head_dim=mc.head_dim, group_size=group, kv_dtype=kv_dtype)
+    h_kv, group, dim = server_rules().rank_heads(kvc.model_config, get_parallel().attn_tp_size)
+    prepared = prepare_flow(config, head_dim=dim, group_size=group, kv_dtype=kvc.kv_cache_dtype)
     info = kvc.layer_info
     sparse = len(prepared.sparse_layers(info.start_layer, info.end_layer))
     extra = prepared.aux_bytes_per_token(h_kv, sparse)

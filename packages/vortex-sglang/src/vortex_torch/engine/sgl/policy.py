@@ -8,7 +8,9 @@ A policy is plain Python over tensors::
 
 It runs inside the decode planner for every row on the GPU; on CUDA it is compiled with ``torch.compile`` into
 one fused kernel (CUDA-graph safe: no host synchronisation). Whatever it returns is clamped to
-``[min(n, bos + eos), n]`` so the always-kept blocks fit.
+``[min(n, bos + eos), n]`` so the always-kept blocks fit (and to ``max_topk_val`` when set): the one budget rule,
+:class:`vortex_torch.kernels.budget_rule.BudgetRule`, which the reference runtime applies to its ``budget_fn``
+as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from vortex_torch.kernels.budget_rule import BudgetRule
 
 from .errors import VortexConfigError
 
@@ -67,10 +71,9 @@ def check_policy(fn: Policy) -> None:
 
 
 def apply_policy(fn: Policy, n: torch.Tensor, topk_val: int, topk_ratio: float, bos: int, eos: int) -> torch.Tensor:
-    """``[R]`` int32 budgets: the policy's answer clamped to ``[min(n, bos + eos), n]``."""
-    raw = fn(n, topk_val, topk_ratio, bos, eos).to(torch.int32)
-    low = torch.clamp(n, max=bos + eos)
-    return torch.minimum(torch.maximum(raw, low), n).to(torch.int32)
+    """``n [R]`` blocks -> ``[R]`` int32 budgets: the policy's answer clamped to ``[min(n, bos + eos), n]``
+    (:meth:`BudgetRule.budget`, the reference runtime's rule too)."""
+    return BudgetRule(topk_val, float(topk_ratio), bos, eos).budget(n, fn).to(torch.int32)
 
 
 def compile_policy(fn: Policy, device: torch.device) -> Policy:

@@ -23,13 +23,11 @@ from typing import Any
 
 import torch
 
-from .config import VortexConfig, VortexConfigError
+from .config import ATTENTION_BACKENDS, VortexConfig, VortexConfigError
 from .flow_spec import ModelGeometry, PreparedFlow, prepare_flow
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
-#: SGLang base backends a Vortex backend subclasses
-BASE_BACKENDS = ("flashinfer", "triton")
 #: set to 1 to keep SGLang's overlap scheduler on under Vortex (experimental; see docs/sglang-integration.md §5)
 ALLOW_OVERLAP_ENV = "VORTEX_ALLOW_OVERLAP_SCHEDULE"
 #: KV-cache dtypes the sparse kernels read (queries and K/V must share a 16/32-bit float dtype)
@@ -85,7 +83,7 @@ def force_server_kwargs(config: VortexConfig, kwargs: dict[str, Any], *, from_cl
             raise VortexServerArgsError(
                 key,
                 f"is {given!r} but VortexConfig.attention_backend is {config.attention_backend!r}: Vortex runs on "
-                f"the SGLang backend it names ({', '.join(BASE_BACKENDS)}). Set both to the same value.",
+                f"the SGLang backend it names ({', '.join(ATTENTION_BACKENDS)}). Set both to the same value.",
             )
     if kwargs.get("attention_backend") is None:
         force("attention_backend", config.attention_backend, "VortexConfig.attention_backend")
@@ -176,22 +174,28 @@ def model_geometry(server_args: Any) -> ModelGeometry:
             f"Vortex needs equal K and V head dims, the model has {mc.head_dim} and {mc.v_head_dim}",
         )
     dp = sa.dp_size if getattr(sa, "enable_dp_attention", False) else 1
-    attn_tp = max(1, sa.tp_size // max(1, dp))
-    h_kv = mc.get_num_kv_heads(attn_tp)
-    h_q = mc.num_attention_heads // attn_tp
-    if h_q % h_kv:
-        raise VortexServerArgsError(
-            "tp_size", f"{h_q} query heads per rank do not split over {h_kv} KV heads"
-        )
+    h_kv, group, dim = rank_heads(mc, max(1, sa.tp_size // max(1, dp)))
     kv_dtype = KV_DTYPES.get(str(getattr(sa, "kv_cache_dtype", "auto"))) or mc.dtype
     return ModelGeometry(
         num_layers=int(mc.num_hidden_layers),
-        num_kv_heads=int(h_kv),
-        group_size=int(h_q // h_kv),
-        head_dim=int(mc.head_dim),
+        num_kv_heads=h_kv,
+        group_size=group,
+        head_dim=dim,
         kv_dtype=kv_dtype,
         context_len=int(mc.context_len),
     )
+
+
+def rank_heads(model_config: Any, attn_tp_size: int) -> tuple[int, int, int]:
+    """``(H_kv, G, D)`` of one attention-TP rank of SGLang's ``ModelConfig``: KV heads of the rank (SGLang's
+    own ``get_num_kv_heads``, which replicates KV heads when TP exceeds them), query heads per KV head and the
+    head dim. The one derivation: :func:`model_geometry` (main process) and the KV-pool cell-size hook
+    (scheduler processes) both call it."""
+    h_kv = int(model_config.get_num_kv_heads(attn_tp_size))
+    h_q = int(model_config.num_attention_heads) // attn_tp_size
+    if h_q % h_kv:
+        raise VortexServerArgsError("tp_size", f"{h_q} query heads per rank do not split over {h_kv} KV heads")
+    return h_kv, h_q // h_kv, int(model_config.head_dim)
 
 
 def check_server_args(server_args: Any, config: VortexConfig) -> PreparedFlow:
@@ -204,14 +208,9 @@ def check_server_args(server_args: Any, config: VortexConfig) -> PreparedFlow:
     geo = model_geometry(server_args)
     config.validate_for_model(page_size=server_args.page_size, num_layers=geo.num_layers)
     prepared = prepare_flow(config, head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype)
-    stateful = prepared.uses_save or bool(
-        getattr(getattr(prepared.traced, "flow", None), "requires_radix_cache_off", False)
-    )
+    stateful = prepared.uses_save or bool(getattr(prepared.traced.flow, "requires_radix_cache_off", False))
     if stateful and not server_args.disable_radix_cache:
-        saved = (
-            ", ".join(sorted(getattr(prepared.traced, "saved_fields", ())))
-            or "declared requires_radix_cache_off"
-        )
+        saved = ", ".join(sorted(prepared.traced.saved_fields)) or "declared requires_radix_cache_off"
         raise VortexServerArgsError(
             "disable_radix_cache",
             f"flow {config.module_name!r} keeps per-request indexer state ({saved}: Save), which a radix-cache "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -43,9 +44,15 @@ class vFlow(abc.ABC):  # noqa: N801 - the name users know from the original proj
     def forward_cache(self, cache: dict[str, vTensor], loc: Any, ctx: ContextBase) -> None:
         """Summarise a just-completed block: ``cache["k"]``, ``cache["v"]`` are ``[1, block_size, D]``."""
 
-    @abc.abstractmethod
-    def create_cache(self, block_size: int, head_dim: int) -> CacheSpec:
-        """Declare aux fields as ``{name: (rows, cols)}``; must not declare ``"k"`` or ``"v"``."""
+    if TYPE_CHECKING:
+        # (block_size, head_dim) here, (block_size, kv_lora_rank, qk_rope_head_dim) on vFlowMLA: typed loosely so
+        # that flows of both kinds type-check; tracing checks the signature against the flow's kind.
+        create_cache: Callable[..., CacheSpec]
+    else:
+
+        @abc.abstractmethod
+        def create_cache(self, block_size: int, head_dim: int) -> CacheSpec:
+            """Declare aux fields as ``{name: (rows, cols)}``; must not declare ``"k"`` or ``"v"``."""
 
     # -- helpers the runtimes use ----------------------------------------------------------------------------
     def initialize(
@@ -125,9 +132,7 @@ class vFlowMLA(vFlow):
         qk_rope_head_dim]``."""
 
     @abc.abstractmethod
-    def create_cache(  # type: ignore[override]
-        self, block_size: int, kv_lora_rank: int, qk_rope_head_dim: int
-    ) -> CacheSpec:
+    def create_cache(self, block_size: int, kv_lora_rank: int, qk_rope_head_dim: int) -> CacheSpec:
         """Declare aux fields as ``{name: (rows, cols)}``; ``"latent"`` (``kv_lora_rank + qk_rope_head_dim``
         wide) is provided and must not be declared, nor ``"k"``/``"v"``."""
 

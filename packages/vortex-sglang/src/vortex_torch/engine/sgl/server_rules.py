@@ -160,9 +160,20 @@ def model_geometry(server_args: Any) -> ModelGeometry:
     mc = sa.get_model_config()
     from sglang.srt.configs.model_config import AttentionArch
 
+    dp = sa.dp_size if getattr(sa, "enable_dp_attention", False) else 1
+    attn_tp = max(1, sa.tp_size // max(1, dp))
+    kv_dtype = KV_DTYPES.get(str(getattr(sa, "kv_cache_dtype", "auto"))) or mc.dtype
     if getattr(mc, "attention_arch", None) == AttentionArch.MLA:
-        raise VortexServerArgsError(
-            "model_path", "MLA models (DeepSeek, GLM-4.x-MLA) are not supported by vortex-sglang yet"
+        # DeepSeek-V2/V3, GLM: one latent head [kv_c | k_pe], absorbed queries (the flow must be a vFlowMLA)
+        rank, rope = int(mc.kv_lora_rank), int(mc.qk_rope_head_dim)
+        return ModelGeometry(
+            num_layers=int(mc.num_hidden_layers),
+            num_kv_heads=1,
+            group_size=int(mc.num_attention_heads // attn_tp),
+            head_dim=rank + rope,
+            kv_dtype=kv_dtype,
+            context_len=int(mc.context_len),
+            qk_rope_head_dim=rope,
         )
     if getattr(mc, "is_encoder_decoder", False):
         raise VortexServerArgsError("model_path", "encoder-decoder models are not supported by Vortex")
@@ -175,15 +186,12 @@ def model_geometry(server_args: Any) -> ModelGeometry:
             "model_path",
             f"Vortex needs equal K and V head dims, the model has {mc.head_dim} and {mc.v_head_dim}",
         )
-    dp = sa.dp_size if getattr(sa, "enable_dp_attention", False) else 1
-    attn_tp = max(1, sa.tp_size // max(1, dp))
     h_kv = mc.get_num_kv_heads(attn_tp)
     h_q = mc.num_attention_heads // attn_tp
     if h_q % h_kv:
         raise VortexServerArgsError(
             "tp_size", f"{h_q} query heads per rank do not split over {h_kv} KV heads"
         )
-    kv_dtype = KV_DTYPES.get(str(getattr(sa, "kv_cache_dtype", "auto"))) or mc.dtype
     return ModelGeometry(
         num_layers=int(mc.num_hidden_layers),
         num_kv_heads=int(h_kv),
@@ -203,7 +211,10 @@ def check_server_args(server_args: Any, config: VortexConfig) -> PreparedFlow:
     _refuse(server_args, config)
     geo = model_geometry(server_args)
     config.validate_for_model(page_size=server_args.page_size, num_layers=geo.num_layers)
-    prepared = prepare_flow(config, head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype)
+    prepared = prepare_flow(
+        config, head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype,
+        qk_rope_head_dim=geo.qk_rope_head_dim,
+    )  # fmt: skip
     stateful = prepared.uses_save or bool(
         getattr(getattr(prepared.traced, "flow", None), "requires_radix_cache_off", False)
     )

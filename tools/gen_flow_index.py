@@ -53,6 +53,8 @@ RESULTS_JSON = re.compile(r"<!-- results-json: (\{.*?\}) -->", re.S)
 INDEX_START, INDEX_END = "<!-- flow-index:start -->", "<!-- flow-index:end -->"
 LINE_START, LINE_END = "<!-- results:start -->", "<!-- results:end -->"
 NOT_MEASURED = "not measured yet"
+#: MLA flows are measured at DeepSeek-V2-Lite's attention: (kv_lora_rank, qk_rope_head_dim, query heads)
+MLA_SETUP = (512, 64, 16)
 GPU_RESULTS = REPO / "results" / "gpu"
 
 
@@ -91,26 +93,41 @@ def machine() -> str:
 def measure(name: str, module: str, setup: Setup) -> dict[str, Any]:
     """Every number of one flow's RESULTS.md."""
     from vortex_torch.abs.context import Geometry
+    from vortex_torch.abs.mla import MLAGeometry
     from vortex_torch.flow import build_vflow, registry
     from vortex_torch.flow.runtime import RuntimeConfig, measure_flow
     from vortex_torch.flow.testing import compile_check
     from vortex_torch.flow.trace import trace_flow
+    from vortex_torch.flow.user_code import is_mla_flow
 
     importlib.import_module(module)
     flow = build_vflow(name)
     cls = type(flow)
-    geometry = Geometry(block_size=setup.block_size, head_dim=setup.head_dim, group_size=setup.group_size)
+    setup_json: dict[str, Any] = dict(setup.__dict__)
+    mla_kw: dict[str, int] = {}
+    if is_mla_flow(flow):  # DeepSeek-V2-Lite's attention: one latent head of 512 + 64, 16 query heads
+        rank, rope, heads = MLA_SETUP
+        geometry: Geometry = MLAGeometry.of(
+            block_size=setup.block_size, kv_lora_rank=rank, qk_rope_head_dim=rope, num_heads=heads
+        )
+        setup_json.update(num_kv_heads=1, group_size=heads, head_dim=rank + rope,
+                          mla={"kv_lora_rank": rank, "qk_rope_head_dim": rope})  # fmt: skip
+        mla_kw = {"qk_rope_head_dim": rope}
+    else:
+        geometry = Geometry(block_size=setup.block_size, head_dim=setup.head_dim, group_size=setup.group_size)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache_dir:
-        compiled = compile_check(trace_flow(flow, geometry), cache_dir=cache_dir)
-    flow.initialize(setup.block_size, setup.head_dim)
+        compiled = compile_check(
+            trace_flow(flow, geometry), cache_dir=cache_dir, num_kv_heads=setup_json["num_kv_heads"] if mla_kw else 2
+        )
+    flow.initialize_for(geometry)
     config = RuntimeConfig(block_size=setup.block_size, page_size=setup.block_size)
     per_budget = []
     for budget in BUDGETS:
         m = measure_flow(
             flow, [setup.context], float(budget), num_needles=setup.num_needles,
-            num_kv_heads=setup.num_kv_heads, head_dim=setup.head_dim, group_size=setup.group_size,
-            config=config, seed=setup.seed,
+            num_kv_heads=setup_json["num_kv_heads"], head_dim=geometry.head_dim, group_size=geometry.group_size,
+            config=config, seed=setup.seed, **mla_kw,
         )  # fmt: skip
         per_budget.append({
             "budget": str(budget),
@@ -132,13 +149,15 @@ def measure(name: str, module: str, setup: Setup) -> dict[str, Any]:
         "arxiv": getattr(cls, "arxiv", ""),
         "requires_radix_cache_off": bool(getattr(cls, "requires_radix_cache_off", False)),
         "aux_bytes_per_block": flow.aux_bytes_per_block(),
-        "aux_fields": {k: list(v[0]) for k, v in flow.get_cache_meta_info().items() if k not in ("k", "v")},
+        "aux_fields": {
+            k: list(v[0]) for k, v in flow.get_cache_meta_info().items() if k not in flow.framework_fields
+        },
         "kernels_per_layer": compiled.kernels_per_layer,
         "cache_kernels": compiled.cache_kernels,
         "compiled_matches_reference": compiled.ok,
         "budgets": per_budget,
         "gpu_step_time": NOT_MEASURED,
-        "setup": setup.__dict__,
+        "setup": setup_json,
         "date": date.today().isoformat(),
         "machine": machine(),
         "command": "python tools/gen_flow_index.py",
@@ -194,6 +213,14 @@ def gpu_column(flow: str, gpu: dict[str, Any] | None, previous: dict[str, Any] |
 # -- rendering -----------------------------------------------------------------------------------------------
 def _setup_text(r: dict[str, Any]) -> str:
     s = r["setup"]
+    if "mla" in s:
+        m = s["mla"]
+        return (
+            f"one {s['context']}-token context, MLA: one latent head of {m['kv_lora_rank']} + "
+            f"{m['qk_rope_head_dim']} x {s['group_size']} absorbed query heads, block {s['block_size']} (= page), "
+            f"bf16 latents and aux fields, {s['num_needles']} planted needles (content direction: kv_c columns), "
+            "budget rule topk_val=0 / topk_ratio=budget / bos=1 / eos=1, one decode step"
+        )
     return (
         f"one {s['context']}-token context, {s['num_kv_heads']} KV heads x G={s['group_size']} query heads, "
         f"head_dim {s['head_dim']}, block {s['block_size']} (= page), bf16 K/V and aux fields, "
@@ -234,7 +261,8 @@ def render_results(r: dict[str, Any]) -> str:
         f"{r['kernels_per_layer']} indexer kernel(s) per layer + {r['cache_kernels']} cache-update kernel; "
         f"compiled == reference: {match} (Triton, interpreted on the CPU).",
         f"* Aux cache per block: {r['aux_bytes_per_block']} bytes ({fields}, bf16), on top of "
-        f"{2 * r['setup']['block_size'] * r['setup']['head_dim'] * 2} bytes of K and V.",
+        f"{(1 if 'mla' in r['setup'] else 2) * r['setup']['block_size'] * r['setup']['head_dim'] * 2} bytes of "
+        f"{'latents' if 'mla' in r['setup'] else 'K and V'}.",
         f"* Radix cache: {radix}.",
         f"* GPU step time: {r['gpu_step_time']}.",
         "",
@@ -288,8 +316,10 @@ def render_index(results: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "Kernels / layer: indexer launches per decode step + cache-update launches per completed-block "
-        'batch. Aux bytes: D=128, bf16, block 16 (K and V add 8192). Radix cache "off": the flow keeps '
-        "per-block state across steps (Load/Save) and needs SGLang's radix cache disabled.",
+        'batch. Aux bytes: D=128, bf16, block 16 (K and V add 8192); MLA flows (`vFlowMLA`, measured on an MLA '
+        "layer of one latent head 512 + 64 and 16 query heads): latent 576, bf16, block 16 (the latents add "
+        '18432). Radix cache "off": the flow keeps per-block state across steps (Load/Save) and needs '
+        "SGLang's radix cache disabled.",
     ]
     return "\n".join(lines)
 

@@ -257,7 +257,7 @@ def sweep_variants(case: Case) -> list[dict[str, Any]]:
             for pps in (4, 8, 16):
                 for stages in (1, 3):
                     try:
-                        core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,  # type: ignore[arg-type]
+                        core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
                                                        num_warps=warps, programs_per_sm=pps, num_stages=stages)  # fmt: skip
                         core.indexer_workspace = core.executor.workspace(rows, p.max_blocks_per_row, "cuda")
                         us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])

@@ -3,10 +3,13 @@
     python tools/device/mk_tiny.py --preset tiny /tmp/models/tiny
     python tools/device/mk_tiny.py --preset qwen3-8b --layers 4 /tmp/models/qwen3-8b-l4
     python tools/device/mk_tiny.py --preset tiny --kv-heads 1 --head-dim 128 /tmp/models/tiny-g4
+    python tools/device/mk_tiny.py --preset deepseek-v2-tiny /tmp/models/dsv2-tiny
 
 Presets give the attention geometry; any field can be overridden. ``qwen3-8b`` is Qwen3-8B's shape
 (hidden 4096, 32 query heads, 8 KV heads, head dim 128, MLP 12288) with few layers and a small vocabulary,
-which is enough for attention timing. ``--init-std`` sets ``initializer_range``: random bf16 weights give
+which is enough for attention timing. ``deepseek-v2-tiny`` is a DeepSeek-V2 (MLA) model with DeepSeek's
+attention geometry (latent 512 + 64, qk_nope 128, v 128; the sizes SGLang's FlashInfer MLA kernels take), 8 heads,
+a dense first layer then small shared + routed experts, for the MLA GPU tests. ``--init-std`` sets ``initializer_range``: random bf16 weights give
 near-ties between logits, so compare a few greedy tokens or logprobs with a tolerance, or raise it to make
 the logits more peaked. Writes ``vortex_tiny.json`` (the arguments) beside the weights, and a small byte-level
 BPE tokenizer (trained offline on a built-in text with the ``tokenizers`` library; ids 0/1/2 are
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 PRESETS = {
     # 2 layers, G = 2: seconds to build, seconds to load.
@@ -44,7 +48,30 @@ PRESETS = {
         head_dim=128,
         max_position_embeddings=40960,
     ),
+    # DeepSeek-V2 MLA: one latent head of kv_lora_rank 512 + qk_rope_head_dim 64 (what FlashInfer MLA supports)
+    "deepseek-v2-tiny": dict(
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        moe_intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        n_shared_experts=1,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        kv_lora_rank=512,
+        q_lora_rank=None,
+        qk_rope_head_dim=64,
+        qk_nope_head_dim=128,
+        v_head_dim=128,
+        head_dim=64,
+        max_position_embeddings=32768,
+    ),
 }
+#: presets that build a DeepSeek-V2 (MLA) model instead of a Qwen3
+MLA_PRESETS = {"deepseek-v2-tiny"}
 
 
 #: what the tokenizer is trained on: enough English for a few hundred merges (the text only shapes the vocab)
@@ -123,16 +150,20 @@ def main() -> None:
     if geo["num_attention_heads"] % geo["num_key_value_heads"]:
         p.error("heads must be a multiple of kv-heads")
 
-    cfg = Qwen3Config(
-        **geo,
-        rope_theta=1000000.0,
+    common = dict(
         tie_word_embeddings=False,
         initializer_range=args.init_std,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        architectures=["Qwen3ForCausalLM"],
     )
+    cfg: Any
+    if args.preset in MLA_PRESETS:
+        from transformers import DeepseekV2Config
+
+        cfg = DeepseekV2Config(**geo, **common, architectures=["DeepseekV2ForCausalLM"])
+    else:
+        cfg = Qwen3Config(**geo, rope_theta=1000000.0, **common, architectures=["Qwen3ForCausalLM"])
     cfg.torch_dtype = torch.bfloat16
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)

@@ -42,11 +42,14 @@ def test_every_flow_has_a_readme_with_matching_facts(contrib: Any, names: list[s
         arxiv = getattr(type(flow), "arxiv", "")
         if arxiv:
             assert f"arXiv:{arxiv}" in readme, f"{name}/README.md does not cite arXiv:{arxiv}"
-        flow.initialize(16, 128)
-        match = re.search(r"\*\*Cache per block\*\* \(D=128, bf16, block 16\): (\d+) bytes", readme)
-        assert match, (
-            f"{name}/README.md lacks the '**Cache per block** (D=128, bf16, block 16): N bytes' line"
-        )
+        if getattr(type(flow), "mla", False):  # a vFlowMLA: DeepSeek's latent of 512 + 64
+            flow.initialize(16, 512, 64)
+            geo = "latent 512 + 64, bf16, block 16"
+        else:
+            flow.initialize(16, 128)
+            geo = "D=128, bf16, block 16"
+        match = re.search(rf"\*\*Cache per block\*\* \({re.escape(geo)}\): (\d+) bytes", readme)
+        assert match, f"{name}/README.md lacks the '**Cache per block** ({geo}): N bytes' line"
         assert int(match.group(1)) == flow.aux_bytes_per_block(), (
             f"{name}: README states {match.group(1)} bytes"
         )

@@ -138,6 +138,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     opts = CheckOptions(
         flow=args.flow, name=args.name, contexts=tuple(args.contexts), budget=args.budget, needles=args.needles,
         block_size=args.block_size, head_dim=args.head_dim, group_size=args.group_size, kv_heads=args.kv_heads,
+        kv_lora_rank=args.kv_lora_rank, qk_rope_head_dim=args.qk_rope_head_dim, mla_heads=args.mla_heads,
         seed=args.seed, min_recall=args.min_recall, timeout_s=args.timeout,
     )  # fmt: skip
     report = run_check(opts)
@@ -177,6 +178,13 @@ def _add_check(sub: Any) -> None:
     c.add_argument("--head-dim", type=_ranged(8, 512), default=128, help="head dimension (128)")
     c.add_argument("--group-size", type=_ranged(1, 64), default=4, help="query heads per KV head (4)")
     c.add_argument("--kv-heads", type=_ranged(1, 64), default=2, help="KV heads (2)")
+    c.add_argument(
+        "--kv-lora-rank", type=_ranged(8, 2048), default=512, help="MLA flows (vFlowMLA): latent kv_c width (512)"
+    )
+    c.add_argument(
+        "--qk-rope-head-dim", type=_ranged(0, 256), default=64, help="MLA flows: RoPE part of the latent (64)"
+    )
+    c.add_argument("--mla-heads", type=_ranged(1, 128), default=16, help="MLA flows: query heads (16)")
     c.add_argument("--seed", type=_ranged(0, 2**31 - 1), default=0)
     c.add_argument(
         "--min-recall", type=_unit, default=None, metavar="R",

@@ -37,12 +37,14 @@ import torch
 
 from vortex_torch.abs.context import Geometry
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+from vortex_torch.abs.mla import MLAGeometry
 
 from . import registry
 from .backend import KernelBackendError, require_kernel_backend
 from .flow import vFlow
 from .loader import build_vflow
 from .trace import TracedFlow, check_ops_are_known, trace_flow
+from .user_code import is_mla_flow
 
 if TYPE_CHECKING:
     from .runtime.config import RuntimeConfig
@@ -286,7 +288,7 @@ class FlowContractTests:
     flow_aliases: ClassVar[tuple[str, ...]] = ()
     #: traced geometry of every test: block size, head dim, group size, aux dtype, KV dtype
     geometry: ClassVar[Geometry] = Geometry(block_size=16, head_dim=32, group_size=2)
-    #: KV heads of the synthetic models
+    #: KV heads of the synthetic models (an MLA flow's geometry is an ``MLAGeometry``: one latent head)
     num_kv_heads: ClassVar[int] = 2
     #: budget fraction of the needle test, and the needle recall the flow must reach there (unless set here,
     #: the flow class's ``expected_min_recall`` when it declares one: see :meth:`recall_bar`)
@@ -308,6 +310,15 @@ class FlowContractTests:
 
     def config(self, **overrides: Any) -> RuntimeConfig:
         return contract_config(self.geometry, **overrides)
+
+    def kv_heads(self) -> int:
+        """KV heads of the synthetic models: ``num_kv_heads``, or 1 (the latent) for an MLA geometry."""
+        return 1 if isinstance(self.geometry, MLAGeometry) else self.num_kv_heads
+
+    def rope_dims(self) -> dict[str, Any]:
+        """``qk_rope_head_dim`` of an MLA geometry, for the synthetic runs (empty for MHA/GQA)."""
+        g = self.geometry
+        return {"qk_rope_head_dim": g.qk_rope_head_dim} if isinstance(g, MLAGeometry) else {}
 
     def mixed_lengths(self) -> list[int]:
         """Prompt lengths of the runtime tests: one completes a block at the first decode step, one starts
@@ -340,7 +351,12 @@ class FlowContractTests:
         ops only, every field is written and read, and a flow that Saves state says it needs the radix cache
         off (``requires_radix_cache_off = True``: a reused prefix would carry another request's state)."""
         flow = self.make_flow()
-        production = replace(Geometry(), block_size=max(Geometry().block_size, self.geometry.block_size))
+        block = max(Geometry().block_size, self.geometry.block_size)
+        production: Geometry = (
+            MLAGeometry.of(block_size=block, kv_lora_rank=512, qk_rope_head_dim=64, num_heads=16)  # DeepSeek-V3
+            if is_mla_flow(flow)
+            else replace(Geometry(), block_size=block)
+        )
         for geometry in (self.geometry, production):
             traced = trace_flow(flow, geometry)
             check_ops_are_known(traced)
@@ -353,7 +369,7 @@ class FlowContractTests:
     def test_compiled_matches_reference(self, tmp_path: Path) -> None:
         """The Triton executor selects the same blocks as the reference interpreter on a ragged batch over
         shuffled pages, for two steps, and leaves the same aux fields (within bf16 rounding)."""
-        report = compile_check(self.traced(), num_kv_heads=self.num_kv_heads, cache_dir=str(tmp_path))
+        report = compile_check(self.traced(), num_kv_heads=self.kv_heads(), cache_dir=str(tmp_path))
         assert report.ok, "compiled != reference:\n  " + "\n  ".join(report.mismatches[:10])
         assert report.kernels_per_layer >= 1
 
@@ -362,9 +378,9 @@ class FlowContractTests:
         from .runtime.synthetic import run_synthetic
 
         run = run_synthetic(
-            self.make_flow(), self.mixed_lengths(), 2, num_layers=1, num_kv_heads=self.num_kv_heads,
+            self.make_flow(), self.mixed_lengths(), 2, num_layers=1, num_kv_heads=self.kv_heads(),
             head_dim=self.geometry.head_dim, group_size=self.geometry.group_size,
-            config=self.config(topk_val=0, topk_ratio=1.0), kv_dtype=torch.float32,
+            config=self.config(topk_val=0, topk_ratio=1.0), kv_dtype=torch.float32, **self.rope_dims(),
         )  # fmt: skip
         for step, (outs, dense) in enumerate(zip(run.outputs, run.dense_outputs, strict=True)):
             for layer, (o, od) in enumerate(zip(outs, dense, strict=True)):
@@ -378,8 +394,9 @@ class FlowContractTests:
         bs = self.geometry.block_size
         m = measure_flow(
             self.make_flow(), tuple(n * bs for n in self.needle_context_blocks), self.needle_budget,
-            num_kv_heads=self.num_kv_heads, head_dim=self.geometry.head_dim,
+            num_kv_heads=self.kv_heads(), head_dim=self.geometry.head_dim,
             group_size=self.geometry.group_size, config=self.config(), kv_dtype=self.geometry.kv_dtype,
+            **self.rope_dims(),
         )  # fmt: skip
         bar, source = self.recall_bar()
         assert math.isfinite(m["attn_rel_error"]), f"sparse attention is not finite: {m['attn_rel_error']}"
@@ -410,9 +427,9 @@ class FlowContractTests:
 
         run = run_synthetic(
             self.make_flow(), self.mixed_lengths(), self.decode_steps, num_layers=2,
-            num_kv_heads=self.num_kv_heads, head_dim=self.geometry.head_dim,
+            num_kv_heads=self.kv_heads(), head_dim=self.geometry.head_dim,
             group_size=self.geometry.group_size, config=self.config(topk_val=2, layers_skip=(0,)),
-            kv_dtype=self.geometry.kv_dtype,
+            kv_dtype=self.geometry.kv_dtype, **self.rope_dims(),
         )  # fmt: skip
         assert len(run.outputs) == self.decode_steps
         for step, (plan, sels, outs) in enumerate(zip(run.plans, run.selections, run.outputs, strict=True)):

@@ -21,13 +21,17 @@ from vortex_torch.abs.context import ContextBase, Geometry
 from vortex_torch.abs.errors import FlowRuleError
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.graph import Graph, OpNode
+from vortex_torch.abs.mla import MLAGeometry
 from vortex_torch.abs.vtensor import vTensor
 
 from .flow import CacheSpec, vFlow
 from .user_code import (
+    LATENT,
     RESERVED_FIELDS,
     RESERVED_NAMES,
     declared_fields,
+    flow_location,
+    is_mla_flow,
     key_site,
     method_site,
     run_user,
@@ -40,13 +44,20 @@ __all__ = ["RESERVED_FIELDS", "RESERVED_NAMES", "TracedFlow", "check_ops_are_kno
 class _TracedCache(Mapping[str, vTensor]):
     """The read-only ``cache`` dict a traced method sees; a missing key names the declared ones."""
 
-    def __init__(self, entries: dict[str, vTensor], method: str) -> None:
+    def __init__(self, entries: dict[str, vTensor], method: str, *, mla: bool = False) -> None:
         self._entries = entries
         self._method = method
+        self._mla = mla
 
     def __getitem__(self, key: str) -> vTensor:
         if key not in self._entries:
             site = user_callsite()
+            if self._mla and key in RESERVED_FIELDS:
+                raise FlowRuleError(
+                    f"{self._method} reads cache[{key!r}]{at(site)}, but an MLA flow has no 'k' or 'v': the pool "
+                    "holds one latent row [kv_c | k_pe] per token (kv_lora_rank + qk_rope_head_dim wide). Fix: "
+                    "read cache['latent'] (its first kv_lora_rank columns play both roles)."
+                )
             close = difflib.get_close_matches(str(key), list(self._entries), n=1)
             guess = f"did you mean cache[{close[0]!r}]? Otherwise d" if close else "D"
             raise FlowRuleError(
@@ -117,9 +128,17 @@ class TracedFlow:
         return bool(self.saved_fields)
 
 
-def _entries(ctx: ContextBase, fields: CacheSpec, geometry: Geometry) -> dict[str, vTensor]:
+def _entries(ctx: ContextBase, fields: CacheSpec, geometry: Geometry, mla: bool) -> dict[str, vTensor]:
     kv = (geometry.block_size, geometry.head_dim)
-    out = {name: ctx.entry(name, kv, FORMAT.PAGED, geometry.kv_dtype) for name in RESERVED_FIELDS}
+    if mla:
+        # The latent IS the framework's K buffer ([num_slots, 1, kv_lora_rank + qk_rope_head_dim]): the graph
+        # reads it as "k", so every executor and kernel generator addresses it exactly like a GQA key cache with
+        # one head; the flow author sees (and messages name) it as "latent". An MLA flow has no "v".
+        latent = ctx.entry("k", kv, FORMAT.PAGED, geometry.kv_dtype)
+        latent.label = LATENT
+        out = {LATENT: latent}
+    else:
+        out = {name: ctx.entry(name, kv, FORMAT.PAGED, geometry.kv_dtype) for name in RESERVED_FIELDS}
     out.update({name: ctx.entry(name, shape, FORMAT.PAGED, geometry.dtype) for name, shape in fields.items()})
     return out
 
@@ -131,24 +150,45 @@ def trace_flow(flow: vFlow, geometry: Geometry) -> TracedFlow:
             f"trace_flow needs a vFlow instance, got {type(flow).__name__}. Fix: pass build_vflow(name, path), "
             "or an instance of a vortex_torch.flow.vFlow subclass."
         )
-    fields = declared_fields(flow, geometry.block_size, geometry.head_dim)
+    mla = is_mla_flow(flow)
+    _check_geometry(flow, geometry, mla)
+    if isinstance(geometry, MLAGeometry):
+        fields = declared_fields(flow, geometry.block_size, geometry.kv_lora_rank, geometry.qk_rope_head_dim)
+    else:
+        fields = declared_fields(flow, geometry.block_size, geometry.head_dim)
 
     ictx = indexer_ops.Context(geometry)
     q = ictx.entry("q", (geometry.group_size, geometry.head_dim), FORMAT.BATCHED, geometry.kv_dtype)
     o = ictx.entry("o", (1, 1), FORMAT.RAGGED, torch.int32)
-    run_user(
-        flow, "forward_indexer", q, o, _TracedCache(_entries(ictx, fields, geometry), "forward_indexer"), ictx
-    )
+    icache = _TracedCache(_entries(ictx, fields, geometry, mla), "forward_indexer", mla=mla)
+    run_user(flow, "forward_indexer", q, o, icache, ictx)
 
     cctx = cache_ops.Context(geometry)
-    run_user(
-        flow, "forward_cache", _TracedCache(_entries(cctx, fields, geometry), "forward_cache"), _Loc(), cctx
-    )
+    ccache = _TracedCache(_entries(cctx, fields, geometry, mla), "forward_cache", mla=mla)
+    run_user(flow, "forward_cache", ccache, _Loc(), cctx)
 
     traced = TracedFlow(flow=flow, geometry=geometry, fields=fields, indexer=ictx.graph, cache=cctx.graph)
     _check_terminal(traced)
     _check_fields(traced)
     return traced
+
+
+def _check_geometry(flow: vFlow, geometry: Geometry, mla: bool) -> None:
+    """An MLA flow runs on MLA layers only (latent cache), a vFlow on MHA/GQA layers only (k and v)."""
+    where = f" ({flow_location(flow)})"
+    if mla and not isinstance(geometry, MLAGeometry):
+        raise FlowRuleError(
+            f"{type(flow).__qualname__} is a vFlowMLA{where}: it reads the latent cache of an MLA model (DeepSeek, "
+            f"GLM), but this model has MHA/GQA attention (k and v, head_dim={geometry.head_dim}). Fix: run it on an "
+            "MLA model, or write the flow as a vFlow (create_cache(block_size, head_dim), cache['k'] / cache['v'])."
+        )
+    if not mla and isinstance(geometry, MLAGeometry):
+        raise FlowRuleError(
+            f"{type(flow).__qualname__} is a vFlow{where}, but this model uses MLA (one latent cache "
+            f"[kv_c | k_pe] of width {geometry.kv_lora_rank} + {geometry.qk_rope_head_dim} per token, no k or v). "
+            "Fix: write the flow as a vFlowMLA (from vortex_torch.flow import vFlowMLA; create_cache(block_size, "
+            "kv_lora_rank, qk_rope_head_dim); read cache['latent'])."
+        )
 
 
 def _check_terminal(t: TracedFlow) -> None:
@@ -180,12 +220,13 @@ def _check_fields(t: TracedFlow) -> None:
     cache_written = t.cache.written_fields()
     saved = t.saved_fields
     read = t.indexer.read_fields() - {"q", "o"}
+    src = "cache['latent']" if is_mla_flow(t.flow) else "cache['k']"
     for name in t.fields:
         where = at(key_site(t.flow, "create_cache", name))
         if name not in cache_written and name not in saved:
             raise FlowRuleError(
                 f"cache field {name!r} is declared in create_cache{where} but never written. Fix: store into it "
-                f"in forward_cache (e.g. vortex_torch.cache.Mean(dim=1)(cache['k'], cache[{name!r}], loc=loc, "
+                f"in forward_cache (e.g. vortex_torch.cache.Mean(dim=1)({src}, cache[{name!r}], loc=loc, "
                 f"ctx=ctx)) or with indexer.Save, or remove it from create_cache."
             )
         if name not in read:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from .flow import CacheSpec, vFlow
 
 RESERVED_FIELDS = ("k", "v")
+#: the one field the framework provides to an MLA flow (``vFlowMLA``): the latent ``[kv_c | k_pe]`` of each token
+LATENT = "latent"
+#: fields an MLA flow may not declare: its latent is provided, and it has no k or v
+MLA_RESERVED_FIELDS = (LATENT, "k", "v")
 #: names of forward_indexer's own inputs; a cache field of that name would be ambiguous
 RESERVED_NAMES = ("q", "o")
 
@@ -80,15 +84,56 @@ def site_text(site: CallSite | None, flow: vFlow, method: str) -> str:
     return at(site) if site is not None else f" ({type(flow).__qualname__}.{method})"
 
 
-def declared_fields(flow: vFlow, block_size: int, head_dim: int) -> CacheSpec:
-    """Call ``create_cache`` and check what it declares."""
-    spec = run_user(flow, "create_cache", block_size, head_dim)
+def is_mla_flow(flow: object) -> bool:
+    """Whether ``flow`` is a ``vFlowMLA`` (its class says so with ``mla = True``)."""
+    return bool(getattr(type(flow), "mla", False))
+
+
+def cache_signature_error(flow: vFlow) -> FlowRuleError | None:
+    """A :class:`FlowRuleError` when ``create_cache`` has the other kind of flow's signature, else None.
+
+    A vFlow's is ``create_cache(block_size, head_dim)``, a vFlowMLA's ``create_cache(block_size, kv_lora_rank,
+    qk_rope_head_dim)``; a flow of the wrong base class is the usual cause."""
+    mla = is_mla_flow(flow)
+    want = 3 if mla else 2
+    try:
+        sig = inspect.signature(flow.create_cache)
+        sig.bind(*range(want))
+    except (TypeError, ValueError):
+        pass
+    else:
+        return None
+    where = site_text(method_site(flow, "create_cache"), flow, "create_cache")
+    if mla:
+        return FlowRuleError(
+            f"{type(flow).__qualname__} is a vFlowMLA, whose create_cache takes (block_size, kv_lora_rank, "
+            f"qk_rope_head_dim){where}. Fix: `def create_cache(self, block_size, kv_lora_rank, qk_rope_head_dim)`, "
+            "or derive the class from vFlow if the flow is for MHA/GQA models."
+        )
+    return FlowRuleError(
+        f"{type(flow).__qualname__} is a vFlow, whose create_cache takes (block_size, head_dim){where}. Fix: "
+        "`def create_cache(self, block_size, head_dim)`, or derive the class from vFlowMLA if the flow is for "
+        "MLA models (DeepSeek, GLM)."
+    )
+
+
+def declared_fields(flow: vFlow, block_size: int, *dims: int) -> CacheSpec:
+    """Call ``create_cache(block_size, *dims)`` and check what it declares.
+
+    ``dims`` is ``(head_dim,)`` for a vFlow and ``(kv_lora_rank, qk_rope_head_dim)`` for a vFlowMLA.
+    """
+    mla = is_mla_flow(flow)
+    bad_sig = cache_signature_error(flow)
+    if bad_sig is not None:
+        raise bad_sig
+    spec = run_user(flow, "create_cache", block_size, *dims)
     def_site = method_site(flow, "create_cache")
-    example = "{'centroids': (1, head_dim)}"
+    example = "{'centroids': (1, kv_lora_rank + qk_rope_head_dim)}" if mla else "{'centroids': (1, head_dim)}"
+    provided = "the latent" if mla else "k and v"
     if spec is None:
         raise FlowRuleError(
             f"create_cache returned None{site_text(def_site, flow, 'create_cache')}. Fix: return the aux fields as a "
-            f"dict, e.g. `return {example}`, or `return {{}}` when the flow needs only k and v."
+            f"dict, e.g. `return {example}`, or `return {{}}` when the flow needs only {provided}."
         )
     if not isinstance(spec, dict):
         raise FlowRuleError(
@@ -103,6 +148,18 @@ def declared_fields(flow: vFlow, block_size: int, head_dim: int) -> CacheSpec:
             raise FlowRuleError(
                 f"create_cache declares a field named {name!r}{where}: names must be identifier strings. Fix: "
                 "use a name like 'centroids'."
+            )
+        if mla and name == LATENT:
+            raise FlowRuleError(
+                f"create_cache declares {name!r}{where}, but an MLA flow's 'latent' ([kv_c | k_pe], "
+                "[block_size, kv_lora_rank + qk_rope_head_dim] in the KV dtype) is provided automatically. Fix: "
+                f"remove {name!r} from the returned dict."
+            )
+        if mla and name in RESERVED_FIELDS:
+            raise FlowRuleError(
+                f"create_cache declares {name!r}{where}, but an MLA flow has no 'k' or 'v': the pool holds one "
+                "latent row [kv_c | k_pe] per token, provided as cache['latent']. Fix: remove "
+                f"{name!r} from the returned dict and read cache['latent']."
             )
         if name in RESERVED_FIELDS:
             raise FlowRuleError(

@@ -153,6 +153,9 @@ class vTensor:
     producer_site: CallSite | None = field(default=None, repr=False)
     #: which trace (``ContextBase.trace_id``) made this tensor; 0 = none. Tensors cannot cross traces.
     trace_id: int = field(default=0, repr=False)
+    #: the name the flow author sees when it differs from ``name`` (an MLA flow's ``cache["latent"]`` is the
+    #: framework's ``"k"`` buffer); messages use it
+    label: str = field(default="", repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -160,14 +163,15 @@ class vTensor:
         return (-1, self.inner[0], self.inner[1])
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        shown = self.label or self.name
+        label = f"{shown!r}, " if shown else ""
         return f"vTensor({label}{self.format.name}, [*, {self.inner[0]}, {self.inner[1]}], {self.dtype})"
 
     def describe(self) -> str:
         """``'q' (BATCHED [*, 4, 128])`` or ``a RAGGED [*, 1, 1] tensor``, for messages."""
         shape = f"[*, {self.inner[0]}, {self.inner[1]}]"
-        if self.name:
-            return f"{self.name!r} ({self.format.name} {shape})"
+        if self.label or self.name:
+            return f"{self.label or self.name!r} ({self.format.name} {shape})"
         return f"a {self.format.name} {shape} tensor"
 
     # Two flow tensors compare by identity (graphs keep them in lists and dicts). Comparing one with anything

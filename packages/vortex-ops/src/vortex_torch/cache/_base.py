@@ -35,7 +35,11 @@ class CacheOp(vOp):
             assert out is not None
             return out
         if not isinstance(output, vTensor) or output.format != FORMAT.PAGED or output.name in ("k", "v"):
-            raise FlowRuleError(f"{self.name}: output must be a declared cache field (not k or v) or None{at(site)}")
+            raise FlowRuleError(
+                f"{self.name}: output must be a declared cache field (not k, v or an MLA flow's latent) or None"
+                f"{at(site)}. Fix: pass a field declared in create_cache as the output (e.g. cache['centroids']); "
+                "k, v and the latent are read-only."
+            )
         _, inner = self.infer(inputs)
         if inner != output.inner:
             raise FlowShapeError(

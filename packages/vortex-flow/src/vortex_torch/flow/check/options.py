@@ -27,6 +27,11 @@ class CheckOptions:
     head_dim: int = 128
     group_size: int = 4
     kv_heads: int = 2
+    #: MLA geometry, used when the flow is a vFlowMLA (DeepSeek-V2-Lite's attention by default): one latent head
+    #: of kv_lora_rank + qk_rope_head_dim, mla_heads absorbed query heads
+    kv_lora_rank: int = 512
+    qk_rope_head_dim: int = 64
+    mla_heads: int = 16
     seed: int = 0
     min_recall: float | None = None  # None: the flow's expected_min_recall, else DEFAULT_MIN_RECALL
     timeout_s: float = DEFAULT_TIMEOUT_S

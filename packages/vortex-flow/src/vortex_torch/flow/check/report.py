@@ -135,6 +135,11 @@ def render_text(r: dict[str, Any]) -> str:
         f"  compiled == ref    {'yes' if r['compiled_ok'] else 'NO'} (Triton on {c['device']}, small ragged batch)"
     )
     lines += [f"    {m}" for m in c["mismatches"][:5]]
+    if r.get("mla"):
+        lines.append(
+            f"  model              MLA: one latent head of {r['kv_lora_rank']} + {r['qk_rope_head_dim']} "
+            f"(cache['latent']), {r['group_size']} absorbed query heads"
+        )
     lines.append(
         f"  budget             {r['budget_fraction']:.4g} of each row's blocks of {r['block_size']} tokens"
     )

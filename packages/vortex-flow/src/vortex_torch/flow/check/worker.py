@@ -68,10 +68,12 @@ class _Stage:
 def _load(opts: CheckOptions, report: dict[str, Any]) -> Any:
     """Import, construct and trace the flow (the part ``--timeout`` limits). Returns (flow, traced)."""
     from vortex_torch.abs.context import Geometry
+    from vortex_torch.abs.mla import MLAGeometry
 
     from .. import registry
     from ..loader import build_vflow, load_module_file
     from ..trace import trace_flow
+    from ..user_code import is_mla_flow
 
     prefer: str | None = None
     if opts.is_file:
@@ -123,7 +125,20 @@ def _load(opts: CheckOptions, report: dict[str, Any]) -> Any:
     with _Stage(f"constructing flow {name!r}", "load", prefer):
         flow = build_vflow(name)
         report["min_recall"], report["min_recall_from"] = resolve_min_recall(opts.min_recall, type(flow))
-    geometry = Geometry(block_size=opts.block_size, head_dim=opts.head_dim, group_size=opts.group_size)
+    geometry: Geometry
+    if is_mla_flow(flow):  # an MLA model's layer: one latent head, absorbed queries
+        geometry = MLAGeometry.of(
+            block_size=opts.block_size,
+            kv_lora_rank=opts.kv_lora_rank,
+            qk_rope_head_dim=opts.qk_rope_head_dim,
+            num_heads=opts.mla_heads,
+        )
+        report.update(
+            mla=True, head_dim=geometry.head_dim, group_size=opts.mla_heads, kv_heads=1,
+            kv_lora_rank=opts.kv_lora_rank, qk_rope_head_dim=opts.qk_rope_head_dim,
+        )  # fmt: skip
+    else:
+        geometry = Geometry(block_size=opts.block_size, head_dim=opts.head_dim, group_size=opts.group_size)
     with _Stage(f"tracing flow {name!r}", "load", prefer):
         traced = trace_flow(flow, geometry)
     return flow, traced
@@ -142,6 +157,7 @@ def _measure(flow: Any, opts: CheckOptions, report: dict[str, Any]) -> None:
     bar = tqdm(
         opts.contexts, desc="needle contexts", unit="ctx", disable=not sys.stderr.isatty(), leave=False
     )
+    mla = bool(report.get("mla"))
     for n in bar:
         per_ctx.append(
             measure_flow(
@@ -149,11 +165,12 @@ def _measure(flow: Any, opts: CheckOptions, report: dict[str, Any]) -> None:
                 seq_lens=[n],
                 budget_fraction=opts.budget,
                 num_needles=opts.needles,
-                num_kv_heads=opts.kv_heads,
-                head_dim=opts.head_dim,
-                group_size=opts.group_size,
+                num_kv_heads=1 if mla else opts.kv_heads,
+                head_dim=opts.kv_lora_rank + opts.qk_rope_head_dim if mla else opts.head_dim,
+                group_size=opts.mla_heads if mla else opts.group_size,
                 config=config,
                 seed=opts.seed,
+                qk_rope_head_dim=opts.qk_rope_head_dim,
             )
         )
     hits = sum(m["needle_blocks_hit"] for m in per_ctx)
@@ -191,7 +208,7 @@ def run(opts: CheckOptions, send: Any) -> dict[str, Any]:
         from ..testing import compile_check
 
         with _Stage(f"compiling flow {report['flow']!r}", "compile"):
-            compiled = compile_check(traced, seed=opts.seed, num_kv_heads=opts.kv_heads)
+            compiled = compile_check(traced, seed=opts.seed, num_kv_heads=1 if report.get("mla") else opts.kv_heads)
         report["compile"] = compiled.as_dict()
         report["kernels_per_layer"] = compiled.kernels_per_layer
         report["compiled_ok"] = compiled.ok

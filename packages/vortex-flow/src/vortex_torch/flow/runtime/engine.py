@@ -156,15 +156,9 @@ class ReferenceRuntime:
         self.layout = PoolLayout(
             page_size=config.page_size, block_size=config.block_size, num_kv_heads=num_kv_heads
         )
-        self.geometry = Geometry(
-            block_size=config.block_size,
-            head_dim=head_dim,
-            group_size=group_size,
-            dtype=config.dtype,
-            kv_dtype=kv_dtype,
-        )
+        self.geometry = self._make_geometry(config, head_dim, group_size, kv_dtype)
         # initialize() resolves get_cache_meta_info(), which backends use to size the pool
-        flow.initialize(config.block_size, head_dim, kv_dtype, kv_dtype, config.dtype)
+        flow.initialize_for(self.geometry)
         self.traced: TracedFlow = trace_flow(flow, self.geometry)
         factory = config.executor  # validated: "reference" or a callable
         self.executor: FlowExecutor = (
@@ -184,12 +178,28 @@ class ReferenceRuntime:
             aux_dtype=config.dtype,
             device=self.device,
             shuffle_seed=shuffle_pages_seed,
+            kv_fields=self.kv_fields,
         )
         self._stored: list[dict[RequestId, int]] = [{} for _ in range(num_layers)]
         #: the latest selection of every layer (``last_selection[layer].row(b, h)`` -> positions)
         self.last_selection: dict[int, Selection] = {}
         self.keep_selection_log = keep_selection_log
         self.selection_log: list[Selection] = []
+
+    #: the per-token buffers of the pool ("k"/"v"; an MLA runtime keeps only the latent, as "k")
+    kv_fields: tuple[str, ...] = ("k", "v")
+
+    def _make_geometry(
+        self, config: RuntimeConfig, head_dim: int, group_size: int, kv_dtype: torch.dtype
+    ) -> Geometry:
+        """The geometry the flow is traced for (an MLA runtime returns an ``MLAGeometry``)."""
+        return Geometry(
+            block_size=config.block_size,
+            head_dim=head_dim,
+            group_size=group_size,
+            dtype=config.dtype,
+            kv_dtype=kv_dtype,
+        )
 
     # -- requests -------------------------------------------------------------------------------------------------
     def add_request(self, rid: RequestId) -> None:
@@ -228,7 +238,7 @@ class ReferenceRuntime:
         layer: int,
         rids: Sequence[RequestId],
         k: torch.Tensor,
-        v: torch.Tensor,
+        v: torch.Tensor | None,
         counts: Sequence[int],
     ) -> torch.Tensor:
         """Write the next tokens of several requests into ``layer`` and summarise every block they complete.
@@ -247,9 +257,10 @@ class ReferenceRuntime:
         if len(set(rids)) != len(rids):
             raise ValueError("append_kv: a request appears twice in rids; concatenate its tokens instead")
         total = sum(int(c) for c in counts)
-        if k.shape[0] != total or v.shape[0] != total:
+        if k.shape[0] != total or (v is not None and v.shape[0] != total):
             raise ValueError(
-                f"append_kv: counts sum to {total} tokens but k/v have {k.shape[0]}/{v.shape[0]}"
+                f"append_kv: counts sum to {total} tokens but k/v have {k.shape[0]}/"
+                f"{v.shape[0] if v is not None else '-'}"
             )
         stored = self._stored[layer]
         slots = []
@@ -345,7 +356,7 @@ class ReferenceRuntime:
         if self.keep_selection_log:
             self.selection_log.append(record)
         o = self._attend(layer, q_rows, indptr, ids, dense.last_block_len, sm_scale)
-        return o.view(q.shape).to(q.dtype)
+        return o.view(q.shape[0], q.shape[1], -1).to(q.dtype)
 
     def dense_attention(
         self, layer: int, q: torch.Tensor, plan: StepPlan, *, sm_scale: float | None = None
@@ -357,7 +368,7 @@ class ReferenceRuntime:
         q_rows = self._rows(layer, q, plan)
         dense = plan.dense
         o = self._attend(layer, q_rows, dense.indptr, dense.indices, dense.last_block_len, sm_scale)
-        return o.view(q.shape).to(q.dtype)
+        return o.view(q.shape[0], q.shape[1], -1).to(q.dtype)
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _rows(self, layer: int, q: torch.Tensor, plan: StepPlan) -> torch.Tensor:

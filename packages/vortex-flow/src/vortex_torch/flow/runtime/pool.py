@@ -81,6 +81,7 @@ class PagedKVPool:
         device: str | torch.device = "cpu",
         reserved_pages: int = 1,
         shuffle_seed: int | None = None,
+        kv_fields: tuple[str, ...] = ("k", "v"),
     ) -> None:
         self.layout = layout
         self.num_pages = num_pages
@@ -90,6 +91,10 @@ class PagedKVPool:
         self.aux_dtype = aux_dtype
         self.device = torch.device(device)
         self.skip_layers = frozenset(skip_layers)
+        if kv_fields not in (("k", "v"), ("k",)):
+            raise ValueError(f"kv_fields must be ('k', 'v') or ('k',) (an MLA latent pool), got {kv_fields}")
+        #: per-token buffers: ("k", "v"), or ("k",) for an MLA pool (the latent, one "head")
+        self.kv_fields = kv_fields
         self.allocator = PageAllocator(num_pages, reserved=reserved_pages, shuffle_seed=shuffle_seed)
         self.num_blocks = layout.num_blocks(num_pages)
         self.num_slots = num_pages * layout.page_size
@@ -99,7 +104,7 @@ class PagedKVPool:
         for layer in range(num_layers):
             fields = {
                 name: torch.zeros(self.num_slots, heads, head_dim, dtype=kv_dtype, device=self.device)
-                for name in ("k", "v")
+                for name in kv_fields
             }
             if layer not in self.skip_layers:
                 for name, (r, c) in aux_fields.items():
@@ -119,7 +124,7 @@ class PagedKVPool:
         return self._fields[layer]["k"]
 
     def v_cache(self, layer: int) -> torch.Tensor:
-        """``[num_slots, H_kv, D]`` values of ``layer``."""
+        """``[num_slots, H_kv, D]`` values of ``layer`` (an MLA pool has none: KeyError)."""
         return self._fields[layer]["v"]
 
     # -- requests -------------------------------------------------------------------------------------------------
@@ -183,13 +188,15 @@ class PagedKVPool:
         first = self.layout.num_blocks
         for fields in self._fields:
             for name, t in fields.items():
-                if name in ("k", "v"):
+                if name in self.kv_fields:
                     continue
                 for p in pages:
                     t[first(p) : first(p + 1)] = 0
 
     # -- writes ---------------------------------------------------------------------------------------------------
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def write(
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Store ``k, v [N, H_kv, D]`` at token slots ``slots [N]`` of ``layer``.
 
         Returns the block ids ``[M] int64`` whose LAST token was just written (for every head, slot-major then
@@ -198,20 +205,26 @@ class PagedKVPool:
         """
         heads, d = self.layout.num_kv_heads, self.head_dim
         n = slots.numel()
-        if k.shape != (n, heads, d) or v.shape != (n, heads, d):
+        if (v is None) != ("v" not in self.kv_fields):
             raise ValueError(
-                f"write: k and v must be [N={n}, H_kv={heads}, D={d}], got {tuple(k.shape)} and {tuple(v.shape)}"
+                "write: this pool holds " + " and ".join(self.kv_fields) + "; pass exactly those tensors"
             )
+        if k.shape != (n, heads, d) or (v is not None and v.shape != (n, heads, d)):
+            got = tuple(k.shape) if v is None else f"{tuple(k.shape)} and {tuple(v.shape)}"
+            raise ValueError(f"write: k and v must be [N={n}, H_kv={heads}, D={d}], got {got}")
         slots = slots.to(device=self.device, dtype=torch.int64)
         fields = self._fields[layer]
         fields["k"][slots] = k.to(device=self.device, dtype=self.kv_dtype)
-        fields["v"][slots] = v.to(device=self.device, dtype=self.kv_dtype)
+        if v is not None:
+            fields["v"][slots] = v.to(device=self.device, dtype=self.kv_dtype)
         done = slots[self.layout.completes_block(slots)]  # [m]
         head_ids = torch.arange(heads, device=self.device)
         return self.layout.block_id(done[:, None], head_ids[None, :]).reshape(-1)  # [m * H_kv]
 
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of token slots ``slots [N]`` in ``layer`` -> two ``[N, H_kv, D]`` tensors (copies)."""
+        """K and V of token slots ``slots [N]`` in ``layer`` -> two ``[N, H_kv, D]`` tensors (copies; for an
+        MLA pool both are the latent)."""
         slots = slots.to(device=self.device, dtype=torch.int64)
         fields = self._fields[layer]
-        return fields["k"][slots], fields["v"][slots]
+        k = fields["k"][slots]
+        return k, (fields["v"][slots] if "v" in fields else k)

@@ -18,8 +18,36 @@ from typing import Any
 import torch
 
 from ..flow import vFlow
+from ..user_code import is_mla_flow
 from .config import RuntimeConfig
 from .engine import AttentionImpl, ReferenceRuntime, Selection, StepPlan
+
+
+def _runtime(
+    flow: vFlow,
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    group_size: int,
+    config: RuntimeConfig,
+    num_pages: int,
+    kv_dtype: torch.dtype,
+    qk_rope_head_dim: int,
+    **kwargs: Any,
+) -> ReferenceRuntime:
+    """A runtime for ``flow``: a :class:`ReferenceRuntime`, or for a vFlowMLA an ``MLAReferenceRuntime`` with one
+    latent head of width ``head_dim`` (``kv_lora_rank = head_dim - qk_rope_head_dim``) and ``group_size`` query
+    heads (``num_kv_heads`` is ignored: MLA has one latent head)."""
+    if is_mla_flow(flow):
+        from .mla import MLAReferenceRuntime
+
+        return MLAReferenceRuntime(
+            flow, num_layers, group_size, head_dim - qk_rope_head_dim, qk_rope_head_dim, config, num_pages,
+            kv_dtype, **kwargs,
+        )  # fmt: skip
+    return ReferenceRuntime(
+        flow, num_layers, num_kv_heads, head_dim, group_size, config, num_pages, kv_dtype, **kwargs
+    )
 
 
 def _pages_needed(seq_lens: Sequence[int], page_size: int) -> int:
@@ -63,6 +91,7 @@ def run_synthetic(
     attention: AttentionImpl = "naive",
     shuffle_pages_seed: int | None = None,
     runtime: ReferenceRuntime | None = None,
+    qk_rope_head_dim: int = 16,
 ) -> SyntheticRun:
     """Prefill ``len(seq_lens)`` requests with random K/V (``seq_lens[b]`` tokens each, all layers), then run
     ``decode_steps`` decode steps, each appending one random token per request and attending with a random
@@ -71,15 +100,20 @@ def run_synthetic(
     A step follows the serving order: ``reserve`` one slot per request, ``plan`` once, then per layer
     ``append_kv`` the new token and ``decode_attention``. ``dense_attention`` on the same query is recorded
     alongside, so callers can compare. Pass ``runtime`` to reuse one (its shape wins over the keywords).
+
+    For a vFlowMLA the model is MLA: one latent head of width ``head_dim`` whose last ``qk_rope_head_dim``
+    columns are the RoPE part, ``group_size`` query heads, outputs ``[B, H_q, head_dim - qk_rope_head_dim]``;
+    ``keys`` hold the latents and ``values`` are unused.
     """
     cfg = config if config is not None else RuntimeConfig()
     if runtime is None:
         pages = num_pages or _pages_needed([n + decode_steps for n in seq_lens], cfg.page_size)
-        runtime = ReferenceRuntime(
-            flow, num_layers, num_kv_heads, head_dim, group_size, cfg, pages, kv_dtype,
+        runtime = _runtime(
+            flow, num_layers, num_kv_heads, head_dim, group_size, cfg, pages, kv_dtype, qk_rope_head_dim,
             attention=attention, shuffle_pages_seed=shuffle_pages_seed,
         )  # fmt: skip
     rt = runtime
+    mla = "v" not in rt.kv_fields
     nl, hk, d, hq = rt.num_layers, rt.num_kv_heads, rt.head_dim, rt.num_kv_heads * rt.group_size
     gen = torch.Generator().manual_seed(seed)
     base = max((r for r in rt.pool.requests() if isinstance(r, int)), default=-1) + 1  # fresh integer rids
@@ -92,7 +126,7 @@ def run_synthetic(
     for layer in range(nl):
         k = torch.randn(total, hk, d, generator=gen)
         v = torch.randn(total, hk, d, generator=gen)
-        rt.append_kv(layer, rids, k, v, list(seq_lens))
+        rt.append_kv(layer, rids, k, None if mla else v, list(seq_lens))
         keys.append(list(k.split(list(seq_lens))))
         values.append(list(v.split(list(seq_lens))))
 
@@ -108,7 +142,7 @@ def run_synthetic(
         for layer in range(nl):
             k = torch.randn(len(rids), hk, d, generator=gen)
             v = torch.randn(len(rids), hk, d, generator=gen)
-            rt.append_kv(layer, rids, k, v, ones)
+            rt.append_kv(layer, rids, k, None if mla else v, ones)
             for b in range(len(rids)):
                 keys[layer][b] = torch.cat([keys[layer][b], k[b : b + 1]])
                 values[layer][b] = torch.cat([values[layer][b], v[b : b + 1]])
@@ -153,6 +187,7 @@ def make_needle_context(
     strength: float = 4.0,
     query_scale: float = 3.0,
     edge_blocks: int = 1,
+    direction_dims: int | None = None,
 ) -> NeedleContext:
     """Hide ``num_needles`` keys aligned with the query among ``N(0, I)`` keys.
 
@@ -162,7 +197,7 @@ def make_needle_context(
     mean key of a needle's block stands ``strength * sqrt(D) / block_size`` above the hay blocks along ``u``
     (several standard deviations for the defaults). Needles avoid the first and last ``edge_blocks`` blocks,
     which bos/eos keep anyway, so finding them is the flow's merit. Positions are distinct but two needles may
-    share a block.
+    share a block. ``direction_dims`` confines ``u`` to the first that many dims (an MLA latent's ``kv_c`` part).
     """
     n_blocks = -(-seq_len // block_size)
     lo, hi = edge_blocks * block_size, (n_blocks - edge_blocks) * block_size
@@ -173,6 +208,8 @@ def make_needle_context(
         )
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(head_dim, generator=gen)
+    if direction_dims is not None:
+        u[direction_dims:] = 0.0
     u = u / u.norm()
     k = torch.randn(seq_len, head_dim, generator=gen)
     v = torch.randn(seq_len, head_dim, generator=gen)
@@ -195,6 +232,7 @@ def measure_flow(
     kv_dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
     attention: AttentionImpl = "naive",
+    qk_rope_head_dim: int = 64,
 ) -> dict[str, Any]:
     """Needle recall and attention error of ``flow`` at a budget of ``budget_fraction`` of each row's blocks.
 
@@ -214,6 +252,10 @@ def measure_flow(
     * ``pages_selected`` / ``pages_total``: blocks attended vs blocks cached over all rows (Vortex blocks,
       which the original project calls pages), ``selected_fraction`` their ratio;
     * ``per_seq``: the same per request, plus the setup (``block_size``, ``budget_fraction``, ...).
+
+    A vFlowMLA is measured on an MLA layer: one latent head of width ``head_dim`` (the last ``qk_rope_head_dim``
+    columns are the RoPE part), ``group_size`` query heads (``num_kv_heads`` is ignored). The needles are
+    content, not position: their direction lies in the ``kv_c`` columns, so a RoPE-unaware flow can find them.
     """
     if isinstance(flow, str):
         from ..loader import build_vflow
@@ -222,21 +264,26 @@ def measure_flow(
     if not 0.0 < budget_fraction <= 1.0:
         raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
     cfg = replace(config or RuntimeConfig(), topk_val=0, topk_ratio=float(budget_fraction), layers_skip=())
-    bs, g, hk = cfg.block_size, group_size, num_kv_heads
-    rt = ReferenceRuntime(
-        flow, 1, hk, head_dim, g, cfg, _pages_needed(seq_lens, cfg.page_size), kv_dtype, attention=attention
-    )
+    mla = is_mla_flow(flow)
+    bs, g, hk = cfg.block_size, group_size, 1 if mla else num_kv_heads
+    rt = _runtime(
+        flow, 1, hk, head_dim, g, cfg, _pages_needed(seq_lens, cfg.page_size), kv_dtype, qk_rope_head_dim,
+        attention=attention,
+    )  # fmt: skip
+    content_dims = head_dim - qk_rope_head_dim if mla else head_dim
     rids = list(range(len(seq_lens)))
     ctxs: list[list[NeedleContext]] = []
     for b, n in enumerate(seq_lens):
         rt.add_request(rids[b])
         ctxs.append([
-            make_needle_context(n, head_dim, num_needles, g, seed * 100_003 + b * hk + h, block_size=bs)
+            make_needle_context(
+                n, head_dim, num_needles, g, seed * 100_003 + b * hk + h, block_size=bs, direction_dims=content_dims
+            )
             for h in range(hk)
         ])  # fmt: skip
     k = torch.cat([torch.stack([c.k for c in row], dim=1) for row in ctxs])  # [sum(L), H_kv, D]
     v = torch.cat([torch.stack([c.v for c in row], dim=1) for row in ctxs])
-    rt.append_kv(0, rids, k, v, list(seq_lens))
+    rt.append_kv(0, rids, k, None if mla else v, list(seq_lens))
     plan = rt.plan(rids)
     q = torch.stack([torch.cat([c.q for c in row]) for row in ctxs])  # [B, H_kv * G, D]
     o_sparse = rt.decode_attention(0, q.to(kv_dtype), plan).float()
@@ -258,7 +305,7 @@ def measure_flow(
             # needles sit in the middle, which holds budget - bos - eos selected blocks (all when b == n)
             middle = budget[r] if budget[r] >= plan.num_blocks(b) else budget[r] - cfg.bos - cfg.eos
             s_best += min(len(want), middle)
-            os_, od = o_sparse[b, h * g : (h + 1) * g], o_dense[b, h * g : (h + 1) * g]  # [G, D]
+            os_, od = o_sparse[b, h * g : (h + 1) * g], o_dense[b, h * g : (h + 1) * g]  # [G, D] (MLA: [H_q, Dv])
             s_err.append(float((os_ - od).norm() / od.norm().clamp_min(1e-12)))
         hits, needles, best = hits + s_hits, needles + s_needles, best + s_best
         errors += s_err
@@ -288,5 +335,6 @@ def measure_flow(
         "head_dim": head_dim,
         "group_size": g,
         "num_kv_heads": hk,
+        "mla": mla,
         "per_seq": per_seq,
     }

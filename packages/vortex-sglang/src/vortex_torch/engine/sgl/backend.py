@@ -304,9 +304,11 @@ class VortexTritonBackend(VortexBackendMixin, TritonAttnBackend):
 
 def create_backend(backend_str: str, model_runner: Any, config: VortexConfig) -> VortexBackendMixin:
     """The factory the plugin's backend hook calls for ``attention_backend`` "flashinfer" / "triton"."""
+    if getattr(model_runner, "use_mla_backend", False):  # DeepSeek-V2/V3, GLM: one latent cache per token
+        from .mla_backend import create_mla_backend
+
+        return create_mla_backend(backend_str, model_runner, config)
     if backend_str == "flashinfer":
-        if getattr(model_runner, "use_mla_backend", False):
-            raise VortexSGLangError("MLA models are not supported by vortex-sglang yet")
         return VortexFlashInferBackend(
             model_runner,
             init_new_workspace=getattr(model_runner, "init_new_workspace", False),

@@ -42,10 +42,10 @@ def make_executor(
     if impl_backend == "reference":
         from vortex_torch.flow.compiler.reference import ReferenceExecutor
 
-        return ReferenceExecutor(prepared.traced, layout)  # type: ignore[arg-type]
+        return ReferenceExecutor(prepared.traced, layout)
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
-    return TritonExecutor(prepared.traced, layout, cache_dir=cache_dir)  # type: ignore[arg-type]
+    return TritonExecutor(prepared.traced, layout, cache_dir=cache_dir)
 
 
 def make_budget_fn(

@@ -21,6 +21,7 @@ import torch
 
 from vortex_torch.abs.context import Geometry
 from vortex_torch.abs.errors import VortexError
+from vortex_torch.abs.mla import MLAGeometry
 
 from .config import VortexConfig, VortexConfigError
 from .policy import Policy
@@ -62,6 +63,9 @@ class ModelGeometry:
     head_dim: int
     kv_dtype: torch.dtype = torch.bfloat16
     context_len: int = 32768
+    #: MLA models: the RoPE part of the latent (``head_dim`` is then ``kv_lora_rank + qk_rope_head_dim``,
+    #: ``num_kv_heads`` 1 and ``group_size`` the query heads); None for MHA/GQA
+    qk_rope_head_dim: int | None = None
 
 
 @dataclass
@@ -155,7 +159,12 @@ def _flow_error_field(exc: BaseException, config: VortexConfig) -> str:
 
 
 def prepare_flow(
-    config: VortexConfig, *, head_dim: int, group_size: int, kv_dtype: torch.dtype
+    config: VortexConfig,
+    *,
+    head_dim: int,
+    group_size: int,
+    kv_dtype: torch.dtype,
+    qk_rope_head_dim: int | None = None,
 ) -> PreparedFlow:
     """Load, instantiate and trace ``config``'s flow for ``(block_size, head_dim, G, dtype, kv_dtype)``.
 
@@ -164,16 +173,31 @@ def prepare_flow(
     since the config was built. Raises :class:`VortexConfigError` naming the field (``module_path`` for a file
     that cannot be loaded, ``module_name`` for an unknown flow or one that breaks the flow rules,
     ``flow_kwargs``, ``dtype``, ``schedule_policy``, ``impl_backend`` for an op the backend cannot run, or any field :meth:`VortexConfig.validate` rejects).
+
+    For an MLA model pass ``qk_rope_head_dim``: ``head_dim`` is then the latent width ``kv_lora_rank +
+    qk_rope_head_dim``, ``group_size`` the query heads per rank, and the flow must be a ``vFlowMLA`` (traced for
+    an ``MLAGeometry``; a vFlow is a ``module_name`` error that says so, and vice versa).
     """
     config.validate()
     aux_dtype = aux_dtype_of(config)
-    geometry = Geometry(
-        block_size=config.block_size,
-        head_dim=head_dim,
-        group_size=group_size,
-        dtype=aux_dtype,
-        kv_dtype=kv_dtype,
-    )
+    geometry: Geometry
+    if qk_rope_head_dim is not None:
+        geometry = MLAGeometry(
+            block_size=config.block_size,
+            head_dim=head_dim,
+            group_size=group_size,
+            dtype=aux_dtype,
+            kv_dtype=kv_dtype,
+            qk_rope_head_dim=qk_rope_head_dim,
+        )
+    else:
+        geometry = Geometry(
+            block_size=config.block_size,
+            head_dim=head_dim,
+            group_size=group_size,
+            dtype=aux_dtype,
+            kv_dtype=kv_dtype,
+        )
     key = _cache_key(config, geometry)
     with _lock:
         hit = _cache.get(key)
@@ -186,7 +210,9 @@ def prepare_flow(
         assert config.module_name is not None  # VortexConfig.validate
         try:
             flow = build_vflow(config.module_name, config.module_path, config.flow_kwargs)
-            flow.initialize(config.block_size, head_dim, kv_dtype, kv_dtype, aux_dtype)
+            if getattr(type(flow), "mla", False) != (qk_rope_head_dim is not None):
+                trace_flow(flow, geometry)  # raises the flow-rule error naming the kind of flow and of model
+            flow.initialize_for(geometry)
             traced = trace_flow(flow, geometry)
             check_backend(traced, config.impl_backend)  # an op the backend lacks fails here, not at decode
         except VortexError as exc:

@@ -18,7 +18,10 @@ The hooks (all inactive unless a ``VortexConfig`` was given, i.e. ``server_args.
                                                                                               everything + loads the flow
  4    ``model_runner_components.attention_backend_setup``                              AROUND flashinfer / triton ->
       ``._build_full_attention_backend_from_str``                                             the Vortex subclasses
+                                                                                              (MLA models: the
+                                                                                              Vortex MLA ones)
  5    ``pool_configurator.DefaultPoolConfigurator._compute_cell_size``                 AFTER  + aux bytes per token
+                                                                                              (MLA: one latent head)
  6    ``models.utils.enable_fused_set_kv_buffer``                                      AROUND ``False`` under Vortex
 ==== =============================================================================== ====== ===============================
 
@@ -203,14 +206,24 @@ def _after_compute_cell_size(
     result: int, configurator: Any, kvc: Any, num_layers: int, *a: Any, **k: Any
 ) -> int | None:
     config = config_of(getattr(kvc, "server_args", None))
-    if config is None or getattr(kvc, "use_mla_backend", False):
+    if config is None:
         return None
     from sglang.srt.runtime_context import get_parallel
 
     from .flow_spec import prepare_flow
 
-    h_kv, group, dim = server_rules().rank_heads(kvc.model_config, get_parallel().attn_tp_size)
-    prepared = prepare_flow(config, head_dim=dim, group_size=group, kv_dtype=kvc.kv_cache_dtype)
+    mc = kvc.model_config
+    attn_tp = get_parallel().attn_tp_size
+    kv_dtype = kvc.kv_cache_dtype
+    if getattr(kvc, "use_mla_backend", False):  # MLA: one latent head of kv_lora_rank + qk_rope_head_dim
+        h_kv, rope = 1, int(mc.qk_rope_head_dim)
+        prepared = prepare_flow(
+            config, head_dim=int(mc.kv_lora_rank) + rope, group_size=mc.num_attention_heads // attn_tp,
+            kv_dtype=kv_dtype, qk_rope_head_dim=rope,
+        )  # fmt: skip
+    else:
+        h_kv, group, dim = server_rules().rank_heads(mc, attn_tp)
+        prepared = prepare_flow(config, head_dim=dim, group_size=group, kv_dtype=kv_dtype)
     info = kvc.layer_info
     sparse = len(prepared.sparse_layers(info.start_layer, info.end_layer))
     extra = prepared.aux_bytes_per_token(h_kv, sparse)

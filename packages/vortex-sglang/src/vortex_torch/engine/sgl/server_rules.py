@@ -158,9 +158,20 @@ def model_geometry(server_args: Any) -> ModelGeometry:
     mc = sa.get_model_config()
     from sglang.srt.configs.model_config import AttentionArch
 
+    dp = sa.dp_size if getattr(sa, "enable_dp_attention", False) else 1
+    attn_tp = max(1, sa.tp_size // max(1, dp))
+    kv_dtype = KV_DTYPES.get(str(getattr(sa, "kv_cache_dtype", "auto"))) or mc.dtype
     if getattr(mc, "attention_arch", None) == AttentionArch.MLA:
-        raise VortexServerArgsError(
-            "model_path", "MLA models (DeepSeek, GLM-4.x-MLA) are not supported by vortex-sglang yet"
+        # DeepSeek-V2/V3, GLM: one latent head [kv_c | k_pe], absorbed queries (the flow must be a vFlowMLA)
+        rank, rope = int(mc.kv_lora_rank), int(mc.qk_rope_head_dim)
+        return ModelGeometry(
+            num_layers=int(mc.num_hidden_layers),
+            num_kv_heads=1,
+            group_size=int(mc.num_attention_heads // attn_tp),
+            head_dim=rank + rope,
+            kv_dtype=kv_dtype,
+            context_len=int(mc.context_len),
+            qk_rope_head_dim=rope,
         )
     if getattr(mc, "is_encoder_decoder", False):
         raise VortexServerArgsError("model_path", "encoder-decoder models are not supported by Vortex")
@@ -173,9 +184,7 @@ def model_geometry(server_args: Any) -> ModelGeometry:
             "model_path",
             f"Vortex needs equal K and V head dims, the model has {mc.head_dim} and {mc.v_head_dim}",
         )
-    dp = sa.dp_size if getattr(sa, "enable_dp_attention", False) else 1
-    h_kv, group, dim = rank_heads(mc, max(1, sa.tp_size // max(1, dp)))
-    kv_dtype = KV_DTYPES.get(str(getattr(sa, "kv_cache_dtype", "auto"))) or mc.dtype
+    h_kv, group, dim = rank_heads(mc, attn_tp)
     return ModelGeometry(
         num_layers=int(mc.num_hidden_layers),
         num_kv_heads=h_kv,
@@ -207,7 +216,10 @@ def check_server_args(server_args: Any, config: VortexConfig) -> PreparedFlow:
     _refuse(server_args, config)
     geo = model_geometry(server_args)
     config.validate_for_model(page_size=server_args.page_size, num_layers=geo.num_layers)
-    prepared = prepare_flow(config, head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype)
+    prepared = prepare_flow(
+        config, head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype,
+        qk_rope_head_dim=geo.qk_rope_head_dim,
+    )  # fmt: skip
     stateful = prepared.uses_save or bool(getattr(prepared.traced.flow, "requires_radix_cache_off", False))
     if stateful and not server_args.disable_radix_cache:
         saved = ", ".join(sorted(prepared.traced.saved_fields)) or "declared requires_radix_cache_off"

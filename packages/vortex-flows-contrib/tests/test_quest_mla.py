@@ -1,0 +1,9 @@
+"""The flow contract for ``quest_mla`` (vortex_torch.flow.testing), on a small MLA geometry."""
+
+from vortex_torch.abs.mla import MLAGeometry
+from vortex_torch.flow.testing import FlowContractTests
+
+
+class TestQuestMLA(FlowContractTests):
+    flow_name = "quest_mla"
+    geometry = MLAGeometry.of(block_size=16, kv_lora_rank=32, qk_rope_head_dim=16, num_heads=4)

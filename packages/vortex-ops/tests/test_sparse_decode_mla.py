@@ -1,0 +1,181 @@
+"""Sparse paged MLA decode attention: the Triton kernel vs the naive reference vs dense attention with the
+selection applied as a mask.
+
+The latent pool is SGLang's MLA buffer ``[num_slots, 1, kv_lora_rank + qk_rope_head_dim]``; requests own
+scattered pages; shapes are small and ragged on purpose (partial last blocks, rows shorter than the budget, an
+empty row, mixed lengths, heads over two head blocks, non-power-of-two kv_lora_rank / rope widths, pages of
+several blocks) so the Triton interpreter stays fast while every masking and addressing path runs. The dense
+reference reads tokens by position from the request's slot list, not through block ids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from vortex_torch.abs.layout import PoolLayout
+from vortex_torch.kernels.sparse_decode_mla import (
+    SparseMLADecodeWorkspace,
+    sparse_mla_decode,
+    sparse_mla_decode_naive,
+)
+from vortex_torch.kernels.sparse_decode_mla import triton_kernel as tk
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+@dataclass
+class LatentPool:
+    latent: torch.Tensor  # [num_slots, 1, D]
+    slots: list[torch.Tensor]  # per request: token slots in position order
+    layout: PoolLayout
+
+    def blocks(self, r: int) -> torch.Tensor:
+        """Block ids of request ``r`` in position order."""
+        return self.layout.block_id(self.slots[r][:: self.layout.block_size], 0)
+
+
+def make_pool(lengths: list[int], width: int, page: int, block: int, dtype: torch.dtype, seed: int) -> LatentPool:
+    g = torch.Generator().manual_seed(seed)
+    pages_needed = [math.ceil(n / page) for n in lengths]
+    num_pages = 1 + sum(pages_needed) + 3
+    perm = (torch.randperm(num_pages - 1, generator=g) + 1).tolist()  # page 0 reserved, pages scattered
+    latent = torch.randn(num_pages * page, 1, width, generator=g).to(dtype)
+    slots = []
+    for n, need in zip(lengths, pages_needed, strict=True):
+        mine = torch.tensor([perm.pop() for _ in range(need)], dtype=torch.int64)
+        pos = torch.arange(n)
+        slots.append(mine[pos // page] * page + pos % page)
+    return LatentPool(latent.to(DEVICE), slots, PoolLayout(page_size=page, block_size=block, num_kv_heads=1))
+
+
+def select(pool: LatentPool, lengths: list[int], budget: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """A random selection per row (ascending, always ending in the final block), as CSR of block ids."""
+    g = torch.Generator().manual_seed(seed)
+    indptr, ids, chosen = [0], [], []
+    bs = pool.layout.block_size
+    for r, n in enumerate(lengths):
+        nb = math.ceil(n / bs)
+        if nb == 0:
+            chosen.append([])
+            indptr.append(indptr[-1])
+            continue
+        if nb <= budget:
+            pos = list(range(nb))
+        else:
+            pos = [*sorted(torch.randperm(nb - 1, generator=g)[: budget - 1].tolist()), nb - 1]
+        chosen.append(pos)
+        ids += pool.blocks(r)[pos].tolist()
+        indptr.append(indptr[-1] + len(pos))
+    return (
+        torch.tensor(indptr, dtype=torch.int32, device=DEVICE),
+        torch.tensor(ids, dtype=torch.int32, device=DEVICE),
+        chosen,
+    )
+
+
+def dense_masked(
+    q: torch.Tensor, pool: LatentPool, lengths: list[int], chosen: list[list[int]], dv: int, scale: float
+) -> torch.Tensor:
+    """Dense attention over each request's tokens (by position), masked to the selected blocks; fp64."""
+    bs = pool.layout.block_size
+    out = torch.zeros(q.shape[0], q.shape[1], dv, dtype=torch.float64)
+    for r, n in enumerate(lengths):
+        if not chosen[r]:
+            continue
+        lat = pool.latent[pool.slots[r], 0].double().cpu()  # [n, D]
+        s = (q[r].double().cpu() @ lat.T) * scale  # [H, n]
+        keep = torch.zeros(n, dtype=torch.bool)
+        for p in chosen[r]:
+            keep[p * bs : (p + 1) * bs] = True
+        s[:, ~keep] = float("-inf")
+        out[r] = torch.softmax(s, -1) @ lat[:, :dv]
+    return out
+
+
+def last_lens(lengths: list[int], bs: int) -> torch.Tensor:
+    return torch.tensor([(n - 1) % bs + 1 if n else 1 for n in lengths], dtype=torch.int32, device=DEVICE)
+
+
+CASES = [
+    # lengths, heads, kv_lora_rank, rope, page, block, budget
+    ([37, 9, 64, 1], 4, 32, 16, 16, 4, 3),  # partial last blocks, a 1-token row, a row shorter than the budget
+    ([100, 0, 33], 20, 48, 24, 8, 8, 5),  # an empty row; 20 heads = two head blocks; non-pow2 widths
+    ([257, 130, 16, 75], 16, 64, 8, 32, 8, 40),  # mixed, page of 4 blocks, one row fully inside the budget
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_matches_naive_and_masked_dense(case: tuple, dtype: torch.dtype) -> None:  # type: ignore[type-arg]
+    lengths, heads, dv, dr, page, block, budget = case
+    pool = make_pool(lengths, dv + dr, page, block, dtype, seed=len(lengths) + heads)
+    indptr, ids, chosen = select(pool, lengths, budget, seed=heads)
+    q = torch.randn(len(lengths), heads, dv + dr, generator=torch.Generator().manual_seed(7)).to(dtype).to(DEVICE)
+    lbl = last_lens(lengths, block)
+    scale = 1.0 / math.sqrt(dv // 2 + dr)  # an MLA scale: not 1/sqrt(D)
+    kw = dict(page_size=page, block_size=block, v_head_dim=dv, sm_scale=scale)
+    ref, ref_lse = sparse_mla_decode_naive(q, pool.latent, indptr, ids, lbl, return_lse=True, **kw)
+    out, lse = sparse_mla_decode(q, pool.latent, indptr, ids, lbl, return_lse=True, **kw)
+    dense = dense_masked(q, pool, lengths, chosen, dv, scale)
+    assert out.shape == (len(lengths), heads, dv) and out.dtype == dtype
+    tol = TOL[dtype]
+    assert (ref.double().cpu() - dense).abs().max() <= tol, "naive != masked dense"
+    assert (out.double().cpu() - dense).abs().max() <= tol, "triton != masked dense"
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    assert torch.allclose(lse[finite], ref_lse[finite], atol=1e-3)
+    for r, n in enumerate(lengths):
+        if n == 0:
+            assert (out[r] == 0).all() and torch.isinf(lse[r]).all()
+
+
+def test_full_selection_is_dense_attention() -> None:
+    """Every block selected: exactly MLA's dense decode, softmax(q·latentᵀ)·kv_c over all tokens."""
+    lengths = [45, 17]
+    pool = make_pool(lengths, 40, 16, 8, torch.float32, seed=3)
+    indptr, ids, chosen = select(pool, lengths, budget=100, seed=0)
+    q = torch.randn(2, 3, 40, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    out = sparse_mla_decode(q, pool.latent, indptr, ids, last_lens(lengths, 8), page_size=16, block_size=8,
+                            v_head_dim=32, sm_scale=0.3)  # fmt: skip
+    for r, n in enumerate(lengths):
+        lat = pool.latent[pool.slots[r], 0].double().cpu()
+        want = torch.softmax(q[r].double().cpu() @ lat.T * 0.3, -1) @ lat[:, :32]
+        assert torch.allclose(out[r].double().cpu(), want, atol=2e-5), r
+        assert chosen[r] == list(range(math.ceil(n / 8)))
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_explicit_split_counts_and_workspace(splits: int) -> None:
+    """Any split count gives the same result (the in-launch merge), with a caller-owned workspace reused."""
+    lengths = [90, 31, 7]
+    pool = make_pool(lengths, 24, 8, 4, torch.float32, seed=11)
+    indptr, ids, _ = select(pool, lengths, budget=9, seed=2)
+    q = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    lbl = last_lens(lengths, 4)
+    ref = sparse_mla_decode_naive(q, pool.latent, indptr, ids, lbl, page_size=8, block_size=4, v_head_dim=16)
+    ws = SparseMLADecodeWorkspace.allocate(4, 8, 5, 16, DEVICE)
+    for _ in range(2):  # the counters are re-armed by the merging program
+        out = torch.full((3, 5, 16), float("nan"), device=DEVICE)
+        tk.launch(q, pool.latent, indptr, ids, lbl, 1 / math.sqrt(24), out, None, splits, page_size=8, block_size=4,
+                  v_head_dim=16, workspace=ws, blocks_per_step=2)  # fmt: skip
+        assert torch.allclose(out, ref, atol=2e-5)
+    assert (ws.counter == 0).all()
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    pool = make_pool([8], 40, 8, 8, torch.float32, seed=0)
+    indptr, ids, _ = select(pool, [8], 1, 0)
+    q = torch.randn(1, 2, 40, device=DEVICE)
+    kw = dict(page_size=8, block_size=8)
+    with pytest.raises(ValueError, match="latent width mismatch"):
+        sparse_mla_decode_naive(q[..., :32], pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=16, **kw)
+    with pytest.raises(ValueError, match="v_head_dim"):
+        sparse_mla_decode(q, pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=41, **kw)
+    with pytest.raises(ValueError, match="out must be"):
+        sparse_mla_decode(q, pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=32,
+                          out=torch.empty(1, 2, 40, device=DEVICE), **kw)  # fmt: skip

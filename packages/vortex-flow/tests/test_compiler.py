@@ -292,6 +292,27 @@ def test_quickstart_compiles_to_one_launch(pool: Pool, cache_dir: str) -> None:
     assert [g.kind for g in tri.groups] == ["fused", "select"]
 
 
+@pytest.mark.parametrize("num_warps", [1, 2, 4])
+def test_indexer_with_static_bounds_and_a_shared_workspace(pool: Pool, cache_dir: str, num_warps: int) -> None:
+    """As the decode path calls it: a static ``max_blocks_per_row`` above every row's length (a wider selection
+    tile than the rows need), one caller-owned workspace reused by successive launches (its counters must be
+    re-armed), several warps per program; every call selects what the reference selects."""
+    flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
+    traced = trace_flow(flow, pool.geometry)
+    ref = ReferenceExecutor(traced, pool.layout)
+    tri = TritonExecutor(traced, pool.layout, block_chunk=2, num_warps=num_warps, cache_dir=cache_dir)
+    fields = pool.fields(traced.fields)
+    ref.run_cache(fields, pool.block_ids)
+    rows = pool.dense.num_rows
+    ws = tri.workspace(rows, 64, pool.qs[0].device)
+    for q in pool.qs:
+        want = _select(ref, pool, q, fields)
+        got = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=q.device)
+        tri.run_indexer(q, fields, pool.dense, pool.selection, got, max_blocks_per_row=64, workspace=ws)
+        assert got.tolist() == want
+        assert int(ws.counter.abs().sum()) == 0  # re-armed for the next launch
+
+
 def test_dead_ops_are_removed(pool: Pool, cache_dir: str) -> None:
     traced = trace_flow(FLOWS["dead"](), pool.geometry)
     tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
@@ -426,7 +447,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
         for name, fn in vars(mod).items():
             if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):
                 continue  # device functions (groups, helpers from vortex_torch.kernels) compile inside kernels
-            consts = {"BS": 16, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
+            consts = {"BS": 16, "BS0": 64, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
                       "GATHER": False}
             def kind(a):  # pointers to fields in bf16, intermediates in fp32; K/V strides are ints
                 if a in consts:

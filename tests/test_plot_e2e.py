@@ -28,7 +28,7 @@ plot_e2e = load_tool(ROOT / "tools" / "bench" / "plot_e2e.py")
 
 
 def rows(overlap: bool = False) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for ctx in (2048, 8192, 32768):
         for batch in (1, 16):
             plain = 2000.0 / (1 + ctx / 8192) * batch

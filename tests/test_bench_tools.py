@@ -271,19 +271,19 @@ def test_json_is_replaced_whole_and_the_dummy_model_serves_the_longest_case(tmp_
     out = tmp_path / "e2e.json"
     decode_bench.write_json(str(out), [1])
     decode_bench.write_json(str(out), [{"ctx": 2}])
-    assert json.loads(out.read_text()) == [{"ctx": 2}] and [p.name for p in tmp_path.iterdir()] == ["e2e.json"]
+    assert json.loads(out.read_text()) == [{"ctx": 2}] and [p.name for p in tmp_path.iterdir()] == ["e2e.json"]  # no .tmp left
     src = tmp_path / "model"
     src.mkdir()
     cfg = {"num_hidden_layers": 1, "max_position_embeddings": 40960, "layer_types": ["full_attention"]}
     (src / "config.json").write_text(json.dumps(cfg))
     (src / "model.safetensors").write_bytes(b"weights")
     (src / "tokenizer.json").write_text("{}")
-    model = Path(decode_bench.dummy_model(str(src), cfg, 36, 131072 + 64))
+    model = Path(decode_bench.dummy_model(str(src), cfg, 36, 131072 + 64, parent=str(tmp_path)))
     got = json.loads((model / "config.json").read_text())
     assert got["num_hidden_layers"] == 36 and got["layer_types"] == ["full_attention"] * 36
     assert got["max_position_embeddings"] == 131136
     assert sorted(p.name for p in model.iterdir()) == ["config.json", "tokenizer.json"]
-    kept = json.loads((Path(decode_bench.dummy_model(str(src), cfg, 36, 32768 + 64)) / "config.json").read_text())
+    kept = json.loads((Path(decode_bench.dummy_model(str(src), cfg, 36, 32768 + 64, str(tmp_path))) / "config.json").read_text())
     assert kept["max_position_embeddings"] == 40960  # long enough already: the context is not changed
     with pytest.raises(SystemExit, match="unknown 'vortex:fast'"):
         decode_bench.engine_plan(["vortex:fast"], [512])

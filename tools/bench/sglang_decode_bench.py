@@ -452,13 +452,13 @@ def engine_plan(engines: list[str], budgets: list[int]) -> list[tuple[str, dict[
     return plan
 
 
-def dummy_model(src: str, cfg: dict[str, Any], layers: int, min_context: int) -> str:
+def dummy_model(src: str, cfg: dict[str, Any], layers: int, min_context: int, parent: str | None = None) -> str:
     """A copy of ``src`` without weights, its config at ``layers`` layers (served with ``load_format=dummy``)
     and ``max_position_embeddings`` raised to ``min_context`` when below (random weights: any RoPE length)."""
     import shutil
     import tempfile
 
-    model = tempfile.mkdtemp(prefix="vortex-dummy-")
+    model = tempfile.mkdtemp(prefix="vortex-dummy-", dir=parent)
     for f in os.listdir(src):
         if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
             shutil.copy(os.path.join(src, f), model)

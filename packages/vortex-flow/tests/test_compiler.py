@@ -414,11 +414,13 @@ def test_tile_sizes_are_powers_of_two(tmp_path: Path) -> None:
     traced = trace_flow(FLOWS["centroid"](), g80)
     tri = TritonExecutor(traced, layout, cache_dir=str(tmp_path))
     assert tri.cache_chunk == 2 and tri.chunks == [64, 64]
+    # CUDA when present: there the conftest leaves Triton's interpreter off, so CPU tensors could not run
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(0)
-    want = {f: torch.randn(64, 1, 80, generator=gen) for f in ("k", "v")}
-    want |= {name: torch.zeros(4, r, c) for name, (r, c) in traced.fields.items()}
+    want = {f: torch.randn(64, 1, 80, generator=gen).to(dev) for f in ("k", "v")}
+    want |= {name: torch.zeros(4, r, c, device=dev) for name, (r, c) in traced.fields.items()}
     got = _clone(want)
-    ids = torch.tensor([3, 0, 2], dtype=torch.int32)
+    ids = torch.tensor([3, 0, 2], dtype=torch.int32, device=dev)
     ReferenceExecutor(traced, layout).run_cache(want, ids)
     tri.run_cache(got, ids)
     _assert_fields(got, want, "head_dim 80")

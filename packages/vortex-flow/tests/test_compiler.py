@@ -465,7 +465,11 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
                 return "*bf16" if a.startswith(("save_", "f_")) or a in ("x_ptr",) else "*fp32"
             sig = {a: kind(a) for a in fn.arg_names}
             cx = {a: v for a, v in consts.items() if a in sig}
-            triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32))
+            # both top-k searches: the bitwise loop (approxTopK) and the byte-wise radix (exact topK)
+            for approx in ((True, False) if "APPROX" in cx else (None,)):
+                if approx is not None:
+                    cx["APPROX"] = approx
+                triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32))
             print("compiled", name)
     """
 )

@@ -245,13 +245,15 @@ class TritonExecutor(FlowExecutor):
         return IndexerWorkspace(counter=counter, buffers=bufs, max_rows=max_rows,
                                 max_blocks_per_row=max_blocks_per_row)  # fmt: skip
 
-    def launch_config(self, rows: int) -> tuple[int, int]:
+    def launch_config(self, rows: int, max_blocks_per_row: int) -> tuple[int, int]:
         """``(blocks per chunk of the parallel stage, warps per program)`` for a launch over ``rows`` rows.
 
         Measured on an H200 (results/gpu/2026-12-04-decode-step-bench-fused.md, quick-start flow, 32k context):
         with many rows (>= ``MANY_ROWS``) two warps and twice the chunk are fastest (101 µs at 256 rows
         against 117 µs at 64 blocks), with few rows four warps (17.1 µs at 8 rows against 27.4 µs with two),
-        since then the row's last program, whose top-k search is latency-bound, decides the time.
+        since then the row's last program, whose top-k search is latency-bound, decides the time. Rows longer
+        than 64 keys per thread get more warps, so the search keeps a row's keys in registers (at 128k tokens
+        the looped search took 570 µs of a 646 µs step with two warps, results/gpu/2026-12-04-decode-step-bench-fused.md).
         ``block_chunk``/``num_warps`` given to the executor override both.
         """
         chunk = self.indexer.parallel_chunk
@@ -259,6 +261,8 @@ class TritonExecutor(FlowExecutor):
             warps, chunk = 2, chunk * 2 if self.block_chunk == 0 else chunk
         else:
             warps = 4
+        tile, _ = select_tiling(max_blocks_per_row)
+        warps = min(8, max(warps, tile // (64 * 32)))
         return chunk, self.num_warps or warps
 
     def num_splits(self, rows: int, max_blocks_per_row: int, device: torch.device, chunk: int = 0) -> int:
@@ -307,7 +311,7 @@ class TritonExecutor(FlowExecutor):
         # scores are fp32 intermediates, or the dtype of the cache field topK reads (the key width follows it)
         score_dtype = fields[self.score_field].dtype if self.score_field is not None else torch.float32
         approx, tol_bits = tolerance_bits(self.tolerate_ratio)
-        chunk, warps = self.launch_config(rows)
+        chunk, warps = self.launch_config(rows, max_n)
         block_n, single = select_tiling(max_n, warps)
         splits = self.num_splits(rows, max_n, q.device, chunk)
         kernel = getattr(self.module, self.indexer.name)

@@ -111,6 +111,22 @@ def _compact_tile(
 
 
 @triton.jit
+def _radix_byte(u, in_mid, k, prefix, decided, c, SHIFT: tl.constexpr):
+    """One byte of :func:`_radix_bin`: the digit at ``SHIFT`` of the k-th largest key among those whose
+    decided bits equal ``prefix``; returns the updated ``(prefix, decided, c)``."""
+    digits = tl.arange(0, 256)
+    in_bin = in_mid & ((u & decided) == prefix)
+    hist = tl.histogram((u >> SHIFT) & 255, 256, mask=in_bin)  # [256]
+    total = tl.sum(hist, axis=0)
+    suffix = total - tl.cumsum(hist, axis=0) + hist  # [256]: #{in bin, digit >= d}
+    d = tl.max(tl.where(c + suffix >= k, digits, 0), axis=0)
+    # S[d] and hist[d] in one reduction (both <= BLOCK_N <= 8192 < 2**15)
+    packed = tl.sum(tl.where(digits == d, suffix * 65536 + hist, 0), axis=0)
+    c = c + (packed >> 16) - (packed & 65535)
+    return prefix | (d << SHIFT), decided | (tl.full([], 255, tl.int32) << SHIFT), c
+
+
+@triton.jit
 def _radix_bin(keys, in_mid, k, LOW_BIT: tl.constexpr):
     """Exact search over register-resident ``keys`` a byte at a time: ``(lo, top, c)`` of the bin holding the
     k-th largest middle key, as the bitwise search of the module docstring ends (``k >= 0``).
@@ -124,24 +140,16 @@ def _radix_bin(keys, in_mid, k, LOW_BIT: tl.constexpr):
     ones selected either way); the approximate stop does change it, so ``approxTopK`` keeps the bitwise loop.
     """
     u = keys ^ _I32_MIN
-    digits = tl.arange(0, 256)
     prefix = tl.zeros([], dtype=tl.int32)  # decided high bits of u
     decided = tl.zeros([], dtype=tl.int32)  # their mask
     c = tl.zeros([], dtype=tl.int32)  # middle keys above the bin
-    for byte in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * byte
-        if shift + 8 > LOW_BIT:  # bytes below LOW_BIT are fixed by the score dtype
-            in_bin = in_mid & ((u & decided) == prefix)
-            d_of = (u >> shift) & 255
-            hist = tl.histogram(d_of, 256, mask=in_bin)  # [256]
-            total = tl.sum(hist, axis=0)
-            suffix = total - tl.cumsum(hist, axis=0) + hist  # [256]: #{in bin, digit >= d}
-            d = tl.max(tl.where(c + suffix >= k, digits, 0), axis=0)
-            # S[d] and hist[d] in one reduction (both <= BLOCK_N <= 8192 < 2**15)
-            packed = tl.sum(tl.where(digits == d, suffix * 65536 + hist, 0), axis=0)
-            c = c + (packed >> 16) - (packed & 65535)
-            prefix = prefix | (d << shift)
-            decided = decided | (tl.full([], 255, tl.int32) << shift)
+    # bytes below LOW_BIT are fixed by the score dtype (bf16: the low two, fp16: the lowest)
+    prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 24)
+    prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 16)
+    if LOW_BIT < 16:
+        prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 8)
+    if LOW_BIT < 8:
+        prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 0)
     lo = prefix ^ _I32_MIN
     top = (prefix | (~decided)) ^ _I32_MIN
     return lo, top, c

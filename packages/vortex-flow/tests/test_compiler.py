@@ -449,7 +449,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
         for name, fn in vars(mod).items():
             if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):
                 continue  # device functions (groups, helpers from vortex_torch.kernels) compile inside kernels
-            consts = {"BS": 16, "BS0": 64, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
+            consts = {"BS": 16, "BS0": 64, "FENCE": True, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
                       "GATHER": False}
             def kind(a):  # pointers to fields in bf16, intermediates in fp32; K/V strides are ints
                 if a in consts:

@@ -29,7 +29,7 @@ from .emitter import KernelArg, KernelSource
 #: fixed parameters of the indexer kernel, before the groups' pointers
 KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits"
 #: its constexprs (set per launch by the executor)
-KERNEL_CONSTEXPRS = ("BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER")
+KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER")
 
 
 @dataclass
@@ -104,7 +104,8 @@ def indexer_kernel(
             "nchunks = tl.cdiv(n, BS0)",
             f"if {live} & (split < nchunks):",
             f"    {_call(groups[0], names[0], 'BS0', row_serial=False)}",
-            "    tl.debug_barrier()  # every thread's stores issued before the release below",
+            "    _vx_release_fence(FENCE)  # every thread's score stores in L2 before the hand-off",
+            "    tl.debug_barrier()",
             '    done = tl.atomic_add(counter + row, 1, sem="acq_rel", scope="gpu")',
             "    if done == tl.minimum(num_splits, nchunks) - 1:  # the row's last program: finish the row",
             '        tl.atomic_xchg(counter + row, 0, sem="relaxed", scope="gpu")',

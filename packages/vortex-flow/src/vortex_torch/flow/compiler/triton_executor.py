@@ -170,6 +170,7 @@ class TritonExecutor(FlowExecutor):
             "import triton.language as tl",
             "",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
+            "from vortex_torch.kernels._layout import release_fence as _vx_release_fence",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
         ]
@@ -318,7 +319,7 @@ class TritonExecutor(FlowExecutor):
         kernel[(rows, splits)](
             dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
             tol_bits, *args, APPROX=approx, LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single,
-            BLOCK_N=block_n, GATHER=self.score_field is not None, BS0=max(1, chunk), num_warps=warps,
+            BLOCK_N=block_n, GATHER=self.score_field is not None, BS0=max(1, chunk), FENCE=q.is_cuda, num_warps=warps,
             **({} if self.num_stages is None else {"num_stages": self.num_stages}),
         )  # fmt: skip
 

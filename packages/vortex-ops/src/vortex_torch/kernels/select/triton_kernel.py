@@ -111,51 +111,6 @@ def _compact_tile(
 
 
 @triton.jit
-def _radix_byte(u, in_mid, k, prefix, decided, c, SHIFT: tl.constexpr):
-    """One byte of :func:`_radix_bin`: the digit at ``SHIFT`` of the k-th largest key among those whose
-    decided bits equal ``prefix``; returns the updated ``(prefix, decided, c)``."""
-    digits = tl.arange(0, 256)
-    in_bin = in_mid & ((u & decided) == prefix)
-    hist = tl.histogram((u >> SHIFT) & 255, 256, mask=in_bin)  # [256]
-    total = tl.sum(hist, axis=0)
-    suffix = total - tl.cumsum(hist, axis=0) + hist  # [256]: #{in bin, digit >= d}
-    d = tl.max(tl.where(c + suffix >= k, digits, 0), axis=0)
-    # S[d] and hist[d] in one reduction (both <= BLOCK_N <= 8192 < 2**15)
-    packed = tl.sum(tl.where(digits == d, suffix * 65536 + hist, 0), axis=0)
-    c = c + (packed >> 16) - (packed & 65535)
-    return prefix | (d << SHIFT), decided | (tl.full([], 255, tl.int32) << SHIFT), c
-
-
-@triton.jit
-def _radix_bin(keys, in_mid, k, LOW_BIT: tl.constexpr):
-    """Exact search over register-resident ``keys`` a byte at a time: ``(lo, top, c)`` of the bin holding the
-    k-th largest middle key, as the bitwise search of the module docstring ends (``k >= 0``).
-
-    Per byte of the unsigned key ``u = key ^ INT32_MIN`` (most significant first, down to ``LOW_BIT``): a
-    256-bin histogram of the digits of the keys still in the bin, its suffix sums ``S[d] = #{digit >= d}``,
-    and the largest digit ``d`` with ``c + S[d] >= k`` (the bitwise search would take the same 8 decisions:
-    each of its count passes is ``c + S[d']`` for some ``d'``). The new ``c`` adds the keys above digit ``d``.
-    Four collective steps per byte instead of eight count passes. It may not take the early stops of the
-    bitwise search, which never change the selection (``n_ge == k``: the ``k`` keys ``>= lo`` are exactly the
-    ones selected either way); the approximate stop does change it, so ``approxTopK`` keeps the bitwise loop.
-    """
-    u = keys ^ _I32_MIN
-    prefix = tl.zeros([], dtype=tl.int32)  # decided high bits of u
-    decided = tl.zeros([], dtype=tl.int32)  # their mask
-    c = tl.zeros([], dtype=tl.int32)  # middle keys above the bin
-    # bytes below LOW_BIT are fixed by the score dtype (bf16: the low two, fp16: the lowest)
-    prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 24)
-    prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 16)
-    if LOW_BIT < 16:
-        prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 8)
-    if LOW_BIT < 8:
-        prefix, decided, c = _radix_byte(u, in_mid, k, prefix, decided, c, 0)
-    lo = prefix ^ _I32_MIN
-    top = (prefix | (~decided)) ^ _I32_MIN
-    return lo, top, c
-
-
-@triton.jit
 def select_row(
     score_ptr,  # [nnz] fp32/bf16/fp16 aligned with dense_indices, or (GATHER) a per-block field [num_blocks]
     dense_indices_ptr,  # [nnz] int32
@@ -195,31 +150,28 @@ def select_row(
         keys, in_mid = _tile_keys(score_ptr, dense_indices_ptr, row_start, offs, mid_lo, mid_hi, GATHER)
 
     # -- threshold search: bin [lo, top] holds the k-th largest key; c = #{key > top}; n_ge = #{key >= lo}
-    if SINGLE_TILE and not APPROX:
-        lo, top, c = _radix_bin(keys, in_mid, k, LOW_BIT)
-    else:
-        lo = tl.full([], _I32_MIN, tl.int32)
-        top = tl.full([], _I32_MAX, tl.int32)
-        c = tl.zeros([], dtype=tl.int32)
-        n_ge = tl.maximum(mid_hi - mid_lo, 0)
-        bit = tl.full([], 31, tl.int32)
-        one = tl.full([], 1, tl.int32)
-        # Once bits 31..LOW_BIT are decided the bin holds a single score value (a bf16/fp16 score widened to
-        # fp32 has its low mantissa bits all 0, so its key's low bits are all 0 or all 1 by sign): the
-        # remaining passes of the reference change neither c nor n_ge, and skipping them keeps its output.
-        while (bit >= LOW_BIT) & (k - c > tol_k) & (n_ge != k):
-            mid = lo ^ (one << bit)  # set bit `bit` of the unsigned key (bit 31: clear the sign bit)
-            if SINGLE_TILE:
-                cnt = tl.sum((keys >= mid).to(tl.int32), axis=0)
-            else:
-                cnt = _count_ge_tiled(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, mid,
-                                      BLOCK_N, GATHER)  # fmt: skip
-            upper = cnt >= k  # the k-th largest is in the upper half
-            top = tl.where(upper, top, mid - 1)  # mid > INT32_MIN, no overflow
-            c = tl.where(upper, c, cnt)
-            lo = tl.where(upper, mid, lo)
-            n_ge = tl.where(upper, cnt, n_ge)
-            bit -= 1
+    lo = tl.full([], _I32_MIN, tl.int32)
+    top = tl.full([], _I32_MAX, tl.int32)
+    c = tl.zeros([], dtype=tl.int32)
+    n_ge = tl.maximum(mid_hi - mid_lo, 0)
+    bit = tl.full([], 31, tl.int32)
+    one = tl.full([], 1, tl.int32)
+    # Once bits 31..LOW_BIT are decided the bin holds a single score value (a bf16/fp16 score widened to
+    # fp32 has its low mantissa bits all 0, so its key's low bits are all 0 or all 1 by sign): the
+    # remaining passes of the reference change neither c nor n_ge, and skipping them keeps its output.
+    while (bit >= LOW_BIT) & (k - c > tol_k) & (n_ge != k):
+        mid = lo ^ (one << bit)  # set bit `bit` of the unsigned key (bit 31: clear the sign bit)
+        if SINGLE_TILE:
+            cnt = tl.sum((keys >= mid).to(tl.int32), axis=0)
+        else:
+            cnt = _count_ge_tiled(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N,
+                                  GATHER)  # fmt: skip
+        upper = cnt >= k  # the k-th largest is in the upper half
+        top = tl.where(upper, top, mid - 1)  # mid > INT32_MIN, no overflow
+        c = tl.where(upper, c, cnt)
+        lo = tl.where(upper, mid, lo)
+        n_ge = tl.where(upper, cnt, n_ge)
+        bit -= 1
     owed = k - c
 
     # -- stable compaction in position order

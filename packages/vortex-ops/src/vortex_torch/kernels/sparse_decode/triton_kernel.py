@@ -37,7 +37,7 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
-from .._layout import block_first_slot, block_head
+from .._layout import block_first_slot, block_head, release_fence
 from .naive import check_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
@@ -84,6 +84,7 @@ def _split_kernel(
     PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
     P_FP32: tl.constexpr,  # keep p fp32 through p @ v (exact); False: round p to v's dtype (flash attention)
     MERGE: tl.constexpr,  # the row's last split to finish merges all splits (one launch in all)
+    FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -164,6 +165,7 @@ def _split_kernel(
         # (its acquire sees every earlier release, CUTLASS's semaphore pattern: barrier, then one gpu-scope
         # acq_rel atomic) merges the partials, read through L2 (.cg) since other SMs wrote them, and re-arms
         # the counter for the next launch (stream order makes the reset visible to it; CUDA graphs replay it).
+        release_fence(FENCE)
         tl.debug_barrier()
         done = tl.atomic_add(counter_ptr + row, 1, sem="acq_rel", scope="gpu")
         if done == num_splits - 1:
@@ -323,7 +325,7 @@ def launch(
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
-        P_FP32=bool(exact) or q.dtype == torch.float32,
+        P_FP32=bool(exact) or q.dtype == torch.float32, FENCE=q.is_cuda,
     )  # fmt: skip
     qk_scale = sm_scale * math.log2(math.e)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))

@@ -27,7 +27,7 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
-from .._layout import block_first_slot, block_head
+from .._layout import block_first_slot, block_head, release_fence
 from .naive import check_mla_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -73,6 +73,7 @@ def _mla_split_kernel(
     PV_PRECISION: tl.constexpr,
     P_FP32: tl.constexpr,
     MERGE: tl.constexpr,
+    FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
 ):
     vrow = tl.program_id(0)  # virtual row: (row, head block)
@@ -140,6 +141,7 @@ def _mla_split_kernel(
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2)
         tl.store(lse_ptr + row.to(tl.int64) * stride_lr + split * stride_lsp + offs_h * stride_lhh, lse, mask=mask_h)
     if MERGE:
+        release_fence(FENCE)  # see vortex_torch.kernels._layout.release_fence
         tl.debug_barrier()
         done = tl.atomic_add(counter_ptr + vrow, 1, sem="acq_rel", scope="gpu")
         if done == num_splits - 1:
@@ -296,7 +298,7 @@ def launch(
             q, latent_cache, indptr, indices, last_block_len, out, lse_out, out, lse_out, indptr,
             qk_scale, 1, *q_strides, *lat_strides, out.stride(0), 0, out.stride(1),
             lse_strides[0], 0, lse_strides[1], 0, 0, 0, 0,
-            STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, num_warps=num_warps,
+            STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, FENCE=q.is_cuda, num_warps=num_warps,
             num_stages=num_stages, **meta,
         )  # fmt: skip
         return
@@ -314,7 +316,7 @@ def launch(
         q, latent_cache, indptr, indices, last_block_len, mid_o, mid_lse, out, lse_out, ws.counter,
         qk_scale, num_splits, *q_strides, *lat_strides, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
         *mid_lse.stride(), out.stride(0), out.stride(1), *lse_strides,
-        STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, num_warps=num_warps,
+        STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, FENCE=q.is_cuda, num_warps=num_warps,
         num_stages=num_stages, **meta,
     )  # fmt: skip
 

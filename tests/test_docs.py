@@ -78,7 +78,7 @@ def python_blocks(markdown: Path) -> list[str]:
 #: (a string that identifies the snippet, a regex its output must match)
 EXPECTED = [
     ("list_flows", r"CustomSparseAttention \{'k': \(16, 128\), 'v': \(16, 128\), 'centroids': \(1, 128\)\}\n\["),
-    ("compile_check", r"kernels per layer: 1 \| compiled == reference: True\n"),
+    ("compile_check", r"kernels per layer: 2 \| compiled == reference: True\n"),
     ("measure_flow", r"needle recall 1\.000 \(best reachable 1\.000\)\nattention rel\. error 0\.\d+; blocks \d+/\d+\n"),
     ("FlowContractTests", r"6 passed"),
     ("VortexConfigError", r"\ntopk_val \| .*\nmodule_name \| .*\nmax_topk_val \| "),

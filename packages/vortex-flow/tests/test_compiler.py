@@ -220,10 +220,12 @@ def _select(ex: Any, pool: Pool, q: torch.Tensor, fields: dict[str, torch.Tensor
     return out.tolist()
 
 
-def compare(traced: TracedFlow, pool: Pool, cache_dir: str) -> TritonExecutor:
+def compare(traced: TracedFlow, pool: Pool, cache_dir: str, *, fuse_selection: bool = False) -> TritonExecutor:
     """Run both executors on the same inputs and assert the compiled one reproduces the reference."""
     ref = ReferenceExecutor(traced, pool.layout)
-    tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
+    tri = TritonExecutor(
+        traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir, fuse_selection=fuse_selection
+    )
     want = pool.fields(traced.fields)
     got = _clone(want)
     ref.run_cache(want, pool.block_ids)
@@ -283,24 +285,31 @@ def test_a_fused_elementwise_op_is_one_class(pool: Pool, cache_dir: str) -> None
 # -- schedule: fusion, dead ops, launches ----------------------------------------------------------------------
 
 
-def test_quickstart_compiles_to_one_launch(pool: Pool, cache_dir: str) -> None:
-    """Scoring and selection are one kernel; rows copied whole are not scored (the flow keeps no state)."""
+@pytest.mark.parametrize("fuse", [False, True], ids=["select-apart", "select-fused"])
+def test_quickstart_indexer_launches(pool: Pool, cache_dir: str, fuse: bool) -> None:
+    """Scoring is one kernel, the selection another (or, fused, the same one); rows copied whole are not scored
+    (the flow keeps no state)."""
     flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
-    tri = compare(trace_flow(flow, pool.geometry), pool, cache_dir)
-    assert tri.indexer_launches == 1 and not tri.stateful
+    tri = compare(trace_flow(flow, pool.geometry), pool, cache_dir, fuse_selection=fuse)
+    assert tri.indexer_launches == (1 if fuse else 2) and not tri.stateful
     assert "if (budget < n) & (split < nchunks):" in tri.source
     assert [g.kind for g in tri.groups] == ["fused", "select"]
 
 
+@pytest.mark.parametrize("fuse", [False, True], ids=["select-apart", "select-fused"])
 @pytest.mark.parametrize("num_warps", [1, 2, 4])
-def test_indexer_with_static_bounds_and_a_shared_workspace(pool: Pool, cache_dir: str, num_warps: int) -> None:
+def test_indexer_with_static_bounds_and_a_shared_workspace(
+    pool: Pool, cache_dir: str, num_warps: int, fuse: bool
+) -> None:
     """As the decode path calls it: a static ``max_blocks_per_row`` above every row's length (a wider selection
     tile than the rows need), one caller-owned workspace reused by successive launches (its counters must be
     re-armed), several warps per program; every call selects what the reference selects."""
     flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
     traced = trace_flow(flow, pool.geometry)
     ref = ReferenceExecutor(traced, pool.layout)
-    tri = TritonExecutor(traced, pool.layout, block_chunk=2, num_warps=num_warps, cache_dir=cache_dir)
+    tri = TritonExecutor(
+        traced, pool.layout, block_chunk=2, num_warps=num_warps, cache_dir=cache_dir, fuse_selection=fuse
+    )
     fields = pool.fields(traced.fields)
     ref.run_cache(fields, pool.block_ids)
     rows = pool.dense.num_rows
@@ -317,7 +326,7 @@ def test_dead_ops_are_removed(pool: Pool, cache_dir: str) -> None:
     traced = trace_flow(FLOWS["dead"](), pool.geometry)
     tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
     assert len(traced.indexer.nodes) == 7  # Mean, GeMV, Softmax, Max, Exp, Sum (dead ones included), topK ...
-    assert tri.indexer_launches == 1  # ... but only the scoring and the selection run, in one kernel
+    assert tri.indexer_launches == 2  # ... but only the scoring kernel and the selection run
     assert [g.kind for g in tri.groups] == ["fused", "select"]
     live = [type(n.op).__name__ for g in tri.groups for n in g.nodes]
     assert live == ["Mean", "GeMV", "topK"]

@@ -185,7 +185,7 @@ class _Off(ReferenceExecutor):
 def test_compile_check_reports_disagreement(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     traced = trace_flow(_Centroid(), FlowContractTests.geometry)
     good = compile_check(traced, cache_dir=str(tmp_path))
-    assert good.ok and good.mismatches == [] and good.kernels_per_layer == 1 and good.cache_kernels == 1
+    assert good.ok and good.mismatches == [] and good.kernels_per_layer == 2 and good.cache_kernels == 1
     assert good.as_dict()["compiled_matches_reference"] is True
     monkeypatch.setattr(reference_module, "ReferenceExecutor", _Off)
     bad = compile_check(traced, cache_dir=str(tmp_path))

@@ -52,6 +52,11 @@ def _call(fn: KernelSource, names: list[str], bs: int | str, row_serial: bool) -
     return f"{fn.name}({frame}, {own}, BS={bs})"
 
 
+def rest_needs_handoff(serial: list[str], fuse_selection: bool) -> bool:
+    """Whether the row's last scoring program must take over: later groups to run, or the selection."""
+    return fuse_selection or len(serial) > 1
+
+
 def indexer_kernel(
     name: str,
     groups: list[KernelSource],
@@ -59,12 +64,14 @@ def indexer_kernel(
     *,
     score_arg: KernelArg,
     skip_dense: bool,
+    fuse_selection: bool,
 ) -> IndexerKernel:
     """The kernel over ``groups`` (device functions, in order; ``chunks[i]`` blocks per chunk of group ``i``; the
     parallel stage's chunk is the kernel's constexpr ``BS0``, at most ``chunks[0]``)
     whose last group stored the scores that ``score_arg`` points to (or, with no group, a cache field read at
     the block ids: ``GATHER``). ``skip_dense``: the groups write no state, so a row copied whole need not be
-    scored."""
+    scored. ``fuse_selection``: the row's last program also selects (one launch in all); otherwise the kernel
+    only scores and the selection is a launch of its own."""
     # the kernel's parameters: one per distinct source (a group's own names may clash: x_ptr, y_ptr, ...)
     args: dict[str, KernelArg] = {}
     name_of: dict[str, str] = {}
@@ -97,7 +104,14 @@ def indexer_kernel(
         "APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER)"
     )
     serial = [_call(g, nm, bs, row_serial=True) for g, nm, bs in zip(groups, names, chunks, strict=True)]
-    if parallel:
+    if parallel and not rest_needs_handoff(serial, fuse_selection):  # scoring only, no hand-off
+        body += [
+            "num_splits = tl.num_programs(1)",
+            "nchunks = tl.cdiv(n, BS0)",
+            f"if {live} & (split < nchunks):",
+            f"    {_call(groups[0], names[0], 'BS0', row_serial=False)}",
+        ]
+    elif parallel:
         rest = serial[1:]
         body += [
             "num_splits = tl.num_programs(1)",
@@ -112,18 +126,20 @@ def indexer_kernel(
         ]
         for call in rest:
             body += [f"        {call}", "        tl.debug_barrier()"]
-        body.append(f"        {select}")
-        if skip_dense:  # copied rows: one program writes the copy
-            body += ["if (budget >= n) & (split == 0):", f"    {select}"]
+        if fuse_selection:
+            body.append(f"        {select}")
+            if skip_dense:  # copied rows: one program writes the copy
+                body += ["if (budget >= n) & (split == 0):", f"    {select}"]
     elif not groups:  # topK of a cache field: only the selection
-        body.append(select)
+        body.append(select if fuse_selection else "pass  # not launched: the selection kernel reads the field")
     else:
         body.append(f"if {live}:")
         for call in serial:
             body += [f"    {call}", "    tl.debug_barrier()"]
-        body.append(f"    {select}")
-        if skip_dense:
-            body += ["else:", f"    {select}"]
+        if fuse_selection:
+            body.append(f"    {select}")
+            if skip_dense:
+                body += ["else:", f"    {select}"]
     constexprs = ", ".join(f"{c}: tl.constexpr" for c in KERNEL_CONSTEXPRS)
     lines = ["@triton.jit", f"def {name}({KERNEL_PARAMS}, {params}, {constexprs}):"]
     lines += ["    " + x for x in body]

@@ -15,7 +15,12 @@ import torch
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
-from vortex_torch.kernels.select.triton_kernel import LOW_BIT, select_tiling, tolerance_bits
+from vortex_torch.kernels.select.triton_kernel import (
+    LOW_BIT,
+    select_blocks_triton,
+    select_tiling,
+    tolerance_bits,
+)
 
 from ..trace import TracedFlow
 from .base import FlowExecutor, SelectionSpec
@@ -84,6 +89,7 @@ class TritonExecutor(FlowExecutor):
         num_warps: int = 0,
         programs_per_sm: int = 8,
         num_stages: int | None = None,
+        fuse_selection: bool = False,
     ) -> None:
         super().__init__(traced, layout)
         #: warps per program of the indexer kernel (0: chosen per launch, :meth:`launch_config`)
@@ -143,9 +149,14 @@ class TritonExecutor(FlowExecutor):
             score_arg = KernelArg(f"out{score.tensor_id}", f"buffer:{score.tensor_id}", score)
         #: the indexer writes state (a ``Save``): every row is scored, copied rows too
         self.stateful = any(n.writes is not None for g in self.groups[:-1] for n in g.nodes)
+        #: the selection runs in the scoring kernel's last program per row (one launch) instead of a launch of
+        #: its own. Off by default: on the H200 one decode-core GPU test selected wrong blocks with it
+        #: (results/gpu/2026-12-04-decode-step-bench-fused.md), not yet understood.
+        self.fuse_selection = fuse_selection
         self.indexer = indexer_kernel(
-            "indexer", self.kernels, self.chunks[:-1], score_arg=score_arg, skip_dense=not self.stateful
-        )
+            "indexer", self.kernels, self.chunks[:-1], score_arg=score_arg, skip_dense=not self.stateful,
+            fuse_selection=fuse_selection,
+        )  # fmt: skip
         cache_nodes = live_nodes(traced.cache)
         self.cache_kernel = (
             cache_kernel("cache_update", cache_nodes, traced.cache.entries, kv) if cache_nodes else None
@@ -201,7 +212,9 @@ class TritonExecutor(FlowExecutor):
 
     @property
     def indexer_launches(self) -> int:
-        return 1
+        if self.fuse_selection:
+            return 1
+        return 1 + bool(self.kernels)  # the selection, after the scoring kernel (none when topK reads a field)
 
     # -- run -------------------------------------------------------------------------------------------------
     def _resolve(
@@ -316,12 +329,22 @@ class TritonExecutor(FlowExecutor):
         block_n, single = select_tiling(max_n, warps)
         splits = self.num_splits(rows, max_n, q.device, chunk)
         kernel = getattr(self.module, self.indexer.name)
-        kernel[(rows, splits)](
-            dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
-            tol_bits, *args, APPROX=approx, LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single,
-            BLOCK_N=block_n, GATHER=self.score_field is not None, BS0=max(1, chunk), FENCE=q.is_cuda, num_warps=warps,
-            **({} if self.num_stages is None else {"num_stages": self.num_stages}),
-        )  # fmt: skip
+        if self.fuse_selection or self.kernels:
+            kernel[(rows, splits)](
+                dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
+                tol_bits, *args, APPROX=approx, LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single,
+                BLOCK_N=block_n, GATHER=self.score_field is not None, BS0=max(1, chunk), FENCE=q.is_cuda,
+                num_warps=warps, **({} if self.num_stages is None else {"num_stages": self.num_stages}),
+            )  # fmt: skip
+        if not self.fuse_selection:
+            score = args[[a.name for a in self.indexer.args].index(self.indexer.score_arg)]
+            if self.score_field is None:  # the workspace's score buffer, cut to the dense lists' capacity
+                score = score[: dense.indices.numel()]
+            select_blocks_triton(
+                score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos, selection.eos,
+                tolerate_ratio=self.tolerate_ratio, out=out, max_blocks_per_row=max_n,
+                gather=self.score_field is not None,
+            )  # fmt: skip
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
         if self.cache_kernel is None or block_ids.numel() == 0:

@@ -24,6 +24,8 @@ of keys (means, mins/maxes, norms of a block) are in the keys' range, where e4m3
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 #: fp8 dtypes Vortex reads and writes (SGLang's ``fp8_e4m3`` -> float8_e4m3fn, ``fp8_e5m2`` -> float8_e5m2)
 FP8_DTYPES: tuple[torch.dtype, ...] = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -79,3 +81,16 @@ def saturate_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         m = FP8_MAX[dtype]
         return x.float().clamp(-m, m).to(dtype)
     return x.to(dtype)
+
+
+@triton.jit
+def store_cast(x, ptr):
+    """Generated kernels' cast of an fp32 tile ``x`` to the element type of ``ptr`` (the field it is stored
+    into): fp8 saturates to ``±FP8_MAX`` first (:func:`saturate_cast`); a compile-time branch, so any other
+    dtype is the plain ``x.to(...)``."""
+    ty: tl.constexpr = ptr.dtype.element_ty
+    if ty == tl.float8e4nv:
+        x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+    elif ty == tl.float8e5:
+        x = tl.minimum(tl.maximum(x, -57344.0), 57344.0)
+    return x.to(ty)

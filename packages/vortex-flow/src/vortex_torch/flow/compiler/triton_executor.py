@@ -18,7 +18,7 @@ from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 from vortex_torch.kernels.select.triton_kernel import LOW_BIT, select_tiling, tolerance_bits
 
 from ..trace import TracedFlow
-from .base import FlowExecutor, SelectionSpec
+from .base import FlowExecutor, SelectionSpec, kv_scale
 from .codegen import (
     KV_FIELDS,
     KernelArg,
@@ -165,6 +165,7 @@ class TritonExecutor(FlowExecutor):
             "import triton.language as tl",
             "",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
+            "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
         ]
@@ -212,6 +213,8 @@ class TritonExecutor(FlowExecutor):
                     f"contiguous rows, got shape {tuple(buf.shape)} strides {buf.stride()}"
                 )
             return buf.stride(0 if kind == "stride0" else 1)
+        if kind == "scale":  # fp8 K/V: the layer's dequantisation scale, a [1] fp32 tensor on the device
+            return kv_scale(fields, key)
         return bufs[int(key)]
 
     def _device_weight(self, weight: torch.Tensor, device: torch.device) -> torch.Tensor:

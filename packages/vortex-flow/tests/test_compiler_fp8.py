@@ -205,3 +205,72 @@ def test_fp8_aux_fields_saturate_and_match_the_reference(flow_name: str, aux_dty
         assert saturated, "the test should exercise saturation (a block's max key above 448)"
     # the same stored summaries give the same selection
     assert select(tri, pool, clone(want)) == select(ReferenceExecutor(traced, pool.layout), pool, clone(want))
+
+
+_COMPILE_FOR_SM90 = """
+import importlib.util, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+for path, kernels in json.loads(sys.argv[1]).items():
+    spec = importlib.util.spec_from_file_location("generated", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, sig in kernels.items():
+        fn = getattr(mod, name)
+        consts = {"BS": 16, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64, "GATHER": False}
+        full = {a: sig.get(a, "constexpr" if a in consts else "i32") for a in fn.arg_names}
+        for a in ("indptr", "indices", "block_ids", "sel_indptr", "counter", "sel_out", "dense_indptr",
+                  "dense_indices"):
+            if a in full:
+                full[a] = "*i32"
+        if "locs" in full:
+            full["locs"] = "*i64"
+        if "tol_bits" in full:
+            full["tol_bits"] = "i64"
+        cx = {a: v for a, v in consts.items() if a in full}
+        triton.compile(ASTSource(fn, full, constexprs=cx), target=GPUTarget("cuda", 90, 32))
+        print("compiled", name)
+"""
+
+_TRITON_TY = {torch.float8_e4m3fn: "*fp8e4nv", torch.float8_e5m2: "*fp8e5", torch.float32: "*fp32",
+              torch.bfloat16: "*bf16"}  # fmt: skip
+
+
+def _signature(args: list, kv: torch.dtype, aux: torch.dtype) -> dict[str, str]:  # type: ignore[type-arg]
+    sig = {}
+    for a in args:
+        kind, _, key = a.source.partition(":")
+        if kind == "entry":
+            sig[a.name] = "*bf16" if key == "q" else _TRITON_TY[kv if key in ("k", "v") else aux]
+        elif kind in ("buffer", "param", "scale"):
+            sig[a.name] = "*fp32"
+        else:
+            sig[a.name] = "i32"
+    return sig
+
+
+def test_fp8_generated_kernels_compile_for_sm90(tmp_path: Path) -> None:
+    """Generated kernels with fp8 K/V (scale loads) and fp8 aux fields (``store_cast``'s compile-time branch),
+    lowered to a cubin for an H100 without a GPU."""
+    import json
+    import os
+    import subprocess
+
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    jobs: dict[str, dict[str, dict[str, str]]] = {}
+    for kv, aux in ((torch.float8_e4m3fn, torch.bfloat16), (torch.float8_e5m2, torch.float32),
+                    (torch.bfloat16, torch.float8_e4m3fn), (torch.float8_e4m3fn, torch.float8_e5m2)):  # fmt: skip
+        geo = Geometry(block_size=16, head_dim=24, group_size=3, dtype=aux, kv_dtype=kv)
+        for name in ("centroid", "heads", "subblock", "state"):
+            ex = TritonExecutor(trace_flow(FLOWS[name](), geo), PoolLayout(16, 16, 2), cache_dir=str(tmp_path))
+            kernels = {k.name: _signature(k.args, kv, aux) for k in (ex.indexer, ex.cache_kernel, ex.cache_kernel_decode)
+                       if k is not None}  # fmt: skip
+            jobs.setdefault(ex.source_path, {}).update(kernels)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90, json.dumps(jobs)], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    assert proc.stdout.count("compiled ") == sum(len(v) for v in jobs.values())

@@ -136,3 +136,154 @@ def test_cpu_regeneration_keeps_the_gpu_column(contrib_copy: Path, tmp_path: Pat
     assert after["gpu_step_time"] == expected
     row = next(line for line in (contrib_copy / "README.md").read_text().splitlines() if f"[`{flow}`]" in line)
     assert row.endswith(f"| {expected} |")
+
+
+# -- sglang_decode_bench.py: the e2e engine loop (no GPU: fake engines and a fake clock) ---------------------------
+
+decode_bench = load_tool(ROOT / "tools" / "bench" / "sglang_decode_bench.py")
+
+
+class Clock:
+    """A clock that only moves when the fake engine works."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeEngine:
+    """``generate`` costs ``prefill_s`` the first time it sees a batch of prompts (then they are cached, as with
+    SGLang's radix cache) plus ``step_s`` per new token; ``fail_ctx`` raises for that context."""
+
+    def __init__(self, clock: Clock, prefill_s: float = 5.0, step_s: float = 0.01, fail_ctx: int = -1) -> None:
+        self.clock, self.prefill_s, self.step_s, self.fail_ctx = clock, prefill_s, step_s, fail_ctx
+        self.cached: set[int] = set()
+        self.calls: list[tuple[int, int, int]] = []
+        self.flushes = self.shutdowns = 0
+
+    def generate(self, input_ids: list[list[int]], sampling_params: dict[str, Any]) -> None:
+        ctx = len(input_ids[0])
+        if ctx + 72 == self.fail_ctx:  # prompts are ctx - steps(64) - 8 long
+            raise RuntimeError("out of memory")
+        key = hash(tuple(input_ids[0][:16]))
+        if key not in self.cached:
+            self.clock.now += self.prefill_s
+            self.cached.add(key)
+        self.clock.now += 0.001 + sampling_params["max_new_tokens"] * self.step_s
+        self.calls.append((ctx, len(input_ids), sampling_params["max_new_tokens"]))
+
+    def flush_cache(self) -> bool:
+        self.flushes += 1
+        self.cached.clear()
+        return True
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_decode_time_excludes_prefill_and_prompts_depend_on_the_case_only() -> None:
+    clock = Clock()
+    eng = FakeEngine(clock, prefill_s=30.0, step_s=0.02)
+    rec = decode_bench.run_case(eng, 4096, 3, 64, clock)
+    assert rec["tok_per_s"] == pytest.approx(3 * 64 / (64 * 0.02), rel=1e-3)  # 30 s of prefill not in it
+    assert rec["prefill_s"] == pytest.approx(30.0 + 0.001 + 2 * 0.02)
+    assert [c[2] for c in eng.calls] == [2, 9, 1, 65]  # prefill, warm-up, t(1), t(steps + 1)
+    assert decode_bench.prompt_ids(4096, 3, 64) == decode_bench.prompt_ids(4096, 3, 64)
+    assert len(decode_bench.prompt_ids(4096, 3, 64)[0]) == 4096 - 64 - 8
+
+
+def run_engines(plan: list[str], budgets: list[int], cases: list[tuple[int, int]], optional: list[tuple[int, int]],
+                minutes: float, start_s: float = 100.0, **engine_kw: Any) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """main()'s engine loop over fake engines that take ``start_s`` to start."""
+    clock = Clock()
+    guard = decode_bench.TimeGuard(minutes * 60, clock)
+    result: dict[str, Any] = {"engines": {}, "gpu": "GPU X", "date": "2030-01-01"}
+    lines: list[str] = []
+    engines = decode_bench.engine_plan(plan, budgets)
+    made: list[FakeEngine] = []
+
+    def make() -> FakeEngine:
+        clock.now += start_s
+        made.append(FakeEngine(clock, **engine_kw))
+        return made[-1]
+
+    for i, (name, _cfg, _overlap) in enumerate(engines):
+        result["engines"][name] = []
+        decode_bench.engine_cases(make, name, cases, optional, 64, guard, engines_after=len(engines) - 1 - i,
+                                  out=result["engines"][name], clock=clock,
+                                  progress=lambda n, r: lines.append(f"{n} {r.get('ctx')} {sorted(r)}"))  # fmt: skip
+    assert all(e.shutdowns == 1 for e in made)
+    return result, lines
+
+
+def test_one_engine_per_kind_budget_and_overlap_serves_every_case() -> None:
+    cases = [(2048, 1), (2048, 16), (32768, 16)]
+    result, lines = run_engines(["plain", "vortex", "plain:overlap", "vortex:overlap"], [512, 2048], cases, [], 60)
+    assert list(result["engines"]) == ["plain", "vortex512", "vortex2048", "plain:overlap", "vortex512:overlap",
+                                       "vortex2048:overlap"]  # fmt: skip
+    assert len(lines) == 6 * 3  # a progress line (and a JSON write) per case
+    for recs in result["engines"].values():
+        assert [(r["ctx"], r["batch"]) for r in recs] == cases and all("tok_per_s" in r for r in recs)
+    rows = decode_bench.e2e_rows(result)
+    assert len(rows) == 4 * 3
+    row = next(r for r in rows if r["overlap"] and r["budget_tokens"] == 2048 and r["ctx"] == 32768)
+    assert set(plot_keys := ("ctx", "batch", "budget_tokens", "overlap", "plain_tok_s", "vortex_tok_s")) <= set(row)
+    plain_on = result["engines"]["plain:overlap"][2]["tok_per_s"]
+    assert row["plain_tok_s"] == plain_on and row["plain_overlap_off_tok_s"] == result["engines"]["plain"][2]["tok_per_s"]
+    assert row["gpu"] == "GPU X" and all(r[k] is not None for r in rows for k in plot_keys)
+
+
+def test_a_failing_case_is_recorded_and_the_next_one_runs() -> None:
+    result, _ = run_engines(["plain"], [512], [(2048, 1), (8192, 1), (32768, 1)], [], 60, fail_ctx=8192)
+    recs = result["engines"]["plain"]
+    assert "tok_per_s" in recs[0] and "out of memory" in recs[1]["error"] and "tok_per_s" in recs[2]
+
+
+def test_the_guard_skips_what_does_not_fit_and_says_why() -> None:
+    # 100 s per start, ~25.8 s per case: engine 1 ends at 177 s; engine 2 is up at 277 s, its first case (measured
+    # on engine 1) fits a 320 s deadline, the second no longer does
+    cases = [(2048, 1), (8192, 1), (32768, 1)]
+    result, _ = run_engines(["plain", "vortex"], [512], cases, [], 320 / 60, prefill_s=25.0)
+    plain, vortex = result["engines"]["plain"], result["engines"]["vortex512"]
+    assert all("tok_per_s" in r for r in plain)
+    assert "tok_per_s" in vortex[0] and all(r["skipped"].startswith("time budget") for r in vortex[1:])
+    rows = decode_bench.e2e_rows(result)
+    assert [r["vortex_tok_s"] is None for r in rows] == [False, True, True]
+    # an engine whose start no longer fits is not started (~117 s per engine, 250 s): its cases are recorded
+    result, _ = run_engines(["plain", "vortex"], [512, 2048], cases, [], 250 / 60, prefill_s=5.0)
+    assert all("tok_per_s" in r for r in result["engines"]["vortex512"])
+    assert all("engine not started" in r["skipped"] for r in result["engines"]["vortex2048"])
+
+
+def test_optional_cases_run_on_every_engine_or_not_at_all() -> None:
+    cases, big = [(2048, 1), (8192, 1)], [(131072, 4)]
+    result, _ = run_engines(["plain", "vortex"], [512], cases, big, 20.0, prefill_s=5.0)
+    assert all("tok_per_s" in recs[-1] and recs[-1]["optional"] for recs in result["engines"].values())
+    # not enough for both engines: skipped on the first, and therefore on the second too
+    result, _ = run_engines(["plain", "vortex"], [512], cases, big, 6.0, prefill_s=5.0)
+    assert all(recs[-1]["optional"] and "time budget" in recs[-1]["skipped"] for recs in result["engines"].values())
+    assert all("tok_per_s" in r for recs in result["engines"].values() for r in recs[:-1])
+
+
+def test_json_is_replaced_whole_and_the_dummy_model_serves_the_longest_case(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    decode_bench.write_json(str(out), [1])
+    decode_bench.write_json(str(out), [{"ctx": 2}])
+    assert json.loads(out.read_text()) == [{"ctx": 2}] and [p.name for p in tmp_path.iterdir()] == ["e2e.json"]  # no .tmp left
+    src = tmp_path / "model"
+    src.mkdir()
+    cfg = {"num_hidden_layers": 1, "max_position_embeddings": 40960, "layer_types": ["full_attention"]}
+    (src / "config.json").write_text(json.dumps(cfg))
+    (src / "model.safetensors").write_bytes(b"weights")
+    (src / "tokenizer.json").write_text("{}")
+    model = Path(decode_bench.dummy_model(str(src), cfg, 36, 131072 + 64, parent=str(tmp_path)))
+    got = json.loads((model / "config.json").read_text())
+    assert got["num_hidden_layers"] == 36 and got["layer_types"] == ["full_attention"] * 36
+    assert got["max_position_embeddings"] == 131136
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "tokenizer.json"]
+    kept = json.loads((Path(decode_bench.dummy_model(str(src), cfg, 36, 32768 + 64, str(tmp_path))) / "config.json").read_text())
+    assert kept["max_position_embeddings"] == 40960  # long enough already: the context is not changed
+    with pytest.raises(SystemExit, match="unknown 'vortex:fast'"):
+        decode_bench.engine_plan(["vortex:fast"], [512])

@@ -74,7 +74,9 @@ def graph_us(fns: list[Callable[[], object]], iters: int = 20) -> float:
     return start.elapsed_time(end) * 1000 / iters / len(fns)
 
 
-def launches(fn: Callable[[], object]) -> int:
+def launch_events(fn: Callable[[], object]) -> list[str]:
+    """Names of the GPU activities of one call of ``fn`` (kernels, and ``Memcpy ...``/``Memset ...`` entries),
+    in order, from the torch profiler; a first call outside the profiler compiles and warms everything up."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -82,8 +84,17 @@ def launches(fn: Callable[[], object]) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name
-               and "Memset" not in e.name)  # fmt: skip
+    return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+
+def is_kernel(name: str) -> bool:
+    """A profiler GPU activity that is a kernel launch (not a copy or a memset)."""
+    return "Memcpy" not in name and "Memset" not in name
+
+
+def launches(fn: Callable[[], object]) -> int:
+    """Kernel launches of one call of ``fn`` (copies and memsets not counted)."""
+    return sum(1 for name in launch_events(fn) if is_kernel(name))
 
 
 COPY_BANDWIDTH: dict[str, float] = {}  # the last measurement of each kind, GB/s
@@ -108,22 +119,25 @@ def copy_bandwidth_gbs() -> float:
 
 
 class Case:
-    """``layers`` copies of one layer's pool for ``batch`` requests of ``ctx`` tokens (pages shuffled)."""
+    """``layers`` copies of one layer's pool for ``batch`` requests of ``ctx`` tokens (pages shuffled), served
+    by ``flow``: ``(module_path, module_name)`` as in ``VortexConfig`` (default: the quick-start flow; a
+    ``None`` path finds an installed flow, e.g. one of vortex-flows-contrib, by name).
+    ``tests/gpu/test_launch_count.py`` counts the launches of this same step for every flow."""
 
-    def __init__(
-        self, ctx: int, batch: int, budget_tokens: int, layers: int, kv_dtype: torch.dtype = torch.bfloat16
-    ) -> None:
+    def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int,
+                 flow: tuple[str | None, str] = (FLOW, "custom_sparse_attention"), device: str = "cuda",
+                 kv_dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
         from vortex_torch.abs.layout import PoolLayout
         from vortex_torch.engine.sgl.aux_store import AuxFieldStore
         from vortex_torch.engine.sgl.config import VortexConfig
         from vortex_torch.engine.sgl.decode_core import VortexDecodeCore
         from vortex_torch.engine.sgl.flow_spec import prepare_flow
 
-        dev = "cuda"
+        dev = device
         self.ctx, self.batch, self.layers, self.kv_dtype = ctx, batch, layers, kv_dtype
         self.kv_elt = torch.empty((), dtype=kv_dtype).element_size()
         topk = budget_tokens // BS - 2
-        cfg = VortexConfig(module_path=FLOW, module_name="custom_sparse_attention", topk_val=topk,
+        cfg = VortexConfig(module_path=flow[0], module_name=flow[1], topk_val=topk,
                            block_reserved_bos=1, block_reserved_eos=1)  # fmt: skip
         self.prepared = prepare_flow(cfg, head_dim=D, group_size=HQ // HKV, kv_dtype=kv_dtype)
         self.layout = PoolLayout(page_size=PAGE, block_size=BS, num_kv_heads=HKV)
@@ -153,7 +167,6 @@ class Case:
             self.core.executor.run_cache(f, all_blocks)  # every block summarised, as after prefill
         self.q = [torch.randn(batch * HKV, HQ // HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
         self.plan = self.core.plan(self.req_to_token, self.rpi, self.seq_lens, buffers=self.buffers)
-        torch.cuda.synchronize()
         self.selected_blocks = int(self.plan.sel_indptr[-1])
         self.dense_blocks = int(self.plan.dense_indptr[-1])
 
@@ -194,7 +207,7 @@ def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
 def run_case(
     ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: bool, kv_dtype: str = "bfloat16"
 ) -> dict[str, Any]:
-    case = Case(ctx, batch, budget, layers, KV_DTYPES[kv_dtype])
+    case = Case(ctx, batch, budget, layers, kv_dtype=KV_DTYPES[kv_dtype])
     res: dict[str, Any] = {"ctx": ctx, "batch": batch, "budget_tokens": budget, "layers_rotated": layers,
                            "kv_dtype": kv_dtype,
                            "selected_blocks": case.selected_blocks, "dense_blocks": case.dense_blocks}  # fmt: skip

@@ -11,9 +11,30 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
    ``plan`` (once per step for all layers, eager), ``cache`` (forward_cache over the step's masked
    candidates), ``indexer`` (scores + top-k), of which ``select`` alone, ``attention`` (sparse), ``layer``
    (cache + indexer + attention) -- against FlashInfer's dense decode as SGLang plans it (page size 1).
-2. **Engines**: ``sgl.Engine`` with flashinfer, plain and with Vortex (the quick start's VortexConfig), the same
-   prompts (random ids), greedy, ``ignore_eos``: decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))``,
-   the radix cache off so both calls prefill.
+2. **Engines**: ``sgl.Engine`` with flashinfer, plain and with Vortex (the quick start's VortexConfig, one engine
+   per budget), with SGLang's overlap scheduler off or on (``--engines plain vortex plain:overlap
+   vortex:overlap``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
+   (2-4 min cold, ~30 s warm) is paid once. Per case the same prompts (random ids, seeded by the case), greedy,
+   ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
+   prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill.
+
+Time: ``--max-minutes`` (or ``--budget-s``) bounds the run. Engines and cases that would not fit are skipped and
+recorded with the reason (:class:`TimeGuard`); ``--optional-cases`` (e.g. 128k x 4) run only where they fit on
+every remaining engine. Each case logs a progress line, and the JSON (``--out``, ``--e2e-out``) is rewritten
+after every case, so a run cut off by the GPU call's limit still leaves every case measured so far.
+
+The e2e matrix of issue 8 (36 layers; 2k/8k/32k x batch 1/16; budgets 512 and 2048; overlap off and on) in two
+GPU calls of under 9.5 min each (a cold engine start with its first prefill's JIT is ~4.5 min, a warm one ~30 s;
+prefill of every case ~35 s per engine):
+
+    # A: overlap off, plain + both budgets (3 engines)
+    VORTEX_MODELS=qwen3-8b-l1 bash tools/device/remote.sh bench sglang_decode_bench --skip-kernels \
+        --model /tmp/models/qwen3-8b-l1 --dummy-layers 36 --cases 2048x1 2048x16 8192x1 8192x16 32768x1 32768x16 \
+        --engines plain vortex --budgets 512 2048 --max-minutes 8.3 --out $OUT/e2e_a_full.json --e2e-out $OUT/e2e_a.json
+    # B: overlap on, plain + budget 512 (2 engines): the same with
+    #    --engines plain:overlap vortex:overlap --budgets 512 --out $OUT/e2e_b_full.json --e2e-out $OUT/e2e_b.json
+
+then ``python tools/bench/plot_e2e.py e2e_a.json e2e_b.json --merged-out results/gpu/<date>-e2e-decode.json``.
 
 Writes ``$VORTEX_OUT/sglang_decode_bench.json`` (or ``--out``) and prints markdown tables.
 """
@@ -209,20 +230,101 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
 
 
 # -- 2. engines ----------------------------------------------------------------------------------------------------
-def engine_case(
-    model: str, vortex: dict[str, Any] | None, cases: list[tuple[int, int]], steps: int, deadline: float,
-    *, overlap: bool = False, dummy: bool = False,
-) -> list[dict]:
-    """Decode tokens/s of one engine (plain when ``vortex`` is None) for each ``(ctx, batch)``.
+#: guesses used until this run has measured the real thing (2026-12-04, H200, 36 layers: a cold engine start took
+#: 157 s and its first prefill 106 s of JIT; a warm start 31 s)
+ENGINE_START_GUESS_S = 60.0
+ENGINE_GUESS_S = 150.0  # a warm engine with its cases
+OPTIONAL_CASE_GUESS_S = 120.0  # e.g. 128k x 4: ~4 x 20 s of prefill, then the decode runs
+MARGIN_S = 10.0  # shutdown, the last JSON write
 
-    The radix cache is on: each case prefills its prompts once (warm-up), then ``generate`` with 1 and with
-    ``steps + 1`` new tokens re-uses the cached prompt, so ``batch * steps / (t(steps + 1) - t(1))`` is decode
-    time without prefill. ``dummy``: SGLang's ``load_format="dummy"`` (random weights, no checkpoint read).
+
+class TimeGuard:
+    """Decides whether the next engine or case still fits before ``deadline``, from what this run measured.
+
+    * An engine starts only when the time left covers its start (the last measured start, else a guess) plus a
+      margin: an engine that cannot run one case is not started.
+    * A required case runs unless an earlier engine measured it (prefill + runs) and that no longer fits.
+    * An optional case (``--optional-cases``, e.g. 128k x 4) runs only if it fits in *this and every later*
+      engine: time left >= (engines left incl. this one) x its estimate + (later engines) x an engine's time.
+      Once one engine skipped it, later engines skip it too, so it is measured on all engines or on none
+      past the first skip.
     """
-    import sglang as sgl
 
-    import vortex_torch  # noqa: F401
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.time) -> None:
+        self.deadline = deadline
+        self.clock = clock
+        self.engine_start_s = ENGINE_START_GUESS_S
+        self.engine_s: float | None = None  # the last finished engine, start and required cases
+        self.case_s: dict[tuple[int, int], float] = {}
+        self.dropped: set[tuple[int, int]] = set()  # optional cases skipped once: skipped from then on
 
+    def left(self) -> float:
+        return self.deadline - self.clock()
+
+    def engine_skip(self) -> str | None:
+        need = self.engine_start_s + MARGIN_S
+        if self.left() < need:
+            return f"time budget: {self.left():.0f} s left, an engine start needs ~{need:.0f} s"
+        return None
+
+    def case_skip(self, case: tuple[int, int], *, optional: bool = False, engines_after: int = 0) -> str | None:
+        left = self.left()
+        if optional:
+            if case in self.dropped:
+                return "time budget: skipped on an earlier engine (measured on all engines or none)"
+            est = self.case_s.get(case, OPTIONAL_CASE_GUESS_S)
+            need = est * (1 + engines_after) + (self.engine_s or ENGINE_GUESS_S) * engines_after + MARGIN_S
+            if left < need:
+                self.dropped.add(case)
+                return f"time budget: {left:.0f} s left, {1 + engines_after} engine(s) x this case need ~{need:.0f} s"
+            return None
+        need = self.case_s.get(case, 0.0) + MARGIN_S
+        if left < need:
+            return f"time budget: {left:.0f} s left, this case took {self.case_s[case]:.0f} s before" if case in \
+                self.case_s else f"time budget: {left:.0f} s left"  # fmt: skip
+        return None
+
+    def record_case(self, case: tuple[int, int], seconds: float) -> None:
+        self.case_s[case] = seconds
+
+    def record_start(self, seconds: float) -> None:
+        self.engine_start_s = seconds
+
+    def record_engine(self, seconds: float) -> None:
+        self.engine_s = seconds
+
+
+def prompt_ids(ctx: int, batch: int, steps: int, vocab: int = 31000) -> list[list[int]]:
+    """The case's prompts: random ids (3 .. vocab), ``ctx - steps - 8`` each so the context ends near ``ctx``.
+    Seeded by the case alone: every engine gets the same prompts for a case, whatever ran before."""
+    rng = random.Random(ctx * 1000 + batch)
+    return [[rng.randint(3, vocab) for _ in range(ctx - steps - 8)] for _ in range(batch)]
+
+
+def run_case(engine: Any, ctx: int, batch: int, steps: int, clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Decode tokens/s of one case on a running engine, prefill excluded.
+
+    The radix cache is on: ``generate`` with 2 new tokens prefills the prompts (and caches them), a short run
+    warms this batch size up, then ``t(1)`` and ``t(steps + 1)`` both re-use the cached prompts (one token
+    re-computed), so ``batch * steps / (t(steps + 1) - t(1))`` is decode alone.
+    """
+    prompts = prompt_ids(ctx, batch, steps)
+
+    def run(new: int) -> float:
+        sp = {"temperature": 0.0, "max_new_tokens": new, "ignore_eos": True}
+        t0 = clock()
+        engine.generate(input_ids=prompts, sampling_params=sp)
+        return clock() - t0
+
+    tp = run(2)  # prefill (cached from now on), JIT and allocator warm-up at this shape
+    run(min(steps, 8) + 1)  # a few decode steps more at this batch size (graph replay, plan buffers)
+    t1 = run(1)
+    tn = run(steps + 1)
+    return {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3), "one_s": round(t1, 3),
+            "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
+
+
+def engine_kwargs(model: str, vortex: dict[str, Any] | None, overlap: bool, dummy: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         model_path=model, attention_backend="flashinfer", page_size=16, disable_overlap_schedule=not overlap,
         disable_prefill_cuda_graph=True, cuda_graph_max_bs_decode=16,
@@ -230,65 +332,144 @@ def engine_case(
         chunked_prefill_size=16384,
     )  # fmt: skip
     if dummy:
-        kwargs["load_format"] = "dummy"
+        kwargs["load_format"] = "dummy"  # random weights, no checkpoint read
     if vortex is not None:
         kwargs["vortex"] = vortex
-    name = "plain" if vortex is None else f"vortex{vortex['topk_val']}"
-    t = time.time()
-    engine = sgl.Engine(**kwargs)
-    start_s = time.time() - t
-    log(f"engine {name} (overlap {overlap}) up in {start_s:.0f}s")
-    out = []
-    rng = random.Random(0)
+    return kwargs
+
+
+def engine_cases(
+    make_engine: Callable[[], Any], name: str, cases: list[tuple[int, int]], optional: list[tuple[int, int]],
+    steps: int, guard: TimeGuard, *, engines_after: int, out: list[dict[str, Any]],
+    progress: Callable[[str, dict[str, Any]], None], clock: Callable[[], float] = time.time,
+) -> None:
+    """One engine (``make_engine()``) over its cases, each record appended to ``out`` as soon as it exists
+    (``progress`` is called after every one: the caller writes the JSON, so a timeout still leaves data).
+    A case that raises is recorded with its error and the next one runs; the engine is always shut down."""
+    why = guard.engine_skip()
+    if why:
+        for ctx, batch in [*cases, *optional]:
+            out.append({"ctx": ctx, "batch": batch, "skipped": f"engine not started: {why}"})
+            progress(name, out[-1])
+        return
+    t0 = clock()
     try:
-        for ctx, batch in cases:
-            if time.time() > deadline:
-                out.append({"ctx": ctx, "batch": batch, "skipped": "time budget"})
-                continue
-            prompts = [[rng.randint(3, 31000) for _ in range(ctx - steps - 8)] for _ in range(batch)]
-
-            def run(new: int, batch_ids: list[list[int]] = prompts) -> float:
-                sp = {"temperature": 0.0, "max_new_tokens": new, "ignore_eos": True}
-                t0 = time.time()
-                engine.generate(input_ids=batch_ids, sampling_params=sp)
-                return time.time() - t0
-
-            tp = run(2)  # prefill (cached from now on), JIT and allocator warm-up at this shape
-            run(steps + 1)  # CUDA graphs for this batch size warmed
-            t1 = run(1)
-            tn = run(steps + 1)
-            rec = {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3), "one_s": round(t1, 3),
-                   "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
-            log(f"  {name} ctx={ctx} bs={batch}: {rec['tok_per_s']} tok/s")
+        engine = make_engine()
+    except Exception as exc:
+        out.append({"error": f"engine start: {type(exc).__name__}: {exc}"[:800]})
+        progress(name, out[-1])
+        return
+    start_s = clock() - t0
+    guard.record_start(start_s)
+    log(f"engine {name} up in {start_s:.0f} s ({guard.left():.0f} s left)")
+    try:
+        for i, (ctx, batch) in enumerate([*cases, *optional]):
+            is_optional = i >= len(cases)
+            if is_optional and not any("tok_per_s" in r for r in out):
+                rec: dict[str, Any] = {"ctx": ctx, "batch": batch, "skipped": "no required case ran on this engine"}
+            elif why := guard.case_skip((ctx, batch), optional=is_optional, engines_after=engines_after):
+                rec = {"ctx": ctx, "batch": batch, "skipped": why}
+            else:
+                t = clock()
+                try:
+                    rec = run_case(engine, ctx, batch, steps, clock)
+                except Exception as exc:
+                    rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:800]}
+                guard.record_case((ctx, batch), clock() - t)
+                try:
+                    engine.flush_cache()  # the next case's prompts start from an empty KV pool
+                except Exception as exc:
+                    log(f"  flush_cache failed: {exc}")
+            rec["engine_start_s"] = round(start_s, 1)
+            rec["optional"] = is_optional
             out.append(rec)
-            try:
-                engine.flush_cache()  # the next case's prompts start from an empty KV pool
-            except Exception as exc:
-                log(f"  flush_cache failed: {exc}")
+            progress(name, rec)
+            if i == len(cases) - 1:
+                guard.record_engine(clock() - t0)  # start + required cases: the estimate for later engines
     finally:
-        engine.shutdown()
-    for r in out:
-        r["engine_start_s"] = round(start_s, 1)
-    return out
+        try:
+            engine.shutdown()
+        except Exception as exc:
+            log(f"engine {name}: shutdown failed: {exc}")
 
 
 def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, plain_tok_s, vortex_tok_s}``."""
+    """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, plain_tok_s, vortex_tok_s}`` (+ the plain
+    engine's tok/s with the overlap scheduler off, ``gpu`` and ``date``), one per case of every Vortex engine;
+    a throughput is None where that engine did not measure the case (skipped, failed)."""
     rows = []
     eng = result["engines"]
+
+    def by_case(key: str) -> dict[tuple[Any, Any], dict[str, Any]]:
+        return {(r["ctx"], r["batch"]): r for r in eng.get(key, []) if "ctx" in r}
+
     for key, recs in eng.items():
         if not key.startswith("vortex"):
             continue
         budget = int(key.split(":")[0][len("vortex"):])
         overlap = key.endswith(":overlap")
-        plain = {(r.get("ctx"), r.get("batch")): r for r in eng.get("plain" + (":overlap" if overlap else ""), [])}
-        plain_off = {(r.get("ctx"), r.get("batch")): r for r in eng.get("plain", [])}
+        plain = by_case("plain" + (":overlap" if overlap else ""))
+        plain_off = by_case("plain")
         for r in recs:
-            base = plain.get((r.get("ctx"), r.get("batch"))) or {}
-            rows.append({"ctx": r.get("ctx"), "batch": r.get("batch"), "budget_tokens": budget, "overlap": overlap,
-                         "plain_tok_s": base.get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
-                         "plain_overlap_off_tok_s": plain_off.get((r.get("ctx"), r.get("batch")), {}).get("tok_per_s")})  # fmt: skip
+            if "ctx" not in r:  # an engine-level error record
+                continue
+            case = (r["ctx"], r["batch"])
+            rows.append({"ctx": r["ctx"], "batch": r["batch"], "budget_tokens": budget, "overlap": overlap,
+                         "plain_tok_s": plain.get(case, {}).get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
+                         "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"),
+                         "gpu": result.get("gpu"), "date": result.get("date")})  # fmt: skip
     return rows
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write through a temporary file and rename: a kill mid-write leaves the previous complete file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def parse_cases(specs: list[str] | None) -> list[tuple[int, int]]:
+    out = []
+    for spec in specs or []:
+        ctx, _, batch = spec.lower().partition("x")
+        out.append((int(ctx), int(batch)))
+    return out
+
+
+def engine_plan(engines: list[str], budgets: list[int]) -> list[tuple[str, dict[str, Any] | None, bool]]:
+    """``(result key, VortexConfig dict or None for plain, overlap)`` per engine, in run order."""
+    plan: list[tuple[str, dict[str, Any] | None, bool]] = []
+    for spec in engines:
+        kind, _, mode = spec.partition(":")
+        if kind not in ("plain", "vortex") or mode not in ("", "overlap"):
+            raise SystemExit(f"--engines: unknown {spec!r} (plain, plain:overlap, vortex, vortex:overlap)")
+        overlap = mode == "overlap"
+        for budget in budgets if kind == "vortex" else [0]:
+            vcfg = None if kind == "plain" else {**VORTEX, "topk_val": budget // 16 - 2}
+            name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "")
+            plan.append((name, vcfg, overlap))
+    return plan
+
+
+def dummy_model(src: str, cfg: dict[str, Any], layers: int, min_context: int, parent: str | None = None) -> str:
+    """A copy of ``src`` without weights, its config at ``layers`` layers (served with ``load_format=dummy``)
+    and ``max_position_embeddings`` raised to ``min_context`` when below (random weights: any RoPE length)."""
+    import shutil
+    import tempfile
+
+    model = tempfile.mkdtemp(prefix="vortex-dummy-", dir=parent)
+    for f in os.listdir(src):
+        if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
+            shutil.copy(os.path.join(src, f), model)
+    cfg = dict(cfg, num_hidden_layers=layers)
+    if isinstance(cfg.get("layer_types"), list) and cfg["layer_types"]:
+        cfg["layer_types"] = [cfg["layer_types"][0]] * layers
+    if int(cfg.get("max_position_embeddings", 0)) < min_context:
+        cfg["max_position_embeddings"] = min_context
+    with open(os.path.join(model, "config.json"), "w") as fh:
+        json.dump(cfg, fh)
+    return model
 
 
 def main() -> None:
@@ -301,11 +482,18 @@ def main() -> None:
     p.add_argument("--ctx", type=int, nargs="+", default=[8192, 32768])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--steps", type=int, default=64, help="decode steps timed per case")
-    p.add_argument("--budget-s", type=float, default=float(os.environ.get("VORTEX_BENCH_BUDGET_S", 430)))
+    p.add_argument("--budget-s", type=float, default=float(os.environ.get("VORTEX_BENCH_BUDGET_S", 430)),
+                   help="seconds this script may run (--max-minutes wins)")  # fmt: skip
+    p.add_argument("--max-minutes", type=float,
+                   help="stop starting engines and cases that would not end within this many minutes of the "
+                        "start; what was skipped is recorded with the reason")  # fmt: skip
     p.add_argument("--skip-engines", action="store_true")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--quick", action="store_true", help="8k only, 16 steps")
     p.add_argument("--cases", nargs="+", help="CTXxBATCH engine cases (replaces --ctx/--batch for engines)")
+    p.add_argument("--optional-cases", nargs="+", default=[],
+                   help="CTXxBATCH cases run after --cases on every engine, only when the guard predicts they "
+                        "fit on this and all later engines (e.g. 131072x4)")  # fmt: skip
     p.add_argument("--budgets", type=int, nargs="+", default=[512], help="Vortex budgets in tokens (topk_val = b/16 - 2)")
     p.add_argument("--engines", nargs="+", default=["plain", "vortex"],
                    help="plain, plain:overlap, vortex, vortex:overlap (overlap: SGLang's overlap scheduler on)")
@@ -315,7 +503,8 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.ctx, args.steps = [8192], 16
-    deadline = T0 + args.budget_s
+    deadline = T0 + (args.max_minutes * 60 if args.max_minutes else args.budget_s)
+    plan = engine_plan(args.engines, args.budgets)
 
     import torch
 
@@ -327,6 +516,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "command": " ".join(["python", *sys.argv]),
         "model": {
             k: cfg.get(k)
             for k in (
@@ -341,7 +531,16 @@ def main() -> None:
         "vortex": {k: v for k, v in VORTEX.items() if k != "module_path"},
         "kernels": [],
         "engines": {},
+        "complete": False,
     }
+
+    def save() -> None:
+        result["e2e"] = e2e_rows(result)
+        result["wall_s"] = round(time.time() - T0, 1)
+        write_json(args.out, result)
+        if args.e2e_out:
+            write_json(args.e2e_out, result["e2e"])
+
     if not args.skip_kernels:
         log("kernels, one layer")
         for ctx, batch in cases:
@@ -352,46 +551,52 @@ def main() -> None:
             log(f"  {rec}")
             result["kernels"].append(rec)
             torch.cuda.empty_cache()
+        save()
+    engine_cases_list = parse_cases(args.cases) or cases
+    optional = parse_cases(args.optional_cases)
     model = args.model
     if args.dummy_layers:
-        import shutil
-        import tempfile
-
-        model = tempfile.mkdtemp(prefix="vortex-dummy-")
-        for f in os.listdir(args.model):
-            if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
-                shutil.copy(os.path.join(args.model, f), model)
-        cfg["num_hidden_layers"] = args.dummy_layers
-        if isinstance(cfg.get("layer_types"), list) and cfg["layer_types"]:
-            cfg["layer_types"] = [cfg["layer_types"][0]] * args.dummy_layers
-        json.dump(cfg, open(os.path.join(model, "config.json"), "w"))
+        need = max(c for c, _ in [*engine_cases_list, *optional]) + 64
+        model = dummy_model(args.model, cfg, args.dummy_layers, need)
         result["model"]["num_hidden_layers"] = args.dummy_layers
+        result["model"]["max_position_embeddings"] = max(context_len, need)
         result["model"]["weights"] = "random (SGLang load_format=dummy)"
-    engine_cases = cases
-    if args.cases:
-        engine_cases = [tuple(int(x) for x in c.lower().split("x")) for c in args.cases]  # type: ignore[misc]
+    else:  # a real checkpoint serves its own context length only
+        too_long = [c for c in [*engine_cases_list, *optional] if c[0] + 64 > context_len]
+        if too_long:
+            log(f"cases longer than the model's context ({context_len}) dropped: {too_long}")
+        engine_cases_list = [c for c in engine_cases_list if c not in too_long]
+        optional = [c for c in optional if c not in too_long]
     if not args.skip_engines and os.path.isdir(model):
-        for spec in args.engines:
-            kind, _, mode = spec.partition(":")
-            overlap = mode == "overlap"
-            if overlap and kind == "vortex":
+        guard = TimeGuard(deadline)
+        total = len(plan) * (len(engine_cases_list) + len(optional))
+        done = [0]
+
+        def progress(name: str, rec: dict[str, Any]) -> None:
+            done[0] += "ctx" in rec
+            what = (f"{rec['tok_per_s']} tok/s (prefill {rec['prefill_s']} s, decode {rec['decode_s']} s)"
+                    if "tok_per_s" in rec else rec.get("skipped") or rec.get("error"))  # fmt: skip
+            log(f"[{done[0]}/{total}] {name} ctx={rec.get('ctx')} batch={rec.get('batch')}: {what}; "
+                f"{guard.left():.0f} s left")  # fmt: skip
+            save()
+
+        for i, (name, vcfg, overlap) in enumerate(plan):
+            if overlap and vcfg is not None:
                 os.environ["VORTEX_ALLOW_OVERLAP_SCHEDULE"] = "1"  # server_rules.ALLOW_OVERLAP_ENV
-            for budget in args.budgets if kind == "vortex" else [0]:
-                vcfg = None if kind == "plain" else {**VORTEX, "topk_val": budget // 16 - 2}
-                name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "")
-                try:
-                    result["engines"][name] = engine_case(model, vcfg, engine_cases, args.steps, deadline,
-                                                          overlap=overlap, dummy=bool(args.dummy_layers))  # fmt: skip
-                except Exception as exc:
-                    result["engines"][name] = [{"error": f"{type(exc).__name__}: {exc}"[:800]}]
-                    log(f"engine {name} failed: {exc}")
-    result["e2e"] = e2e_rows(result)
-    if args.e2e_out:
-        with open(args.e2e_out, "w") as fh:
-            json.dump(result["e2e"], fh, indent=1)
-    result["wall_s"] = round(time.time() - T0, 1)
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+            kwargs = engine_kwargs(model, vcfg, overlap, bool(args.dummy_layers))
+
+            def make_engine(kw: dict[str, Any] = kwargs) -> Any:
+                import sglang as sgl
+
+                import vortex_torch  # noqa: F401  (the adapter; the plugin entry point does the same)
+
+                return sgl.Engine(**kw)
+
+            result["engines"][name] = []
+            engine_cases(make_engine, name, engine_cases_list, optional, args.steps, guard,
+                         engines_after=len(plan) - 1 - i, out=result["engines"][name], progress=progress)  # fmt: skip
+    result["complete"] = True
+    save()
     print(report(result))
 
 

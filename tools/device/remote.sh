@@ -4,6 +4,8 @@
 #   bash tools/device/remote.sh suite [pytest args...]     pytest -m gpu over the repo (junit.xml)
 #   bash tools/device/remote.sh bench NAME [args...]       python tools/bench/NAME.py args
 #   bash tools/device/remote.sh py SCRIPT [args...]        any python script (e.g. tools/device/smoke_engine.py)
+#   bash tools/device/remote.sh sanitize [pytest args...]  compute-sanitizer memcheck, then racecheck, over the
+#                                                          kernel tests (sanitize-{memcheck,racecheck}.{txt,xml})
 #
 # Carry [".sglpack", ".devcarry"]. Steps: unpack .sglpack into /tmp/site; install .devcarry's wheels into
 # /tmp/vtx-site (packages without a wheel: their src/ on PYTHONPATH plus a generated .dist-info holding their
@@ -16,6 +18,7 @@
 #   VORTEX_BUDGET_S   seconds this whole command may take (default 570; keep it under the run's timeout_s)
 #   VORTEX_REV        the commit under test, for result.md (the device copy has no .git)
 #   VORTEX_ALLOW_STALE=1  accept .devcarry wheels built from an older packages/ tree
+#   VORTEX_SANITIZE_S seconds for both sanitizer runs together (default 240; memcheck gets 45%, racecheck the rest)
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 3   # the repo root, wherever it was called from
@@ -105,6 +108,10 @@ lines = [
 ]
 if failures:
     lines += ["", "## Failures", ""] + [f"- `{f}`" for f in failures[:50]]
+for tool in ("memcheck", "racecheck"):  # the sanitize sub-command's summaries
+    path = os.path.join(out, f"sanitize-{tool}.txt")
+    if os.path.exists(path):
+        lines += ["", f"## compute-sanitizer {tool}", "", "```", open(path).read()[:4000].rstrip(), "```"]
 open(os.path.join(out, "result.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
@@ -226,7 +233,101 @@ done
 export VORTEX_TINY_MODEL=/tmp/models/tiny
 stage models $((SECONDS - t))
 
-# 4. The sub-command, under what is left of the budget (SIGINT first so pytest still writes junit.xml;
+# 4a. sanitize: compute-sanitizer over the kernel tests (small ragged shapes), memcheck then racecheck, each
+#     under its own time limit, so that the pair fits VORTEX_SANITIZE_S (racecheck is the slow one).
+#     memcheck runs with PyTorch's caching allocator off: every tensor is then its own cudaMalloc, so an access
+#     past a tensor's end is caught instead of landing in a neighbour inside the same cached segment. Graph
+#     captures cannot allocate that way, so memcheck deselects the CUDA-graph tests (racecheck keeps them).
+#     CUDA API errors are not reported: Triton and PyTorch probe the driver with calls that fail on purpose.
+SAN_MEMCHECK=(packages/vortex-ops/tests packages/vortex-flow/tests/test_compiler.py -m "not slow"
+              -k "not graph and not sm90")
+SAN_RACECHECK=(packages/vortex-ops/tests/test_select.py packages/vortex-ops/tests/test_sparse_decode.py
+               packages/vortex-ops/tests/test_token_table.py packages/vortex-flow/tests/test_compiler.py -m "not slow"
+               -k "triton_matches_naive or multi_tile or test_matches_naive or split_counts or triton_and_naive or compiled_equals_reference or cuda_graph")
+
+sanitize_tool() {  # TOOL LIMIT_S PYTEST_ARGS...: one compute-sanitizer run; writes $OUT/sanitize-TOOL.{txt,xml}
+    local tool=$1 limit=$2 t=$SECONDS rc
+    shift 2
+    local envs=() log=/tmp/sanitize-$tool.log
+    [ "$tool" = memcheck ] && envs=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+    local cmd=("$SANITIZER" --tool "$tool" --target-processes all --report-api-errors no --print-limit 100
+               --error-exitcode 86 "$PY" -m pytest -q -ra -p no:cacheprovider -o junit_family=xunit2
+               --junitxml="$OUT/sanitize-$tool.xml" "$@")
+    echo "[remote] sanitize $tool (limit ${limit}s): ${cmd[*]}"
+    env ${envs[@]+"${envs[@]}"} timeout --signal=INT --kill-after=15 "$limit" "${cmd[@]}" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    "$PY" - "$tool" "$rc" "$((SECONDS - t))" "$limit" "$log" "$OUT" "${envs[*]:-} ${cmd[*]}" <<'PY'
+import os, re, sys
+import xml.etree.ElementTree as ET
+
+tool, rc, secs, limit, log, out, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:]
+text = open(log, errors="replace").read()
+lines = text.splitlines()
+# one summary per process the sanitizer followed: "ERROR SUMMARY: 3 errors", "RACECHECK SUMMARY: 2 hazards
+# displayed (1 error, 1 warning)"
+summaries = [ln.strip("= ").strip() for ln in lines if re.search(r"(ERROR|RACECHECK|LEAK) SUMMARY", ln)]
+errors = sum(int(m) for s in summaries for m in re.findall(r"ERROR SUMMARY: (\d+) error", s))
+errors += sum(int(m) for s in summaries for m in re.findall(r"RACECHECK SUMMARY: .*?\((\d+) error", s))
+warnings = sum(int(m) for s in summaries for m in re.findall(r"(\d+) warning", s))
+counts = "no junit (pytest did not start or was killed)"
+xml = os.path.join(out, f"sanitize-{tool}.xml")
+if os.path.exists(xml):
+    try:
+        root = ET.parse(xml).getroot()
+        suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+        c = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+        counts = (f"{c['tests'] - c['failures'] - c['errors'] - c['skipped']} passed, {c['failures']} failed, "
+                  f"{c['errors']} errors, {c['skipped']} skipped")
+    except Exception as e:  # cut off mid-write
+        counts = f"junit unreadable: {e!r}"
+final = [ln for ln in lines if re.match(r"^(=+ )?.*\b(passed|failed|errors?|no tests ran|interrupted)\b.* in [\d.]+s", ln)]
+blocked = [ln for ln in lines if re.search(r"Device not supported|Target application terminated before|"
+                                           r"Unable to|Error: |cannot be found", ln)]
+if not summaries:
+    verdict = "NOT RUN: the sanitizer printed no summary" + (f" ({blocked[0].strip()[:200]})" if blocked else "")
+elif errors:
+    verdict = f"ERRORS: {errors} sanitizer errors"
+else:
+    verdict = "clean" + (f" ({warnings} warnings)" if warnings else "")
+report = [
+    f"tool: {tool}",
+    f"verdict: {verdict}",
+    f"tests: {counts}" + (f"  [{final[-1].strip('= ')}]" if final else ""),
+    f"time: {secs} s of a {limit} s limit; exit {rc}" + (" (cut off by the limit)" if rc in (124, 130, 137) else ""),
+    f"command: {cmd.strip()}",
+    "summaries: " + ("; ".join(summaries) if summaries else "none"),
+]
+reports = [ln for ln in lines if ln.startswith("========= ") and not re.search(r"SUMMARY", ln)]
+if reports:
+    report += ["", f"first sanitizer report lines ({len(reports)} in all):", *reports[:60]]
+open(os.path.join(out, f"sanitize-{tool}.txt"), "w").write("\n".join(report) + "\n")
+print("\n".join(f"[remote] sanitize {r}" for r in report[:6]))
+sys.exit(0 if verdict.startswith("clean") and rc == 0 else 86 if errors else 1)
+PY
+}
+
+if [ "$SUB" = sanitize ]; then
+    SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+                /usr/local/cuda*/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
+    [ -n "$SANITIZER" ] || die "compute-sanitizer not found (PATH, /usr/local/cuda*/)"
+    if [ $# -gt 0 ]; then SAN_MEMCHECK=("$@"); SAN_RACECHECK=("$@"); fi   # a selection of yours, for both tools
+    TOTAL=$((BUDGET - SECONDS - 20))
+    [ "${VORTEX_SANITIZE_S:-240}" -lt "$TOTAL" ] && TOTAL=${VORTEX_SANITIZE_S:-240}
+    [ $TOTAL -ge 60 ] || die "only ${TOTAL}s left for the sanitizer runs"
+    t=$SECONDS
+    T_SAN=$SECONDS
+    sanitize_tool memcheck $((TOTAL * 45 / 100)) "${SAN_MEMCHECK[@]}"
+    RC=$?
+    stage memcheck $((SECONDS - t))
+    t=$SECONDS
+    sanitize_tool racecheck $((TOTAL - (SECONDS - T_SAN))) "${SAN_RACECHECK[@]}"   # memcheck's unused time too
+    rc=$?
+    [ $RC -eq 0 ] && RC=$rc
+    stage racecheck $((SECONDS - t))
+    finish
+fi
+
+# 4b. The sub-command, under what is left of the budget (SIGINT first so pytest still writes junit.xml;
 #    timeout puts it in its own process group, so SGLang's subprocesses go with it).
 case "$SUB" in
     suite) CMD=("$PY" -m pytest -m gpu -ra -p no:cacheprovider -o junit_family=xunit2 --junitxml="$OUT/junit.xml" "$@") ;;
@@ -238,7 +339,7 @@ case "$SUB" in
     py)
         [ $# -ge 1 ] || die "py needs a SCRIPT"
         CMD=("$PY" "$@") ;;
-    *) die "unknown sub-command '$SUB' (suite, bench, py)" ;;
+    *) die "unknown sub-command '$SUB' (suite, bench, py, sanitize)" ;;
 esac
 LEFT=$((BUDGET - SECONDS - 20))
 [ $LEFT -ge 30 ] || die "only ${LEFT}s of the ${BUDGET}s budget left for the command"

@@ -292,6 +292,27 @@ def test_quickstart_compiles_to_one_launch(pool: Pool, cache_dir: str) -> None:
     assert [g.kind for g in tri.groups] == ["fused", "select"]
 
 
+@pytest.mark.parametrize("num_warps", [1, 2, 4])
+def test_indexer_with_static_bounds_and_a_shared_workspace(pool: Pool, cache_dir: str, num_warps: int) -> None:
+    """As the decode path calls it: a static ``max_blocks_per_row`` above every row's length (a wider selection
+    tile than the rows need), one caller-owned workspace reused by successive launches (its counters must be
+    re-armed), several warps per program; every call selects what the reference selects."""
+    flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
+    traced = trace_flow(flow, pool.geometry)
+    ref = ReferenceExecutor(traced, pool.layout)
+    tri = TritonExecutor(traced, pool.layout, block_chunk=2, num_warps=num_warps, cache_dir=cache_dir)
+    fields = pool.fields(traced.fields)
+    ref.run_cache(fields, pool.block_ids)
+    rows = pool.dense.num_rows
+    ws = tri.workspace(rows, 64, pool.qs[0].device)
+    for q in pool.qs:
+        want = _select(ref, pool, q, fields)
+        got = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=q.device)
+        tri.run_indexer(q, fields, pool.dense, pool.selection, got, max_blocks_per_row=64, workspace=ws)
+        assert got.tolist() == want
+        assert int(ws.counter.abs().sum()) == 0  # re-armed for the next launch
+
+
 def test_dead_ops_are_removed(pool: Pool, cache_dir: str) -> None:
     traced = trace_flow(FLOWS["dead"](), pool.geometry)
     tri = TritonExecutor(traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir)
@@ -393,11 +414,13 @@ def test_tile_sizes_are_powers_of_two(tmp_path: Path) -> None:
     traced = trace_flow(FLOWS["centroid"](), g80)
     tri = TritonExecutor(traced, layout, cache_dir=str(tmp_path))
     assert tri.cache_chunk == 2 and tri.chunks == [64, 64]
+    # CUDA when present: there the conftest leaves Triton's interpreter off, so CPU tensors could not run
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(0)
-    want = {f: torch.randn(64, 1, 80, generator=gen) for f in ("k", "v")}
-    want |= {name: torch.zeros(4, r, c) for name, (r, c) in traced.fields.items()}
+    want = {f: torch.randn(64, 1, 80, generator=gen).to(dev) for f in ("k", "v")}
+    want |= {name: torch.zeros(4, r, c, device=dev) for name, (r, c) in traced.fields.items()}
     got = _clone(want)
-    ids = torch.tensor([3, 0, 2], dtype=torch.int32)
+    ids = torch.tensor([3, 0, 2], dtype=torch.int32, device=dev)
     ReferenceExecutor(traced, layout).run_cache(want, ids)
     tri.run_cache(got, ids)
     _assert_fields(got, want, "head_dim 80")
@@ -426,7 +449,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
         for name, fn in vars(mod).items():
             if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):
                 continue  # device functions (groups, helpers from vortex_torch.kernels) compile inside kernels
-            consts = {"BS": 16, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
+            consts = {"BS": 16, "BS0": 64, "FENCE": True, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
                       "GATHER": False}
             def kind(a):  # pointers to fields in bf16, intermediates in fp32; K/V strides are ints
                 if a in consts:
@@ -442,7 +465,11 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
                 return "*bf16" if a.startswith(("save_", "f_")) or a in ("x_ptr",) else "*fp32"
             sig = {a: kind(a) for a in fn.arg_names}
             cx = {a: v for a, v in consts.items() if a in sig}
-            triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32))
+            # both top-k searches: the bitwise loop (approxTopK) and the byte-wise radix (exact topK)
+            for approx in ((True, False) if "APPROX" in cx else (None,)):
+                if approx is not None:
+                    cx["APPROX"] = approx
+                triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32))
             print("compiled", name)
     """
 )

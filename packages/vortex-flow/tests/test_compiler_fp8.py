@@ -219,7 +219,8 @@ for path, kernels in json.loads(sys.argv[1]).items():
     spec.loader.exec_module(mod)
     for name, sig in kernels.items():
         fn = getattr(mod, name)
-        consts = {"BS": 16, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64, "GATHER": False}
+        consts = {"BS": 16, "BS0": 64, "FENCE": True, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
+                  "GATHER": False}
         full = {a: sig.get(a, "constexpr" if a in consts else "i32") for a in fn.arg_names}
         for a in ("indptr", "indices", "block_ids", "sel_indptr", "counter", "sel_out", "dense_indptr",
                   "dense_indices"):

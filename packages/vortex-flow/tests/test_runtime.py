@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -296,10 +297,20 @@ def test_decode_needs_the_layer_written() -> None:
 
 @pytest.mark.parametrize(("page_size", "block_size", "heads"), [(16, 16, 2), (32, 8, 3)])
 def test_triton_attention_matches_naive(page_size: int, block_size: int, heads: int) -> None:
+    # On a CUDA machine the runtime must live on the GPU: CPU tensors would reach the compiled kernel without
+    # Triton's interpreter (which the conftest switches on only where CUDA is absent) and raise.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = RuntimeConfig(topk_val=2, page_size=page_size, block_size=block_size)
-    kw = {"config": cfg, "num_layers": 1, "num_kv_heads": heads, "seed": 5, "shuffle_pages_seed": 2}
-    naive = run_synthetic(quickstart(), [20, 70], 1, **kw)
-    triton = run_synthetic(quickstart(), [20, 70], 1, attention="triton", **kw)
+    seq_lens = [20, 70]
+    pages = 1 + sum(-(-(n + 1) // page_size) + 1 for n in seq_lens)  # as run_synthetic sizes its own pool
+
+    def runtime(attention: Literal["naive", "triton"]) -> ReferenceRuntime:
+        return ReferenceRuntime(quickstart(), 1, heads, 32, 2, cfg, pages, torch.float32, device,
+                                attention=attention, shuffle_pages_seed=2)  # fmt: skip
+
+    naive = run_synthetic(quickstart(), seq_lens, 1, seed=5, runtime=runtime("naive"))
+    triton = run_synthetic(quickstart(), seq_lens, 1, seed=5, runtime=runtime("triton"))
+    assert triton.outputs[0][0].device.type == device
     assert naive.selections[0][0].positions == triton.selections[0][0].positions
     torch.testing.assert_close(triton.outputs[0][0], naive.outputs[0][0], atol=1e-4, rtol=1e-4)
 

@@ -1,7 +1,12 @@
 """Block selection (``topK`` / ``approxTopK``) and the budget rule.
 
-The naive reference is checked against an independent sort-based top-k; the Triton kernel (interpreted on
-CPU) must equal the reference bit for bit, in exact and approximate mode, on ragged batches with edge rows.
+The naive reference is checked against an independent sort-based top-k; the Triton kernel must equal the
+reference bit for bit, in exact and approximate mode, on ragged batches with edge rows.
+
+Batches are built on the host (seeded CPU generators, so both devices see the same numbers) and moved to
+``DEVICE``: CUDA when present (the compiled kernel), else the CPU, where the repository's conftest has switched
+Triton's interpreter on. CPU tensors on a CUDA machine would reach the compiled kernel without the interpreter
+and raise ``TritonUnavailableError``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from vortex_torch.kernels.select import (
     selection_indptr,
     tolerated_slots,
 )
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # -- batch builders ---------------------------------------------------------------------------------------
 
@@ -71,7 +78,8 @@ def _batch(lengths: list[int], kind: str, bos: int, eos: int, seed: int) -> tupl
     dense_indices = (torch.randperm(nnz, generator=gen) + 7).to(torch.int32)
     score = torch.cat([_scores(kind, n, gen) for n in lengths]) if nnz else torch.empty(0)
     budget = torch.tensor([_budget(n, bos, eos, rng) for n in lengths], dtype=torch.int32)
-    return score, (dense_indptr, dense_indices, selection_indptr(budget))
+    csr = (dense_indptr.to(DEVICE), dense_indices.to(DEVICE), selection_indptr(budget).to(DEVICE))
+    return score.to(DEVICE), csr
 
 
 # ragged lengths covering: empty row, n < bos+eos, n == bos+eos, n just above, mid-size rows
@@ -100,7 +108,7 @@ def _brute_force(
             top = {i - d[r] for i in ranked[: b - bos - eos]}
             keep = set(range(bos)) | set(range(n - eos, n)) | top
         out += [ids[d[r] + p] for p in sorted(keep)]
-    return torch.tensor(out, dtype=torch.int32)
+    return torch.tensor(out, dtype=torch.int32, device=score.device)
 
 
 def _row_sets(sel: Tensor, sel_indptr: Tensor) -> list[set[int]]:
@@ -247,10 +255,10 @@ def test_triton_shapes_out_and_sync_free_call() -> None:
     lengths = [12, 0, 30, 3, 31]
     score, (dense_indptr, dense_indices, _) = _batch(lengths, "randn", bos, eos, 5)
     budget = default_budget(torch.tensor(lengths, dtype=torch.int32), 6, 0.25, bos, eos)  # short rows: b = n
-    sel_indptr = selection_indptr(budget)
+    sel_indptr = selection_indptr(budget).to(DEVICE)
     score = score.to(torch.float16).reshape(-1, 1, 1)
     want = select_blocks_naive(score, dense_indptr, dense_indices, sel_indptr, bos, eos)
-    out = torch.full((int(sel_indptr[-1]),), -1, dtype=torch.int32)
+    out = torch.full((int(sel_indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
     got = select_blocks_triton(
         score, dense_indptr, dense_indices, sel_indptr, bos, eos, out=out, max_blocks_per_row=64
     )
@@ -292,14 +300,16 @@ def _adversarial(n: int, seed: int) -> list[Tensor]:
 def test_approx_recall_bound_adversarial(tolerate_ratio: float) -> None:
     bos, eos, n = 1, 2, 64
     rows = _adversarial(n, 0)
-    score = torch.cat(rows)
+    score = torch.cat(rows).to(DEVICE)
     lengths = [n] * len(rows)
-    dense_indptr = _indptr(lengths)
-    dense_indices = torch.arange(score.numel(), dtype=torch.int32)
+    dense_indptr = _indptr(lengths).to(DEVICE)
+    dense_indices = torch.arange(score.numel(), dtype=torch.int32, device=DEVICE)
     ks = [1, 7, 30, 60]
     some_inexact = False
     for k in ks:
-        sel_indptr = selection_indptr(torch.full((len(rows),), k + bos + eos, dtype=torch.int32))
+        sel_indptr = selection_indptr(
+            torch.full((len(rows),), k + bos + eos, dtype=torch.int32, device=DEVICE)
+        )
         csr = (dense_indptr, dense_indices, sel_indptr)
         approx = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
         torch.testing.assert_close(

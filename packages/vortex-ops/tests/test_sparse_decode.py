@@ -574,7 +574,7 @@ from vortex_torch.kernels.sparse_decode_mla.triton_kernel import _mla_split_kern
 
 CONST = dict(G=4, D=128, PAGE=16, BS=16, H_KV=8, G_PAD=16, D_PAD=128, H=16, DV=512, DR=64, BLOCK_H=16, HB=1,
              DV_PAD=512, DR_PAD=64, BLOCKS_PER_ITER=4, STORE_LSE=True, DOT_PRECISION="tf32", PV_PRECISION="tf32x3",
-             MERGE=False, STORE_FINAL_LSE=False, KV_FP8=True)
+             MERGE=False, STORE_FINAL_LSE=False, KV_FP8=True, FENCE=True)
 for fn, kv_args in ((_split_kernel, ("k_ptr", "v_ptr")), (_mla_split_kernel, ("lat_ptr",))):
     for kv in ("fp8e4nv", "fp8e5"):
         for p_fp32 in (True, False):

@@ -29,7 +29,7 @@ from .emitter import KernelArg, KernelSource
 #: fixed parameters of the indexer kernel, before the groups' pointers
 KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits"
 #: its constexprs (set per launch by the executor)
-KERNEL_CONSTEXPRS = ("APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER")
+KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER")
 
 
 @dataclass
@@ -39,13 +39,14 @@ class IndexerKernel:
     name: str
     args: list[KernelArg]
     lines: list[str]
-    #: blocks per chunk of the parallel stage, or 0 when there is none (grid ``(R, 1)``)
+    #: the largest blocks per chunk of the parallel stage (its ``BS0`` is chosen per launch), or 0 when there is
+    #: none (grid ``(R, 1)``)
     parallel_chunk: int
     #: argument name of the scores the selection reads
     score_arg: str
 
 
-def _call(fn: KernelSource, names: list[str], bs: int, row_serial: bool) -> str:
+def _call(fn: KernelSource, names: list[str], bs: int | str, row_serial: bool) -> str:
     own = ", ".join(names)
     frame = GROUP_PARAMS.replace("c_lo, c_step", "0, 1" if row_serial else "split, num_splits")
     return f"{fn.name}({frame}, {own}, BS={bs})"
@@ -59,7 +60,8 @@ def indexer_kernel(
     score_arg: KernelArg,
     skip_dense: bool,
 ) -> IndexerKernel:
-    """The kernel over ``groups`` (device functions, in order; ``chunks[i]`` blocks per chunk of group ``i``)
+    """The kernel over ``groups`` (device functions, in order; ``chunks[i]`` blocks per chunk of group ``i``; the
+    parallel stage's chunk is the kernel's constexpr ``BS0``, at most ``chunks[0]``)
     whose last group stored the scores that ``score_arg`` points to (or, with no group, a cache field read at
     the block ids: ``GATHER``). ``skip_dense``: the groups write no state, so a row copied whole need not be
     scored."""
@@ -99,10 +101,11 @@ def indexer_kernel(
         rest = serial[1:]
         body += [
             "num_splits = tl.num_programs(1)",
-            f"nchunks = tl.cdiv(n, {chunks[0]})",
+            "nchunks = tl.cdiv(n, BS0)",
             f"if {live} & (split < nchunks):",
-            f"    {_call(groups[0], names[0], chunks[0], row_serial=False)}",
-            "    tl.debug_barrier()  # every thread's stores issued before the release below",
+            f"    {_call(groups[0], names[0], 'BS0', row_serial=False)}",
+            "    _vx_release_fence(FENCE)  # every thread's score stores in L2 before the hand-off",
+            "    tl.debug_barrier()",
             '    done = tl.atomic_add(counter + row, 1, sem="acq_rel", scope="gpu")',
             "    if done == tl.minimum(num_splits, nchunks) - 1:  # the row's last program: finish the row",
             '        tl.atomic_xchg(counter + row, 0, sem="relaxed", scope="gpu")',

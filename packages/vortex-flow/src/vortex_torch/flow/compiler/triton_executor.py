@@ -56,6 +56,8 @@ def default_cache_dir() -> str:
 
 #: fp32 elements of the largest per-block tile, times the blocks of a program, that a program may hold
 TILE_BUDGET = 8192
+#: rows from which an indexer launch has enough programs to use two warps each (:meth:`TritonExecutor.launch_config`)
+MANY_ROWS = 128
 
 
 def _pow2_floor(n: int) -> int:
@@ -63,10 +65,13 @@ def _pow2_floor(n: int) -> int:
 
 
 class TritonExecutor(FlowExecutor):
-    """Runs a traced flow as generated Triton kernels (one per fused group, one per standalone op, one for
-    selection). ``num_warps`` is the warps per program of the scoring kernels. ``block_chunk`` is the number of blocks a program handles at once (a power of two; 0 picks,
-    per kernel, up to 64 so that its largest tile stays within ``TILE_BUDGET`` elements: ``chunks``);
-    ``cache_chunk`` the same for ``forward_cache``."""
+    """Runs a traced flow as generated Triton kernels: the whole indexer (every scoring group and the selection)
+    as ONE launch (:mod:`.indexer_kernel`), ``forward_cache`` as one more (per extend, or per decode step).
+
+    ``block_chunk``: blocks a group handles at once (a power of two; 0 picks, per group, up to 64 so that its
+    largest tile stays within ``TILE_BUDGET`` elements: ``chunks``); ``cache_chunk`` the same for
+    ``forward_cache``. ``num_warps`` (0: per launch, :meth:`launch_config`), ``programs_per_sm`` and
+    ``num_stages`` tune the indexer launch."""
 
     def __init__(
         self,
@@ -76,12 +81,12 @@ class TritonExecutor(FlowExecutor):
         block_chunk: int = 0,
         cache_dir: str | None = None,
         cache_chunk: int = 0,
-        num_warps: int = 2,
+        num_warps: int = 0,
         programs_per_sm: int = 8,
         num_stages: int | None = None,
     ) -> None:
         super().__init__(traced, layout)
-        #: warps per program of the generated scoring kernels (2 measured fastest: results/gpu/*indexer-bench*)
+        #: warps per program of the indexer kernel (0: chosen per launch, :meth:`launch_config`)
         self.num_warps = num_warps
         #: resident indexer programs per SM the parallel stage aims for (``num_splits``)
         self.programs_per_sm = programs_per_sm
@@ -165,6 +170,7 @@ class TritonExecutor(FlowExecutor):
             "import triton.language as tl",
             "",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
+            "from vortex_torch.kernels._layout import release_fence as _vx_release_fence",
             "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
@@ -243,10 +249,30 @@ class TritonExecutor(FlowExecutor):
         return IndexerWorkspace(counter=counter, buffers=bufs, max_rows=max_rows,
                                 max_blocks_per_row=max_blocks_per_row)  # fmt: skip
 
-    def num_splits(self, rows: int, max_blocks_per_row: int, device: torch.device) -> int:
+    def launch_config(self, rows: int, max_blocks_per_row: int) -> tuple[int, int]:
+        """``(blocks per chunk of the parallel stage, warps per program)`` for a launch over ``rows`` rows.
+
+        Measured on an H200 (results/gpu/2026-12-04-decode-step-bench-fused.md, quick-start flow, 32k context):
+        with many rows (>= ``MANY_ROWS``) two warps and twice the chunk are fastest (101 µs at 256 rows
+        against 117 µs at 64 blocks), with few rows four warps (17.1 µs at 8 rows against 27.4 µs with two),
+        since then the row's last program, whose top-k search is latency-bound, decides the time. Rows longer
+        than 64 keys per thread get more warps, so the search keeps a row's keys in registers (at 128k tokens
+        the looped search took 570 µs of a 646 µs step with two warps, results/gpu/2026-12-04-decode-step-bench-fused.md).
+        ``block_chunk``/``num_warps`` given to the executor override both.
+        """
+        chunk = self.indexer.parallel_chunk
+        if rows >= MANY_ROWS:
+            warps, chunk = 2, chunk * 2 if self.block_chunk == 0 else chunk
+        else:
+            warps = 4
+        tile, _ = select_tiling(max_blocks_per_row)
+        warps = min(8, max(warps, tile // (64 * 32)))
+        return chunk, self.num_warps or warps
+
+    def num_splits(self, rows: int, max_blocks_per_row: int, device: torch.device, chunk: int = 0) -> int:
         """Programs per row of the parallel stage: enough ``(row, split)`` programs to fill the GPU, none
         beyond the longest row's chunks. Depends on shapes and the device only (CUDA-graph stable)."""
-        chunk = self.indexer.parallel_chunk
+        chunk = chunk or self.indexer.parallel_chunk
         if not chunk:
             return 1
         most = triton_cdiv(max_blocks_per_row, chunk)
@@ -289,13 +315,14 @@ class TritonExecutor(FlowExecutor):
         # scores are fp32 intermediates, or the dtype of the cache field topK reads (the key width follows it)
         score_dtype = fields[self.score_field].dtype if self.score_field is not None else torch.float32
         approx, tol_bits = tolerance_bits(self.tolerate_ratio)
-        block_n, single = select_tiling(max_n, self.num_warps)
-        splits = self.num_splits(rows, max_n, q.device)
+        chunk, warps = self.launch_config(rows, max_n)
+        block_n, single = select_tiling(max_n, warps)
+        splits = self.num_splits(rows, max_n, q.device, chunk)
         kernel = getattr(self.module, self.indexer.name)
         kernel[(rows, splits)](
             dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
             tol_bits, *args, APPROX=approx, LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single,
-            BLOCK_N=block_n, GATHER=self.score_field is not None, num_warps=self.num_warps,
+            BLOCK_N=block_n, GATHER=self.score_field is not None, BS0=max(1, chunk), FENCE=q.is_cuda, num_warps=warps,
             **({} if self.num_stages is None else {"num_stages": self.num_stages}),
         )  # fmt: skip
 

@@ -41,7 +41,7 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
-from .._layout import block_first_slot, block_head
+from .._layout import block_first_slot, block_head, release_fence
 from ..fp8 import Scale, is_fp8, scale_tensor
 from .naive import check_inputs
 
@@ -91,6 +91,7 @@ def _split_kernel(
     PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
     P_FP32: tl.constexpr,  # keep p fp32 through p @ v (exact); False: round p to v's dtype (flash attention)
     MERGE: tl.constexpr,  # the row's last split to finish merges all splits (one launch in all)
+    FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
     KV_FP8: tl.constexpr,  # K/V are fp8: widen each tile to q's dtype, apply k_scale / v_scale
 ):
@@ -180,6 +181,7 @@ def _split_kernel(
         # (its acquire sees every earlier release, CUTLASS's semaphore pattern: barrier, then one gpu-scope
         # acq_rel atomic) merges the partials, read through L2 (.cg) since other SMs wrote them, and re-arms
         # the counter for the next launch (stream order makes the reset visible to it; CUDA graphs replay it).
+        release_fence(FENCE)
         tl.debug_barrier()
         done = tl.atomic_add(counter_ptr + row, 1, sem="acq_rel", scope="gpu")
         if done == num_splits - 1:
@@ -347,7 +349,7 @@ def launch(
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
-        P_FP32=bool(exact) or q.dtype == torch.float32,
+        P_FP32=bool(exact) or q.dtype == torch.float32, FENCE=q.is_cuda,
     )  # fmt: skip
     qk_scale = sm_scale * math.log2(math.e)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))

@@ -31,7 +31,7 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
-from .._layout import block_first_slot, block_head
+from .._layout import block_first_slot, block_head, release_fence
 from ..fp8 import Scale, is_fp8, scale_tensor
 from .naive import check_mla_inputs
 
@@ -80,6 +80,7 @@ def _mla_split_kernel(
     PV_PRECISION: tl.constexpr,
     P_FP32: tl.constexpr,
     MERGE: tl.constexpr,
+    FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
     KV_FP8: tl.constexpr,  # fp8 latents: widen each tile to q's dtype, apply k_scale / v_scale
 ):
@@ -155,6 +156,7 @@ def _mla_split_kernel(
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2)
         tl.store(lse_ptr + row.to(tl.int64) * stride_lr + split * stride_lsp + offs_h * stride_lhh, lse, mask=mask_h)
     if MERGE:
+        release_fence(FENCE)  # see vortex_torch.kernels._layout.release_fence
         tl.debug_barrier()
         done = tl.atomic_add(counter_ptr + vrow, 1, sem="acq_rel", scope="gpu")
         if done == num_splits - 1:
@@ -319,7 +321,7 @@ def launch(
             q, latent_cache, indptr, indices, last_block_len, out, lse_out, out, lse_out, indptr,
             k_scale_arg, v_scale_arg, qk_scale, 1, *q_strides, *lat_strides, out.stride(0), 0, out.stride(1),
             lse_strides[0], 0, lse_strides[1], 0, 0, 0, 0,
-            STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, num_warps=num_warps,
+            STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, FENCE=q.is_cuda, num_warps=num_warps,
             num_stages=num_stages, **meta,
         )  # fmt: skip
         return
@@ -337,7 +339,7 @@ def launch(
         q, latent_cache, indptr, indices, last_block_len, mid_o, mid_lse, out, lse_out, ws.counter,
         k_scale_arg, v_scale_arg, qk_scale, num_splits, *q_strides, *lat_strides, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
         *mid_lse.stride(), out.stride(0), out.stride(1), *lse_strides,
-        STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, num_warps=num_warps,
+        STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, FENCE=q.is_cuda, num_warps=num_warps,
         num_stages=num_stages, **meta,
     )  # fmt: skip
 

@@ -1,7 +1,7 @@
 """One decode step of one layer, Qwen3-8B geometry: Vortex's sparse step against dense FlashInfer decode.
 
     VORTEX_MODELS=none bash tools/device/remote.sh bench decode_step_bench --out $OUT/decode_step.json
-    python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep]
+    python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep] [--kv-dtype fp8_e4m3]
 
 Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
 
@@ -14,6 +14,10 @@ Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
   36 layers in ``step_us``;
 * kernel launches of one sparse layer (torch profiler) and of the per-step plan;
 * the floor: bytes the sparse step must read (selected K/V + every block summary) / copy bandwidth.
+
+``--kv-dtype fp8_e4m3`` / ``fp8_e5m2`` stores K/V in fp8 (SGLang's ``--kv-cache-dtype``, scale 1.0 read from a
+``[1]`` tensor as in serving): the sparse step reads half the K/V bytes, and dense FlashInfer decodes the same fp8
+cache. The default (``bfloat16``) is the measurement recorded so far.
 
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
 layers are), so no layer finds its data in L2. ``--sweep`` also times attention and scoring tile variants.
@@ -39,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FLOW = os.path.join(REPO, "examples", "custom_sparse_attention.py")
 HQ, HKV, D, PAGE, BS = 32, 8, 128, 16, 16
+KV_DTYPES = {"bfloat16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 E2E_LAYERS = 36  # Qwen3-8B: the plan's cost is shared by this many layers
 
 
@@ -120,7 +125,8 @@ class Case:
     ``tests/gpu/test_launch_count.py`` counts the launches of this same step for every flow."""
 
     def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int,
-                 flow: tuple[str | None, str] = (FLOW, "custom_sparse_attention"), device: str = "cuda") -> None:  # fmt: skip
+                 flow: tuple[str | None, str] = (FLOW, "custom_sparse_attention"), device: str = "cuda",
+                 kv_dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
         from vortex_torch.abs.layout import PoolLayout
         from vortex_torch.engine.sgl.aux_store import AuxFieldStore
         from vortex_torch.engine.sgl.config import VortexConfig
@@ -128,11 +134,12 @@ class Case:
         from vortex_torch.engine.sgl.flow_spec import prepare_flow
 
         dev = device
-        self.ctx, self.batch, self.layers = ctx, batch, layers
+        self.ctx, self.batch, self.layers, self.kv_dtype = ctx, batch, layers, kv_dtype
+        self.kv_elt = torch.empty((), dtype=kv_dtype).element_size()
         topk = budget_tokens // BS - 2
         cfg = VortexConfig(module_path=flow[0], module_name=flow[1], topk_val=topk,
                            block_reserved_bos=1, block_reserved_eos=1)  # fmt: skip
-        self.prepared = prepare_flow(cfg, head_dim=D, group_size=HQ // HKV, kv_dtype=torch.bfloat16)
+        self.prepared = prepare_flow(cfg, head_dim=D, group_size=HQ // HKV, kv_dtype=kv_dtype)
         self.layout = PoolLayout(page_size=PAGE, block_size=BS, num_kv_heads=HKV)
         pages_per_req = math.ceil(ctx / PAGE)
         num_pages = batch * pages_per_req + 1
@@ -148,11 +155,13 @@ class Case:
         self.seq_lens = torch.full((batch,), ctx, device=dev, dtype=torch.int64)
         self.loc = self.req_to_token[self.rpi, ctx - 1].long()
         self.aux = AuxFieldStore(self.prepared, self.layout, slots, list(range(layers)), dev)
-        self.k = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
-        self.v = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self.k = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
+        self.v = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
+        one = torch.ones(1, dtype=torch.float32, device=dev)
+        scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
         self.core = VortexDecodeCore(self.prepared, self.layout, context_len=context_len, device=dev)
         self.buffers = self.core.allocate_buffers(batch)
-        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i)} for i in range(layers)]
+        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i), **scales} for i in range(layers)]
         all_blocks = torch.arange(self.layout.num_blocks(num_pages), device=dev)
         for f in self.fields:
             self.core.executor.run_cache(f, all_blocks)  # every block summarised, as after prefill
@@ -171,10 +180,11 @@ class Case:
 
     def bytes_sparse(self) -> int:
         # selected K and V + one summary row (D bf16) per block + q/o
-        return self.selected_blocks * BS * D * 2 * 2 + self.dense_blocks * D * 2 + 2 * self.q[0].numel() * 2
+        kv = self.selected_blocks * BS * D * self.kv_elt * 2
+        return kv + self.dense_blocks * D * 2 + 2 * self.q[0].numel() * 2
 
     def bytes_dense(self) -> int:
-        return self.batch * self.ctx * HKV * D * 2 * 2
+        return self.batch * self.ctx * HKV * D * self.kv_elt * 2
 
 
 def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
@@ -188,15 +198,18 @@ def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
     last = torch.full((case.batch,), case.ctx - (pages - 1) * PAGE, dtype=torch.int32, device=dev)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
     wrapper.plan(indptr, page_ids.int(), last, HQ, HKV, D, PAGE, q_data_type=torch.bfloat16,
-                 kv_data_type=torch.bfloat16)  # fmt: skip
+                 kv_data_type=case.kv_dtype)  # fmt: skip
     qd = [q.reshape(case.batch, HQ, D) for q in case.q]
     kv = [(case.k[i].view(-1, PAGE, HKV, D), case.v[i].view(-1, PAGE, HKV, D)) for i in range(case.layers)]
     return [lambda i=i: wrapper.run(qd[i], kv[i]) for i in range(case.layers)]
 
 
-def run_case(ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: bool) -> dict[str, Any]:
-    case = Case(ctx, batch, budget, layers)
+def run_case(
+    ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: bool, kv_dtype: str = "bfloat16"
+) -> dict[str, Any]:
+    case = Case(ctx, batch, budget, layers, kv_dtype=KV_DTYPES[kv_dtype])
     res: dict[str, Any] = {"ctx": ctx, "batch": batch, "budget_tokens": budget, "layers_rotated": layers,
+                           "kv_dtype": kv_dtype,
                            "selected_blocks": case.selected_blocks, "dense_blocks": case.dense_blocks}  # fmt: skip
     res["plan_us"] = graph_us([case.plan_step])
     res["plan_launches"] = launches(case.plan_step)
@@ -220,7 +233,7 @@ def run_case(ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: b
     res["bytes_sparse"] = case.bytes_sparse()
     res["bytes_dense"] = case.bytes_dense()
     res["floor_us"] = res["bytes_sparse"] / (bw * 1e9) * 1e6
-    res["attention_floor_us"] = case.selected_blocks * BS * D * 2 * 2 / (bw * 1e9) * 1e6
+    res["attention_floor_us"] = case.selected_blocks * BS * D * case.kv_elt * 2 / (bw * 1e9) * 1e6
     res["dense_floor_us"] = res["bytes_dense"] / (bw * 1e9) * 1e6
     if res["dense_flashinfer_us"]:
         res["speedup_vs_dense"] = res["dense_flashinfer_us"] / res["step_us"]
@@ -252,7 +265,8 @@ def sweep_variants(case: Case) -> list[dict[str, Any]]:
                             wsp: SparseDecodeWorkspace = ws) -> None:
                         launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len,
                                D**-0.5, o, None, s, page_size=PAGE, block_size=BS, workspace=wsp, exact=False,
-                               blocks_per_step=b, num_warps=w, num_stages=st)  # fmt: skip
+                               blocks_per_step=b, num_warps=w, num_stages=st, k_scale=case.fields[i].get("k_scale"),
+                               v_scale=case.fields[i].get("v_scale"))  # fmt: skip
 
                     try:
                         us = graph_us([lambda i=i: att(i) for i in range(L)])
@@ -305,22 +319,25 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=2048, help="tokens attended per row (topk_val = budget/16 - 2)")
     ap.add_argument("--layers", type=int, default=4, help="pool copies rotated (fewer when they would not fit)")
     ap.add_argument("--sweep", action="store_true", help="also time attention/scoring tile variants (32k only)")
+    ap.add_argument("--kv-dtype", choices=list(KV_DTYPES), default="bfloat16",
+                    help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
     args = ap.parse_args()
     t0 = time.time()
     bw = copy_bandwidth_gbs()
     log(f"copy bandwidth {bw:.0f} GB/s (best of {COPY_BANDWIDTH})")
-    result: dict[str, Any] = {"date": str(date.today()), "gpu": torch.cuda.get_device_name(0),
+    result: dict[str, Any] = {"date": str(date.today()), "gpu": torch.cuda.get_device_name(0), "kv_dtype": args.kv_dtype,
                               "torch": torch.__version__, "python": platform.python_version(),
                               "copy_bandwidth_gbs": bw, "copy_bandwidth_by_dtype_gbs": dict(COPY_BANDWIDTH),
                               "cases": []}  # fmt: skip
     free = torch.cuda.mem_get_info()[0]
     for spec in args.cases:
         ctx, batch = (int(x) for x in spec.lower().split("x"))
-        per_layer = batch * math.ceil(ctx / PAGE) * PAGE * HKV * D * 2 * 2 * 1.1
+        per_layer = batch * math.ceil(ctx / PAGE) * PAGE * HKV * D * 2 * 2 * 1.1  # bf16 staging, any kv dtype
         layers = max(1, min(args.layers, int(0.6 * free // per_layer)))
         try:
-            rec = run_case(ctx, batch, args.budget, layers, bw, args.sweep and ctx == 32768 and batch in (32, 1))
+            rec = run_case(ctx, batch, args.budget, layers, bw, args.sweep and ctx == 32768 and batch in (32, 1),
+                           args.kv_dtype)
         except Exception as exc:
             rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}
         log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))
@@ -338,7 +355,8 @@ def main() -> int:
 
 def report(res: dict[str, Any]) -> str:
     f = lambda x: "-" if x is None else f"{x:.1f}"
-    lines = [f"## Decode step, one layer ({res['gpu']}, {res['date']}; copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s)",
+    lines = [f"## Decode step, one layer ({res['gpu']}, {res['date']}, K/V {res.get('kv_dtype', 'bfloat16')}; copy "
+             f"bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s)",
              "", "| ctx x batch | dense FlashInfer us | sparse step us | speedup | floor us | step/floor | plan us "
              "(per step) | cache | indexer | attention (exact) | launches/layer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -178,7 +178,7 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
 
     fi = FlashInferSparseDecode(
         SimpleNamespace(decode_use_tensor_cores=group >= 4, decode_backend="auto"), group=group, head_dim=d,
-        num_kv_heads=hkv, block_size=blk, page_size=page, dtype=torch.bfloat16,
+        num_kv_heads=hkv, block_size=blk, page_size=page, kv_dtype=torch.bfloat16, q_dtype=torch.bfloat16,
         max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
         budget_fn=make_budget_fn(prepared, torch.device("cpu"), core.max_selected_per_row), device=torch.device(dev),
     )  # fmt: skip

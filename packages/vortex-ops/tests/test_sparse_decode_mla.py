@@ -10,6 +10,7 @@ reference reads tokens by position from the request's slot list, not through blo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from vortex_torch.abs.layout import PoolLayout
+from vortex_torch.kernels import fp8
 from vortex_torch.kernels.sparse_decode_mla import (
     SparseMLADecodeWorkspace,
     sparse_mla_decode,
@@ -179,3 +181,62 @@ def test_bad_inputs_name_the_problem() -> None:
     with pytest.raises(ValueError, match="out must be"):
         sparse_mla_decode(q, pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=32,
                           out=torch.empty(1, 2, 40, device=DEVICE), **kw)  # fmt: skip
+
+
+# -- fp8 latent cache (SGLang's --kv-cache-dtype fp8_e4m3 / fp8_e5m2) ---------------------------------------------
+FP8_RMSE = {torch.float8_e4m3fn: 0.06, torch.float8_e5m2: 0.12}
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("case", CASES[:2])
+def test_fp8_latents_kernel_matches_naive_and_dense(case: tuple, kv_dtype: torch.dtype) -> None:  # type: ignore[type-arg]
+    """fp8 latents holding ``latent / k_scale``: kernel == naive == masked dense over the dequantised latents
+    (keys x k_scale, values x v_scale), and within fp8 tolerance of attention over the unquantised latents."""
+    lengths, heads, dv, dr, page, block, budget = case
+    pool = make_pool(lengths, dv + dr, page, block, torch.bfloat16, seed=5 + heads)
+    k_scale, v_scale = 0.3, 0.45  # different on purpose: the kernel must apply each where it belongs
+    lat8 = fp8.saturate_cast(pool.latent.float() / k_scale, kv_dtype)
+    indptr, ids, chosen = select(pool, lengths, budget, seed=heads)
+    q = torch.randn(len(lengths), heads, dv + dr, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    q = q.to(DEVICE)
+    lbl = last_lens(lengths, block)
+    scale = 1.0 / math.sqrt(dv // 2 + dr)
+    kw = dict(page_size=page, block_size=block, v_head_dim=dv, sm_scale=scale, k_scale=k_scale, v_scale=v_scale)
+    ref, ref_lse = sparse_mla_decode_naive(q, lat8, indptr, ids, lbl, return_lse=True, **kw)
+    out, lse = sparse_mla_decode(q, lat8, indptr, ids, lbl, return_lse=True, **kw)
+    out_t = sparse_mla_decode(q, lat8, indptr, ids, lbl, exact=False,
+                              **{**kw, "k_scale": torch.tensor(k_scale), "v_scale": torch.tensor([v_scale])})
+    out3 = torch.empty_like(out)
+    tk.launch(q, lat8, indptr, ids, lbl, scale, out3, None, 3, page_size=page, block_size=block, v_head_dim=dv,
+              k_scale=fp8.scale_tensor(k_scale, DEVICE), v_scale=fp8.scale_tensor(v_scale, DEVICE))
+    # masked dense over the dequantised latents: keys scaled by k_scale, values by v_scale
+    deq = lat8.float()
+    key_pool = dataclasses.replace(pool, latent=deq * k_scale)
+    dense_k = dense_masked(q, key_pool, lengths, chosen, dv, scale)  # values scaled by k_scale here
+    dense = dense_k * (v_scale / k_scale)
+    tol = TOL[torch.bfloat16]
+    for what, o in (("naive", ref), ("triton", out), ("triton exact=False", out_t), ("triton 3 splits", out3)):
+        err = (o.double().cpu() - dense).abs().max()
+        assert err <= tol, f"{what} != masked dense over the dequantised latents ({kv_dtype}): {err:.3e}"
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    assert torch.allclose(lse[finite], ref_lse[finite], atol=1e-3)
+    # within fp8 tolerance of attention over the unquantised latents (values rescaled the same way)
+    orig = dense_masked(q, dataclasses.replace(pool, latent=pool.latent.float()), lengths, chosen, dv, scale)
+    orig = orig * (v_scale / k_scale)
+    rows = [r for r, n in enumerate(lengths) if n]
+    err = (out.double().cpu()[rows] - orig[rows]).square().mean().sqrt() / orig[rows].square().mean().sqrt()
+    assert err < FP8_RMSE[kv_dtype], f"{kv_dtype}: rel RMSE {err:.3f} against the unquantised latents"
+
+
+def test_fp8_latent_errors_name_the_fix() -> None:
+    pool = make_pool([9], 24, 8, 4, torch.float32, seed=0)
+    q = torch.randn(1, 2, 24, device=DEVICE)
+    indptr, ids, _ = select(pool, [9], 3, seed=0)
+    lat16 = pool.latent.to(torch.float16)
+    with pytest.raises(ValueError, match="float8_e4m3fn / float8_e5m2"):
+        sparse_mla_decode(q, lat16, indptr, ids, last_lens([9], 4), page_size=8, block_size=4, v_head_dim=16)
+    out = torch.empty(1, 2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="need k_scale and v_scale"):
+        tk.launch(q, pool.latent.to(torch.float8_e4m3fn), indptr, ids, last_lens([9], 4), 0.2, out, None, 1,
+                  page_size=8, block_size=4, v_head_dim=16)

@@ -74,10 +74,16 @@ CTX = 256
 
 
 class NativePool:
-    """SGLang's side: K/V buffers ``[slots, H_kv, D]`` per layer, pages, ``req_to_token``."""
+    """SGLang's side: K/V buffers ``[slots, H_kv, D]`` per layer, pages, ``req_to_token``. An fp8 ``dtype`` stores
+    ``k / k_scale`` and ``v / v_scale`` as SGLang's ``set_kv_buffer`` does (``kv_scales``)."""
 
-    def __init__(self, kind: str, num_pages: int, dtype: torch.dtype, device: str = "cpu") -> None:
+    def __init__(
+        self, kind: str, num_pages: int, dtype: torch.dtype, device: str = "cpu",
+        kv_scales: tuple[float, float] | None = None,
+    ) -> None:  # fmt: skip
         self.kind = kind
+        self.dtype = dtype
+        self.kv_scales = kv_scales
         size = (num_pages - 1) * PAGE  # page 0 is the padding page, as in SGLang
         if kind == "sglang":
             from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
@@ -126,8 +132,12 @@ class NativePool:
         self.lens[dst] = n
 
     def write(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        if self.kind == "sglang":
-            self.pool.set_kv_buffer(_Layer(layer), loc, k, v)
+        ks, vs = self.kv_scales or (None, None)
+        if self.kind == "sglang":  # set_kv_buffer divides its inputs in place: give it copies
+            self.pool.set_kv_buffer(_Layer(layer), loc, k.clone(), v.clone(), ks, vs)
+        elif self.dtype != k.dtype:  # what MHATokenToKVPool.set_kv_buffer does
+            self.k[layer][loc] = (k / (ks or 1.0)).to(self.dtype)
+            self.v[layer][loc] = (v / (vs or 1.0)).to(self.dtype)
         else:
             self.k[layer][loc] = k
             self.v[layer][loc] = v
@@ -158,15 +168,21 @@ def positions_of(plan: DecodePlan, ids: torch.Tensor) -> list[list[int]]:
 class Scenario:
     """Both sides of the comparison, fed the same random tensors (see the module doc)."""
 
-    def __init__(self, kind: str, impl: str, prompts: list[int], tmp: Path, device: str = "cpu") -> None:
-        self.dtype = torch.float32
+    def __init__(
+        self, kind: str, impl: str, prompts: list[int], tmp: Path, device: str = "cpu",
+        kv_dtype: torch.dtype = torch.float32,
+    ) -> None:  # fmt: skip
+        self.dtype = torch.float32  # q, and the oracle's K/V (the dequantised cache when kv_dtype is fp8)
+        self.kv_dtype = kv_dtype
+        #: fp8: SGLang's per-layer scales (stored = value / scale), different for K and V
+        self.kv_scales = (0.05, 0.08) if kv_dtype != self.dtype else None
         self.device = device
         cfg = VortexConfig(module_path=str(FLOW_FILE), module_name=FLOW_NAME, block_size=BLOCK, topk_val=TOPK,
                            block_reserved_bos=BOS, block_reserved_eos=EOS, layers_skip=list(SKIP), dtype="float32",
                            impl_backend=impl, compilation_cache_dir=str(tmp / "jit"))  # fmt: skip
-        self.prepared = prepare_flow(cfg, head_dim=DIM, group_size=GROUP, kv_dtype=self.dtype)
+        self.prepared = prepare_flow(cfg, head_dim=DIM, group_size=GROUP, kv_dtype=kv_dtype)
         self.layout = PoolLayout(page_size=PAGE, block_size=BLOCK, num_kv_heads=H_KV)
-        self.pool = NativePool(kind, num_pages=80, dtype=self.dtype, device=device)
+        self.pool = NativePool(kind, num_pages=80, dtype=kv_dtype, device=device, kv_scales=self.kv_scales)
         self.sparse_layers = self.prepared.sparse_layers(0, LAYERS)
         self.aux = AuxFieldStore(self.prepared, self.layout, self.pool.num_slots, self.sparse_layers, device)
         self.core = VortexDecodeCore(self.prepared, self.layout, context_len=CTX, device=device)
@@ -186,7 +202,19 @@ class Scenario:
 
     def fields(self, layer: int) -> dict[str, torch.Tensor]:
         k, v = self.pool.kv(layer)
-        return {"k": k, "v": v, **self.aux.fields(layer)}
+        out = {"k": k, "v": v, **self.aux.fields(layer)}
+        if self.kv_scales is not None:
+            ks, vs = self.kv_scales
+            out["k_scale"] = torch.tensor([ks], dtype=torch.float32, device=self.device)
+            out["v_scale"] = torch.tensor([vs], dtype=torch.float32, device=self.device)
+        return out
+
+    def dequantised(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the SGLang side's cache holds for ``k``/``v``, as values: the oracle's K/V."""
+        if self.kv_scales is None:
+            return k, v
+        ks, vs = self.kv_scales
+        return (k / ks).to(self.kv_dtype).float() * ks, (v / vs).to(self.kv_dtype).float() * vs
 
     def prefill(self) -> None:
         """One extend batch of all prompts, then a radix-cache hit on two pages of the third request."""
@@ -199,7 +227,7 @@ class Scenario:
             self.extend_layer(
                 layer, loc, k.to(self.device), v.to(self.device), [0] * len(self.prompts), self.prompts
             )
-            self.rt.append_kv(layer, self.rows, k, v, self.prompts)
+            self.rt.append_kv(layer, self.rows, *self.dequantised(k, v), self.prompts)
             kv_log[layer] = list(zip(k.split(self.prompts), v.split(self.prompts), strict=True))
 
         src, shared, extra = self.rows[min(2, len(self.rows) - 1)], 2 * PAGE, 11
@@ -213,8 +241,8 @@ class Scenario:
             k_new, v_new = self.rand(extra, H_KV, DIM), self.rand(extra, H_KV, DIM)
             # only the new tokens are computed and written; the shared pages keep their K/V and summaries
             self.extend_layer(layer, new_loc, k_new.to(self.device), v_new.to(self.device), [shared], [extra])
-            self.rt.append_kv(layer, [new], torch.cat([k_src[:shared], k_new]), torch.cat([v_src[:shared], v_new]),
-                              [shared + extra])  # fmt: skip
+            k_all, v_all = self.dequantised(torch.cat([k_src[:shared], k_new]), torch.cat([v_src[:shared], v_new]))
+            self.rt.append_kv(layer, [new], k_all, v_all, [shared + extra])
         self.rows.append(new)
 
     def extend_layer(
@@ -252,7 +280,7 @@ class Scenario:
         plan = self.rt.plan(self.rows)
         out = {}
         for layer, (q, k, v) in enumerate(inputs):
-            self.rt.append_kv(layer, self.rows, k, v, [1] * len(self.rows))
+            self.rt.append_kv(layer, self.rows, *self.dequantised(k, v), [1] * len(self.rows))
             if layer in self.sparse_layers:
                 o = self.rt.decode_attention(layer, q, plan=plan)
                 score, _ = self.rt.executor.evaluate(

@@ -43,18 +43,24 @@ class StandInParent:
         self.calls.append(("cuda_graph_state", max_bs))
 
     def forward_decode(self, q: Any, k: Any, v: Any, layer: Any, fb: Any, save_kv_cache: bool = True) -> Any:
-        self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
+        # as SGLang's backends: with the layer's scales (set_kv_buffer divides in place: copies keep test data)
+        self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k.clone(), v.clone(), layer.k_scale, layer.v_scale)
         self.calls.append(("dense_decode", layer.layer_id))
         return torch.zeros_like(q)
 
     def forward_extend(self, q: Any, k: Any, v: Any, layer: Any, fb: Any, save_kv_cache: bool = True) -> Any:
-        self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
+        self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k.clone(), v.clone(), layer.k_scale, layer.v_scale)
         return torch.zeros_like(q)
 
 
-def layer_stub(layer_id: int) -> SimpleNamespace:
-    return SimpleNamespace(layer_id=layer_id, scaling=None, k_scale=None, v_scale=None, logit_cap=0.0,
-                           is_cross_attention=False, tp_q_head_num=H_KV * GROUP, tp_k_head_num=H_KV)  # fmt: skip
+def layer_stub(layer_id: int, kv_scales: tuple[float, float] | None = None) -> SimpleNamespace:
+    """A RadixAttention's fields; ``kv_scales``: the checkpoint's fp8 KV scales (``k_scale`` tensor + float)."""
+    ks, vs = kv_scales or (None, None)
+    return SimpleNamespace(
+        layer_id=layer_id, scaling=None, logit_cap=0.0, is_cross_attention=False, tp_q_head_num=H_KV * GROUP,
+        tp_k_head_num=H_KV, k_scale=None if ks is None else torch.tensor(ks), k_scale_float=ks,
+        v_scale=None if vs is None else torch.tensor(vs), v_scale_float=vs,
+    )  # fmt: skip
 
 
 class BackendScenario(Scenario):
@@ -76,13 +82,17 @@ class BackendScenario(Scenario):
         fb = SimpleNamespace(forward_mode=ForwardMode.EXTEND, batch_size=len(extend), out_cache_loc=loc,
                              extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=extend)  # fmt: skip
         q = torch.zeros(loc.numel(), H_KV * GROUP * DIM, dtype=k.dtype)
-        self.backend.forward_extend(q, k, v, layer_stub(layer), fb)
+        self.backend.forward_extend(q, k, v, layer_stub(layer, self.kv_scales), fb)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float8_e4m3fn], ids=["fp32-kv", "fp8-kv"])
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph-entry-points"])
 def test_backend_mixin_matches_reference_runtime(
-    sgl: Any, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sgl: Any, graph: bool, kv_dtype: torch.dtype, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """fp8-kv: SGLang's fp8 MHATokenToKVPool written with the layers' checkpoint scales; the backend reads the
+    scales off the model's attention layers at setup and every kernel dequantises with them (the oracle gets
+    the dequantised cache)."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from vortex_torch.engine.sgl import backend as backend_mod
@@ -94,11 +104,17 @@ def test_backend_mixin_matches_reference_runtime(
     class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
         pass
 
-    sc = BackendScenario("sglang", "reference", [5, 17, 30, 41], tmp_path)
+    sc = BackendScenario("sglang", "reference", [5, 17, 30, 41], tmp_path, kv_dtype=kv_dtype)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList()
+    for i in range(LAYERS):  # RadixAttention-like modules: what the setup scans for the scales
+        attn = torch.nn.Module()
+        attn.__dict__.update(vars(layer_stub(i, sc.kv_scales)))
+        model.layers.append(attn)
     runner = SimpleNamespace(
         token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
         model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
-        device="cpu", sliding_window_size=None,
+        device="cpu", sliding_window_size=None, model=model,
     )  # fmt: skip
     cfg = VortexConfig(**{**sc.prepared.config.__dict__})
     backend = GlueBackend(runner, vortex_config=cfg)
@@ -122,7 +138,7 @@ def test_backend_mixin_matches_reference_runtime(
         inputs = sc.layer_inputs()
         ref = sc.reference_step(inputs)
         for layer, (q, k, v) in enumerate(inputs):
-            o = backend.forward_decode(q.reshape(len(rows), -1), k, v, layer_stub(layer), fb)
+            o = backend.forward_decode(q.reshape(len(rows), -1), k, v, layer_stub(layer, sc.kv_scales), fb)
             assert o.shape == (len(rows), H_KV * GROUP * DIM)
             if layer in sc.sparse_layers:
                 sc.check(step, layer, backend.vortex_plan, o, ref[layer], ties=False)
@@ -133,6 +149,8 @@ def test_backend_mixin_matches_reference_runtime(
             else:
                 assert backend.calls[-1] == ("dense_decode", layer)
     assert sc.sparse_rows > 0
+    if sc.kv_scales is not None:
+        assert backend._vortex_scale_host == {i: sc.kv_scales for i in sc.sparse_layers}
     assert {name for name, _ in backend.calls} >= ({"out_graph"} if graph else {"init_forward_metadata"})
 
     records = load_records(str(tmp_path / "dump"))

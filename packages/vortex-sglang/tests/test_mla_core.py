@@ -57,18 +57,31 @@ def config(impl: str, tmp: Path) -> VortexConfig:
                         compilation_cache_dir=str(tmp / "jit"))  # fmt: skip
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=pytest.mark.slow)])
-def test_mla_core_matches_reference_runtime(impl: str, tmp_path: Path) -> None:
+def test_mla_core_matches_reference_runtime(impl: str, kv_dtype: torch.dtype, tmp_path: Path) -> None:
+    """fp8: SGLang's MLATokenToKVPool in fp8 holding ``latent / k_scale`` (its Triton MLA path's write,
+    :func:`write_mla_latent` with the layer's scale); the reference runtime gets the dequantised latents."""
     from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
     from sglang.srt.mem_cache.memory_pool import MLATokenToKVPool, ReqToTokenPool
 
+    from vortex_torch.engine.sgl.mla_backend import write_mla_latent
+
     dtype, dev = torch.float32, "cpu"
+    fp8 = kv_dtype != dtype
+    k_scale = torch.tensor(0.07)
+
+    def write(layer: int, loc: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
+        """Write as SGLang does; returns what the cache now holds, as values (the reference's latents)."""
+        write_mla_latent(pool, _Layer(layer), loc, lat[:, None], lat[:, None, :RANK], None, k_scale if fp8 else None)
+        return (lat / k_scale).to(kv_dtype).float() * k_scale if fp8 else lat
+
     size = 60 * PAGE
-    pool = MLATokenToKVPool(size, page_size=PAGE, dtype=dtype, kv_lora_rank=RANK, qk_rope_head_dim=ROPE,
+    pool = MLATokenToKVPool(size, page_size=PAGE, dtype=kv_dtype, kv_lora_rank=RANK, qk_rope_head_dim=ROPE,
                             layer_num=LAYERS, device=dev, enable_memory_saver=False)  # fmt: skip
     alloc = PagedTokenToKVPoolAllocator(size, PAGE, dtype, dev, pool, need_sort=False)
     req_to_token = ReqToTokenPool(8, CTX, dev, False).req_to_token
-    prepared = prepare_flow(config(impl, tmp_path), head_dim=RANK + ROPE, group_size=HEADS, kv_dtype=dtype,
+    prepared = prepare_flow(config(impl, tmp_path), head_dim=RANK + ROPE, group_size=HEADS, kv_dtype=kv_dtype,
                             qk_rope_head_dim=ROPE)  # fmt: skip
     layout = PoolLayout(page_size=PAGE, block_size=BLOCK, num_kv_heads=1)
     layers = prepared.sparse_layers(0, LAYERS)
@@ -79,8 +92,10 @@ def test_mla_core_matches_reference_runtime(impl: str, tmp_path: Path) -> None:
         config=RuntimeConfig(topk_val=TOPK, layers_skip=SKIP, block_size=BLOCK, page_size=PAGE, dtype=dtype),
     )  # fmt: skip
 
+    scales = {"k_scale": k_scale.reshape(1), "v_scale": k_scale.reshape(1)} if fp8 else {}
+
     def fields(layer: int) -> dict[str, torch.Tensor]:
-        return {"k": pool.get_key_buffer(layer), **aux.fields(layer)}
+        return {"k": pool.get_key_buffer(layer), **aux.fields(layer), **scales}
 
     lens: dict[int, int] = {}
     last_page: dict[int, int] = {}
@@ -103,8 +118,7 @@ def test_mla_core_matches_reference_runtime(impl: str, tmp_path: Path) -> None:
         ref.add_request(r)
     loc = torch.cat([extend(r, n) for r, n in zip(rows, prompts, strict=True)])
     for layer in range(LAYERS):
-        lat = torch.randn(loc.numel(), RANK + ROPE, generator=g)
-        pool.set_kv_buffer(_Layer(layer), loc, lat[:, None], lat[:, None, :RANK])
+        lat = write(layer, loc, torch.randn(loc.numel(), RANK + ROPE, generator=g))
         if layer in layers:
             core.update_cache(fields(layer), loc, count_completed_blocks(BLOCK, [0, 0, 0], prompts))
         ref.append_latent(layer, rows, lat, prompts)
@@ -119,7 +133,7 @@ def test_mla_core_matches_reference_runtime(impl: str, tmp_path: Path) -> None:
         for layer in range(LAYERS):
             lat = torch.randn(len(rows), RANK + ROPE, generator=g)
             q = torch.randn(len(rows), HEADS, RANK + ROPE, generator=g)
-            pool.set_kv_buffer(_Layer(layer), loc, lat[:, None], lat[:, None, :RANK])
+            lat = write(layer, loc, lat)
             ref.append_latent(layer, rows, lat, [1] * len(rows))
             want = ref.decode_attention(layer, q, ref_plan, sm_scale=SCALE)
             if layer not in layers:

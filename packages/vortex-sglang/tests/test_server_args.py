@@ -121,7 +121,7 @@ ERRORS: list[tuple[dict[str, Any], dict[str, Any], str]] = [
     ({"attention_backend": "triton"}, {"attention_backend": "flashinfer"}, "attention_backend"),
     ({"dtype": "int4"}, {}, "dtype"),
     ({"topk_ratio": -0.5}, {}, "topk_ratio"),
-    ({}, {"kv_cache_dtype": "fp8_e4m3"}, "kv_cache_dtype"),
+    ({}, {"kv_cache_dtype": "fp4_e2m1"}, "kv_cache_dtype"),  # block-scaled fp4: not read by Vortex
     ({}, {"enable_mixed_chunk": True}, "enable_mixed_chunk"),
 ]
 
@@ -137,6 +137,23 @@ def test_invalid_settings_raise_one_clear_error(
         make_server_args(vortex={**flow_config, **fields}, **kwargs)
     assert info.value.field == field
     assert field in str(info.value)
+    assert not torch.cuda.is_initialized()
+
+
+@pytest.mark.parametrize(("kv", "dtype"), [("fp8_e4m3", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)])
+def test_fp8_kv_cache_is_accepted(
+    make_server_args: Callable[..., Any], flow_config: dict[str, Any], kv: str, dtype: torch.dtype
+) -> None:
+    """fp8 KV caches with per-layer scales are read by every Vortex kernel: the check passes and the flow is
+    traced for fp8 K/V (its generated kernels multiply K/V loads by the layer's scale)."""
+    from vortex_torch.engine.sgl.flow_spec import prepare_flow
+    from vortex_torch.engine.sgl.server_rules import model_geometry
+
+    sa = make_server_args(vortex=flow_config, kv_cache_dtype=kv)
+    geo = model_geometry(sa)
+    assert geo.kv_dtype == dtype
+    prepared = prepare_flow(config_of(sa), head_dim=geo.head_dim, group_size=geo.group_size, kv_dtype=geo.kv_dtype)
+    assert prepared.geometry.kv_dtype == dtype
     assert not torch.cuda.is_initialized()
 
 

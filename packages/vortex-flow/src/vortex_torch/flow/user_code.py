@@ -27,6 +27,8 @@ LATENT = "latent"
 MLA_RESERVED_FIELDS = (LATENT, "k", "v")
 #: names of forward_indexer's own inputs; a cache field of that name would be ambiguous
 RESERVED_NAMES = ("q", "o")
+#: the executors' ``fields`` entries for the dequantisation scales of an fp8 K/V cache (``compiler.base``)
+KV_SCALE_NAMES = ("k_scale", "v_scale")
 
 
 def _source_target(flow: vFlow, method: str = "") -> Any:
@@ -165,6 +167,11 @@ def declared_fields(flow: vFlow, block_size: int, *dims: int) -> CacheSpec:
             raise FlowRuleError(
                 f"create_cache declares {name!r}{where}, but 'k' and 'v' are provided automatically "
                 f"([block_size, head_dim] in the KV dtype). Fix: remove {name!r} from the returned dict."
+            )
+        if name in KV_SCALE_NAMES:
+            raise FlowRuleError(
+                f"create_cache declares a field named {name!r}{where}, the name the framework gives the fp8 KV "
+                f"cache's dequantisation scale. Fix: rename the field (e.g. {name + '_field'!r})."
             )
         if name in RESERVED_NAMES:
             raise FlowRuleError(

@@ -70,7 +70,7 @@ def require_launchable(kernel: object, tensor: torch.Tensor, api: str, reference
 
 
 def _fix_interpreter() -> None:
-    """Work around three Triton-interpreter bugs (CPU tests only; compiled kernels are unaffected). Idempotent.
+    """Work around four Triton-interpreter bugs (CPU tests only; compiled kernels are unaffected). Idempotent.
 
     * Scalars are shape-``[1]`` arrays converted with ``int(array)``, which numpy >= 2.4 rejects, so
       ``for i in range(lo, hi)`` with runtime bounds fails (triton-lang/triton#9171, fixed after 3.6).
@@ -78,6 +78,9 @@ def _fix_interpreter() -> None:
       the interpreter does not support bf16 math). Upcast bf16 dot operands to fp32, exact as on the GPU.
     * fp32 -> bf16 casts truncate (the default rounding mode is passed as None and the mantissa is cut),
       where the GPU rounds to nearest even (``cvt.rn.bf16.f32``). Round to nearest even here too.
+    * fp32 -> fp8 (e4m3fn, e5m2) casts lose the carry of a mantissa that rounds up into the next binade (a value
+      just below 32 becomes 16) and round subnormals differently from the GPU's ``cvt.rn.satfinite``. Convert with
+      torch (round to nearest even) instead; out-of-range values are clamped by the kernels before the cast.
     """
     import numpy as np
     from triton.runtime import interpreter
@@ -113,12 +116,27 @@ def _fix_interpreter() -> None:
     def is_f32_to_bf16(src: Any, dst_type: Any) -> bool:
         return bool(src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16)
 
+    fp8_torch = {tl.float8e4nv: torch.float8_e4m3fn, tl.float8e5: torch.float8_e5m2}
+
+    def is_f32_to_fp8(src: Any, dst_type: Any) -> bool:
+        return bool(src.dtype.scalar == tl.float32 and dst_type.scalar in fp8_torch)
+
+    def to_fp8_rtne(src: Any, dst_type: Any) -> Any:
+        x = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32))
+        out = x.to(fp8_torch[dst_type.scalar]).view(torch.uint8).numpy()
+        return interpreter.TensorHandle(out, dst_type.scalar)
+
     def patched_cast(self: Any, src: Any, dst_type: Any) -> Any:
+        if is_f32_to_fp8(src, dst_type):
+            return to_fp8_rtne(src, dst_type)
         return to_bf16_rtne(src) if is_f32_to_bf16(src, dst_type) else cast_impl(self, src, dst_type)
 
     def patched_fp_to_fp(self: Any, src: Any, dst_type: Any, rounding_mode: Any) -> Any:
-        if is_f32_to_bf16(src, dst_type) and rounding_mode in (None, interpreter._ir.ROUNDING_MODE.RTNE):
+        rtne = rounding_mode in (None, interpreter._ir.ROUNDING_MODE.RTNE)
+        if is_f32_to_bf16(src, dst_type) and rtne:
             return to_bf16_rtne(src)
+        if is_f32_to_fp8(src, dst_type) and rtne:
+            return to_fp8_rtne(src, dst_type)
         return fp_to_fp(self, src, dst_type, rounding_mode)
 
     interpreter._patch_lang_tensor = patched_tensor

@@ -26,12 +26,39 @@ class SelectionSpec:
         return int(self.sel_indptr[-1])
 
 
+def kv_scale_field(name: str) -> str:
+    """The ``fields`` entry holding the dequantisation scale of fp8 K/V buffer ``name`` (``"k"`` -> ``"k_scale"``)."""
+    return f"{name}_scale"
+
+
+def kv_scale(fields: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """``fields["<name>_scale"]``, the ``[1]`` fp32 scale an fp8 ``cache[name]`` is read with (value = stored *
+    scale); a clear error when it is missing or malformed."""
+    key = kv_scale_field(name)
+    buf = fields[name]
+    scale = fields.get(key)
+    if scale is None:
+        raise ValueError(
+            f"cache[{name!r}] is {buf.dtype}: pass its dequantisation scale as fields[{key!r}], a [1] float32 tensor "
+            f"on {buf.device} (SGLang's layer.{key}_float; value = stored * scale; torch.ones(1) for none)"
+        )
+    if scale.numel() != 1 or scale.dtype != torch.float32 or scale.device != buf.device:
+        raise ValueError(
+            f"fields[{key!r}] must be a [1] float32 tensor on {buf.device}, got shape {tuple(scale.shape)} "
+            f"{scale.dtype} on {scale.device}"
+        )
+    return scale
+
+
 class FlowExecutor(abc.ABC):
     """Runs a traced flow over one layer of a pool laid out as ``layout`` (design §2).
 
     ``fields`` maps ``"k"``/``"v"`` to the layer's native K/V buffers ``[num_slots, H_kv, D]`` (SGLang's; a
     block's tokens are found through ``layout``: ``gather_blocks`` / ``kv_offsets``, never copied out) and
     every aux field to its ``[num_blocks, r, c]`` tensor indexed by block id; aux fields are updated in place.
+    When K/V are fp8 (``--kv-cache-dtype fp8_*``), ``fields["k_scale"]`` / ``fields["v_scale"]`` hold the layer's
+    dequantisation scales, ``[1]`` float32 tensors on the device (value = stored * scale; SGLang's
+    ``layer.k_scale_float``, 1.0 when the checkpoint has none): both executors read K/V through them.
     """
 
     def __init__(self, traced: TracedFlow, layout: PoolLayout) -> None:

@@ -8,12 +8,16 @@ from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.graph import OpNode
 from vortex_torch.abs.vtensor import vTensor
 
+from .base import kv_scale_field
 from .emitter import KV_FIELDS, Emitter, KernelArg, KernelSource, KVLayout, Tile, p2
 from .lowerings import fused_lowering, standalone_lowering
 from .row_kernel import RowKernel
 from .schedule import CompileError, KernelGroup
 
-__all__ = ["GROUP_PARAMS", "KV_FIELDS", "KVLayout", "KernelSource", "cache_kernel", "fused_kernel", "p2", "standalone_kernel"]
+__all__ = [
+    "GROUP_PARAMS", "KV_FIELDS", "KVLayout", "KernelSource", "cache_kernel", "fused_kernel", "kv_scale_field", "p2",
+    "standalone_kernel",
+]  # fmt: skip
 
 
 def emit_op(e: Emitter, node: OpNode, xs: list[Tile]) -> Tile | None:

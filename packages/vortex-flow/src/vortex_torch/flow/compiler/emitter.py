@@ -7,6 +7,11 @@ Padded lanes hold don't-care values; every reduction masks them with its identit
 Aux fields are ``[num_blocks, r, c]`` tensors indexed by block id. ``cache["k"]``/``cache["v"]`` are SGLang's
 native ``[num_slots, H_kv, D]`` buffers (design §2): a block's tokens are addressed through :class:`KVLayout`,
 with the buffer's slot and head strides passed as kernel arguments (``stride0_<ptr>``, ``stride1_<ptr>``).
+
+fp8 (:mod:`vortex_torch.kernels.fp8`): an fp8 K/V buffer (the traced ``kv_dtype``) is read as ``stored *
+scale``, the layer's scale a ``[1]`` fp32 kernel argument (``scale_<ptr>``, resolved from ``fields["k_scale"]`` /
+``fields["v_scale"]``); stores into aux fields go through ``_vx_store_cast``, which saturates fp8 to its largest
+finite value (a compile-time branch: other dtypes are a plain cast).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 
 from vortex_torch.abs.graph import OpNode
 from vortex_torch.abs.vtensor import vTensor
+from vortex_torch.kernels.fp8 import is_fp8
 
 NEG = "-3.4028234663852886e38"  # fp32 lowest: identity of max that stays finite
 
@@ -79,7 +85,8 @@ class KernelArg:
 
     name: str
     #: "entry:<name>" | "buffer:<tensor_id>" | "stride0:<name>" / "stride1:<name>" (K/V strides) |
-    #: "param:<attr>" (a tensor attribute of the kernel's op, e.g. Conv1d's weight, copied to the device once)
+    #: "param:<attr>" (a tensor attribute of the kernel's op, e.g. Conv1d's weight, copied to the device once) |
+    #: "scale:<name>" (the [1] fp32 dequantisation scale of fp8 K/V buffer <name>: ``fields["<name>_scale"]``)
     source: str
     tensor: vTensor | None = None
 
@@ -159,7 +166,13 @@ class Emitter:
         offs = f"{base} + {self.ar(1, p2(r))} * {row_stride} + {self.ar(2, p2(c))}"
         var = self.tmp()
         m = f", mask={' & '.join(mask)}, other=0.0" if mask else ""
-        self.body.append(f"{var} = tl.load({ptr} + {offs}{m}).to(tl.float32)")
+        scale = ""
+        if addressing == "kv" and is_fp8(t.dtype):  # fp8 K/V: value = stored * the layer's scale
+            scale_arg = f"scale_{ptr}"
+            if all(a.name != scale_arg for a in self.args):
+                self.args.append(KernelArg(scale_arg, f"scale:{t.name}"))
+            scale = f" * tl.load({scale_arg})"
+        self.body.append(f"{var} = tl.load({ptr} + {offs}{m}).to(tl.float32){scale}")
         self.loaded.add(ptr)
         tile = Tile(var, s, r, c)
         self.tiles[t.tensor_id] = tile
@@ -176,7 +189,7 @@ class Emitter:
         """``tile`` as a later read of the field it was just stored into sees it: rounded to the field's dtype.
         Computed in registers; re-loading what this program stored would race across threads on a GPU."""
         var = self.tmp()
-        self.body.append(f"{var} = {tile.var}.to({ptr}.dtype.element_ty).to(tl.float32)")
+        self.body.append(f"{var} = _vx_store_cast({tile.var}, {ptr}).to(tl.float32)")
         return Tile(var, tile.s, tile.r, tile.c)
 
     def assign(self, node: OpNode, expr: str, s: str) -> Tile:
@@ -199,9 +212,9 @@ class Emitter:
         if s == "BS" and tile.s == "1":
             val = f"({val} + tl.zeros([BS, {tile.rp}, {tile.cp}], tl.float32))"
         m = f", mask={' & '.join(mask)}" if mask else ""
-        (into if into is not None else self.body).append(
-            f"tl.store({ptr} + {offs}, {val}.to({ptr}.dtype.element_ty){m})"
-        )
+        # an aux field (fp8 saturates); intermediates are fp32 buffers
+        cast = f"_vx_store_cast({val}, {ptr})" if addressing == "blk" else f"{val}.to({ptr}.dtype.element_ty)"
+        (into if into is not None else self.body).append(f"tl.store({ptr} + {offs}, {cast}{m})")
 
 
 def lead(*tiles: Tile) -> str:

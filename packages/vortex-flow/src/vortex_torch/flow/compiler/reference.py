@@ -3,8 +3,10 @@ for a ``FUSED`` placement, ``reference_segmented`` for a ``STANDALONE`` one, the
 ``vortex_torch.kernels.select.naive``).
 
 This is the oracle every compiled kernel and every backend is compared against. All arithmetic is fp32;
-aux fields are stored in their declared dtype. ``cache["k"]``/``cache["v"]`` are read from the native
-``[num_slots, H_kv, D]`` buffers with ``PoolLayout.gather_blocks`` (only when the graph uses them).
+aux fields are stored in their declared dtype (fp8 saturating: ``kernels.fp8.saturate_cast``).
+``cache["k"]``/``cache["v"]`` are read from the native ``[num_slots, H_kv, D]`` buffers with
+``PoolLayout.gather_blocks`` (only when the graph uses them); fp8 K/V are dequantised with ``fields["k_scale"]`` /
+``fields["v_scale"]`` (``[1]`` fp32: value = stored * scale), the scales the Triton executor reads too.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks
 from vortex_torch.abs.op import Schedule, vOp
+from vortex_torch.kernels.fp8 import dequantize, is_fp8, saturate_cast
 from vortex_torch.kernels.select.naive import select_blocks_naive
 
-from .base import FlowExecutor, SelectionSpec
+from .base import FlowExecutor, SelectionSpec, kv_scale
 
 KV_FIELDS = ("k", "v")  # native [num_slots, H_kv, D] buffers, read per block through the layout
 
@@ -30,6 +33,14 @@ def missing_reference(op: vOp) -> str | None:
     if getattr(type(op), method) is getattr(vOp, method):
         return f"{op!r} has no {method}()"
     return None
+
+
+def read_kv(fields: dict[str, torch.Tensor], name: str, blocks: torch.Tensor, layout: object) -> torch.Tensor:
+    """K or V of ``blocks``, ``[N, block_size, D]`` fp32, dequantised when the buffer is fp8."""
+    raw = layout.gather_blocks(fields[name], blocks)  # type: ignore[attr-defined]
+    if not is_fp8(raw.dtype):
+        return raw.float()
+    return dequantize(raw, kv_scale(fields, name))
 
 
 def _as_ragged(x: torch.Tensor, fmt: FORMAT, dense: DenseBlocks) -> torch.Tensor:
@@ -64,7 +75,7 @@ class ReferenceExecutor(FlowExecutor):
             tolerate_ratio=op.tolerate_ratio, out=out,
         )  # fmt: skip
         for name, value in saves:  # Load reads the previous step's value, so state is written last
-            fields[name][dense.indices.long()] = value.to(fields[name].dtype)
+            fields[name][dense.indices.long()] = saturate_cast(value, fields[name].dtype)
 
     def evaluate(
         self, q: torch.Tensor, fields: dict[str, torch.Tensor], dense: DenseBlocks
@@ -79,7 +90,7 @@ class ReferenceExecutor(FlowExecutor):
             if name not in KV_FIELDS:
                 env[t.tensor_id] = (fields[name], FORMAT.PAGED)
             elif name in read:  # K/V of every dense block, [nnz, block_size, D]: already RAGGED
-                kv = self.layout.gather_blocks(fields[name], dense.indices).float()
+                kv = read_kv(fields, name, dense.indices, self.layout)
                 env[t.tensor_id] = (kv, FORMAT.RAGGED)
         saves: list[tuple[str, torch.Tensor]] = []
         score: torch.Tensor | None = None
@@ -111,7 +122,7 @@ class ReferenceExecutor(FlowExecutor):
             if name not in KV_FIELDS:
                 env[t.tensor_id] = fields[name][ids].float()
             elif name in read:  # [N, block_size, D]
-                env[t.tensor_id] = self.layout.gather_blocks(fields[name], ids).float()
+                env[t.tensor_id] = read_kv(fields, name, ids, self.layout)
         for node in graph.nodes:
             # an op without tensor inputs (Fill) gets the field it writes, for its shape
             inputs = node.inputs or (graph.entries[node.writes or ""],)
@@ -119,5 +130,5 @@ class ReferenceExecutor(FlowExecutor):
             if node.output is not None:
                 env[node.output.tensor_id] = value
             if node.writes is not None:
-                fields[node.writes][ids] = value.to(fields[node.writes].dtype)
+                fields[node.writes][ids] = saturate_cast(value, fields[node.writes].dtype)
                 env[graph.entries[node.writes].tensor_id] = fields[node.writes][ids].float()

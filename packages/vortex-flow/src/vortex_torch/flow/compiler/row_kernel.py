@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.graph import OpNode
+from vortex_torch.kernels.fp8 import is_fp8
 
 from .emitter import KV_FIELDS, Emitter, KernelArg, KernelSource, KVLayout, kv_stride_args, p2
 
@@ -31,8 +32,13 @@ class RowKernel:
         self.inner = " & ".join(self.e.inner_mask(self.r, self.c))
         self.paged = t.format == FORMAT.PAGED
         self.kv_in = self.paged and t.name in KV_FIELDS
+        #: appended to every load of the input: `` * tl.load(scale_x_ptr)`` for fp8 K/V (value = stored * scale)
+        self.x_scale = ""
         if self.kv_in:
             self.e.args += kv_stride_args("x_ptr", t.name)
+            if is_fp8(t.dtype):
+                self.e.args.append(KernelArg("scale_x_ptr", f"scale:{t.name}"))
+                self.x_scale = " * tl.load(scale_x_ptr)"
         #: the tile shape of one chunk
         self.shape = f"[BS, {p2(self.r)}, {p2(self.c)}]"
         #: offsets of the output at the chunk's ragged slots

@@ -23,7 +23,7 @@ from vortex_torch.kernels.select.triton_kernel import (
 )
 
 from ..trace import TracedFlow
-from .base import FlowExecutor, SelectionSpec
+from .base import FlowExecutor, SelectionSpec, kv_scale
 from .codegen import (
     KV_FIELDS,
     KernelArg,
@@ -182,6 +182,7 @@ class TritonExecutor(FlowExecutor):
             "",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
             "from vortex_torch.kernels._layout import release_fence as _vx_release_fence",
+            "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
         ]
@@ -231,6 +232,8 @@ class TritonExecutor(FlowExecutor):
                     f"contiguous rows, got shape {tuple(buf.shape)} strides {buf.stride()}"
                 )
             return buf.stride(0 if kind == "stride0" else 1)
+        if kind == "scale":  # fp8 K/V: the layer's dequantisation scale, a [1] fp32 tensor on the device
+            return kv_scale(fields, key)
         return bufs[int(key)]
 
     def _device_weight(self, weight: torch.Tensor, device: torch.device) -> torch.Tensor:

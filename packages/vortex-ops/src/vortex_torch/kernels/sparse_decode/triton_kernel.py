@@ -20,6 +20,10 @@ built to stream exactly the selected KV bytes once, with every program busy:
   (``_merge_row``) and re-arms the counter. One launch per layer whatever ``S`` is.
 * ``exact=True`` keeps ``p`` fp32 through ``p @ v``; ``exact=False`` rounds it to the KV dtype first (one
   16-bit MMA, FlashAttention's and FlashInfer's rounding).
+* fp8 K/V (``KV_FP8``, a constexpr branch: the 16-bit kernel is unchanged): tiles are widened to ``q``'s dtype
+  right after the load (exact: every e4m3/e5m2 value is a bf16/fp16 value), ``k_scale`` is folded into the
+  softmax scale and ``v_scale`` into the output, both read from ``[1]`` fp32 tensors (CUDA-graph safe). With
+  ``exact=False`` the softmax weights are rounded to ``q``'s dtype, not to fp8.
 
 Nothing reads device memory on the host when ``max_blocks_per_row`` is given (CUDA-graph capturable).
 """
@@ -38,6 +42,7 @@ from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head, release_fence
+from ..fp8 import Scale, is_fp8, scale_tensor
 from .naive import check_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
@@ -62,6 +67,8 @@ def _split_kernel(
     final_o_ptr,  # [R, G, D] q.dtype: the merged output (MERGE only)
     final_lse_ptr,  # [R, G] fp32 (MERGE and STORE_FINAL_LSE only)
     counter_ptr,  # [R] int32, all 0 between launches: splits of a row done so far (MERGE only)
+    k_scale_ptr,  # [1] fp32 (KV_FP8 only): key = stored * k_scale
+    v_scale_ptr,  # [1] fp32 (KV_FP8 only): value = stored * v_scale
     qk_scale,  # sm_scale * log2(e)
     num_splits,
     stride_qr, stride_qg, stride_qd,
@@ -86,6 +93,7 @@ def _split_kernel(
     MERGE: tl.constexpr,  # the row's last split to finish merges all splits (one launch in all)
     FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
+    KV_FP8: tl.constexpr,  # K/V are fp8: widen each tile to q's dtype, apply k_scale / v_scale
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -112,6 +120,8 @@ def _split_kernel(
     # Padded query rows / dims are zero, so they add nothing to the dot products.
     q_ptrs = q_ptr + row.to(tl.int64) * stride_qr + offs_g[:, None] * stride_qg + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=mask_g[:, None] & mask_d[None, :], other=0.0)  # [G_PAD, D_PAD]
+    if KV_FP8:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)  # s = (q . stored_k) * sm_scale * k_scale
 
     m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)  # running max, base-2 units
     l_i = tl.zeros([G_PAD], dtype=tl.float32)  # running sum of exp2(s - m_i)
@@ -131,6 +141,8 @@ def _split_kernel(
 
         k_rows = k_ptr + (slot * stride_ks + head * stride_kh)  # [BLOCK_N] int64: each token's first element
         k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
+        if KV_FP8:
+            k = k.to(q.dtype)  # exact widening; the scale is in qk_scale
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [G_PAD, BLOCK_N]
         s = tl.where(valid[None, :], s, float("-inf"))
 
@@ -141,6 +153,8 @@ def _split_kernel(
 
         v_rows = v_ptr + (slot * stride_vs + head * stride_vh)  # [BLOCK_N]
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
+        if KV_FP8:
+            v = v.to(q.dtype)  # exact widening; v_scale is applied to the output
         if P_FP32:
             # p stays fp32 (v widens exactly): rounding p to bf16, as flash attention does, moves the fp32
             # result by ~2^-9 and flips the final bf16 rounding of some outputs away from the exact result.
@@ -152,6 +166,8 @@ def _split_kernel(
         m_i = m_new
 
     empty = l_i == 0.0  # [G_PAD] empty chunk (or empty row)
+    if KV_FP8:
+        acc = acc * tl.load(v_scale_ptr)  # o = sum p * (stored_v * v_scale) / l
     o = acc / tl.where(empty, 1.0, l_i)[:, None]  # [G_PAD, D_PAD], 0 where empty
     o_row = o_ptr + row.to(tl.int64) * stride_or + split * stride_os
     o_ptrs = o_row + offs_g[:, None] * stride_og + offs_d[None, :] * stride_od  # [G_PAD, D_PAD]
@@ -300,6 +316,8 @@ def launch(
     blocks_per_step: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
     """One launch of the split kernel with an explicit split count (``num_splits >= 1``); writes ``out``/``lse``.
 
@@ -309,6 +327,7 @@ def launch(
     through ``workspace`` (allocated here when None) and the row's last split merges them in the same launch.
     ``exact``: keep softmax weights fp32 in ``p @ v`` (tf32x3); False rounds them to the KV dtype (one MMA).
     ``blocks_per_step``/``num_warps``/``num_stages``: tiling (defaults: :func:`blocks_per_iter`).
+    ``k_scale``/``v_scale``: ``[1]`` fp32 device tensors, required for fp8 K/V (:func:`..fp8.scale_tensor`).
     """
     num_rows, group, head_dim = q.shape
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=k_cache.shape[1])
@@ -319,8 +338,13 @@ def launch(
             "k_cache/v_cache need a contiguous last (D) dim, "
             f"got strides {k_cache.stride()} and {v_cache.stride()}"
         )
+    kv_fp8 = is_fp8(k_cache.dtype)
+    if kv_fp8 and (k_scale is None or v_scale is None):
+        raise ValueError("fp8 K/V need k_scale and v_scale ([1] fp32 tensors; fp8.scale_tensor(None) for 1.0)")
+    k_scale_arg = k_scale if kv_fp8 else indptr  # dummy pointers: never read unless KV_FP8
+    v_scale_arg = v_scale if kv_fp8 else indptr
     meta = dict(
-        G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
+        G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads, KV_FP8=kv_fp8,
         G_PAD=_next_pow2(group, 16), D_PAD=_next_pow2(head_dim, 16),
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -335,7 +359,7 @@ def launch(
         lse_out = lse if lse is not None else out  # dummy pointer when STORE_LSE is False
         _split_kernel[(num_rows, 1)](
             q, k_cache, v_cache, indptr, indices, last_block_len, out, lse_out, out, lse_out, indptr,
-            qk_scale, 1, *q.stride(), *kv_strides, out.stride(0), 0, out.stride(1), out.stride(2),
+            k_scale_arg, v_scale_arg, qk_scale, 1, *q.stride(), *kv_strides, out.stride(0), 0, out.stride(1), out.stride(2),
             lse_strides[0], 0, lse_strides[1], 0, 0, 0, 0, 0,
             STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, num_warps=num_warps,
             num_stages=num_stages, **meta,
@@ -353,7 +377,7 @@ def launch(
     lse_out = lse if lse is not None else mid_lse  # dummy pointer when STORE_FINAL_LSE is False
     _split_kernel[(num_rows, num_splits)](
         q, k_cache, v_cache, indptr, indices, last_block_len, mid_o, mid_lse, out, lse_out, ws.counter,
-        qk_scale, num_splits, *q.stride(), *kv_strides, *mid_o.stride(), *mid_lse.stride(), *out.stride(),
+        k_scale_arg, v_scale_arg, qk_scale, num_splits, *q.stride(), *kv_strides, *mid_o.stride(), *mid_lse.stride(), *out.stride(),
         *lse_strides,
         STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, num_warps=num_warps,
         num_stages=num_stages, **meta,
@@ -378,6 +402,8 @@ def sparse_decode_attention(
     workspace: SparseDecodeWorkspace | None = ...,
     exact: bool = ...,
     num_splits: int | None = ...,
+    k_scale: Scale = ...,
+    v_scale: Scale = ...,
 ) -> torch.Tensor: ...
 
 
@@ -399,6 +425,8 @@ def sparse_decode_attention(
     workspace: SparseDecodeWorkspace | None = ...,
     exact: bool = ...,
     num_splits: int | None = ...,
+    k_scale: Scale = ...,
+    v_scale: Scale = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -419,14 +447,16 @@ def sparse_decode_attention(
     workspace: SparseDecodeWorkspace | None = None,
     exact: bool = True,
     num_splits: int | None = None,
+    k_scale: Scale = None,
+    v_scale: Scale = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse paged decode attention (Triton, one launch); same contract as ``sparse_decode_attention_naive``.
 
     Args:
         q: ``[R, G, D]`` queries (bf16/fp16/fp32), ``G <= 16`` recommended (any G works, padded to pow2).
         k_cache: ``[num_slots, H_kv, D]`` keys of one layer (SGLang's buffer, read in place; the D dim must
-            be contiguous), same dtype as ``q``.
-        v_cache: ``[num_slots, H_kv, D]`` values.
+            be contiguous): ``q``'s dtype, or fp8 (``float8_e4m3fn`` / ``float8_e5m2``) holding ``key / k_scale``.
+        v_cache: ``[num_slots, H_kv, D]`` values, ``k_cache``'s dtype.
         indptr: ``[R + 1]`` int32 CSR offsets into ``indices``.
         indices: ``[nnz]`` int32 block ids (design §2); row ``r`` reads ``indices[indptr[r]:indptr[r + 1]]``.
         last_block_len: ``[R]`` int32 in ``[1, block_size]``: valid tokens of each row's last listed block.
@@ -441,6 +471,9 @@ def sparse_decode_attention(
         exact: True keeps the softmax weights fp32 through ``p @ v`` (the exact attention rounded once);
             False rounds them to the KV dtype first, as FlashAttention and FlashInfer do (one MMA, faster).
         num_splits: programs per row; default :func:`default_num_splits` of ``max_blocks_per_row``.
+        k_scale, v_scale: fp8 dequantisation scales of this layer (key = stored * k_scale): a float, a
+            1-element tensor (read in-kernel: what a CUDA graph should be given) or None (1.0). Ignored for
+            16/32-bit K/V.
 
     Returns:
         ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
@@ -458,9 +491,12 @@ def sparse_decode_attention(
                 max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
             num_splits = default_num_splits(num_rows, max_blocks_per_row, block_size, head_dim, q.device, exact)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+        ks = vs = None
+        if is_fp8(k_cache.dtype):
+            ks, vs = scale_tensor(k_scale, q.device), scale_tensor(v_scale, q.device)
         launch(
             q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits,
-            page_size=page_size, block_size=block_size, workspace=workspace, exact=exact,
+            page_size=page_size, block_size=block_size, workspace=workspace, exact=exact, k_scale=ks, v_scale=vs,
         )  # fmt: skip
     if lse is not None:
         return out, lse

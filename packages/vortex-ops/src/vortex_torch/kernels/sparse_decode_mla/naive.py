@@ -9,6 +9,12 @@ every row ``r`` (one request; MLA has one latent head) attends with its ``H`` he
 ``o [R, H, v_head_dim]``. The last listed block is the row's final block: only its first ``last_block_len[r]``
 tokens are valid.
 
+The latent cache may be fp8 (``torch.float8_e4m3fn`` / ``torch.float8_e5m2``, SGLang's ``--kv-cache-dtype fp8_*``)
+with scalar per-layer scales: a token's key is ``latent.float() * k_scale`` and its value
+``latent[:, :v_head_dim].float() * v_scale`` (:mod:`vortex_torch.kernels.fp8`). SGLang writes ``latent /
+k_scale``, so ``v_scale = k_scale`` is the consistent choice; its Triton MLA decode reads values with
+``layer.v_scale_float``, which a caller reproducing it passes. Scales are ignored for a 16/32-bit cache.
+
 The Triton kernel in ``triton_kernel.py`` must match this function up to floating-point rounding.
 """
 
@@ -20,6 +26,8 @@ from typing import Literal, overload
 import torch
 
 from vortex_torch.abs.layout import PoolLayout
+
+from ..fp8 import FP8_DTYPES, Scale, dequantize
 
 
 def check_mla_inputs(
@@ -46,8 +54,13 @@ def check_mla_inputs(
         raise ValueError(f"latent width mismatch: q has D={width}, latent_cache has D={latent_cache.shape[2]}")
     if not 0 < v_head_dim <= width:
         raise ValueError(f"v_head_dim (kv_lora_rank) must be in (0, D={width}], got {v_head_dim}")
-    if latent_cache.dtype != q.dtype:
-        raise ValueError(f"dtype mismatch: q {q.dtype}, latent_cache {latent_cache.dtype}")
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q must be bf16, fp16 or fp32, got {q.dtype}")
+    if latent_cache.dtype != q.dtype and latent_cache.dtype not in FP8_DTYPES:
+        raise ValueError(
+            f"dtype mismatch: q {q.dtype}, latent_cache {latent_cache.dtype}: the latents must be in q's dtype, or "
+            "float8_e4m3fn / float8_e5m2 (an fp8 KV cache, with k_scale / v_scale)"
+        )
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=latent_cache.shape[1])
     if indptr.dim() != 1 or indptr.shape[0] != num_rows + 1:
         raise ValueError(f"indptr must be [R + 1] = [{num_rows + 1}], got {tuple(indptr.shape)}")
@@ -81,6 +94,8 @@ def sparse_mla_decode_naive(
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[False] = ...,
+    k_scale: Scale = ...,
+    v_scale: Scale = ...,
 ) -> torch.Tensor: ...
 
 
@@ -99,6 +114,8 @@ def sparse_mla_decode_naive(
     out: torch.Tensor | None = ...,
     max_blocks_per_row: int | None = ...,
     return_lse: Literal[True],
+    k_scale: Scale = ...,
+    v_scale: Scale = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -116,14 +133,16 @@ def sparse_mla_decode_naive(
     out: torch.Tensor | None = None,
     max_blocks_per_row: int | None = None,
     return_lse: bool = False,
+    k_scale: Scale = None,
+    v_scale: Scale = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse paged MLA decode attention over latent blocks, one row at a time, in fp32.
 
     Args:
         q: ``[R, H, D]`` absorbed queries ``[q_nope · W_UK | q_pe]`` (bf16/fp16/fp32), ``D = kv_lora_rank +
             qk_rope_head_dim``; row ``r`` is one request's ``H`` query heads.
-        latent_cache: ``[num_slots, 1, D]`` latents ``[kv_c | k_pe]`` of one layer (SGLang's MLA buffer),
-            same dtype as ``q``.
+        latent_cache: ``[num_slots, 1, D]`` latents ``[kv_c | k_pe]`` of one layer (SGLang's MLA buffer), in
+            ``q``'s dtype or fp8 (``float8_e4m3fn`` / ``float8_e5m2``).
         indptr: ``[R + 1]`` int32 CSR offsets into ``indices``.
         indices: ``[nnz]`` int32 block ids (design §2 with ``H_kv = 1``).
         last_block_len: ``[R]`` int32 in ``[1, block_size]``: valid tokens of each row's last listed block.
@@ -134,6 +153,9 @@ def sparse_mla_decode_naive(
         out: optional ``[R, H, v_head_dim]`` output buffer in ``q.dtype``.
         max_blocks_per_row: accepted for signature parity with the Triton kernel; unused here.
         return_lse: also return the log-sum-exp of the scaled scores.
+        k_scale, v_scale: fp8 dequantisation scales of this layer (float, 1-element tensor, or None = 1.0):
+            keys are ``latent.float() * k_scale``, values ``latent[:, :v_head_dim].float() * v_scale``.
+            Ignored for a 16/32-bit cache.
 
     Returns:
         ``o [R, H, v_head_dim]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, H]`` fp32 (natural log).
@@ -156,10 +178,10 @@ def sparse_mla_decode_naive(
             continue
         blocks = indices[lo:hi].long()  # [n]
         num_tokens = (hi - lo - 1) * block_size + last_lens[r]  # full blocks + the partial last one
-        lat = layout.gather_blocks(latent_cache, blocks).reshape(-1, width)[:num_tokens].float()  # [T, D]
-        scores = (q[r].float() @ lat.T) * scale  # [H, T]: the full logit, NoPE + RoPE parts
+        lat = layout.gather_blocks(latent_cache, blocks).reshape(-1, width)[:num_tokens]  # [T, D], stored dtype
+        scores = (q[r].float() @ dequantize(lat, k_scale).T) * scale  # [H, T]: the full logit, NoPE + RoPE parts
         lse[r] = torch.logsumexp(scores, dim=-1)
-        o[r] = torch.softmax(scores, dim=-1) @ lat[:, :v_head_dim]  # [H, Dv]: values are kv_c
+        o[r] = torch.softmax(scores, dim=-1) @ dequantize(lat[:, :v_head_dim], v_scale)  # [H, Dv]: values are kv_c
 
     if out is None:
         out = torch.empty(num_rows, heads, v_head_dim, dtype=q.dtype, device=q.device)

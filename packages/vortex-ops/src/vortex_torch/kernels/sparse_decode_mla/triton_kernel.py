@@ -11,6 +11,10 @@ by each row's last program) with MLA's two twists:
 * all ``H`` query heads of a request share the one latent head, so a program takes ``BLOCK_H`` heads of a row
   (grid ``(R * cdiv(H, BLOCK_H), S)``); every head block of a row is its own "virtual row" for the split merge.
 
+An fp8 latent cache (``KV_FP8``, a constexpr branch: the 16-bit kernel is unchanged) is widened to ``q``'s dtype
+right after the load (exact), ``k_scale`` folds into the softmax scale and ``v_scale`` into the output, both read
+from ``[1]`` fp32 tensors.
+
 Nothing reads device memory on the host when ``max_blocks_per_row`` is given (CUDA-graph capturable).
 """
 
@@ -28,6 +32,7 @@ from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head, release_fence
+from ..fp8 import Scale, is_fp8, scale_tensor
 from .naive import check_mla_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -49,6 +54,8 @@ def _mla_split_kernel(
     final_o_ptr,  # [R, H, DV] (MERGE)
     final_lse_ptr,  # [R, H] fp32 (STORE_FINAL_LSE)
     counter_ptr,  # [R * HB] int32, 0 between launches (MERGE)
+    k_scale_ptr,  # [1] fp32 (KV_FP8 only): key = stored latent * k_scale
+    v_scale_ptr,  # [1] fp32 (KV_FP8 only): value = stored kv_c * v_scale
     qk_scale,  # sm_scale * log2(e)
     num_splits,
     stride_qr, stride_qh,  # q's d stride is 1
@@ -75,6 +82,7 @@ def _mla_split_kernel(
     MERGE: tl.constexpr,
     FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
+    KV_FP8: tl.constexpr,  # fp8 latents: widen each tile to q's dtype, apply k_scale / v_scale
 ):
     vrow = tl.program_id(0)  # virtual row: (row, head block)
     split = tl.program_id(1)
@@ -102,6 +110,8 @@ def _mla_split_kernel(
     q_rows = q_ptr + row.to(tl.int64) * stride_qr + offs_h[:, None] * stride_qh  # [BLOCK_H, 1]
     q_nope = tl.load(q_rows + offs_v[None, :], mask=mask_h[:, None] & mask_v[None, :], other=0.0)
     q_pe = tl.load(q_rows + DV + offs_r[None, :], mask=mask_h[:, None] & mask_r[None, :], other=0.0)
+    if KV_FP8:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
 
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -117,6 +127,9 @@ def _mla_split_kernel(
         rows = lat_ptr + (slot * stride_ls + head * stride_lh)  # [BLOCK_N] int64
         kv = tl.load(rows[:, None] + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
         pe = tl.load(rows[:, None] + DV + offs_r[None, :], mask=valid[:, None] & mask_r[None, :], other=0.0)
+        if KV_FP8:
+            kv = kv.to(q_nope.dtype)  # exact widening; the scales apply to the logits and the output
+            pe = pe.to(q_nope.dtype)
         s = tl.dot(q_nope, tl.trans(kv), input_precision=DOT_PRECISION)  # [BLOCK_H, BLOCK_N]
         s += tl.dot(q_pe, tl.trans(pe), input_precision=DOT_PRECISION)
         s = s * qk_scale
@@ -134,6 +147,8 @@ def _mla_split_kernel(
         m_i = m_new
 
     empty = l_i == 0.0
+    if KV_FP8:
+        acc = acc * tl.load(v_scale_ptr)
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     o_rows = o_ptr + row.to(tl.int64) * stride_or + split * stride_os + offs_h[:, None] * stride_oh
     tl.store(o_rows + offs_v[None, :], o.to(o_ptr.dtype.element_ty), mask=mask_h[:, None] & mask_v[None, :])
@@ -268,9 +283,12 @@ def launch(
     blocks_per_step: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
     """One launch with an explicit split count: ``q [R, H, D]``, ``latent_cache [num_slots, H_kv, D]`` (last
-    dims contiguous), ``out [R, H, v_head_dim]``, ``lse [R, H]`` fp32 or None."""
+    dims contiguous), ``out [R, H, v_head_dim]``, ``lse [R, H]`` fp32 or None; ``k_scale``/``v_scale`` ``[1]``
+    fp32 tensors, required for an fp8 latent cache."""
     num_rows, heads, width = q.shape
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=latent_cache.shape[1])
     if num_splits < 1:
@@ -280,8 +298,13 @@ def launch(
     block_h = head_block(heads)
     hb = triton.cdiv(heads, block_h)
     dr = width - v_head_dim
+    kv_fp8 = is_fp8(latent_cache.dtype)
+    if kv_fp8 and (k_scale is None or v_scale is None):
+        raise ValueError("fp8 latents need k_scale and v_scale ([1] fp32 tensors; fp8.scale_tensor(None) for 1.0)")
+    k_scale_arg = k_scale if kv_fp8 else indptr  # dummy pointers: never read unless KV_FP8
+    v_scale_arg = v_scale if kv_fp8 else indptr
     meta = dict(
-        H=heads, DV=v_head_dim, DR=dr, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
+        KV_FP8=kv_fp8, H=heads, DV=v_head_dim, DR=dr, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
         BLOCK_H=block_h, HB=hb, DV_PAD=_next_pow2(v_head_dim, 16), DR_PAD=_next_pow2(dr, 16),
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, v_head_dim),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -296,7 +319,7 @@ def launch(
         lse_out = lse if lse is not None else out
         _mla_split_kernel[(num_rows * hb, 1)](
             q, latent_cache, indptr, indices, last_block_len, out, lse_out, out, lse_out, indptr,
-            qk_scale, 1, *q_strides, *lat_strides, out.stride(0), 0, out.stride(1),
+            k_scale_arg, v_scale_arg, qk_scale, 1, *q_strides, *lat_strides, out.stride(0), 0, out.stride(1),
             lse_strides[0], 0, lse_strides[1], 0, 0, 0, 0,
             STORE_LSE=lse is not None, MERGE=False, STORE_FINAL_LSE=False, FENCE=q.is_cuda, num_warps=num_warps,
             num_stages=num_stages, **meta,
@@ -314,7 +337,7 @@ def launch(
     lse_out = lse if lse is not None else mid_lse
     _mla_split_kernel[(num_rows * hb, num_splits)](
         q, latent_cache, indptr, indices, last_block_len, mid_o, mid_lse, out, lse_out, ws.counter,
-        qk_scale, num_splits, *q_strides, *lat_strides, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
+        k_scale_arg, v_scale_arg, qk_scale, num_splits, *q_strides, *lat_strides, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
         *mid_lse.stride(), out.stride(0), out.stride(1), *lse_strides,
         STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=lse is not None, FENCE=q.is_cuda, num_warps=num_warps,
         num_stages=num_stages, **meta,
@@ -338,6 +361,8 @@ def sparse_mla_decode(
     return_lse: Literal[False] = ...,
     workspace: SparseMLADecodeWorkspace | None = ...,
     exact: bool = ...,
+    k_scale: Scale = ...,
+    v_scale: Scale = ...,
 ) -> torch.Tensor: ...
 
 
@@ -358,6 +383,8 @@ def sparse_mla_decode(
     return_lse: Literal[True],
     workspace: SparseMLADecodeWorkspace | None = ...,
     exact: bool = ...,
+    k_scale: Scale = ...,
+    v_scale: Scale = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -377,12 +404,15 @@ def sparse_mla_decode(
     return_lse: bool = False,
     workspace: SparseMLADecodeWorkspace | None = None,
     exact: bool = True,
+    k_scale: Scale = None,
+    v_scale: Scale = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse paged MLA decode attention (Triton, one launch); same contract as ``sparse_mla_decode_naive``.
 
     Args:
         q: ``[R, H, D]`` absorbed queries ``[q_nope · W_UK | q_pe]``, ``D = kv_lora_rank + qk_rope_head_dim``.
-        latent_cache: ``[num_slots, 1, D]`` latents ``[kv_c | k_pe]`` (SGLang's MLA buffer, read in place).
+        latent_cache: ``[num_slots, 1, D]`` latents ``[kv_c | k_pe]`` (SGLang's MLA buffer, read in place), in
+            ``q``'s dtype or fp8 (``float8_e4m3fn`` / ``float8_e5m2``).
         indptr, indices, last_block_len: the selection's CSR (block ids of design §2) and each row's valid
             tokens in its final block.
         page_size, block_size: the pool layout (kernel constexprs).
@@ -394,6 +424,9 @@ def sparse_mla_decode(
         return_lse: also return ``lse [R, H]`` fp32.
         workspace: caller-owned split scratch (:class:`SparseMLADecodeWorkspace`), allocated per call when None.
         exact: keep the softmax weights fp32 through ``p @ v`` (True) or round them to the KV dtype (False).
+        k_scale, v_scale: fp8 dequantisation scales (key = latent * k_scale, value = kv_c * v_scale): a float,
+            a 1-element tensor (read in-kernel; what a CUDA graph should be given) or None (1.0). Ignored for a
+            16/32-bit cache.
 
     Returns:
         ``o [R, H, v_head_dim]`` in ``q.dtype`` (and ``lse``); rows with no blocks get 0 and ``-inf``.
@@ -409,9 +442,13 @@ def sparse_mla_decode(
             max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
         splits = default_num_splits(num_rows, heads, max_blocks_per_row, block_size, v_head_dim, q.device)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(width)
+        ks = vs = None
+        if is_fp8(latent_cache.dtype):
+            ks, vs = scale_tensor(k_scale, q.device), scale_tensor(v_scale, q.device)
         launch(
             q.contiguous(), latent_cache, indptr, indices, last_block_len, scale, out, lse, splits,
             page_size=page_size, block_size=block_size, v_head_dim=v_head_dim, workspace=workspace, exact=exact,
+            k_scale=ks, v_scale=vs,
         )  # fmt: skip
     if lse is not None:
         return out, lse

@@ -11,6 +11,11 @@ in ``layers_skip``, idle batches, the parent's own metadata and CUDA-graph state
   compiled indexer -> top-k selection -> sparse attention over the pool's own K/V buffers;
 * ``forward_extend``: the parent's dense prefill, then ``forward_cache`` for every block the prompt completed.
 
+fp8 KV cache (``kv_cache_dtype="fp8_e4m3"`` / ``"fp8_e5m2"``): K/V are written as SGLang writes them (``value /
+layer.k_scale``), and every Vortex kernel reads them as ``stored * scale`` with the layer's scales the parent's
+attention uses (``k_scale_float`` / ``v_scale_float``, 1.0 without checkpoint scales): ``fields["k_scale"]`` /
+``fields["v_scale"]``, ``[1]`` fp32 device tensors made once per layer before CUDA-graph capture.
+
 This module imports SGLang's backends; it is imported only by the backend factory hook of :mod:`.plugin`,
 inside SGLang's scheduler processes.
 """
@@ -26,6 +31,7 @@ from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 from sglang.srt.runtime_context import get_parallel
 
 from vortex_torch.abs.layout import PoolLayout
+from vortex_torch.kernels.fp8 import is_fp8
 
 from .aux_store import AuxFieldStore
 from .config import VortexConfig
@@ -87,6 +93,7 @@ class VortexBackendMixin:
         self.vortex_core = VortexDecodeCore(
             prepared, layout, context_len=int(runner.model_config.context_len), device=runner.device
         )
+        self._vortex_setup_kv_scales(runner, layers, pool.dtype)
         self.vortex_plan: DecodePlan | None = None
         self.vortex_buffers: DecodePlanBuffers | None = None
         #: the step's plan is built by this layer's forward_decode (so it is captured in the decode CUDA graph)
@@ -116,13 +123,68 @@ class VortexBackendMixin:
             layout.page_size, layout.block_size, self.vortex_core.max_blocks_per_row, config.impl_backend,
         )  # fmt: skip
 
+    # -- fp8 KV scales -----------------------------------------------------------------------------------------
+    def _vortex_setup_kv_scales(self, runner: Any, layers: list[int], kv_dtype: torch.dtype) -> None:
+        """One ``[1]`` fp32 device tensor per sparse layer for each of K's and V's scales (fp8 pools only), filled
+        from the model's attention layers now, before any CUDA graph is captured."""
+        self._vortex_kv_fp8 = is_fp8(kv_dtype)
+        self._vortex_scale_host: dict[int, tuple[float, float]] = {}
+        self._vortex_scale_dev: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if not self._vortex_kv_fp8:
+            return
+        known: dict[int, tuple[float, float]] = {}
+        model = getattr(runner, "model", None)
+        if model is not None and hasattr(model, "modules"):
+            for m in model.modules():
+                if hasattr(m, "layer_id") and hasattr(m, "k_scale_float"):
+                    known.setdefault(int(m.layer_id), self._vortex_layer_scales(m))
+        table = torch.ones(max(1, len(layers)), 2, dtype=torch.float32)
+        for i, lid in enumerate(layers):
+            self._vortex_scale_host[lid] = known.get(lid, (1.0, 1.0))
+            table[i] = torch.tensor(self._vortex_scale_host[lid])
+        table = table.to(runner.device)
+        self._vortex_scale_dev = {lid: (table[i, 0:1], table[i, 1:2]) for i, lid in enumerate(layers)}
+        log.info("Vortex fp8 KV cache (%s): per-layer scales %s", kv_dtype, sorted(set(known.values())) or "1.0")
+
+    def _vortex_layer_scales(self, layer: Any) -> tuple[float, float]:
+        """``(k_scale, v_scale)`` the parent's attention reads this layer's fp8 K/V with (its Triton backend's
+        rule: both of the layer's ``k_scale_float`` / ``v_scale_float`` when the checkpoint has scales, else 1.0)."""
+        ks, vs = getattr(layer, "k_scale_float", None), getattr(layer, "v_scale_float", None)
+        if getattr(layer, "k_scale", None) is None or getattr(layer, "v_scale", None) is None or ks is None or vs is None:
+            return 1.0, 1.0
+        return float(ks), float(vs)
+
+    def _vortex_scale_fields(self, layer: Any) -> dict[str, torch.Tensor]:
+        """``{"k_scale", "v_scale"}`` of a sparse layer of an fp8 pool (empty otherwise); re-filled eagerly if a
+        layer's scales changed since setup (never inside a CUDA-graph capture)."""
+        if not self._vortex_kv_fp8:
+            return {}
+        lid = int(layer.layer_id)
+        want = self._vortex_layer_scales(layer)
+        if self._vortex_scale_host.get(lid) != want:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise VortexSGLangError(
+                    f"layer {lid}: its fp8 KV scales {want} differ from those read at setup "
+                    f"{self._vortex_scale_host.get(lid)}, inside a CUDA-graph capture"
+                )
+            k_t, v_t = self._vortex_scale_dev[lid]
+            k_t.fill_(want[0])
+            v_t.fill_(want[1])
+            self._vortex_scale_host[lid] = want
+        k_t, v_t = self._vortex_scale_dev[lid]
+        return {"k_scale": k_t, "v_scale": v_t}
+
     # -- per-batch metadata ------------------------------------------------------------------------------------
-    def _vortex_fields(self, layer_id: int) -> dict[str, torch.Tensor]:
+    def _vortex_fields(self, layer: Any) -> dict[str, torch.Tensor]:
+        """K/V of the layer (SGLang's buffers, fp8 views for an fp8 pool), its aux fields, and for an fp8 pool
+        its scales (``k_scale`` / ``v_scale``, what the compiled kernels and the attention read K/V with)."""
         pool = self.token_to_kv_pool
+        layer_id = int(layer.layer_id)
         return {
             "k": pool.get_key_buffer(layer_id),
             "v": pool.get_value_buffer(layer_id),
             **self.vortex_aux.fields(layer_id),
+            **self._vortex_scale_fields(layer),
         }
 
     def _vortex_plan_for(self, forward_batch: Any, buffers: DecodePlanBuffers | None) -> DecodePlan:
@@ -212,7 +274,7 @@ class VortexBackendMixin:
         loc = forward_batch.out_cache_loc
         if k is not None and save_kv_cache:
             self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v, layer.k_scale, layer.v_scale)
-        fields = self._vortex_fields(layer.layer_id)
+        fields = self._vortex_fields(layer)
         self.vortex_core.update_cache(fields, loc)
         h_q, _heads, group, dim = self._vortex_heads
         # [tokens, H_q * D] -> [R, G, D]: row b * H_kv + h holds query heads h*G .. h*G+G-1 (GQA order)
@@ -245,9 +307,7 @@ class VortexBackendMixin:
                 if prefix is not None and extend is not None
                 else None
             )
-            self.vortex_core.update_cache(
-                self._vortex_fields(layer.layer_id), forward_batch.out_cache_loc, count
-            )
+            self.vortex_core.update_cache(self._vortex_fields(layer), forward_batch.out_cache_loc, count)
         return o
 
 
@@ -267,7 +327,8 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
         _h_q, heads, group, dim = self._vortex_heads
         self.vortex_fi = FlashInferSparseDecode(
             self, group=group, head_dim=dim, num_kv_heads=heads, block_size=core.layout.block_size,
-            page_size=core.layout.page_size, dtype=self.token_to_kv_pool.dtype,
+            page_size=core.layout.page_size, kv_dtype=self.token_to_kv_pool.dtype,
+            q_dtype=getattr(runner, "dtype", None) or runner.model_config.dtype,
             max_blocks_per_row=core.max_blocks_per_row, max_selected_per_row=core.max_selected_per_row,
             budget_fn=make_budget_fn(core.prepared, torch.device("cpu"), core.max_selected_per_row),
             device=torch.device(runner.device),

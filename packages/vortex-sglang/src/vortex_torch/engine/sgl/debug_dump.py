@@ -27,6 +27,8 @@ from .planner import DecodePlan
 
 DUMP_ENV = "VORTEX_DEBUG_DUMP"
 DUMP_STEPS_ENV = "VORTEX_DEBUG_DUMP_STEPS"
+#: the fields entries of an fp8 pool's K/V scales (recorded apart from the aux fields)
+KV_SCALES = ("k_scale", "v_scale")
 
 
 class DecodeDumper:
@@ -91,7 +93,8 @@ class DecodeDumper:
             "o": o.detach().cpu(),
             "k_blocks": layout.gather_blocks(fields["k"], ids).cpu(),
             "v_blocks": layout.gather_blocks(fields["v"], ids).cpu(),
-            "aux": {n: t[ids].cpu() for n, t in fields.items() if n not in ("k", "v")},
+            "aux": {n: t[ids].cpu() for n, t in fields.items() if n not in ("k", "v", *KV_SCALES)},
+            "kv_scales": {n: fields[n].cpu() for n in KV_SCALES if n in fields},  # fp8 K/V: value = stored * scale
             "seq_lens": None if seq_lens is None else seq_lens.cpu(),
         }
         path = os.path.join(self.directory, f"step{self.step:05d}_layer{layer_id:03d}.pt")
@@ -169,10 +172,12 @@ def replay(record: dict[str, Any], *, score_atol: float = 2e-2, score_rtol: floa
     k_buf = torch.zeros(nnz * bsz, heads, dim, dtype=kv_dtype)
     v_buf = torch.zeros_like(k_buf)
     slots = compact.block_token_slots(cids)  # [nnz, bsz]
-    k_buf[slots, head[:, None]] = record["k_blocks"]
-    v_buf[slots, head[:, None]] = record["v_blocks"]
+    # through uint8 views: index_put is not implemented for every fp8 dtype (a bit copy either way)
+    k_buf.view(torch.uint8)[slots, head[:, None]] = record["k_blocks"].view(torch.uint8)
+    v_buf.view(torch.uint8)[slots, head[:, None]] = record["v_blocks"].view(torch.uint8)
     executor = ReferenceExecutor(traced, compact)
-    fields: dict[str, torch.Tensor] = {"k": k_buf, "v": v_buf}
+    scales: dict[str, torch.Tensor] = dict(record.get("kv_scales") or {})
+    fields: dict[str, torch.Tensor] = {"k": k_buf, "v": v_buf, **scales}
     for name, (r, c) in traced.fields.items():
         fields[name] = torch.zeros(nnz * heads, r, c, dtype=record["aux"][name].dtype)
     last_len = record["last_block_len"].long()
@@ -236,7 +241,8 @@ def replay(record: dict[str, Any], *, score_atol: float = 2e-2, score_rtol: floa
     if (got_compact >= 0).all():
         o_ref = sparse_decode_attention_naive(
             q, k_buf, v_buf, sel_indptr, got_compact.to(torch.int32), last_len.to(torch.int32),
-            page_size=bsz, block_size=bsz, sm_scale=record["sm_scale"],
+            page_size=bsz, block_size=bsz, sm_scale=record["sm_scale"], k_scale=scales.get("k_scale"),
+            v_scale=scales.get("v_scale"),
         )  # fmt: skip
         report.o_max_err = float((o_ref.float() - record["o"].float()).abs().max())
     else:

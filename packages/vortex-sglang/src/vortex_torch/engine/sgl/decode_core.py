@@ -207,13 +207,16 @@ class VortexDecodeCore:
     def attend(
         self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, sm_scale: float | None
     ) -> torch.Tensor:
-        """Sparse attention over ``plan``'s selection: ``q_rows [R, G, D]`` -> ``o [R, G, D]`` (q's dtype)."""
+        """Sparse attention over ``plan``'s selection: ``q_rows [R, G, D]`` -> ``o [R, G, D]`` (q's dtype).
+
+        An fp8 pool's K/V are read as ``stored * fields["k_scale"]`` (``"v_scale"``), the ``[1]`` fp32 scales."""
         args = (q_rows, fields["k"], fields["v"], plan.sel_indptr, plan.sel_indices, plan.last_block_len)
         ps, bs = self.layout.page_size, self.layout.block_size
+        k_scale, v_scale = fields.get("k_scale"), fields.get("v_scale")
         if self.reference_kernels:
             from vortex_torch.kernels.sparse_decode import sparse_decode_attention_naive
 
-            return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
+            return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale, k_scale=k_scale, v_scale=v_scale)
         from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
         ws = self.attn_workspace
@@ -231,6 +234,7 @@ class VortexDecodeCore:
             workspace=ws,
             exact=exact,
             num_splits=splits,
+            k_scale=k_scale, v_scale=v_scale,
         )
 
     def decode_layer(

@@ -72,7 +72,9 @@ class FlashInferSparseDecode:
     Args:
         base: the SGLang ``FlashInferAttnBackend`` (its tensor-core choice and decode backend are mirrored).
         group / head_dim / num_kv_heads / block_size / page_size: the pool's geometry.
-        dtype: query and K/V dtype.
+        kv_dtype: the pool's K/V dtype (fp8 for an fp8 cache: FlashInfer applies ``layer.k_scale_float`` /
+            ``v_scale_float`` as SGLang's own decode does).
+        q_dtype: the queries' dtype (the model's).
         max_blocks_per_row / max_selected_per_row: static bounds of the decode plan.
         budget_fn: the budget rule on host tensors (``n [R] -> [R]``).
     """
@@ -86,7 +88,8 @@ class FlashInferSparseDecode:
         num_kv_heads: int,
         block_size: int,
         page_size: int,
-        dtype: torch.dtype,
+        kv_dtype: torch.dtype,
+        q_dtype: torch.dtype,
         max_blocks_per_row: int,
         max_selected_per_row: int,
         budget_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -96,7 +99,8 @@ class FlashInferSparseDecode:
 
         self._wrapper_cls = BatchDecodeWithPagedKVCacheWrapper
         self.group, self.head_dim, self.num_kv_heads = group, head_dim, num_kv_heads
-        self.block_size, self.page_size, self.dtype, self.device = block_size, page_size, dtype, device
+        self.block_size, self.page_size, self.device = block_size, page_size, device
+        self.kv_dtype, self.q_dtype = kv_dtype, q_dtype
         self.max_blocks_per_row, self.max_selected_per_row = max_blocks_per_row, max_selected_per_row
         self.budget_fn = budget_fn
         self.use_tensor_cores = bool(getattr(base, "decode_use_tensor_cores", False))
@@ -151,7 +155,7 @@ class FlashInferSparseDecode:
             indices = torch.empty(int(tok_indptr[-1]), dtype=torch.int32, device=self.device)
         wrapper.plan(
             tok_indptr, indices, torch.ones(rows, dtype=torch.int32), self.group, 1, self.head_dim, 1,
-            q_data_type=self.dtype, kv_data_type=self.dtype, non_blocking=True,
+            q_data_type=self.q_dtype, kv_data_type=self.kv_dtype, non_blocking=True,
         )  # fmt: skip
         self.current = wrapper
         return budget

@@ -12,7 +12,10 @@ through the pool before ``attn_mha``; the mixin's ``forward_extend`` then summar
 the layers in ``layers_skip``.
 
 The aux fields live beside SGLang's ``MLATokenToKVPool`` (:class:`.aux_store.AuxFieldStore`, one latent head).
-Only bf16/fp16 latents are supported (an fp8 KV cache is refused).
+
+fp8 latents (``kv_cache_dtype="fp8_e4m3"`` / ``"fp8_e5m2"``, not DSA's block-scaled layout) are written and read
+with the scales of the parent: SGLang's Triton MLA path stores ``latent / layer.k_scale`` and reads keys with
+``k_scale_float`` and values with ``v_scale_float``; its FlashInfer MLA path stores and reads them unscaled (1.0).
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ class VortexMLABackendMixin(VortexBackendMixin):
             raise VortexSGLangError(
                 f"Vortex's MLA path reads SGLang's MLATokenToKVPool latent buffer; got {type(pool).__name__}"
             )
-        if getattr(pool, "use_dsa", False) or pool.dtype not in (torch.bfloat16, torch.float16):
+        supported = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+        if getattr(pool, "use_dsa", False) or pool.dtype not in supported:
             raise VortexSGLangError(
-                f"Vortex's sparse MLA decode needs a bf16/fp16 latent cache (got {pool.dtype}"
-                f"{', DSA' if getattr(pool, 'use_dsa', False) else ''}); drop --kv-cache-dtype fp8_*"
+                f"Vortex's sparse MLA decode needs a bf16/fp16 or fp8 (fp8_e4m3 / fp8_e5m2) latent cache with one "
+                f"scale per layer (got {pool.dtype}{', DSA' if getattr(pool, 'use_dsa', False) else ''}); set "
+                "--kv-cache-dtype to auto, bfloat16, fp8_e4m3 or fp8_e5m2"
             )
         rank, rope = int(pool.kv_lora_rank), int(pool.qk_rope_head_dim)
         h_q = runner.model_config.num_attention_heads // get_parallel().attn_tp_size
@@ -62,6 +67,7 @@ class VortexMLABackendMixin(VortexBackendMixin):
             prepared, layout, context_len=int(runner.model_config.context_len), device=runner.device,
             kv_lora_rank=rank,
         )  # fmt: skip
+        self._vortex_setup_kv_scales(runner, layers, pool.dtype)
         self.vortex_plan = None
         self.vortex_buffers = None
         self._vortex_plan_layer = min(layers) if layers else -1
@@ -77,8 +83,17 @@ class VortexMLABackendMixin(VortexBackendMixin):
             layout.page_size, layout.block_size, self.vortex_core.max_blocks_per_row,
         )  # fmt: skip
 
-    def _vortex_fields(self, layer_id: int) -> dict[str, torch.Tensor]:
-        return {"k": self.token_to_kv_pool.get_key_buffer(layer_id), **self.vortex_aux.fields(layer_id)}
+    def _vortex_fields(self, layer: Any) -> dict[str, torch.Tensor]:
+        layer_id = int(layer.layer_id)
+        return {
+            "k": self.token_to_kv_pool.get_key_buffer(layer_id),
+            **self.vortex_aux.fields(layer_id),
+            **self._vortex_scale_fields(layer),
+        }
+
+    def _vortex_write_scale(self, layer: Any) -> Any:
+        """What the parent divides the latent by before storing it (None: stored as is)."""
+        return None
 
     def forward_decode(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
@@ -97,8 +112,8 @@ class VortexMLABackendMixin(VortexBackendMixin):
         q_rope, k_rope = kwargs.get("q_rope"), kwargs.get("k_rope")
         loc = forward_batch.out_cache_loc
         if k is not None and save_kv_cache:
-            write_mla_latent(self.token_to_kv_pool, layer, loc, k, v, k_rope)
-        fields = self._vortex_fields(layer.layer_id)
+            write_mla_latent(self.token_to_kv_pool, layer, loc, k, v, k_rope, self._vortex_write_scale(layer))
+        fields = self._vortex_fields(layer)
         self.vortex_core.update_cache(fields, loc)
         h_q = self._vortex_heads[0]
         q_rows = absorbed_query_rows(q, q_rope, h_q, *self._vortex_mla)
@@ -107,11 +122,21 @@ class VortexMLABackendMixin(VortexBackendMixin):
 
 
 def write_mla_latent(
-    pool: Any, layer: Any, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, k_rope: torch.Tensor | None
+    pool: Any,
+    layer: Any,
+    loc: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    k_rope: torch.Tensor | None,
+    scale: Any = None,
 ) -> None:
     """Write this step's latents as SGLang's MLA backends do: ``k [T, 1, kv_lora_rank]`` (kv_c) and ``k_rope [T, 1,
     qk_rope_head_dim]`` through ``set_mla_kv_buffer``, or the whole latent ``k [T, 1, D]`` (``v`` = kv_c) through
-    ``set_kv_buffer``."""
+    ``set_kv_buffer``. ``scale``: the latent is stored divided by it (SGLang's Triton MLA path with
+    ``layer.k_scale``; the pool itself takes no scale)."""
+    if scale is not None:
+        k = k / scale
+        k_rope = None if k_rope is None else k_rope / scale
     if k_rope is not None:
         pool.set_mla_kv_buffer(layer, loc, k, k_rope)
     else:
@@ -133,9 +158,15 @@ def absorbed_query_rows(
 class VortexFlashInferMLABackend(VortexMLABackendMixin, FlashInferMLAAttnBackend):
     """SGLang's FlashInfer MLA backend for prefill and dense layers, Vortex sparse MLA decode for the flow's."""
 
+    def _vortex_layer_scales(self, layer: Any) -> tuple[float, float]:
+        return 1.0, 1.0  # FlashInfer MLA stores and reads fp8 latents unscaled (a plain cast)
+
 
 class VortexTritonMLABackend(VortexMLABackendMixin, TritonAttnBackend):
     """SGLang's Triton backend (MLA mode) for prefill and dense layers, Vortex sparse MLA decode for the flow's."""
+
+    def _vortex_write_scale(self, layer: Any) -> Any:
+        return getattr(layer, "k_scale", None)  # as TritonAttnBackend.forward_decode (MLA): k.div_(layer.k_scale)
 
 
 def create_mla_backend(backend_str: str, model_runner: Any, config: VortexConfig) -> VortexMLABackendMixin:

@@ -10,7 +10,9 @@ kv_lora_rank + qk_rope_head_dim]`` as rows ``[R, G = H_q, D]``, and the selectio
 :func:`vortex_torch.kernels.sparse_decode_mla.sparse_mla_decode` over the selected latent blocks, one launch,
 split scratch allocated with the plan buffers, returning ``o [B, H_q, kv_lora_rank]``.
 
-``fields`` here is ``{"k": latent [num_slots, 1, D], **aux}`` (no ``"v"``).
+``fields`` here is ``{"k": latent [num_slots, 1, D], **aux}`` (no ``"v"``); for an fp8 latent cache also
+``"k_scale"`` / ``"v_scale"`` (``[1]`` fp32): keys are ``latent * k_scale`` (the compiled cache update and indexer
+read the latent so too), values ``kv_c * v_scale``.
 """
 
 from __future__ import annotations
@@ -74,10 +76,13 @@ class VortexMLADecodeCore(VortexDecodeCore):
         kv_lora_rank]`` in q's dtype; values are the first ``kv_lora_rank`` columns of the latents."""
         args = (q_rows, fields["k"], plan.sel_indptr, plan.sel_indices, plan.last_block_len)
         ps, bs, rank = self.layout.page_size, self.layout.block_size, self.kv_lora_rank
+        k_scale, v_scale = fields.get("k_scale"), fields.get("v_scale")
         if self.reference_kernels:
             from vortex_torch.kernels.sparse_decode_mla import sparse_mla_decode_naive
 
-            return sparse_mla_decode_naive(*args, page_size=ps, block_size=bs, v_head_dim=rank, sm_scale=sm_scale)
+            return sparse_mla_decode_naive(
+                *args, page_size=ps, block_size=bs, v_head_dim=rank, sm_scale=sm_scale, k_scale=k_scale, v_scale=v_scale
+            )
         from vortex_torch.kernels.sparse_decode_mla import sparse_mla_decode
 
         ws = self.mla_workspace
@@ -94,4 +99,5 @@ class VortexMLADecodeCore(VortexDecodeCore):
             max_blocks_per_row=plan.max_selected_per_row,
             workspace=ws,
             exact=self.exact_attention,
+            k_scale=k_scale, v_scale=v_scale,
         )

@@ -30,7 +30,8 @@ log = logging.getLogger("vortex_torch.engine.sgl")
 
 #: set to 1 to keep SGLang's overlap scheduler on under Vortex (experimental; see docs/sglang-integration.md §5)
 ALLOW_OVERLAP_ENV = "VORTEX_ALLOW_OVERLAP_SCHEDULE"
-#: KV-cache dtypes the sparse kernels read (queries and K/V must share a 16/32-bit float dtype)
+#: KV-cache dtypes the sparse kernels read: the model's 16/32-bit dtype, or fp8 with SGLang's per-layer scales
+#: (``stored = value / k_scale``; the kernels dequantise in registers, vortex_torch.kernels.fp8)
 KV_DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
     "bfloat16": torch.bfloat16,
@@ -39,6 +40,8 @@ KV_DTYPES: dict[str, torch.dtype | None] = {
     "fp16": torch.float16,
     "half": torch.float16,
     "float32": torch.float32,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
 }
 
 
@@ -148,7 +151,8 @@ def _refuse(server_args: Any, config: VortexConfig) -> None:
     if kv not in KV_DTYPES:
         raise VortexServerArgsError(
             "kv_cache_dtype",
-            f"{kv!r} is not supported: the sparse decode kernels read bf16/fp16/fp32 K/V. Use 'auto' or 'bfloat16'.",
+            f"{kv!r} is not supported: Vortex's sparse decode reads bf16/fp16/fp32 K/V, or fp8 with one scale per "
+            "layer (block-scaled / fp4 / mxfp8 caches are not). Use 'auto', 'bfloat16', 'fp8_e4m3' or 'fp8_e5m2'.",
         )
 
 

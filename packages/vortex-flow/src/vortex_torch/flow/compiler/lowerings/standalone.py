@@ -22,7 +22,7 @@ def _reduce(k: RowKernel) -> None:
         "sum": "acc + x", "mean": "acc + x", "l2": "acc + x * x",
         "amax": "tl.maximum(acc, x)", "amin": "tl.minimum(acc, x)",
     }[how]  # fmt: skip
-    k.loop([f"x = tl.load(x_ptr + offs, mask=m, other={ident}).to(tl.float32)", f"acc = {comb}"])
+    k.loop([f"x = tl.load(x_ptr + offs, mask=m, other={ident}).to(tl.float32){k.x_scale}", f"acc = {comb}"])
     k.body.append(f"res = {RED_FN[how]}(acc, axis=0, keep_dims=True)")
     if how == "mean":
         k.body.append("res = res / n.to(tl.float32)")
@@ -43,13 +43,13 @@ def _softmax(k: RowKernel) -> None:
         f"den = tl.zeros([1, {r}, {c}], tl.float32)",
     ]
     k.loop([
-        f"x = tl.where(m, tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {lit(op.scale)}, {NEG})",
+        f"x = tl.where(m, tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32){k.x_scale} * {lit(op.scale)}, {NEG})",
         "new = tl.maximum(mx, tl.max(x, axis=0, keep_dims=True))",
         "den = den * tl.exp(mx - new) + tl.sum(tl.where(m, tl.exp(x - new), 0.0), axis=0, keep_dims=True)",
         "mx = new",
     ])  # fmt: skip
     k.loop([
-        f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) * {lit(op.scale)}",
+        f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32){k.x_scale} * {lit(op.scale)}",
         f"tl.store(y_ptr + {k.out_offs}, tl.exp(x - mx) / den, mask=m)",
     ])  # fmt: skip
 
@@ -57,9 +57,9 @@ def _softmax(k: RowKernel) -> None:
 @standalone(ix.Normalize)
 def _normalize(k: RowKernel) -> None:
     k.body.append(f"tot = tl.zeros([1, {p2(k.r)}, {p2(k.c)}], tl.float32)")
-    k.loop(["x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)",
+    k.loop([f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32){k.x_scale}",
             "tot = tot + tl.sum(x, axis=0, keep_dims=True)"])  # fmt: skip
-    k.loop(["x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)",
+    k.loop([f"x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32){k.x_scale}",
             f"tl.store(y_ptr + {k.out_offs}, x / tot, mask=m)"])  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def _conv1d(k: RowKernel) -> None:
             (f"s{j} = tl.load(indices + start + q{j}, mask=ok{j}, other=0).to(tl.int64)" if k.paged
              else f"s{j} = (start + q{j}).to(tl.int64)"),
             f"x{j} = tl.load(x_ptr + {k.in_offs(f's{j}')}, mask=ok{j}[:, None, None]{inner}, other=0.0)"
-            ".to(tl.float32)",
+            f".to(tl.float32){k.x_scale}",
             f"acc = acc + x{j} * tl.load(w_ptr + {j * wr * wc} + {w_offs}{w_kw})",
         ]  # fmt: skip
     stmts.append(f"tl.store(y_ptr + {k.out_offs}, acc, mask=m)")

@@ -90,6 +90,10 @@ echo "$STAND" > "$SITE/_vortex_cpu_standins.pth"
 
 cat > "$STAND/IPython/__init__.py" <<'PY'
 """Stand-in (vortex tools/install_sglang_cpu.sh): sglang.utils only needs IPython.display.HTML/display."""
+
+# matplotlib reads IPython.version_info once IPython is imported (FigureCanvasBase._fix_ipython_backend2gui):
+# a modern version makes it leave the stand-in alone
+version_info = (8, 24, 0, "stand-in")
 PY
 cat > "$STAND/IPython/display.py" <<'PY'
 class HTML:

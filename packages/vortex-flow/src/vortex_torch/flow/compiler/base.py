@@ -12,6 +12,14 @@ from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 from ..trace import TracedFlow
 
 
+class Workspace(abc.ABC):
+    """Scratch an executor's ``run_indexer`` needs across calls (see :meth:`FlowExecutor.workspace`)."""
+
+    @abc.abstractmethod
+    def fits(self, rows: int, max_blocks_per_row: int) -> bool:
+        """Whether a call over ``rows`` rows of at most ``max_blocks_per_row`` blocks fits."""
+
+
 @dataclass
 class SelectionSpec:
     """Per-step selection parameters shared by all layers: ``sel_indptr [R+1]`` from the budget rule and the
@@ -70,6 +78,16 @@ class FlowExecutor(abc.ABC):
         self.traced = traced
         self.layout = layout
 
+    #: whether ``run_indexer`` needs ``dense.row_of``/``dense.pos`` (the interpreter's segment ops do; building
+    #: them costs a host sync, so the compiled executor, which never reads them, says False)
+    needs_row_index: bool = True
+
+    def workspace(self, max_rows: int, max_blocks_per_row: int, device: torch.device | str) -> Workspace | None:
+        """Caller-owned scratch for ``run_indexer`` calls of up to ``max_rows`` rows of ``max_blocks_per_row``
+        blocks (allocate once, before CUDA-graph capture, and pass it to every layer); None when the executor
+        needs none."""
+        return None
+
     @abc.abstractmethod
     def run_indexer(
         self,
@@ -78,8 +96,15 @@ class FlowExecutor(abc.ABC):
         dense: DenseBlocks,
         selection: SelectionSpec,
         out: torch.Tensor,
+        *,
+        max_blocks_per_row: int | None = None,
+        workspace: Workspace | None = None,
     ) -> None:
-        """Score and select: ``q [R, G, D]`` -> ``out [sel_indptr[-1]] int32`` block ids, ascending per row."""
+        """Score and select: ``q [R, G, D]`` -> ``out [sel_indptr[-1]] int32`` block ids, ascending per row.
+
+        ``max_blocks_per_row``: a static bound on every row's block count (launches are sized by it, so no host
+        sync is needed); ``workspace``: from :meth:`workspace` (per call when None). Executors that need
+        neither ignore them."""
 
     @abc.abstractmethod
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:

@@ -49,13 +49,13 @@ class KVLayout:
     heads: int
 
     def base(self, blk: str, ptr: str) -> str:
-        """Offset of token 0, element 0 of blocks ``blk`` (an int64 expression) in the buffer ``ptr``."""
-        bpp = self.page_size // self.block_size
-        slot0 = f"({blk} // {self.heads * bpp}) * {self.page_size}"
-        head = f"({blk} // {bpp}) % {self.heads}" if bpp > 1 else f"{blk} % {self.heads}"
-        if bpp > 1:
-            slot0 += f" + ({blk} % {bpp}) * {self.block_size}"
-        return f"({slot0}) * stride0_{ptr} + ({head}) * stride1_{ptr}"
+        """Offset of token 0, element 0 of blocks ``blk`` (an int64 expression) in the buffer ``ptr``, through
+        the one copy of the block arithmetic (``vortex_torch.kernels._layout``, imported by every generated
+        module as ``_vx_block_first_slot`` / ``_vx_block_head``)."""
+        geo = f"{self.page_size}, {self.block_size}, {self.heads}"
+        return (
+            f"_vx_block_first_slot({blk}, {geo}) * stride0_{ptr} + _vx_block_head({blk}, {geo}) * stride1_{ptr}"
+        )
 
 
 def kv_stride_args(ptr: str, name: str) -> list[KernelArg]:

@@ -20,7 +20,7 @@ from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.kernels.fp8 import dequantize, is_fp8, saturate_cast
 from vortex_torch.kernels.select.naive import select_blocks_naive
 
-from .base import FlowExecutor, SelectionSpec, kv_scale
+from .base import FlowExecutor, SelectionSpec, Workspace, kv_scale
 
 KV_FIELDS = ("k", "v")  # native [num_slots, H_kv, D] buffers, read per block through the layout
 
@@ -66,6 +66,9 @@ class ReferenceExecutor(FlowExecutor):
         dense: DenseBlocks,
         selection: SelectionSpec,
         out: torch.Tensor,
+        *,
+        max_blocks_per_row: int | None = None,
+        workspace: Workspace | None = None,
     ) -> None:
         score, saves = self.evaluate(q, fields, dense)
         op = self.traced.terminal.op

@@ -23,7 +23,7 @@ from vortex_torch.kernels.select.triton_kernel import (
 )
 
 from ..trace import TracedFlow
-from .base import FlowExecutor, SelectionSpec, kv_scale
+from .base import FlowExecutor, SelectionSpec, Workspace, kv_scale
 from .codegen import (
     KV_FIELDS,
     KernelArg,
@@ -39,7 +39,7 @@ from .schedule import CompileError, KernelGroup, group_nodes, live_nodes, materi
 
 
 @dataclass
-class IndexerWorkspace:
+class IndexerWorkspace(Workspace):
     """Scratch of the compiled indexer, owned by the caller: ``counter [max_rows] int32`` (0 between launches;
     the row's last scoring program re-arms it) and the intermediates of every stored tensor (fp32, by tensor id:
     ``[max_rows * max_blocks_per_row * r * c]`` for per-block values, ``[max_rows * r * c]`` for per-row)."""
@@ -70,6 +70,8 @@ def _pow2_floor(n: int) -> int:
 
 
 class TritonExecutor(FlowExecutor):
+    needs_row_index = False
+
     """Runs a traced flow as generated Triton kernels: the whole indexer (every scoring group and the selection)
     as ONE launch (:mod:`.indexer_kernel`), ``forward_cache`` as one more (per extend, or per decode step).
 
@@ -180,6 +182,8 @@ class TritonExecutor(FlowExecutor):
             "import triton",
             "import triton.language as tl",
             "",
+            "from vortex_torch.kernels._layout import block_first_slot as _vx_block_first_slot",
+            "from vortex_torch.kernels._layout import block_head as _vx_block_head",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
             "from vortex_torch.kernels._layout import release_fence as _vx_release_fence",
             "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
@@ -303,7 +307,7 @@ class TritonExecutor(FlowExecutor):
         out: torch.Tensor,
         *,
         max_blocks_per_row: int | None = None,
-        workspace: IndexerWorkspace | None = None,
+        workspace: Workspace | None = None,
     ) -> None:
         """Scoring and selection in one launch (:mod:`.indexer_kernel`). ``max_blocks_per_row`` (``>=`` every
         row's block count) and ``workspace`` make the call sync-free and allocation-free (CUDA graphs)."""
@@ -312,7 +316,7 @@ class TritonExecutor(FlowExecutor):
         if rows == 0:
             return
         max_n = max_blocks_per_row if max_blocks_per_row is not None else int(dense.lengths().max())
-        ws = workspace
+        ws = workspace if isinstance(workspace, IndexerWorkspace) else None
         if ws is None or not ws.fits(rows, max_n):
             ws = self.workspace(rows, max_n, q.device)
         args: list[Any] = []

@@ -30,7 +30,7 @@ from .planner import (
 from .policy import apply_policy, compile_policy
 
 if TYPE_CHECKING:
-    from vortex_torch.flow.compiler.triton_executor import IndexerWorkspace
+    from vortex_torch.flow.compiler.base import Workspace
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
@@ -119,7 +119,7 @@ class VortexDecodeCore:
         #: attention's split scratch, allocated for the largest batch (allocate_buffers); None: per call
         self.attn_workspace: SparseDecodeWorkspace | None = None
         #: the compiled indexer's scratch (its per-row counters and score buffers), likewise
-        self.indexer_workspace: IndexerWorkspace | None = None
+        self.indexer_workspace: Workspace | None = None
         #: "triton" sparse attention keeps softmax weights fp32 in p @ v (exact rounding) when True
         self.exact_attention = cfg.exact_attention
 
@@ -140,8 +140,7 @@ class VortexDecodeCore:
             for exact in (False, True)
         )  # fmt: skip
         self.attn_workspace = SparseDecodeWorkspace.allocate(rows, splits, group, dim, self.device)
-        if not self.reference_kernels:
-            self.indexer_workspace = self.executor.workspace(rows, self.max_blocks_per_row, self.device)
+        self.indexer_workspace = self.executor.workspace(rows, self.max_blocks_per_row, self.device)
         return DecodePlanBuffers.allocate(rows, self.max_blocks_per_row, self.device)
 
     def plan(
@@ -187,21 +186,14 @@ class VortexDecodeCore:
         from vortex_torch.flow.compiler.base import SelectionSpec
 
         spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
-        if self.reference_kernels:
-            self.executor.run_indexer(q_rows, fields, plan.exact_dense_blocks(), spec, plan.sel_indices)
-        else:
-            ws = self.indexer_workspace
-            if ws is not None and not ws.fits(plan.num_rows, plan.max_blocks_per_row):
-                ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
-            self.executor.run_indexer(
-                q_rows,
-                fields,
-                plan.dense_blocks(),
-                spec,
-                plan.sel_indices,
-                max_blocks_per_row=plan.max_blocks_per_row,
-                workspace=ws,
-            )
+        ws = self.indexer_workspace
+        if ws is not None and not ws.fits(plan.num_rows, plan.max_blocks_per_row):
+            ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
+        # the interpreter's segment ops need each entry's row and position (a host sync: eager paths only)
+        dense = plan.exact_dense_blocks() if self.executor.needs_row_index else plan.dense_blocks()
+        self.executor.run_indexer(
+            q_rows, fields, dense, spec, plan.sel_indices, max_blocks_per_row=plan.max_blocks_per_row, workspace=ws
+        )
         return plan.sel_indices
 
     def attend(

@@ -91,9 +91,13 @@ echo "$STAND" > "$SITE/_vortex_cpu_standins.pth"
 cat > "$STAND/IPython/__init__.py" <<'PY'
 """Stand-in (vortex tools/install_sglang_cpu.sh): sglang.utils only needs IPython.display.HTML/display."""
 
-# matplotlib reads IPython.version_info once IPython is imported (FigureCanvasBase._fix_ipython_backend2gui):
-# a modern version makes it leave the stand-in alone
+# matplotlib probes an imported IPython (FigureCanvasBase._fix_ipython_backend2gui, pyplot's display hook):
+# a modern version and "not inside an IPython shell" make it leave the stand-in alone
 version_info = (8, 24, 0, "stand-in")
+
+
+def get_ipython():
+    return None
 PY
 cat > "$STAND/IPython/display.py" <<'PY'
 class HTML:

@@ -44,8 +44,8 @@ rm -rf sgl_kernel/flash_ops.abi3.so sgl_kernel/flashmla_ops.abi3.so sgl_kernel/s
 # IPython is not on the GPU image; sglang/utils.py imports IPython.display at top level.
 mkdir -p IPython
 printf '%s\n' '# stand-in: sglang.utils only needs IPython.display.HTML/display (notebook helpers)' \
-    '# matplotlib reads IPython.version_info once IPython is imported: a modern version leaves the stand-in alone' \
-    'version_info = (8, 24, 0, "stand-in")' > IPython/__init__.py
+    '# matplotlib probes an imported IPython: a modern version, not inside a shell, leaves the stand-in alone' \
+    'version_info = (8, 24, 0, "stand-in")' 'def get_ipython():' '    return None' > IPython/__init__.py
 cat > IPython/display.py <<'PY'
 class HTML:
     def __init__(self, data=None, *a, **k):

@@ -304,6 +304,10 @@ BAD_ARGS = [
     (["check", "F", "--budget", "2"], "argument --budget: must be a fraction in (0, 1]"),
     (["check", "F", "--min-recall", "1.5"], "argument --min-recall: must be a number from 0 to 1, got '1.5'"),
     (["check", "F", "--timeout", "0"], "argument --timeout: must be a number of seconds in (0, 86400]"),
+    (
+        ["check", "F", "--aux-dtype", "fp8"],
+        "argument --aux-dtype: must be one of bfloat16, float16, float32, fp8_e4m3, fp8_e5m2, got 'fp8'",
+    ),
     (["check"], "missing FLOW"),
     (["check", "F", "G"], "one FLOW at a time; got the extra argument 'G'"),
     (["check", "F", "--block", "32"], "did you mean --block-size?"),
@@ -336,6 +340,70 @@ def test_bad_argument_in_a_clean_subprocess(tmp_path: Path) -> None:
         "vortex check: error: argument --block-size: must be a power of two from 2 to 256, got '3' (see "
         "`vortex check --help`)"
     ]
+
+
+def test_bad_aux_dtype_in_a_clean_subprocess(tmp_path: Path) -> None:
+    proc = vortex(tmp_path, "check", str(QUICKSTART), "--aux-dtype", "float8", "--json")
+    assert proc.returncode == 2
+    line = (
+        "vortex check: error: argument --aux-dtype: must be one of bfloat16, float16, float32, fp8_e4m3, fp8_e5m2, "
+        "got 'float8' (see `vortex check --help`)"
+    )
+    assert proc.stderr.splitlines() == [line]
+    assert json.loads(proc.stdout) == {"ok": False, "stage": "arguments", "error": line}
+
+
+# -- --aux-dtype: summaries stored in fp8 (VortexConfig.dtype), measured against bf16 ----------------------------
+AUX_KEYS = {
+    "aux_dtype", "baseline_aux_dtype", "needle_recall", "baseline_needle_recall", "attn_rel_error",
+    "baseline_attn_rel_error", "summary_bytes_per_block", "baseline_summary_bytes_per_block", "per_context",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["fp8_e4m3", "fp8_e5m2"])
+def test_aux_dtype_fp8_reports_fp8_and_bf16_side_by_side(tmp_path: Path, dtype: str) -> None:
+    """The quick-start flow with fp8 summaries: the check's numbers are the fp8 run, ``aux_comparison`` puts
+    them next to the bf16 run's; the centroid keeps its needles in fp8 and its summary takes half the bytes."""
+    args = (str(QUICKSTART), "--contexts", "4096", "8192", "--aux-dtype", dtype)
+    rc, report, err = check_json(tmp_path, *args)
+    assert rc == 0 and err == "", report
+    cmp = report["aux_comparison"]
+    assert set(cmp) == AUX_KEYS
+    assert report["aux_dtype"] == cmp["aux_dtype"] == dtype and cmp["baseline_aux_dtype"] == "bfloat16"
+    # the report's own quality numbers (and its verdict) are those of the fp8 run
+    assert report["needle_recall"] == cmp["needle_recall"]
+    assert report["attn_rel_error"] == cmp["attn_rel_error"]
+    # one (1, 128) centroid per block: 128 bytes in fp8, 256 in bf16
+    assert cmp["summary_bytes_per_block"] == 128 and cmp["baseline_summary_bytes_per_block"] == 256
+    assert cmp["baseline_needle_recall"] >= 0.99  # the bf16 bar of test_json_reports_compile_and_quality...
+    assert cmp["needle_recall"] >= cmp["baseline_needle_recall"] - 0.05
+    assert 0.0 <= cmp["attn_rel_error"] <= 1.5 * cmp["baseline_attn_rel_error"] + 0.01
+    assert [row["context"] for row in cmp["per_context"]] == [4096, 8192]
+    row_keys = {"context", "needle_recall", "baseline_needle_recall", "attn_rel_error", "baseline_attn_rel_error"}
+    assert all(set(row) == row_keys for row in cmp["per_context"])
+    # the text report says the same, in one section
+    proc = vortex(tmp_path, "check", *args)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    at = lines.index(f"  aux dtype          {dtype} summaries vs bfloat16 (the table above is {dtype}):")
+    assert lines[at + 1] == (
+        f"                     recall {cmp['needle_recall']:.3f} vs {cmp['baseline_needle_recall']:.3f}, "
+        f"attn rel err {cmp['attn_rel_error']:.4f} vs {cmp['baseline_attn_rel_error']:.4f}, "
+        "summary bytes per block 128 vs 256"
+    )
+
+
+def test_aux_dtype_bfloat16_is_the_baseline_and_default_has_no_comparison(tmp_path: Path) -> None:
+    rc, report, _ = check_json(tmp_path, str(QUICKSTART), "--contexts", "4096", "--aux-dtype", "bfloat16")
+    assert rc == 0, report
+    cmp = report["aux_comparison"]
+    assert cmp["aux_dtype"] == cmp["baseline_aux_dtype"] == "bfloat16"
+    assert cmp["needle_recall"] == cmp["baseline_needle_recall"] == report["needle_recall"]
+    assert cmp["summary_bytes_per_block"] == cmp["baseline_summary_bytes_per_block"] == 256
+    proc = vortex(tmp_path, "check", str(QUICKSTART), "--contexts", "4096")
+    assert proc.returncode == 0 and "aux dtype" not in proc.stdout, proc.stdout
+    rc, report, _ = check_json(tmp_path, str(QUICKSTART), "--contexts", "4096")
+    assert report["aux_dtype"] == "bfloat16" and "aux_comparison" not in report
 
 
 # -- list, version -----------------------------------------------------------------------------------------------

@@ -79,6 +79,14 @@ def _unit(text: str) -> float:
     return value
 
 
+def _aux_dtype(text: str) -> str:
+    from .check.options import AUX_DTYPES
+
+    if text not in AUX_DTYPES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(AUX_DTYPES)}, got {text!r}")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -139,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         flow=args.flow, name=args.name, contexts=tuple(args.contexts), budget=args.budget, needles=args.needles,
         block_size=args.block_size, head_dim=args.head_dim, group_size=args.group_size, kv_heads=args.kv_heads,
         kv_lora_rank=args.kv_lora_rank, qk_rope_head_dim=args.qk_rope_head_dim, mla_heads=args.mla_heads,
-        seed=args.seed, min_recall=args.min_recall, timeout_s=args.timeout,
+        seed=args.seed, min_recall=args.min_recall, timeout_s=args.timeout, aux_dtype=args.aux_dtype,
     )  # fmt: skip
     report = run_check(opts)
     try:
@@ -189,6 +197,12 @@ def _add_check(sub: Any) -> None:
     c.add_argument(
         "--min-recall", type=_unit, default=None, metavar="R",
         help=f"fail below this needle recall (default: the flow's expected_min_recall, else {DEFAULT_MIN_RECALL})",
+    )  # fmt: skip
+    c.add_argument(
+        "--aux-dtype", type=_aux_dtype, default=None, metavar="DTYPE",
+        help="measure with the flow's aux fields (summaries) stored in DTYPE, as VortexConfig.dtype stores them "
+        "(bfloat16, float16, float32, fp8_e4m3, fp8_e5m2; fp8 saturates), and report recall, attention error and "
+        "summary bytes per block side by side with bfloat16 (default: bfloat16 only, no comparison)",
     )  # fmt: skip
     c.add_argument(
         "--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="S",

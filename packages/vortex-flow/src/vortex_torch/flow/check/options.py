@@ -12,6 +12,16 @@ DEFAULT_MIN_RECALL = 0.9
 DEFAULT_TIMEOUT_S = 60.0
 #: needles avoid the first and last block of a context (bos/eos keep those anyway)
 EDGE_BLOCKS = 1
+#: ``--aux-dtype`` values (``VortexConfig.dtype``'s names) -> the ``torch`` dtype attribute the aux fields get
+AUX_DTYPES: dict[str, str] = {
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "float32": "float32",
+    "fp8_e4m3": "float8_e4m3fn",
+    "fp8_e5m2": "float8_e5m2",
+}
+#: the aux dtype of a check without ``--aux-dtype``, and the baseline an ``--aux-dtype`` run is compared with
+BASELINE_AUX_DTYPE = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,9 @@ class CheckOptions:
     seed: int = 0
     min_recall: float | None = None  # None: the flow's expected_min_recall, else DEFAULT_MIN_RECALL
     timeout_s: float = DEFAULT_TIMEOUT_S
+    #: ``--aux-dtype``: measure with the aux fields stored in this dtype (a key of :data:`AUX_DTYPES`) and compare
+    #: with :data:`BASELINE_AUX_DTYPE`; ``None``: measure in the baseline dtype only, no comparison
+    aux_dtype: str | None = None
 
     @property
     def is_file(self) -> bool:

@@ -3,6 +3,8 @@
 A report is a JSON-able dict. ``compiled_ok`` says whether the compiled kernels agree with the reference
 interpreter; ``quality_ok`` whether the flow finds the planted needles (recall at least ``min_recall``) and
 sparse attention stays finite; ``ok`` is both. A report that stops early carries ``stage`` and ``error``.
+``aux_dtype`` is the dtype the aux fields were stored in for the measurement; with ``--aux-dtype``,
+``aux_comparison`` puts its recall, attention error and summary bytes per block next to the bf16 baseline's.
 """
 
 from __future__ import annotations
@@ -116,6 +118,22 @@ def _num(x: Any, spec: str) -> str:
     return format(x, spec) if _finite(x) else str(x)
 
 
+def _aux_lines(cmp: dict[str, Any] | None) -> list[str]:
+    """``--aux-dtype``: the measured dtype's summaries side by side with the baseline's (bf16)."""
+    if not cmp:
+        return []
+    dt, base = cmp["aux_dtype"], cmp["baseline_aux_dtype"]
+    nb, mb = cmp["summary_bytes_per_block"], cmp["baseline_summary_bytes_per_block"]
+    if dt == base:
+        return [f"  aux dtype          {dt} summaries (the baseline itself): {nb} bytes per block"]
+    return [
+        f"  aux dtype          {dt} summaries vs {base} (the table above is {dt}):",
+        f"                     recall {_num(cmp['needle_recall'], '.3f')} vs "
+        f"{_num(cmp['baseline_needle_recall'], '.3f')}, attn rel err {_num(cmp['attn_rel_error'], '.4f')} vs "
+        f"{_num(cmp['baseline_attn_rel_error'], '.4f')}, summary bytes per block {nb} vs {mb}",
+    ]
+
+
 def render_text(r: dict[str, Any]) -> str:
     """The human-readable report (the last line is the verdict)."""
     title = f"{r['flow']} ({r['file']})" if r.get("flow") else str(r.get("file") or r.get("target"))
@@ -154,6 +172,7 @@ def render_text(r: dict[str, Any]) -> str:
     lines.append(
         f"  {'all':>8}  {_num(r['needle_recall'], '.3f'):>13}  {_num(r['attn_rel_error'], '.4f'):>12}  {sel:>16}"
     )
+    lines += _aux_lines(r.get("aux_comparison"))
     bar, source = r["min_recall"], r["min_recall_from"]
     if r["quality_ok"]:
         if bar is None:

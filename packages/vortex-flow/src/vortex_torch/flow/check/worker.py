@@ -24,7 +24,7 @@ from vortex_torch.abs.callsite import at, traceback_callsite
 from vortex_torch.abs.errors import VortexError
 
 from ..backend import use_triton_interpreter_without_cuda
-from .options import CheckOptions
+from .options import AUX_DTYPES, BASELINE_AUX_DTYPE, CheckOptions
 from .report import judge_quality, resolve_min_recall, to_json
 
 
@@ -144,7 +144,9 @@ def _load(opts: CheckOptions, report: dict[str, Any]) -> Any:
     return flow, traced
 
 
-def _measure(flow: Any, opts: CheckOptions, report: dict[str, Any]) -> None:
+def _measure_contexts(flow: Any, opts: CheckOptions, mla: bool, aux_dtype: str) -> list[dict[str, Any]]:
+    """``measure_flow`` once per context, with the aux fields stored in ``aux_dtype`` (a key of AUX_DTYPES)."""
+    import torch
     from tqdm import tqdm
 
     from ..runtime.config import RuntimeConfig
@@ -152,42 +154,89 @@ def _measure(flow: Any, opts: CheckOptions, report: dict[str, Any]) -> None:
 
     # block_size sets the blocks the flow summarises and selects; a page holds one block, as in SGLang with
     # page_size == block_size.
-    config = RuntimeConfig(block_size=opts.block_size, page_size=opts.block_size)
-    per_ctx = []
+    dtype = getattr(torch, AUX_DTYPES[aux_dtype])
+    config = RuntimeConfig(block_size=opts.block_size, page_size=opts.block_size, dtype=dtype)
     bar = tqdm(
-        opts.contexts, desc="needle contexts", unit="ctx", disable=not sys.stderr.isatty(), leave=False
-    )
-    mla = bool(report.get("mla"))
-    for n in bar:
-        per_ctx.append(
-            measure_flow(
-                flow,
-                seq_lens=[n],
-                budget_fraction=opts.budget,
-                num_needles=opts.needles,
-                num_kv_heads=1 if mla else opts.kv_heads,
-                head_dim=opts.kv_lora_rank + opts.qk_rope_head_dim if mla else opts.head_dim,
-                group_size=opts.mla_heads if mla else opts.group_size,
-                config=config,
-                seed=opts.seed,
-                qk_rope_head_dim=opts.qk_rope_head_dim,
-            )
+        opts.contexts, desc=f"needle contexts ({aux_dtype} aux)", unit="ctx", disable=not sys.stderr.isatty(),
+        leave=False,
+    )  # fmt: skip
+    return [
+        measure_flow(
+            flow,
+            seq_lens=[n],
+            budget_fraction=opts.budget,
+            num_needles=opts.needles,
+            num_kv_heads=1 if mla else opts.kv_heads,
+            head_dim=opts.kv_lora_rank + opts.qk_rope_head_dim if mla else opts.head_dim,
+            group_size=opts.mla_heads if mla else opts.group_size,
+            config=config,
+            seed=opts.seed,
+            qk_rope_head_dim=opts.qk_rope_head_dim,
         )
+        for n in bar
+    ]
+
+
+def _summarise(opts: CheckOptions, per_ctx: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's quality numbers over every context (recall weighted by needle blocks, error averaged)."""
     hits = sum(m["needle_blocks_hit"] for m in per_ctx)
     total = sum(m["needle_blocks_total"] for m in per_ctx)
     best = sum(m["needle_recall_max"] * m["needle_blocks_total"] for m in per_ctx)
-    report.update(
-        needle_recall=hits / total,
-        needle_recall_max=best / total,
-        attn_rel_error=sum(m["attn_rel_error"] for m in per_ctx) / len(per_ctx),
-        pages_selected=sum(m["pages_selected"] for m in per_ctx),
-        pages_total=sum(m["pages_total"] for m in per_ctx),
-        per_context=[
+    return {
+        "needle_recall": hits / total,
+        "needle_recall_max": best / total,
+        "attn_rel_error": sum(m["attn_rel_error"] for m in per_ctx) / len(per_ctx),
+        "pages_selected": sum(m["pages_selected"] for m in per_ctx),
+        "pages_total": sum(m["pages_total"] for m in per_ctx),
+        "per_context": [
             {k: m[k] for k in ("needle_recall", "attn_rel_error", "pages_selected", "pages_total")}
             | {"context": n}
             for n, m in zip(opts.contexts, per_ctx, strict=True)
         ],
-    )
+    }
+
+
+def summary_bytes_per_block(traced: Any, aux_dtype: str) -> int:
+    """Bytes of the flow's aux fields (its summaries) for one block of one KV head, stored in ``aux_dtype``."""
+    import torch
+
+    itemsize = getattr(torch, AUX_DTYPES[aux_dtype]).itemsize
+    return sum(r * c for r, c in traced.fields.values()) * int(itemsize)
+
+
+def _measure(flow: Any, traced: Any, opts: CheckOptions, report: dict[str, Any]) -> None:
+    """Fill the quality numbers, measured with the aux fields in ``--aux-dtype`` (the baseline dtype without
+    it); with ``--aux-dtype``, also ``aux_comparison``: the same numbers with baseline (bf16) summaries."""
+    mla = bool(report.get("mla"))
+    dtype = opts.aux_dtype or BASELINE_AUX_DTYPE
+    measured = _summarise(opts, _measure_contexts(flow, opts, mla, dtype))
+    report.update(measured, aux_dtype=dtype)
+    if opts.aux_dtype is None:
+        return
+    base_dtype = BASELINE_AUX_DTYPE
+    base = measured
+    if dtype != base_dtype:
+        base = _summarise(opts, _measure_contexts(flow, opts, mla, base_dtype))
+    report["aux_comparison"] = {
+        "aux_dtype": dtype,
+        "baseline_aux_dtype": base_dtype,
+        "needle_recall": measured["needle_recall"],
+        "baseline_needle_recall": base["needle_recall"],
+        "attn_rel_error": measured["attn_rel_error"],
+        "baseline_attn_rel_error": base["attn_rel_error"],
+        "summary_bytes_per_block": summary_bytes_per_block(traced, dtype),
+        "baseline_summary_bytes_per_block": summary_bytes_per_block(traced, base_dtype),
+        "per_context": [
+            {
+                "context": row["context"],
+                "needle_recall": row["needle_recall"],
+                "baseline_needle_recall": brow["needle_recall"],
+                "attn_rel_error": row["attn_rel_error"],
+                "baseline_attn_rel_error": brow["attn_rel_error"],
+            }
+            for row, brow in zip(measured["per_context"], base["per_context"], strict=True)
+        ],
+    }
 
 
 def run(opts: CheckOptions, send: Any) -> dict[str, Any]:
@@ -213,7 +262,7 @@ def run(opts: CheckOptions, send: Any) -> dict[str, Any]:
         report["kernels_per_layer"] = compiled.kernels_per_layer
         report["compiled_ok"] = compiled.ok
         with _Stage(f"measuring flow {report['flow']!r} on needle contexts", "measure", report["file"]):
-            _measure(flow, opts, report)
+            _measure(flow, traced, opts, report)
         judge_quality(report)
         report["ok"] = bool(report["compiled_ok"] and report["quality_ok"])
     except _Failed as exc:

@@ -9,7 +9,7 @@ own :class:`ConfigFieldError` subclass so the message starts with its class name
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .errors import VortexError
 
@@ -47,22 +47,36 @@ def check_int(error: ErrorFactory, name: str, value: Any, lo: int, what: str) ->
         raise error(name, f"must be an int in [{lo}, 2**31 - 1] ({what}), got {kind}")
 
 
+class SharedFields(Protocol):
+    """The fields both configs have (read-only here: values are checked, never set)."""
+
+    @property
+    def block_size(self) -> Any: ...
+    @property
+    def topk_val(self) -> Any: ...
+    @property
+    def topk_ratio(self) -> Any: ...
+    @property
+    def block_reserved_bos(self) -> Any: ...
+    @property
+    def block_reserved_eos(self) -> Any: ...
+    @property
+    def layers_skip(self) -> Any: ...
+
+
 def check_shared_fields(
     error: ErrorFactory,
-    *,
-    block_size: Any,
-    topk_val: Any,
-    topk_ratio: Any,
-    block_reserved_bos: Any,
-    block_reserved_eos: Any,
-    layers_skip: Any,
+    config: SharedFields,
     layers_skip_type: type[list[int]] | type[tuple[int, ...]],
 ) -> None:
-    """Check the shared fields in this order; raise ``error(field, message)`` for the first bad one.
+    """Check ``config``'s shared fields in this order; raise ``error(field, message)`` for the first bad one.
 
     ``layers_skip_type`` is the container the config stores (``list`` for ``VortexConfig``, which JSON
     round-trips; ``tuple`` for the frozen ``RuntimeConfig``).
     """
+    block_size, topk_val, topk_ratio = config.block_size, config.topk_val, config.topk_ratio
+    block_reserved_bos, block_reserved_eos = config.block_reserved_bos, config.block_reserved_eos
+    layers_skip = config.layers_skip
     if not is_pow2(block_size) or block_size > INT32_MAX:
         raise error(
             "block_size", f"must be a power of two (e.g. 16) that divides the page size, got {block_size!r}"

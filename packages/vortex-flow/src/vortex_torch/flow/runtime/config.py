@@ -70,16 +70,7 @@ class RuntimeConfig:
         The fields ``VortexConfig`` shares are checked by the same function, with the same messages
         (:func:`vortex_torch.abs.config_fields.check_shared_fields`).
         """
-        check_shared_fields(
-            RuntimeConfigError,
-            block_size=self.block_size,
-            topk_val=self.topk_val,
-            topk_ratio=self.topk_ratio,
-            block_reserved_bos=self.block_reserved_bos,
-            block_reserved_eos=self.block_reserved_eos,
-            layers_skip=self.layers_skip,
-            layers_skip_type=tuple,
-        )
+        check_shared_fields(RuntimeConfigError, self, tuple)
         bs, ps = self.block_size, self.page_size
         if not isinstance(ps, int) or isinstance(ps, bool) or ps <= 0 or ps % bs:
             raise RuntimeConfigError(

@@ -15,8 +15,11 @@ one). It writes the tokens our pool does not hold yet (tracked per layer and req
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -141,17 +144,24 @@ def _prefill_attention(
         if n == 0:
             continue
         k, v = rt.gather_kv(layer, rid)  # [L, H_kv, D]
-        length = k.shape[0]
         k = k.float().transpose(0, 1).repeat_interleave(g, dim=0).to(query.device)  # [H_q, L, D]
         v = v.float().transpose(0, 1).repeat_interleave(g, dim=0).to(query.device)
-        q = query[b, :, t - n :].float()  # [H_q, n, D]
-        scores = q @ k.transpose(1, 2) * scale  # [H_q, n, L]
-        q_pos = torch.arange(length - n, length, device=query.device)
-        future = torch.arange(length, device=query.device)[None, :] > q_pos[:, None]  # [n, L]
-        scores = scores.masked_fill(future, float("-inf"))
-        o = torch.softmax(scores, dim=-1) @ v  # [H_q, n, D]
+        o = causal_attention(query[b, :, t - n :].float(), k, v, scale)  # [H_q, n, D]
         out[b, t - n :] = o.transpose(0, 1).to(query.dtype)
     return out
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax attention of the last ``n`` positions of a sequence over all ``L`` of its positions, causal.
+
+    ``q [H, n, D]``, ``k [H, L, D]`` or ``[L, D]`` (shared by the heads), ``v [H, L, Dv]`` or ``[L, Dv]``
+    -> ``[H, n, Dv]``; query ``i`` sits at position ``L - n + i`` and sees positions ``<= L - n + i``.
+    """
+    n, length = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-1, -2) * scale  # [H, n, L]
+    q_pos = torch.arange(length - n, length, device=q.device)
+    future = torch.arange(length, device=q.device)[None, :] > q_pos[:, None]  # [n, L]
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
 
 
 def _model_shape(config: Any) -> tuple[int, int, int, int]:
@@ -218,17 +228,41 @@ def greedy_generate(
         raise ValueError("greedy_generate: every prompt needs at least one token")
     _check_shape(model, runtime)
     register_vortex_attention()
-    rt = runtime
+    routed = functools.partial(using_attn_implementation, model, ATTN_IMPLEMENTATION)
+    return greedy_decode(model, runtime, input_ids, max_new_tokens, "greedy", routed)
+
+
+@contextlib.contextmanager
+def using_attn_implementation(model: Any, name: str) -> Iterator[None]:
+    """Inside the block ``model`` runs with ``attn_implementation=name``; the previous one is restored after."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def greedy_decode(
+    model: Any,
+    rt: ReferenceRuntime,
+    input_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    tag: str,
+    attention: Callable[[], AbstractContextManager[None]],
+) -> list[list[int]]:
+    """The greedy loop of :func:`greedy_generate` and ``greedy_generate_mla``, with the model's attention routed
+    to ``rt`` inside ``attention()``: each prompt prefilled alone, then one batched forward per decode step
+    (``reserve``, ``plan`` once, every layer uses that plan). Requests are named ``(tag, serial, i)`` and
+    released at the end. Returns the generated tokens."""
     device = next(model.parameters()).device
     serial = next(_rid_counter)
-    rids: list[RequestId] = [("greedy", serial, i) for i in range(len(input_ids))]
+    rids: list[RequestId] = [(tag, serial, i) for i in range(len(input_ids))]
     out: list[list[int]] = [[] for _ in input_ids]
     if max_new_tokens <= 0:
         return out
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), attention():
             lens = [len(ids) for ids in input_ids]
             for i, ids in enumerate(input_ids):
                 rt.add_request(rids[i])
@@ -249,7 +283,6 @@ def greedy_generate(
         for rid in rids:
             if rt.pool.has_request(rid):
                 rt.release(rid)
-        model.set_attn_implementation(previous)
     return out
 
 
@@ -261,20 +294,15 @@ def hf_greedy_reference(
 ) -> list[list[int]]:
     """Plain-HF greedy decoding (no Vortex) of each prompt on its own, recomputing the whole sequence every
     step: the simplest possible baseline for :func:`greedy_generate`."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(attn_implementation)
     device = next(model.parameters()).device
     out: list[list[int]] = []
-    try:
-        with torch.no_grad():
-            for ids in input_ids:
-                seq = list(ids)
-                for _ in range(max_new_tokens):
-                    logits = model(input_ids=torch.tensor([seq], device=device), use_cache=False).logits
-                    seq.append(int(logits[0, -1].argmax()))
-                out.append(seq[len(ids) :])
-    finally:
-        model.set_attn_implementation(previous)
+    with torch.no_grad(), using_attn_implementation(model, attn_implementation):
+        for ids in input_ids:
+            seq = list(ids)
+            for _ in range(max_new_tokens):
+                logits = model(input_ids=torch.tensor([seq], device=device), use_cache=False).logits
+                seq.append(int(logits[0, -1].argmax()))
+            out.append(seq[len(ids) :])
     return out
 
 

@@ -19,7 +19,7 @@ absorbed form SGLang decodes with:
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
 import types
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,9 +28,8 @@ import torch
 
 from ..flow import vFlow
 from .config import RuntimeConfig
-from .hf import _ACTIVE, _Binding, _forward_argmax
+from .hf import _ACTIVE, causal_attention, greedy_decode
 from .mla import MLAReferenceRuntime
-from .pool import RequestId
 
 #: a tiny DeepSeek-V2-shaped config (MLA attention, a dense first layer then shared + routed experts)
 TINY_DEEPSEEK_V2: dict[str, Any] = {
@@ -53,8 +52,6 @@ TINY_DEEPSEEK_V2: dict[str, Any] = {
     "head_dim": 16,
     "max_position_embeddings": 4096,
 }
-
-_rid_counter = itertools.count()
 
 
 def make_tiny_deepseek_v2(seed: int = 0, *, dtype: torch.dtype = torch.float32, **overrides: Any) -> Any:
@@ -153,11 +150,7 @@ def _mla_forward(
             if n == 0:
                 continue
             lat = rt.gather_latent(layer, rid).float().to(hidden_states.device)  # [L, rank + dr]
-            length = lat.shape[0]
-            scores = q_abs[b, :, t - n :].float() @ lat.T * module.scaling  # [H, n, L]
-            q_pos = torch.arange(length - n, length, device=lat.device)
-            future = torch.arange(length, device=lat.device)[None, :] > q_pos[:, None]
-            o_lat[b, :, t - n :] = torch.softmax(scores.masked_fill(future, float("-inf")), -1) @ lat[:, :rank]
+            o_lat[b, :, t - n :] = causal_attention(q_abs[b, :, t - n :].float(), lat, lat[:, :rank], module.scaling)
     else:
         if t != 1:
             raise NotImplementedError(f"MLA decode takes one query token per request, got {t}")
@@ -202,33 +195,4 @@ def greedy_generate_mla(
             f"runtime shape (layers, H_q, kv_lora_rank, qk_rope_head_dim) = {have} does not match the model's "
             f"{want}; build it with mla_runtime_for_model(model, flow, config)"
         )
-    rt = runtime
-    device = next(model.parameters()).device
-    serial = next(_rid_counter)
-    rids: list[RequestId] = [("greedy_mla", serial, i) for i in range(len(input_ids))]
-    out: list[list[int]] = [[] for _ in input_ids]
-    if max_new_tokens <= 0:
-        return out
-    try:
-        with torch.no_grad(), absorbed_attention(model):
-            lens = [len(ids) for ids in input_ids]
-            for i, ids in enumerate(input_ids):
-                rt.add_request(rids[i])
-                rt.reserve([rids[i]], [lens[i]])
-                ids_t = torch.tensor([list(ids)], device=device)
-                pos = torch.arange(lens[i], device=device)[None]
-                out[i] += _forward_argmax(model, _Binding(rt, [rids[i]], [lens[i]], None), ids_t, pos)
-            for _ in range(max_new_tokens - 1):
-                rt.reserve(rids, [1] * len(rids))
-                plan = rt.plan(rids)
-                lens = [n + 1 for n in lens]
-                ids_t = torch.tensor([[o[-1]] for o in out], device=device)
-                pos = torch.tensor([[n - 1] for n in lens], device=device)
-                nxt = _forward_argmax(model, _Binding(rt, rids, lens, plan), ids_t, pos)
-                for o, tok in zip(out, nxt, strict=True):
-                    o.append(tok)
-    finally:
-        for rid in rids:
-            if rt.pool.has_request(rid):
-                rt.release(rid)
-    return out
+    return greedy_decode(model, runtime, input_ids, max_new_tokens, "greedy_mla", functools.partial(absorbed_attention, model))

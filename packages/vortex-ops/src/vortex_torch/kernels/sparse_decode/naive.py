@@ -21,6 +21,7 @@ import torch
 
 from vortex_torch.abs.layout import PoolLayout
 
+from .._decode_inputs import check_out, check_query_dtype, check_selection
 from ..fp8 import FP8_DTYPES, Scale, dequantize
 
 
@@ -53,28 +54,14 @@ def check_inputs(
     if k_cache.shape[2] != head_dim:
         raise ValueError(f"head dim mismatch: q has D={head_dim}, cache has D={k_cache.shape[2]}")
     check_kv_dtypes(q, k_cache, v_cache)
-    if indptr.dim() != 1 or indptr.shape[0] != num_rows + 1:
-        raise ValueError(f"indptr must be [R + 1] = [{num_rows + 1}], got {tuple(indptr.shape)}")
-    if last_block_len.dim() != 1 or last_block_len.shape[0] != num_rows:
-        raise ValueError(f"last_block_len must be [R] = [{num_rows}], got {tuple(last_block_len.shape)}")
-    if indices.dim() != 1:
-        raise ValueError(f"indices must be 1-D [nnz], got {tuple(indices.shape)}")
-    for name, t in (("indptr", indptr), ("indices", indices), ("last_block_len", last_block_len)):
-        if t.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be int32 (or int64), got {t.dtype}")
-    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
-        raise ValueError(
-            f"out must be {tuple(q.shape)} {q.dtype} on {q.device}, "
-            f"got {tuple(out.shape)} {out.dtype} on {out.device}"
-        )
-    del group
+    check_selection(indptr, indices, last_block_len, num_rows)
+    check_out(out, (num_rows, group, head_dim), q)
     return layout
 
 
 def check_kv_dtypes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     """K/V in ``q``'s dtype, or both in one fp8 dtype with ``q`` bf16/fp16/fp32."""
-    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"q must be bf16, fp16 or fp32, got {q.dtype}")
+    check_query_dtype(q)
     if k_cache.dtype in FP8_DTYPES and v_cache.dtype == k_cache.dtype:
         return
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:

@@ -31,8 +31,7 @@ Nothing reads device memory on the host when ``max_blocks_per_row`` is given (CU
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, overload
+from typing import ClassVar, Literal, overload
 
 import torch
 import triton
@@ -42,16 +41,23 @@ from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head, release_fence
-from ..fp8 import Scale, is_fp8, scale_tensor
+from .._split_kv import (
+    SplitWorkspace,
+    device_scales,
+    fp8_scale_args,
+    log2_scale,
+    max_row_blocks,
+    next_pow2,
+    precision_meta,
+    split_count,
+)
+from ..fp8 import Scale
 from .naive import check_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
 
 _TILE_ELEMS = 16384  # K (and V) tile of one loop step: BLOCK_N x D_PAD elements, 128 x 128 at D = 128
 _TILE_ELEMS_EXACT = 8192  # the same with fp32 p (tf32x3 p @ v): 64 x 128 at D = 128
-_MIN_ITERS_PER_SPLIT = 2  # a split shorter than this costs more in launch/combine than it gains
-_MAX_SPLITS = 64
-_PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep HBM busy
 
 
 @triton.jit
@@ -228,17 +234,13 @@ def _merge_row(
         tl.store(lse_ptr + row * stride_lr + offs_g * stride_lg, lse, mask=offs_g < G)
 
 
-def _next_pow2(x: int, at_least: int = 1) -> int:
-    return max(at_least, 1 << max(0, x - 1).bit_length())
-
-
 def blocks_per_iter(block_size: int, head_dim: int, exact: bool = False) -> int:
     """Whole blocks per loop step of a program: ``BLOCKS_PER_ITER * BS`` tokens, 16 to 128 of them
     (>= 16 for tl.dot, fewer at large D to bound registers), or one block when ``BS > 128``. At D = 128 on an
     H200 (results/gpu/2026-12-04-decode-step-bench.md, 32k x 32, budget 2048): 128 tokens for the fast path
     (69.8 us against 79.6 us with 64), 64 for ``exact`` (fp32 p: 122.8 us with 64, 198.4 us with 128)."""
     elems = _TILE_ELEMS_EXACT if exact else _TILE_ELEMS
-    tokens = min(128, max(16, elems // _next_pow2(head_dim, 16)))
+    tokens = min(128, max(16, elems // next_pow2(head_dim, 16)))
     return max(1, tokens // block_size)
 
 
@@ -252,49 +254,23 @@ def default_num_splits(
 ) -> int:
     """Splits per row: enough ``(row, split)`` programs to fill the GPU, but chunks of >= 2 loop steps.
 
-    Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config.
+    Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config
+    (:func:`.._split_kv.split_count` with one program per row and split).
     """
-    if device.type == "cuda":
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        num_sms = 2  # Triton interpreter: small, so that tests exercise the split + combine path
-    want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, max(num_rows, 1))
-    cap = triton.cdiv(max_blocks_per_row, _MIN_ITERS_PER_SPLIT * blocks_per_iter(block_size, head_dim, exact))
-    return int(max(1, min(want, cap, _MAX_SPLITS)))
+    return split_count(num_rows, max_blocks_per_row, blocks_per_iter(block_size, head_dim, exact), device)
 
 
-@dataclass
-class SparseDecodeWorkspace:
-    """Caller-owned scratch of the split-KV path (FlashInfer's rule: workspaces belong to the caller, so the
-    decode path allocates nothing and CUDA graphs see fixed addresses).
+class SparseDecodeWorkspace(SplitWorkspace):
+    """Caller-owned split scratch (:class:`.._split_kv.SplitWorkspace`): ``mid_o [max_rows, max_splits, G, D]
+    fp32``, ``mid_lse [max_rows, max_splits, G] fp32`` and ``counter [max_rows] int32`` (0 between launches)."""
 
-    ``mid_o [max_rows, max_splits, G, D] fp32`` and ``mid_lse [max_rows, max_splits, G] fp32`` hold each
-    split's partial result; ``counter [max_rows] int32`` counts the finished splits of a row and is 0 between
-    launches (the merging program re-arms it).
-    """
-
-    mid_o: torch.Tensor
-    mid_lse: torch.Tensor
-    counter: torch.Tensor
+    DIMS: ClassVar[str] = "(rows, splits, G, D)"
 
     @classmethod
     def allocate(
         cls, max_rows: int, max_splits: int, group: int, head_dim: int, device: torch.device | str
     ) -> SparseDecodeWorkspace:
-        rows, splits = max(1, max_rows), max(1, max_splits)
-        return cls(
-            mid_o=torch.empty(rows, splits, group, head_dim, dtype=torch.float32, device=device),
-            mid_lse=torch.empty(rows, splits, group, dtype=torch.float32, device=device),
-            counter=torch.zeros(rows, dtype=torch.int32, device=device),
-        )
-
-    def fits(self, rows: int, splits: int, group: int, head_dim: int) -> bool:
-        r, s, g, d = self.mid_o.shape
-        return rows <= r and splits <= s and group == g and head_dim == d
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.mid_o, self.mid_lse, self.counter))
+        return cls._new(max_rows, max_splits, group, head_dim, device, counters_per_row=1)
 
 
 def launch(
@@ -338,20 +314,14 @@ def launch(
             "k_cache/v_cache need a contiguous last (D) dim, "
             f"got strides {k_cache.stride()} and {v_cache.stride()}"
         )
-    kv_fp8 = is_fp8(k_cache.dtype)
-    if kv_fp8 and (k_scale is None or v_scale is None):
-        raise ValueError("fp8 K/V need k_scale and v_scale ([1] fp32 tensors; fp8.scale_tensor(None) for 1.0)")
-    k_scale_arg = k_scale if kv_fp8 else indptr  # dummy pointers: never read unless KV_FP8
-    v_scale_arg = v_scale if kv_fp8 else indptr
+    kv_fp8, k_scale_arg, v_scale_arg = fp8_scale_args(k_cache.dtype, k_scale, v_scale, indptr, "fp8 K/V")
     meta = dict(
         G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads, KV_FP8=kv_fp8,
-        G_PAD=_next_pow2(group, 16), D_PAD=_next_pow2(head_dim, 16),
+        G_PAD=next_pow2(group, 16), D_PAD=next_pow2(head_dim, 16),
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
-        P_FP32=bool(exact) or q.dtype == torch.float32, FENCE=q.is_cuda,
+        FENCE=q.is_cuda, **precision_meta(q.dtype, exact),
     )  # fmt: skip
-    qk_scale = sm_scale * math.log2(math.e)
+    qk_scale = log2_scale(sm_scale)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
     lse_strides = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
     if num_splits == 1:
@@ -365,14 +335,10 @@ def launch(
             num_stages=num_stages, **meta,
         )  # fmt: skip
         return
-    ws = workspace
-    if ws is None:
-        ws = SparseDecodeWorkspace.allocate(num_rows, num_splits, group, head_dim, q.device)
-    elif not ws.fits(num_rows, num_splits, group, head_dim):
-        raise ValueError(
-            f"workspace of {tuple(ws.mid_o.shape)} (rows, splits, G, D) is too small for "
-            f"{(num_rows, num_splits, group, head_dim)}"
-        )
+    ws = workspace if workspace is not None else SparseDecodeWorkspace.allocate(
+        num_rows, num_splits, group, head_dim, q.device
+    )
+    ws.require(num_rows, num_splits, group, head_dim)
     mid_o, mid_lse = ws.mid_o, ws.mid_lse
     lse_out = lse if lse is not None else mid_lse  # dummy pointer when STORE_FINAL_LSE is False
     _split_kernel[(num_rows, num_splits)](
@@ -488,12 +454,10 @@ def sparse_decode_attention(
     if num_rows > 0 and group > 0:
         if num_splits is None:
             if max_blocks_per_row is None:
-                max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
+                max_blocks_per_row = max_row_blocks(indptr)  # host sync
             num_splits = default_num_splits(num_rows, max_blocks_per_row, block_size, head_dim, q.device, exact)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
-        ks = vs = None
-        if is_fp8(k_cache.dtype):
-            ks, vs = scale_tensor(k_scale, q.device), scale_tensor(v_scale, q.device)
+        ks, vs = device_scales(k_cache.dtype, k_scale, v_scale, q.device)
         launch(
             q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits,
             page_size=page_size, block_size=block_size, workspace=workspace, exact=exact, k_scale=ks, v_scale=vs,

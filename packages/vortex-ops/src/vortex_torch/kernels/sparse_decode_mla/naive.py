@@ -27,6 +27,7 @@ import torch
 
 from vortex_torch.abs.layout import PoolLayout
 
+from .._decode_inputs import check_out, check_query_dtype, check_selection
 from ..fp8 import FP8_DTYPES, Scale, dequantize
 
 
@@ -54,28 +55,15 @@ def check_mla_inputs(
         raise ValueError(f"latent width mismatch: q has D={width}, latent_cache has D={latent_cache.shape[2]}")
     if not 0 < v_head_dim <= width:
         raise ValueError(f"v_head_dim (kv_lora_rank) must be in (0, D={width}], got {v_head_dim}")
-    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"q must be bf16, fp16 or fp32, got {q.dtype}")
+    check_query_dtype(q)
     if latent_cache.dtype != q.dtype and latent_cache.dtype not in FP8_DTYPES:
         raise ValueError(
             f"dtype mismatch: q {q.dtype}, latent_cache {latent_cache.dtype}: the latents must be in q's dtype, or "
             "float8_e4m3fn / float8_e5m2 (an fp8 KV cache, with k_scale / v_scale)"
         )
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=latent_cache.shape[1])
-    if indptr.dim() != 1 or indptr.shape[0] != num_rows + 1:
-        raise ValueError(f"indptr must be [R + 1] = [{num_rows + 1}], got {tuple(indptr.shape)}")
-    if last_block_len.dim() != 1 or last_block_len.shape[0] != num_rows:
-        raise ValueError(f"last_block_len must be [R] = [{num_rows}], got {tuple(last_block_len.shape)}")
-    if indices.dim() != 1:
-        raise ValueError(f"indices must be 1-D [nnz], got {tuple(indices.shape)}")
-    for name, t in (("indptr", indptr), ("indices", indices), ("last_block_len", last_block_len)):
-        if t.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be int32 (or int64), got {t.dtype}")
-    want = (num_rows, heads, v_head_dim)
-    if out is not None and (tuple(out.shape) != want or out.dtype != q.dtype or out.device != q.device):
-        raise ValueError(
-            f"out must be {want} {q.dtype} on {q.device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
-        )
+    check_selection(indptr, indices, last_block_len, num_rows)
+    check_out(out, (num_rows, heads, v_head_dim), q)
     return layout
 
 

@@ -21,8 +21,7 @@ Nothing reads device memory on the host when ``max_blocks_per_row`` is given (CU
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, overload
+from typing import ClassVar, Literal, overload
 
 import torch
 import triton
@@ -32,14 +31,20 @@ from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head, release_fence
-from ..fp8 import Scale, is_fp8, scale_tensor
+from .._split_kv import (
+    SplitWorkspace,
+    device_scales,
+    fp8_scale_args,
+    log2_scale,
+    max_row_blocks,
+    next_pow2,
+    precision_meta,
+    split_count,
+)
+from ..fp8 import Scale
 from .naive import check_mla_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)
-
-_MIN_ITERS_PER_SPLIT = 2
-_MAX_SPLITS = 64
-_PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -201,19 +206,15 @@ def _mla_merge(
         tl.store(lse_ptr + row * stride_lr + offs_h * stride_lh, lse, mask=mask_h)
 
 
-def _next_pow2(x: int, at_least: int = 1) -> int:
-    return max(at_least, 1 << max(0, x - 1).bit_length())
-
-
 def head_block(num_heads: int) -> int:
     """Query heads per program: all of them up to 16, else 16 (a ``[16, 512]`` fp32 accumulator per program)."""
-    return min(_next_pow2(num_heads, 16), 16)
+    return min(next_pow2(num_heads, 16), 16)
 
 
 def blocks_per_iter(block_size: int, kv_lora_rank: int) -> int:
     """Whole blocks per loop step: 32 to 64 tokens at kv_lora_rank = 512 (a ``[64, 512]`` bf16 latent tile),
     at least 16 tokens (tl.dot), one block when ``block_size`` is larger."""
-    tokens = min(64, max(16, 32768 // _next_pow2(kv_lora_rank, 16)))
+    tokens = min(64, max(16, 32768 // next_pow2(kv_lora_rank, 16)))
     return max(1, tokens // block_size)
 
 
@@ -222,46 +223,26 @@ def default_num_splits(
 ) -> int:
     """Splits per row: enough ``(row, head block, split)`` programs to fill the GPU, chunks of >= 2 loop steps.
 
-    Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config.
+    Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config
+    (:func:`.._split_kv.split_count` with one program per row, head block and split).
     """
-    if device.type == "cuda":
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        num_sms = 2  # Triton interpreter: small, so that tests exercise the split + merge path
     programs = max(num_rows, 1) * triton.cdiv(num_heads, head_block(num_heads))
-    want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, programs)
-    cap = triton.cdiv(max_blocks_per_row, _MIN_ITERS_PER_SPLIT * blocks_per_iter(block_size, kv_lora_rank))
-    return int(max(1, min(want, cap, _MAX_SPLITS)))
+    return split_count(programs, max_blocks_per_row, blocks_per_iter(block_size, kv_lora_rank), device)
 
 
-@dataclass
-class SparseMLADecodeWorkspace:
-    """Caller-owned split scratch: ``mid_o [max_rows, max_splits, H, DV] fp32``, ``mid_lse [max_rows,
-    max_splits, H] fp32`` and ``counter [max_rows * head blocks] int32`` (0 between launches)."""
+class SparseMLADecodeWorkspace(SplitWorkspace):
+    """Caller-owned split scratch (:class:`.._split_kv.SplitWorkspace`): ``mid_o [max_rows, max_splits, H, DV]
+    fp32``, ``mid_lse [max_rows, max_splits, H] fp32`` and ``counter [max_rows * head blocks] int32`` (0 between
+    launches)."""
 
-    mid_o: torch.Tensor
-    mid_lse: torch.Tensor
-    counter: torch.Tensor
+    DIMS: ClassVar[str] = "(rows, splits, H, DV)"
 
     @classmethod
     def allocate(
         cls, max_rows: int, max_splits: int, num_heads: int, v_head_dim: int, device: torch.device | str
     ) -> SparseMLADecodeWorkspace:
-        rows, splits = max(1, max_rows), max(1, max_splits)
         hb = triton.cdiv(num_heads, head_block(num_heads))
-        return cls(
-            mid_o=torch.empty(rows, splits, num_heads, v_head_dim, dtype=torch.float32, device=device),
-            mid_lse=torch.empty(rows, splits, num_heads, dtype=torch.float32, device=device),
-            counter=torch.zeros(rows * hb, dtype=torch.int32, device=device),
-        )
-
-    def fits(self, rows: int, splits: int, num_heads: int, v_head_dim: int) -> bool:
-        r, s, h, d = self.mid_o.shape
-        return rows <= r and splits <= s and num_heads == h and v_head_dim == d
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.mid_o, self.mid_lse, self.counter))
+        return cls._new(max_rows, max_splits, num_heads, v_head_dim, device, counters_per_row=hb)
 
 
 def launch(
@@ -298,20 +279,13 @@ def launch(
     block_h = head_block(heads)
     hb = triton.cdiv(heads, block_h)
     dr = width - v_head_dim
-    kv_fp8 = is_fp8(latent_cache.dtype)
-    if kv_fp8 and (k_scale is None or v_scale is None):
-        raise ValueError("fp8 latents need k_scale and v_scale ([1] fp32 tensors; fp8.scale_tensor(None) for 1.0)")
-    k_scale_arg = k_scale if kv_fp8 else indptr  # dummy pointers: never read unless KV_FP8
-    v_scale_arg = v_scale if kv_fp8 else indptr
+    kv_fp8, k_scale_arg, v_scale_arg = fp8_scale_args(latent_cache.dtype, k_scale, v_scale, indptr, "fp8 latents")
     meta = dict(
         KV_FP8=kv_fp8, H=heads, DV=v_head_dim, DR=dr, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
-        BLOCK_H=block_h, HB=hb, DV_PAD=_next_pow2(v_head_dim, 16), DR_PAD=_next_pow2(dr, 16),
-        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, v_head_dim),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        PV_PRECISION="ieee" if q.dtype == torch.float32 else "tf32x3",
-        P_FP32=bool(exact) or q.dtype == torch.float32,
+        BLOCK_H=block_h, HB=hb, DV_PAD=next_pow2(v_head_dim, 16), DR_PAD=next_pow2(dr, 16),
+        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, v_head_dim), **precision_meta(q.dtype, exact),
     )  # fmt: skip
-    qk_scale = sm_scale * math.log2(math.e)
+    qk_scale = log2_scale(sm_scale)
     q_strides = (q.stride(0), q.stride(1))
     lat_strides = (latent_cache.stride(0), latent_cache.stride(1))
     lse_strides = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
@@ -325,14 +299,10 @@ def launch(
             num_stages=num_stages, **meta,
         )  # fmt: skip
         return
-    ws = workspace
-    if ws is None:
-        ws = SparseMLADecodeWorkspace.allocate(num_rows, num_splits, heads, v_head_dim, q.device)
-    elif not ws.fits(num_rows, num_splits, heads, v_head_dim):
-        raise ValueError(
-            f"workspace of {tuple(ws.mid_o.shape)} (rows, splits, H, DV) is too small for "
-            f"{(num_rows, num_splits, heads, v_head_dim)}"
-        )
+    ws = workspace if workspace is not None else SparseMLADecodeWorkspace.allocate(
+        num_rows, num_splits, heads, v_head_dim, q.device
+    )
+    ws.require(num_rows, num_splits, heads, v_head_dim)
     mid_o, mid_lse = ws.mid_o, ws.mid_lse
     lse_out = lse if lse is not None else mid_lse
     _mla_split_kernel[(num_rows * hb, num_splits)](
@@ -439,12 +409,10 @@ def sparse_mla_decode(
     lse = torch.empty(num_rows, heads, dtype=torch.float32, device=q.device) if return_lse else None
     if num_rows > 0 and heads > 0:
         if max_blocks_per_row is None:
-            max_blocks_per_row = int((indptr[1:] - indptr[:-1]).max().item())  # host sync
+            max_blocks_per_row = max_row_blocks(indptr)  # host sync
         splits = default_num_splits(num_rows, heads, max_blocks_per_row, block_size, v_head_dim, q.device)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(width)
-        ks = vs = None
-        if is_fp8(latent_cache.dtype):
-            ks, vs = scale_tensor(k_scale, q.device), scale_tensor(v_scale, q.device)
+        ks, vs = device_scales(latent_cache.dtype, k_scale, v_scale, q.device)
         launch(
             q.contiguous(), latent_cache, indptr, indices, last_block_len, scale, out, lse, splits,
             page_size=page_size, block_size=block_size, v_head_dim=v_head_dim, workspace=workspace, exact=exact,

@@ -66,6 +66,28 @@ class VortexBackendMixin:
         return super()
 
     # -- setup -----------------------------------------------------------------------------------------------
+    def _vortex_attach_layers(
+        self, runner: Any, config: VortexConfig, prepared: PreparedFlow, num_kv_heads: int
+    ) -> tuple[PoolLayout, list[int]]:
+        """The pool layout and this rank's sparse layers; attaches the flow's aux fields to the pool."""
+        pool = self.token_to_kv_pool
+        layout = PoolLayout(page_size=int(runner.page_size), block_size=config.block_size, num_kv_heads=num_kv_heads)
+        start = int(getattr(pool, "start_layer", 0) or 0)
+        layers = prepared.sparse_layers(start, start + int(pool.layer_num))
+        self.vortex_aux = AuxFieldStore.attach(pool, prepared, layout, layers)
+        return layout, layers
+
+    def _vortex_init_step_state(self, runner: Any, layers: list[int]) -> None:
+        """Per-layer KV scales and the empty per-step state (once ``vortex_core`` exists)."""
+        self._vortex_setup_kv_scales(runner, layers, self.token_to_kv_pool.dtype)
+        self.vortex_plan: DecodePlan | None = None
+        self.vortex_buffers: DecodePlanBuffers | None = None
+        #: the step's plan is built by this layer's forward_decode (so it is captured in the decode CUDA graph)
+        self._vortex_plan_layer = min(layers) if layers else -1
+        #: set per decode batch: (forward batch, capture-stable buffers or None) the first sparse layer plans from
+        self._vortex_pending: tuple[Any, DecodePlanBuffers | None] | None = None
+        self._vortex_logit_cap_checked: set[int] = set()
+
     def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
         pool = self.token_to_kv_pool
         if getattr(runner, "sliding_window_size", None) is not None:
@@ -86,22 +108,12 @@ class VortexBackendMixin:
         prepared: PreparedFlow = prepare_flow(
             config, head_dim=dim, group_size=h_q // heads, kv_dtype=pool.dtype
         )
-        layout = PoolLayout(page_size=int(runner.page_size), block_size=config.block_size, num_kv_heads=heads)
-        start = int(getattr(pool, "start_layer", 0) or 0)
-        layers = prepared.sparse_layers(start, start + int(pool.layer_num))
-        self.vortex_aux = AuxFieldStore.attach(pool, prepared, layout, layers)
+        layout, layers = self._vortex_attach_layers(runner, config, prepared, heads)
         self.vortex_core = VortexDecodeCore(
             prepared, layout, context_len=int(runner.model_config.context_len), device=runner.device
         )
-        self._vortex_setup_kv_scales(runner, layers, pool.dtype)
-        self.vortex_plan: DecodePlan | None = None
-        self.vortex_buffers: DecodePlanBuffers | None = None
-        #: the step's plan is built by this layer's forward_decode (so it is captured in the decode CUDA graph)
-        self._vortex_plan_layer = min(layers) if layers else -1
-        #: set per decode batch: (forward batch, capture-stable buffers or None) the first sparse layer plans from
-        self._vortex_pending: tuple[Any, DecodePlanBuffers | None] | None = None
+        self._vortex_init_step_state(runner, layers)
         self._vortex_heads = (h_q, heads, h_q // heads, dim)
-        self._vortex_logit_cap_checked: set[int] = set()
         self._vortex_dumper = DecodeDumper.from_env(
             rank=get_parallel().tp_rank,
             meta={
@@ -252,25 +264,33 @@ class VortexBackendMixin:
             layer, "is_cross_attention", False
         )
 
-    def forward_decode(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
-        save_kv_cache: bool = True, **kwargs: Any,
-    ) -> torch.Tensor:  # fmt: skip
+    def _vortex_step_plan(self, layer: Any) -> DecodePlan | None:
+        """The step's plan when ``layer`` decodes sparsely (None: the parent backend decodes it). The plan is
+        made at the first sparse layer: one launch on the stream, inside the decode CUDA graph (no host work
+        per step). Refuses logit soft-capping, once per layer."""
         if self._vortex_pending is not None and layer.layer_id == self._vortex_plan_layer:
-            # The step's plan: one launch on the stream, inside the decode CUDA graph (no host work per step).
             batch, buffers = self._vortex_pending
             self.vortex_plan = self._vortex_plan_for(batch, buffers)
         plan = self.vortex_plan
         if plan is None or not self._vortex_sparse(layer):
-            return self._vortex_parent().forward_decode(
-                q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
-            )
+            return None
         if layer.layer_id not in self._vortex_logit_cap_checked:
             if getattr(layer, "logit_cap", 0) and layer.logit_cap > 0:
                 raise VortexSGLangError(
                     f"layer {layer.layer_id}: logit soft-capping is not supported by Vortex's sparse decode"
                 )
             self._vortex_logit_cap_checked.add(layer.layer_id)
+        return plan
+
+    def forward_decode(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
+        save_kv_cache: bool = True, **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        plan = self._vortex_step_plan(layer)
+        if plan is None:
+            return self._vortex_parent().forward_decode(
+                q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
+            )
         loc = forward_batch.out_cache_loc
         if k is not None and save_kv_cache:
             self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v, layer.k_scale, layer.v_scale)

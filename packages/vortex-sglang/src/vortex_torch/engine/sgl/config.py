@@ -216,16 +216,7 @@ class VortexConfig:
 
     def _check_budget_fields(self) -> None:
         # the fields RuntimeConfig has too: one check, one text (vortex_torch.abs.config_fields)
-        check_shared_fields(
-            VortexConfigError,
-            block_size=self.block_size,
-            topk_val=self.topk_val,
-            topk_ratio=self.topk_ratio,
-            block_reserved_bos=self.block_reserved_bos,
-            block_reserved_eos=self.block_reserved_eos,
-            layers_skip=self.layers_skip,
-            layers_skip_type=list,
-        )
+        check_shared_fields(VortexConfigError, self, list)
         floor = self.topk_val + self.block_reserved_bos + self.block_reserved_eos
         if self.max_topk_val is not None:
             check_int(VortexConfigError, "max_topk_val", self.max_topk_val, 1,

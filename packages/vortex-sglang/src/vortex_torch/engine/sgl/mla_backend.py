@@ -28,9 +28,6 @@ from sglang.srt.layers.attention.flashinfer_mla_backend import FlashInferMLAAttn
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 from sglang.srt.runtime_context import get_parallel
 
-from vortex_torch.abs.layout import PoolLayout
-
-from .aux_store import AuxFieldStore
 from .backend import VortexBackendMixin
 from .config import VortexConfig
 from .errors import VortexSGLangError
@@ -59,23 +56,15 @@ class VortexMLABackendMixin(VortexBackendMixin):
         rank, rope = int(pool.kv_lora_rank), int(pool.qk_rope_head_dim)
         h_q = runner.model_config.num_attention_heads // get_parallel().attn_tp_size
         prepared = prepare_flow(config, head_dim=rank + rope, group_size=h_q, kv_dtype=pool.dtype, qk_rope_head_dim=rope)
-        layout = PoolLayout(page_size=int(runner.page_size), block_size=config.block_size, num_kv_heads=1)
-        start = int(getattr(pool, "start_layer", 0) or 0)
-        layers = prepared.sparse_layers(start, start + int(pool.layer_num))
-        self.vortex_aux = AuxFieldStore.attach(pool, prepared, layout, layers)
+        layout, layers = self._vortex_attach_layers(runner, config, prepared, 1)
         self.vortex_core = VortexMLADecodeCore(
             prepared, layout, context_len=int(runner.model_config.context_len), device=runner.device,
             kv_lora_rank=rank,
         )  # fmt: skip
-        self._vortex_setup_kv_scales(runner, layers, pool.dtype)
-        self.vortex_plan = None
-        self.vortex_buffers = None
-        self._vortex_plan_layer = min(layers) if layers else -1
-        self._vortex_pending = None
+        self._vortex_init_step_state(runner, layers)
         #: (H_q, H_kv = 1, G = H_q, latent width); kv_lora_rank and rope split kept apart
         self._vortex_heads = (h_q, 1, h_q, rank + rope)
         self._vortex_mla = (rank, rope)
-        self._vortex_logit_cap_checked: set[int] = set()
         self._vortex_dumper = None
         log.info(
             "%s: MLA flow %r, %d sparse layers of %d, H_q=%d, latent %d + %d, page=%d, block=%d, <= %d blocks/row",
@@ -99,16 +88,11 @@ class VortexMLABackendMixin(VortexBackendMixin):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
         save_kv_cache: bool = True, **kwargs: Any,
     ) -> torch.Tensor:  # fmt: skip
-        if self._vortex_pending is not None and layer.layer_id == self._vortex_plan_layer:
-            batch, buffers = self._vortex_pending
-            self.vortex_plan = self._vortex_plan_for(batch, buffers)
-        plan = self.vortex_plan
-        if plan is None or not self._vortex_sparse(layer):
+        plan = self._vortex_step_plan(layer)
+        if plan is None:
             return self._vortex_parent().forward_decode(
                 q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
             )
-        if getattr(layer, "logit_cap", 0) and layer.logit_cap > 0:
-            raise VortexSGLangError(f"layer {layer.layer_id}: logit soft-capping is not supported by Vortex")
         q_rope, k_rope = kwargs.get("q_rope"), kwargs.get("k_rope")
         loc = forward_batch.out_cache_loc
         if k is not None and save_kv_cache:

@@ -1,0 +1,143 @@
+"""Host side shared by the split-KV sparse decode kernels (``sparse_decode`` for GQA, ``sparse_decode_mla``):
+the split-count rule, the caller-owned split workspace, the input checks of the CSR selection and the launch
+arguments that do not depend on the kernel's math (precision constexprs, fp8 scale pointers).
+
+The Triton kernels themselves stay in their packages: their tiles and their math differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import torch
+import triton
+
+from .fp8 import Scale, is_fp8, scale_tensor
+
+MIN_ITERS_PER_SPLIT = 2  # a split shorter than this costs more in launch/merge than it gains
+MAX_SPLITS = 64
+PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep HBM busy
+
+_W = TypeVar("_W", bound="SplitWorkspace")
+
+
+def next_pow2(x: int, at_least: int = 1) -> int:
+    return max(at_least, 1 << max(0, x - 1).bit_length())
+
+
+def split_count(
+    programs_per_split: int, max_blocks_per_row: int, blocks_per_step: int, device: torch.device
+) -> int:
+    """Splits per row: enough programs to fill the GPU (``programs_per_split`` programs per split index: rows,
+    or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps of ``blocks_per_step`` blocks.
+
+    Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config.
+    """
+    if device.type == "cuda":
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        num_sms = 2  # Triton interpreter: small, so that tests exercise the split + merge path
+    want = triton.cdiv(PROGRAMS_PER_SM * num_sms, max(programs_per_split, 1))
+    cap = triton.cdiv(max_blocks_per_row, MIN_ITERS_PER_SPLIT * blocks_per_step)
+    return int(max(1, min(want, cap, MAX_SPLITS)))
+
+
+def max_row_blocks(indptr: torch.Tensor) -> int:
+    """The longest row of a CSR selection (reads ``indptr``: a host sync, not CUDA-graph capturable)."""
+    return int((indptr[1:] - indptr[:-1]).max().item())
+
+
+@dataclass
+class SplitWorkspace:
+    """Caller-owned scratch of a split-KV launch (FlashInfer's rule: workspaces belong to the caller, so the
+    decode path allocates nothing and CUDA graphs see fixed addresses).
+
+    ``mid_o [max_rows, max_splits, heads, width] fp32`` and ``mid_lse [max_rows, max_splits, heads] fp32`` hold
+    each split's partial result; ``counter [max_rows * counters_per_row] int32`` counts the finished splits of
+    a (virtual) row and is 0 between launches (the merging program re-arms it).
+    """
+
+    mid_o: torch.Tensor
+    mid_lse: torch.Tensor
+    counter: torch.Tensor
+
+    #: names of ``mid_o``'s dims in error messages
+    DIMS: ClassVar[str] = "(rows, splits, heads, width)"
+
+    @classmethod
+    def _new(
+        cls: type[_W],
+        max_rows: int,
+        max_splits: int,
+        heads: int,
+        width: int,
+        device: torch.device | str,
+        counters_per_row: int,
+    ) -> _W:
+        rows, splits = max(1, max_rows), max(1, max_splits)
+        return cls(
+            mid_o=torch.empty(rows, splits, heads, width, dtype=torch.float32, device=device),
+            mid_lse=torch.empty(rows, splits, heads, dtype=torch.float32, device=device),
+            counter=torch.zeros(rows * counters_per_row, dtype=torch.int32, device=device),
+        )
+
+    def fits(self, rows: int, splits: int, heads: int, width: int) -> bool:
+        r, s, h, d = self.mid_o.shape
+        return rows <= r and splits <= s and heads == h and width == d
+
+    def require(self, rows: int, splits: int, heads: int, width: int) -> None:
+        """Raise ``ValueError`` unless :meth:`fits`."""
+        if not self.fits(rows, splits, heads, width):
+            raise ValueError(
+                f"workspace of {tuple(self.mid_o.shape)} {self.DIMS} is too small for {(rows, splits, heads, width)}"
+            )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.mid_o, self.mid_lse, self.counter))
+
+
+def precision_meta(q_dtype: torch.dtype, exact: bool) -> dict[str, object]:
+    """The kernels' precision constexprs: ``ieee`` dots for fp32 ``q``; else tf32 scores and, with ``exact``,
+    fp32 softmax weights through ``p @ v`` (tf32x3)."""
+    fp32 = q_dtype == torch.float32
+    return dict(
+        DOT_PRECISION="ieee" if fp32 else "tf32",
+        PV_PRECISION="ieee" if fp32 else "tf32x3",
+        P_FP32=bool(exact) or fp32,
+    )
+
+
+def log2_scale(sm_scale: float) -> float:
+    """The softmax scale the kernels multiply scores by (they exponentiate with ``exp2``)."""
+    return sm_scale * math.log2(math.e)
+
+
+def fp8_scale_args(
+    kv_dtype: torch.dtype,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+    dummy: torch.Tensor,
+    what: str,
+) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """``(KV_FP8, k_scale pointer, v_scale pointer)`` of a launch: for fp8 ``kv_dtype`` the two ``[1]`` fp32
+    tensors (required; ``what`` names the cache in the error), else ``dummy`` twice (never read)."""
+    kv_fp8 = is_fp8(kv_dtype)
+    if not kv_fp8:
+        return False, dummy, dummy
+    if k_scale is None or v_scale is None:
+        raise ValueError(
+            f"{what} need k_scale and v_scale ([1] fp32 tensors; fp8.scale_tensor(None) for 1.0)"
+        )
+    return True, k_scale, v_scale
+
+
+def device_scales(
+    kv_dtype: torch.dtype, k_scale: Scale, v_scale: Scale, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The public entry points' scales as ``[1]`` fp32 device tensors for an fp8 cache; ``(None, None)`` else."""
+    if is_fp8(kv_dtype):
+        return scale_tensor(k_scale, device), scale_tensor(v_scale, device)
+    return None, None

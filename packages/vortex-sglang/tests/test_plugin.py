@@ -148,12 +148,12 @@ def test_backend_factory_is_flag_aware(
     from sglang.srt.layers.attention import attention_registry
     from sglang.srt.model_executor.model_runner_components import attention_backend_setup as setup
 
-    from vortex_torch.engine.sgl import backend
+    from vortex_torch.engine.sgl import factory
 
     made: list[tuple[str, Any]] = []
     monkeypatch.setitem(attention_registry.ATTENTION_BACKENDS, "triton", lambda runner: ("stock", runner))
     monkeypatch.setattr(
-        backend, "create_backend", lambda name, runner, cfg: made.append((name, cfg)) or "vortex"
+        factory, "create_backend", lambda name, runner, cfg: made.append((name, cfg)) or "vortex"
     )
     stock_runner = SimpleNamespace(server_args=SimpleNamespace(_vortex_config=None))
     assert setup._build_full_attention_backend_from_str(

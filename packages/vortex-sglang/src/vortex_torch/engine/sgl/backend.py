@@ -381,22 +381,3 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
 
 class VortexTritonBackend(VortexBackendMixin, TritonAttnBackend):
     """SGLang's Triton kernels for prefill and dense layers, Vortex sparse decode for the flow's layers."""
-
-
-def create_backend(backend_str: str, model_runner: Any, config: VortexConfig) -> VortexBackendMixin:
-    """The factory the plugin's backend hook calls for ``attention_backend`` "flashinfer" / "triton"."""
-    if getattr(model_runner, "use_mla_backend", False):  # DeepSeek-V2/V3, GLM: one latent cache per token
-        from .mla_backend import create_mla_backend
-
-        return create_mla_backend(backend_str, model_runner, config)
-    if backend_str == "flashinfer":
-        return VortexFlashInferBackend(
-            model_runner,
-            init_new_workspace=getattr(model_runner, "init_new_workspace", False),
-            vortex_config=config,
-        )
-    if backend_str == "triton":
-        if getattr(model_runner.model_config, "is_encoder_decoder", False):
-            raise VortexSGLangError("encoder-decoder models are not supported by Vortex")
-        return VortexTritonBackend(model_runner, vortex_config=config)
-    raise VortexSGLangError(f"no Vortex backend for attention_backend={backend_str!r} (flashinfer, triton)")

@@ -23,7 +23,7 @@ from .policy import resolve_policy
 #: aux-field / intermediate dtypes accepted by ``dtype``
 DTYPES = ("bfloat16", "float16", "float32", "fp8_e4m3", "fp8_e5m2")
 #: the SGLang base attention backends Vortex runs on, the one list: validated here, forced onto ServerArgs
-#: (server_rules), swapped by the plugin's backend hook; backend.create_backend builds one class per entry
+#: (server_rules), swapped by the plugin's backend hook; factory.create_backend builds one class per entry
 ATTENTION_BACKENDS = ("flashinfer", "triton")
 IMPL_BACKENDS = ("triton", "reference")
 #: Fields of the original project's config that are accepted and validated, so its configs load unchanged, and

@@ -196,7 +196,7 @@ def _around_build_attention_backend(original: Callable[..., Any], *args: Any, **
     if getattr(model_runner, "is_draft_worker", False):
         raise VortexSGLangError("speculative decoding (a draft worker) is not supported with Vortex")
     model_runner.init_new_workspace = kwargs.get("init_new_workspace", False)
-    from .backend import create_backend
+    from .factory import create_backend
 
     return create_backend(backend_str, model_runner, config)
 

@@ -275,7 +275,9 @@ class TritonExecutor(FlowExecutor):
         since then the row's last program, whose top-k search is latency-bound, decides the time. Rows longer
         than 64 keys per thread get more warps, so the search keeps a row's keys in registers (at 128k tokens
         the looped search took 570 µs of a 646 µs step with two warps, results/gpu/2026-12-04-decode-step-bench-fused.md).
-        ``block_chunk``/``num_warps`` given to the executor override both.
+        These times include the selection fused into the kernel (``fuse_selection=True``); the scoring kernel
+        alone, the default since, has not been swept yet. ``block_chunk``/``num_warps`` given to the executor
+        override both.
         """
         chunk = self.indexer.parallel_chunk
         if rows >= MANY_ROWS:

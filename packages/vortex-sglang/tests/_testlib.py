@@ -155,7 +155,7 @@ class _Layer:
 
 def positions_of(plan: DecodePlan, ids: torch.Tensor) -> list[list[int]]:
     """Per-row positions of the selected block ids, through the plan's dense lists."""
-    dense = plan.exact_dense_blocks()
+    dense = plan.dense_blocks_with_row_index()
     indptr, indices, sel_ptr, sel = (t.cpu() for t in (dense.indptr, dense.indices, plan.sel_indptr, ids))
     out = []
     for r in range(plan.num_rows):

@@ -61,7 +61,7 @@ def test_plan_equals_dense_blocks_and_budget_rule(
     assert torch.equal(plan.budget, budget)
     assert torch.equal(plan.sel_indptr, selection_indptr(budget))
     assert plan.dense_indices.numel() == plan.sel_indices.numel() == len(seq_lens) * layout.num_kv_heads * m
-    exact = plan.exact_dense_blocks()
+    exact = plan.dense_blocks_with_row_index()
     assert torch.equal(exact.row_of, ref.row_of) and torch.equal(exact.pos, ref.pos)
     assert plan.max_selected_per_row == m
 

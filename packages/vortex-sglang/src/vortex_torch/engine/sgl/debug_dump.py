@@ -71,7 +71,7 @@ class DecodeDumper:
         """Write the record of ``layer_id`` for the current step (no-op outside ``active()``)."""
         if not self.active():
             return None
-        dense = plan.exact_dense_blocks()
+        dense = plan.dense_blocks_with_row_index()
         rows = plan.num_rows
         n_sel = int(plan.sel_indptr[rows])
         ids = dense.indices.long()

@@ -190,7 +190,7 @@ class VortexDecodeCore:
         if ws is not None and not ws.fits(plan.num_rows, plan.max_blocks_per_row):
             ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
         # the interpreter's segment ops need each entry's row and position (a host sync: eager paths only)
-        dense = plan.exact_dense_blocks() if self.executor.needs_row_index else plan.dense_blocks()
+        dense = plan.dense_blocks_with_row_index() if self.executor.needs_row_index else plan.dense_blocks()
         self.executor.run_indexer(
             q_rows, fields, dense, spec, plan.sel_indices, max_blocks_per_row=plan.max_blocks_per_row, workspace=ws
         )

@@ -115,7 +115,7 @@ class DecodePlan:
             pos=empty,
         )
 
-    def exact_dense_blocks(self) -> DenseBlocks:
+    def dense_blocks_with_row_index(self) -> DenseBlocks:
         """``DenseBlocks`` cut to the real ``nnz``, with ``row_of``/``pos`` (synchronises: eager paths only,
         e.g. the reference executor and the debug dump)."""
         nnz = int(self.dense_indptr[-1])

@@ -298,18 +298,22 @@ def test_quickstart_indexer_launches(pool: Pool, cache_dir: str, fuse: bool) -> 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["select-apart", "select-fused"])
 @pytest.mark.parametrize("num_warps", [1, 2, 4])
+@pytest.mark.parametrize("block_chunk", [2, 0], ids=["chunk2", "chunk-default"])
 def test_indexer_with_static_bounds_and_a_shared_workspace(
-    pool: Pool, cache_dir: str, num_warps: int, fuse: bool
+    pool: Pool, cache_dir: str, num_warps: int, fuse: bool, block_chunk: int
 ) -> None:
     """As the decode path calls it: a static ``max_blocks_per_row`` above every row's length (a wider selection
     tile than the rows need), one caller-owned workspace reused by successive launches (its counters must be
-    re-armed), several warps per program; every call selects what the reference selects."""
+    re-armed), several warps per program, a chunk of 2 blocks (many programs per row) or the default (one program
+    per row scores and then selects: the H200 case of results/gpu/2026-12-04-decode-step-bench-fused.md);
+    every call selects what the reference selects."""
     flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
     traced = trace_flow(flow, pool.geometry)
     ref = ReferenceExecutor(traced, pool.layout)
     tri = TritonExecutor(
-        traced, pool.layout, block_chunk=2, num_warps=num_warps, cache_dir=cache_dir, fuse_selection=fuse
-    )
+        traced, pool.layout, block_chunk=block_chunk, num_warps=num_warps, cache_dir=cache_dir,
+        fuse_selection=fuse,
+    )  # fmt: skip
     fields = pool.fields(traced.fields)
     ref.run_cache(fields, pool.block_ids)
     rows = pool.dense.num_rows

@@ -1,4 +1,4 @@
-"""The whole indexer of a flow (scoring + selection) as ONE kernel launch per layer.
+"""The scoring graph of a flow as ONE kernel launch per layer (with the selection too, when fused).
 
 A flow's scoring graph is scheduled into groups (:mod:`.schedule`): runs of fused per-block ops, standalone
 ops over a row's blocks (``dim=0`` reductions, softmax, ...) and the ``topK`` terminal. Each non-terminal
@@ -7,16 +7,20 @@ group is emitted as a device function (:mod:`.codegen`); this module writes the 
 Grid ``(R, S)``. Program ``(r, s)``:
 
 1. **parallel stage**, when the first group is a fused per-block group (the usual case: the quick-start flow is
-   only that): chunks ``s, s + S, s + 2S, ...`` of ``BS`` blocks of row ``r``, so ``S`` programs share a row
+   only that): chunks ``s, s + S, s + 2S, ...`` of ``BS0`` blocks of row ``r``, so ``S`` programs share a row
    and the work follows the row's real length (programs past its last chunk do nothing);
-2. the row's **last** program to finish (a per-row counter, counted with one gpu-scope acq_rel atomic after a
-   CTA barrier, as the sparse-decode split merge does; it re-arms the counter to 0 for the next launch) runs
-   the remaining groups over the whole row, a CTA barrier between them (a group reads what the previous one
-   stored), then the selection of :func:`vortex_torch.kernels.select.triton_kernel.select_row`.
+2. when more is left to do (later groups, or the selection when ``fuse_selection``), the row's **last** program
+   to finish takes over: every thread fences its stores (``fence.acq_rel.gpu``), a CTA barrier, then one
+   gpu-scope acq_rel atomic on a per-row counter, as the sparse-decode split merge does; the taker re-arms the
+   counter to 0 for the next launch and runs the remaining groups over the whole row, a CTA barrier between
+   them (a group reads what the previous one stored), then, fused, the selection of
+   :func:`vortex_torch.kernels.select.triton_kernel.select_row`.
 
-Without a parallel stage (the first group is standalone, or ``topK`` reads a cache field directly) the grid
-is ``(R, 1)`` and the program runs everything. A row whose budget covers all its blocks is copied whole and,
-when the indexer writes no state (no ``Save``), never scored.
+Without a parallel stage (the first group is standalone) the grid is ``(R, 1)`` and the program runs every
+group. A row whose budget covers all its blocks is not scored unless the indexer writes state (``Save``); the
+selection copies it whole. By default the selection is a launch of its own (``select_blocks_triton``; a
+``topK`` that reads a cache field directly then needs no scoring kernel at all): fused, one H200 test selected
+wrong blocks (results/gpu/2026-12-04-decode-step-bench-fused.md).
 """
 
 from __future__ import annotations

@@ -159,6 +159,8 @@ class TritonExecutor(FlowExecutor):
             "indexer", self.kernels, self.chunks[:-1], score_arg=score_arg, skip_dense=not self.stateful,
             fuse_selection=fuse_selection,
         )  # fmt: skip
+        #: position of the scores among the kernel's pointer arguments (what a separate selection reads)
+        self._score_arg_index = [a.name for a in self.indexer.args].index(self.indexer.score_arg)
         cache_nodes = live_nodes(traced.cache)
         self.cache_kernel = (
             cache_kernel("cache_update", cache_nodes, traced.cache.entries, kv) if cache_nodes else None
@@ -185,7 +187,7 @@ class TritonExecutor(FlowExecutor):
             "from vortex_torch.kernels._layout import block_first_slot as _vx_block_first_slot",
             "from vortex_torch.kernels._layout import block_head as _vx_block_head",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
-            "from vortex_torch.kernels._layout import release_fence as _vx_release_fence",
+            "from vortex_torch.kernels._sync import release_fence as _vx_release_fence",
             "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
@@ -311,8 +313,9 @@ class TritonExecutor(FlowExecutor):
         max_blocks_per_row: int | None = None,
         workspace: Workspace | None = None,
     ) -> None:
-        """Scoring and selection in one launch (:mod:`.indexer_kernel`). ``max_blocks_per_row`` (``>=`` every
-        row's block count) and ``workspace`` make the call sync-free and allocation-free (CUDA graphs)."""
+        """The scoring kernel (:mod:`.indexer_kernel`), then the selection kernel, or both in one launch with
+        ``fuse_selection``. ``max_blocks_per_row`` (``>=`` every row's block count) and ``workspace`` make the
+        call sync-free and allocation-free (CUDA graphs)."""
         q = q.contiguous()
         rows = dense.num_rows
         if rows == 0:
@@ -346,7 +349,7 @@ class TritonExecutor(FlowExecutor):
                 num_warps=warps, **({} if self.num_stages is None else {"num_stages": self.num_stages}),
             )  # fmt: skip
         if not self.fuse_selection:
-            score = args[[a.name for a in self.indexer.args].index(self.indexer.score_arg)]
+            score = args[self._score_arg_index]
             if self.score_field is None:  # the workspace's score buffer, cut to the dense lists' capacity
                 score = score[: dense.indices.numel()]
             select_blocks_triton(

@@ -40,7 +40,7 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
-from .._layout import block_first_slot, block_head, release_fence
+from .._layout import block_first_slot, block_head
 from .._split_kv import (
     SplitWorkspace,
     device_scales,
@@ -51,6 +51,7 @@ from .._split_kv import (
     precision_meta,
     split_count,
 )
+from .._sync import release_fence
 from ..fp8 import Scale
 from .naive import check_inputs
 

@@ -30,7 +30,7 @@ import triton.language as tl
 from vortex_torch.abs.layout import PoolLayout
 
 from .._interpreter_compat import require_launchable
-from .._layout import block_first_slot, block_head, release_fence
+from .._layout import block_first_slot, block_head
 from .._split_kv import (
     SplitWorkspace,
     device_scales,
@@ -41,6 +41,7 @@ from .._split_kv import (
     precision_meta,
     split_count,
 )
+from .._sync import release_fence
 from ..fp8 import Scale
 from .naive import check_mla_inputs
 
@@ -161,7 +162,7 @@ def _mla_split_kernel(
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2)
         tl.store(lse_ptr + row.to(tl.int64) * stride_lr + split * stride_lsp + offs_h * stride_lhh, lse, mask=mask_h)
     if MERGE:
-        release_fence(FENCE)  # see vortex_torch.kernels._layout.release_fence
+        release_fence(FENCE)  # see vortex_torch.kernels._sync.release_fence
         tl.debug_barrier()
         done = tl.atomic_add(counter_ptr + vrow, 1, sem="acq_rel", scope="gpu")
         if done == num_splits - 1:

@@ -291,6 +291,16 @@ class Scenario:
                 out[layer] = (o, self.rt.last_selection[layer].positions, scores, plan)
         return out
 
+    def stored_scores(self, plan: DecodePlan, r: int) -> list[float] | None:
+        """Row ``r``'s scores as the indexer stored them (one stored tensor only), to tell a scoring error from a
+        selection error in a failure message."""
+        ws = getattr(self.core, "indexer_workspace", None)
+        if ws is None or len(ws.buffers) != 1:
+            return None
+        (buf,) = ws.buffers.values()
+        ptr = plan.dense_indptr.tolist()
+        return [round(x, 4) for x in buf[ptr[r] : ptr[r + 1]].tolist()]
+
     def check(
         self, step: int, layer: int, plan: DecodePlan, o: torch.Tensor, ref: Any, *, ties: bool
     ) -> None:
@@ -305,11 +315,8 @@ class Scenario:
             middle = sorted(scores[r][BOS : len(scores[r]) - EOS], reverse=True)
             kth = middle[k - 1]
             assert all(scores[r][j] >= kth - 1e-3 * (1 + abs(kth)) for j in g[BOS : len(g) - EOS]), (
-                step,
-                layer,
-                r,
-                g,
-                w,
+                f"step {step} layer {layer} row {r}: selected {g}, reference {w}; reference scores "
+                f"{[round(x, 4) for x in scores[r]]}; ours {self.stored_scores(plan, r)}"
             )
         self.sparse_rows += sum(
             int(b) < int(n) for b, n in zip(rplan.budget, rplan.dense.lengths(), strict=True)

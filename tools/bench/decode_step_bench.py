@@ -1,11 +1,13 @@
 """One decode step of one layer, Qwen3-8B geometry: Vortex's sparse step against dense FlashInfer decode.
 
     VORTEX_MODELS=none bash tools/device/remote.sh bench decode_step_bench --out $OUT/decode_step.json
-    python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep] [--kv-dtype fp8_e4m3]
+    python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep [attention indexer]] [--kv-dtype fp8_e4m3]
 
 Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
 
-* copy bandwidth (``b.copy_(a)`` of 1 GiB, read + write counted): the HBM floor's denominator;
+* HBM bandwidth, three ways: ``b.copy_(a)`` of 1 GiB (read + write counted), a streaming Triton read of 1 GiB,
+  and dense FlashInfer's own bytes/µs in each case; the floor's denominator is the best of the three (on the
+  H200 of 2026-12-04 ``copy_`` gave 2.77 TB/s while a plain read gave 4.45 TB/s: a copy-only floor flatters);
 * **dense**: FlashInfer's ``BatchDecodeWithPagedKVCacheWrapper`` (tensor cores, page 16, separate K and V
   buffers), planned once, as plain SGLang decodes;
 * **sparse**: the step the vortex-sglang backend runs per layer: decode cache update (completed blocks found
@@ -13,20 +15,21 @@ Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
   merge in the same launch); the per-step plan (one launch for all layers) is timed apart and amortised over
   36 layers in ``step_us``;
 * kernel launches of one sparse layer (torch profiler) and of the per-step plan;
-* the floor: bytes the sparse step must read (selected K/V + every block summary) / copy bandwidth.
+* the floor: bytes the sparse step must read (selected K/V + every block summary) / that best bandwidth.
 
 ``--kv-dtype fp8_e4m3`` / ``fp8_e5m2`` stores K/V in fp8 (SGLang's ``--kv-cache-dtype``, scale 1.0 read from a
 ``[1]`` tensor as in serving): the sparse step reads half the K/V bytes, and dense FlashInfer decodes the same fp8
 cache. The default (``bfloat16``) is the measurement recorded so far.
 
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
-layers are), so no layer finds its data in L2. ``--sweep`` also times attention and scoring tile variants.
+layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants (both when none is named).
 Writes JSON (``--out``) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -38,6 +41,8 @@ from datetime import date
 from typing import Any
 
 import torch
+import triton
+import triton.language as tl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -116,6 +121,30 @@ def copy_bandwidth_gbs() -> float:
         us = graph_us([lambda a=a, b=b: b.copy_(a)], iters=50)
         COPY_BANDWIDTH[str(dtype).replace("torch.", "")] = 2 * n / (us * 1e-6) / 1e9
     return max(COPY_BANDWIDTH.values())
+
+
+@triton.jit
+def _read_all(x, out, n, BLOCK: tl.constexpr):
+    """Sum of ``x[:n]`` by ``num_programs`` programs striding over ``BLOCK``-element tiles (a pure HBM read)."""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+        acc += tl.load(x + i + tl.arange(0, BLOCK), mask=i + tl.arange(0, BLOCK) < n, other=0).to(tl.float32)
+    tl.store(out + tl.program_id(0), tl.sum(acc))
+
+
+def read_bandwidth_gbs() -> float:
+    """Streaming read bandwidth of 1 GiB (bf16, 16-byte loads), best of a few grid shapes: what a
+    bandwidth-bound kernel can get from HBM, which torch's ``copy_`` (read + write) may not show."""
+    n = 1 << 29
+    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    best = 0.0
+    for progs in (sms * 8, sms * 16):
+        out = torch.empty(progs, dtype=torch.float32, device="cuda")
+        for warps in (4, 8):
+            us = graph_us([lambda p=progs, o=out, w=warps: _read_all[(p,)](x, o, n, BLOCK=2048, num_warps=w)])
+            best = max(best, 2 * n / (us * 1e-6) / 1e9)
+    return best
 
 
 class Case:
@@ -205,7 +234,7 @@ def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
 
 
 def run_case(
-    ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: bool, kv_dtype: str = "bfloat16"
+    ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: list[str], kv_dtype: str = "bfloat16"
 ) -> dict[str, Any]:
     case = Case(ctx, batch, budget, layers, kv_dtype=KV_DTYPES[kv_dtype])
     res: dict[str, Any] = {"ctx": ctx, "batch": batch, "budget_tokens": budget, "layers_rotated": layers,
@@ -232,6 +261,10 @@ def run_case(
         res["flashinfer_error"] = f"{type(exc).__name__}: {exc}"[:300]
     res["bytes_sparse"] = case.bytes_sparse()
     res["bytes_dense"] = case.bytes_dense()
+    if res["dense_flashinfer_us"]:
+        res["dense_flashinfer_gbs"] = res["bytes_dense"] / (res["dense_flashinfer_us"] * 1e-6) / 1e9
+        bw = max(bw, res["dense_flashinfer_gbs"])  # dense decode read faster than the probes: its rate is the bar
+    res["floor_gbs"] = bw
     res["floor_us"] = res["bytes_sparse"] / (bw * 1e9) * 1e6
     res["attention_floor_us"] = case.selected_blocks * BS * D * case.kv_elt * 2 / (bw * 1e9) * 1e6
     res["dense_floor_us"] = res["bytes_dense"] / (bw * 1e9) * 1e6
@@ -239,11 +272,11 @@ def run_case(
         res["speedup_vs_dense"] = res["dense_flashinfer_us"] / res["step_us"]
     res["step_over_floor"] = res["step_us"] / res["floor_us"]
     if sweep:
-        res["sweep"] = sweep_variants(case)
+        res["sweep"] = sweep_variants(case, sweep)
     return res
 
 
-def sweep_variants(case: Case) -> list[dict[str, Any]]:
+def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     from vortex_torch.kernels.sparse_decode.triton_kernel import (
         SparseDecodeWorkspace,
         default_num_splits,
@@ -255,7 +288,8 @@ def sweep_variants(case: Case) -> list[dict[str, Any]]:
     rows = case.batch * HKV
     o = torch.empty_like(case.q[0])
     base_splits = default_num_splits(rows, p.max_selected_per_row, BS, D, torch.device("cuda"))
-    for splits in sorted({base_splits, max(1, base_splits // 2), min(64, base_splits * 2)}):
+    attention_splits = {base_splits, max(1, base_splits // 2), min(64, base_splits * 2)} if "attention" in kinds else ()
+    for splits in sorted(attention_splits):
         for bps in (2, 4, 8):
             for warps in (4, 8):
                 for stages in (1, 2, 3):
@@ -280,20 +314,19 @@ def sweep_variants(case: Case) -> list[dict[str, Any]]:
 
     core = case.core
     saved = core.executor, core.indexer_workspace
-    for chunk in (32, 64, 128):
-        for warps in (2, 4):
-            for pps in (4, 8, 16):
-                for stages in (1, 3):
-                    try:
-                        core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
-                                                       num_warps=warps, programs_per_sm=pps, num_stages=stages)  # fmt: skip
-                        core.indexer_workspace = core.executor.workspace(rows, p.max_blocks_per_row, "cuda")
-                        us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
-                    except Exception as exc:
-                        us = None
-                        log(f"  indexer variant failed: {type(exc).__name__}: {str(exc)[:100]}")
-                    out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
-                                "stages": stages, "us": us})  # fmt: skip
+    indexer_variants = itertools.product((64, 128), (2, 4, 8), (4, 8, 16), (False, True)) if "indexer" in kinds else ()
+    for chunk, warps, pps, fuse in indexer_variants:
+        try:
+            core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
+                                           num_warps=warps, programs_per_sm=pps,
+                                           fuse_selection=fuse)  # fmt: skip
+            core.indexer_workspace = core.executor.workspace(rows, p.max_blocks_per_row, "cuda")
+            us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
+        except Exception as exc:
+            us = None
+            log(f"  indexer variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+        out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
+                    "fuse_selection": fuse, "us": us})  # fmt: skip
     core.executor, core.indexer_workspace = saved
     # the selection alone (its own launch, random fp32 scores): how much of the indexer is the top-k search
     from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
@@ -318,17 +351,21 @@ def main() -> int:
                     help="CTXxBATCH")  # fmt: skip
     ap.add_argument("--budget", type=int, default=2048, help="tokens attended per row (topk_val = budget/16 - 2)")
     ap.add_argument("--layers", type=int, default=4, help="pool copies rotated (fewer when they would not fit)")
-    ap.add_argument("--sweep", action="store_true", help="also time attention/scoring tile variants (32k only)")
+    ap.add_argument("--sweep", nargs="*", choices=["attention", "indexer"], default=None,
+                    help="also time attention and/or indexer tile variants (32k only; both when none is named)")  # fmt: skip
     ap.add_argument("--kv-dtype", choices=list(KV_DTYPES), default="bfloat16",
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
     args = ap.parse_args()
     t0 = time.time()
-    bw = copy_bandwidth_gbs()
-    log(f"copy bandwidth {bw:.0f} GB/s (best of {COPY_BANDWIDTH})")
+    copy_bw = copy_bandwidth_gbs()
+    read_bw = read_bandwidth_gbs()
+    bw = max(copy_bw, read_bw)
+    log(f"copy bandwidth {copy_bw:.0f} GB/s (best of {COPY_BANDWIDTH}), streaming read {read_bw:.0f} GB/s")
     result: dict[str, Any] = {"date": str(date.today()), "gpu": torch.cuda.get_device_name(0), "kv_dtype": args.kv_dtype,
                               "torch": torch.__version__, "python": platform.python_version(),
-                              "copy_bandwidth_gbs": bw, "copy_bandwidth_by_dtype_gbs": dict(COPY_BANDWIDTH),
+                              "copy_bandwidth_gbs": copy_bw, "read_bandwidth_gbs": read_bw,
+                              "copy_bandwidth_by_dtype_gbs": dict(COPY_BANDWIDTH),
                               "cases": []}  # fmt: skip
     free = torch.cuda.mem_get_info()[0]
     for spec in args.cases:
@@ -336,16 +373,15 @@ def main() -> int:
         per_layer = batch * math.ceil(ctx / PAGE) * PAGE * HKV * D * 2 * 2 * 1.1  # bf16 staging, any kv dtype
         layers = max(1, min(args.layers, int(0.6 * free // per_layer)))
         try:
-            rec = run_case(ctx, batch, args.budget, layers, bw, args.sweep and ctx == 32768 and batch in (32, 1),
+            rec = run_case(ctx, batch, args.budget, layers, bw, (args.sweep or ["attention", "indexer"]) if args.sweep is not None and ctx == 32768 and batch in (32, 1) else [],
                            args.kv_dtype)
         except Exception as exc:
             rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}
         log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))
         result["cases"].append(rec)
         torch.cuda.empty_cache()
-    bw_end = copy_bandwidth_gbs()
-    log(f"copy bandwidth at the end {bw_end:.0f} GB/s")
-    result["copy_bandwidth_end_gbs"] = bw_end
+    result["copy_bandwidth_end_gbs"], result["read_bandwidth_end_gbs"] = copy_bandwidth_gbs(), read_bandwidth_gbs()
+    log(f"at the end: copy {result['copy_bandwidth_end_gbs']:.0f} GB/s, read {result['read_bandwidth_end_gbs']:.0f} GB/s")
     result["wall_s"] = round(time.time() - t0, 1)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
@@ -356,8 +392,9 @@ def main() -> int:
 def report(res: dict[str, Any]) -> str:
     f = lambda x: "-" if x is None else f"{x:.1f}"
     lines = [f"## Decode step, one layer ({res['gpu']}, {res['date']}, K/V {res.get('kv_dtype', 'bfloat16')}; copy "
-             f"bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s)",
-             "", "| ctx x batch | dense FlashInfer us | sparse step us | speedup | floor us | step/floor | plan us "
+             f"{res['copy_bandwidth_gbs']:.0f} GB/s, streaming read {res.get('read_bandwidth_gbs', 0):.0f} GB/s; "
+             "floor = bytes / the best of those and dense FlashInfer's own rate)",
+             "", "| ctx x batch | dense FlashInfer us (GB/s) | sparse step us | speedup | floor us | step/floor | plan us "
              "(per step) | cache | indexer | attention (exact) | launches/layer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in res["cases"]:
@@ -366,7 +403,8 @@ def report(res: dict[str, Any]) -> str:
             continue
         sp = r.get("speedup_vs_dense")
         lines.append(
-            f"| {r['ctx']} x {r['batch']} | {f(r['dense_flashinfer_us'])} | {f(r['step_us'])} | "
+            f"| {r['ctx']} x {r['batch']} | {f(r['dense_flashinfer_us'])} ({r.get('dense_flashinfer_gbs', 0):.0f}) | "
+            f"{f(r['step_us'])} | "
             f"{'-' if sp is None else f'{sp:.2f}x'} | {f(r['floor_us'])} | {r['step_over_floor']:.2f} | "
             f"{f(r['plan_us'])} | {f(r['cache_us'])} | {f(r['indexer_us'])} | {f(r['attention_us'])} "
             f"({f(r['attention_exact_us'])}) | {r['layer_launches']} (+{r['plan_launches']}/step) |"

@@ -177,7 +177,10 @@ def test_core_decode_as_a_cuda_graph_matches_reference_runtime(tmp_path: Path) -
     static_in = [
         tuple(torch.zeros(t.shape, dtype=t.dtype, device="cuda") for t in x) for x in sc.layer_inputs()
     ]
+    # each layer's output and selection, copied inside the graph (allocated by the eager step 0, before the
+    # capture): the next layer reuses the plan's buffers
     static_o: dict[int, torch.Tensor] = {}
+    static_sel: dict[int, torch.Tensor] = {}
     plan_box: list[DecodePlan] = []
 
     def decode_step() -> None:
@@ -187,9 +190,12 @@ def test_core_decode_as_a_cuda_graph_matches_reference_runtime(tmp_path: Path) -
             sc.pool.v[layer][static_loc] = v
             if layer in sc.sparse_layers:
                 sc.core.update_cache(sc.fields(layer), static_loc)
-                static_o[layer] = sc.core.decode_layer(
-                    q.reshape(-1, GROUP, DIM), sc.fields(layer), plan, None
-                )
+                o = sc.core.decode_layer(q.reshape(-1, GROUP, DIM), sc.fields(layer), plan, None)
+                for box, t in ((static_o, o), (static_sel, plan.sel_indices)):
+                    if layer in box:
+                        box[layer].copy_(t)
+                    else:
+                        box[layer] = t.clone()
 
     graph: torch.cuda.CUDAGraph | None = None
     for step in range(6):
@@ -214,5 +220,5 @@ def test_core_decode_as_a_cuda_graph_matches_reference_runtime(tmp_path: Path) -
             graph.replay()
         torch.cuda.synchronize()
         for layer in sc.sparse_layers:
-            sc.check(step, layer, plan, static_o[layer], ref[layer], ties=True)
+            sc.check(step, layer, plan, static_o[layer], ref[layer], ties=True, sel=static_sel[layer])
     assert sc.sparse_rows > 0

@@ -83,6 +83,16 @@ def _gemm_elements(node: OpNode) -> int:
 def _gemm(e: Emitter, node: OpNode, xs: list[Tile]) -> Tile:
     x, y = xs
     k = x.c
+    # A single row on either side (the usual scoring GeMM: one query against each block's summary) contracts a
+    # rank-3 product, which keeps the loaded tile's register layout. The rank-4 broadcast moves the whole tile
+    # through shared memory first (an H200 ttgir showed a convert_layout of the [S, 1, K] tile plus barriers).
+    if x.rp == 1 or y.rp == 1:
+        prod = f"{y.var} * {x.var}"  # [S, Ny, K] (Nx = 1) or [S, Nx, K] (Ny = 1)
+        if k != p2(k):
+            prod = f"tl.where({e.ar(2, p2(k))} < {k}, {prod}, 0.0)"
+        if x.rp == 1:
+            return e.assign(node, f"tl.sum({prod}, axis=2, keep_dims=True)", lead(*xs))  # [S, Ny, 1]
+        return e.assign(node, f"tl.sum({prod}, axis=2)[:, None, :]", lead(*xs))  # [S, 1, Nx]
     prod = f"{y.var}[:, :, None, :] * {x.var}[:, None, :, :]"  # [S, Ny, Nx, K]
     if k != p2(k):
         prod = f"tl.where({e.ar(3, p2(k), rank=4)} < {k}, {prod}, 0.0)"

@@ -2,14 +2,16 @@
 
 The step is the one ``tools/bench/decode_step_bench.py`` times (its ``Case``: a :class:`VortexDecodeCore` on a
 synthetic pool of Qwen3-8B geometry, the way the vortex-sglang backend drives it): per layer the decode cache
-update, then indexer + selection + sparse attention (``decode_layer``); per step one plan shared by all layers.
+update (folded into the scoring launch when the flow has a scoring kernel: ``decode_layer(..., new_locs=)``),
+then indexer + selection + sparse attention (``decode_layer``); per step one plan shared by all layers.
 Launches are counted with the torch profiler on eager calls (what SGLang's decode CUDA graph captures), after a
 warm-up call that compiles the kernels.
 
 Asserted per flow (the quick-start flow of ``examples/`` and every flow vortex-flows-contrib declares):
 
-* one sparse layer launches at most :data:`MAX_LAYER_LAUNCHES` kernels (cache update + indexer + attention;
-  a memset counts, it is a node of the graph too) and copies nothing between host and device;
+* one sparse layer launches at most :data:`MAX_LAYER_LAUNCHES` kernels (scoring with the cache update folded
+  in + selection + attention; a memset counts, it is a node of the graph too) and copies nothing between host
+  and device;
 * the per-step plan is exactly one launch, with no copy;
 * the rows are really sparse (budget below the row's blocks), so the counts are those of scoring work.
 
@@ -34,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CTX, BATCH, BUDGET_TOKENS = 2048, 2, 512  # 128 blocks per row, 32 selected
-#: cache update + indexer (scoring fused with top-k) + attention (split merge inside): issue 8, item 2
+#: scoring (the decode cache update folded in) + top-k selection + attention (split merge inside): issue 8, item 2
 MAX_LAYER_LAUNCHES = 3
 QUICKSTART = "custom_sparse_attention"
 
@@ -92,7 +94,7 @@ class Counts:
         if self.error:
             return f"{name:34s} error: {self.error}"
         n = self.launches
-        return (f"{name:34s} layer {n(self.layer):2d} = cache {n(self.cache)} + indexer {n(self.indexer)} + "
+        return (f"{name:34s} layer {n(self.layer):2d} = cache apart {n(self.cache)} + indexer {n(self.indexer)} + "
                 f"attention {n(self.attention)}; plan {n(self.plan)}; copies "
                 f"{len(self.copies(self.layer)) + len(self.copies(self.plan))}")  # fmt: skip
 
@@ -105,9 +107,10 @@ def measure(bench: ModuleType, flow: str) -> Counts:
         case = bench.Case(CTX, BATCH, BUDGET_TOKENS, layers=1, flow=flow_ref)
         f, q, core = case.fields[0], case.q[0], case.core
         events = bench.launch_events
+        folded = core.executor.folds_cache_update  # else the cache update is a launch before the indexer
         counts = Counts(
-            cache=events(lambda: core.update_cache(f, case.loc)),
-            indexer=events(lambda: core.select(q, f, case.plan)),
+            cache=[] if folded else events(lambda: core.update_cache(f, case.loc)),
+            indexer=events(lambda: core.select(q, f, case.plan, new_locs=case.loc if folded else None)),
             attention=events(lambda: core.attend(q, f, case.plan, None)),
             layer=events(lambda: case.layer(0)),
             plan=events(case.plan_step),

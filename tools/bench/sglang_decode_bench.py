@@ -167,9 +167,7 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
     )
     core.select(q, fields, plan)
     res["attention_us"] = bench_graph(lambda: core.attend(q, fields, plan, None))
-    res["layer_us"] = bench_graph(
-        lambda: (core.update_cache(fields, loc), core.decode_layer(q, fields, plan, None))
-    )
+    res["layer_us"] = bench_graph(lambda: core.decode_layer(q, fields, plan, None, new_locs=loc))
     # The flashinfer base backend's path: token table + FlashInfer's decode over the selected tokens.
     from types import SimpleNamespace
 
@@ -191,11 +189,8 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
     res["plan_host_fi_us"] = bench_eager(lambda: fi.begin_step(seq_lens.cpu(), graph=True))
     res["attention_fi_us"] = bench_graph(lambda: fi.attend(q, k_buf, v_buf, fi_plan, layer))
     res["layer_fi_us"] = bench_graph(
-        lambda: (
-            core.update_cache(fields, loc),
-            core.decode_layer(
-                q, fields, fi_plan, None, attend=lambda q_, f_, p_: fi.attend(q_, k_buf, v_buf, p_, layer)
-            ),
+        lambda: core.decode_layer(
+            q, fields, fi_plan, None, attend=lambda q_, f_, p_: fi.attend(q_, k_buf, v_buf, p_, layer), new_locs=loc
         )
     )
     res["dense_vortex_kernel_us"] = bench_graph(

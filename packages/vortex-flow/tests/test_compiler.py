@@ -240,7 +240,48 @@ def compare(traced: TracedFlow, pool: Pool, cache_dir: str, *, fuse_selection: b
         _assert_fields(got, want, f"decode step {step}")  # Saved state and the score probe included
         assert sel_tri == sel_ref, f"decode step {step}: selections differ\n{tri.source}"
         state = want
+    if tri.folds_cache_update:
+        check_folded_cache_update(ref, tri, pool, state)
     return tri
+
+
+def _decode_slots(pool: Pool) -> torch.Tensor:
+    """One new token slot per request, as a decode step has: the last slot of the request's last full block
+    (it completes that block), or, for a request shorter than a block, its first slot (completes nothing)."""
+    bs, heads = pool.layout.block_size, pool.layout.num_kv_heads
+    ptr, ids = pool.dense.indptr.tolist(), pool.dense.indices.cpu()
+    last_len = pool.dense.last_block_len.cpu()
+    slots = []
+    for r in range(0, pool.dense.num_rows, heads):
+        lo, hi = ptr[r], ptr[r + 1]
+        full = hi - 1 if int(last_len[r]) == bs else hi - 2
+        blk = ids[full if full >= lo else lo].reshape(1)
+        first = pool.layout.block_token_slots(blk)[0, 0]
+        slots.append(int(first) + (bs - 1 if full >= lo else 0))
+    return torch.tensor(slots, dtype=torch.int64, device=pool.dense.indptr.device)
+
+
+def check_folded_cache_update(
+    ref: ReferenceExecutor, tri: TritonExecutor, pool: Pool, state: dict[str, torch.Tensor]
+) -> None:
+    """A decode step with the cache update folded into the scoring launch (``new_locs``) equals the update
+    apart, then the indexer: the completed blocks' summaries first spoiled, so a missed or late update shows in
+    the fields and (through the scores) in the selection."""
+    locs = _decode_slots(pool)
+    heads = torch.arange(pool.layout.num_kv_heads, device=locs.device)
+    done = locs[pool.layout.completes_block(locs)]
+    assert 0 < done.numel() < locs.numel(), "the test needs slots that complete a block and slots that do not"
+    blocks = pool.layout.block_id(done[:, None], heads[None, :]).reshape(-1).long()
+    spoiled = _clone(state)
+    for name in set(spoiled) - {"k", "v"}:
+        spoiled[name][blocks] = 1e3
+    want, got = _clone(spoiled), _clone(spoiled)
+    ref.run_cache(want, blocks.to(torch.int32))
+    sel_ref = _select(ref, pool, pool.qs[0], want)
+    out = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=locs.device)
+    tri.run_indexer(pool.qs[0], got, pool.dense, pool.selection, out, new_locs=locs)
+    _assert_fields(got, want, "folded decode cache update")
+    assert out.tolist() == sel_ref, f"folded decode cache update: selections differ\n{tri.source}"
 
 
 @pytest.mark.parametrize("flow_name", sorted(FLOWS))

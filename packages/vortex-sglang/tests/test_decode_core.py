@@ -94,9 +94,9 @@ def test_core_matches_reference_runtime(
             sc.pool.write(layer, loc, k, v)
             if layer not in sc.sparse_layers:
                 continue
-            sc.core.update_cache(sc.fields(layer), loc)  # masked candidates, as under CUDA graphs
             q_rows = q.reshape(-1, GROUP, DIM)
-            o = sc.core.decode_layer(q_rows, sc.fields(layer), plan, None)
+            # the cache update of the blocks this step completes: folded into scoring (triton), or apart
+            o = sc.core.decode_layer(q_rows, sc.fields(layer), plan, None, new_locs=loc)
             sc.check(step, layer, plan, o, ref[layer], ties=False)
             dumper.dump(layer, sc.layout, plan, q_rows, sc.fields(layer), o, None, seq_lens)
     assert sc.sparse_rows > 0, "the test must exercise real sparsity"
@@ -189,8 +189,9 @@ def test_core_decode_as_a_cuda_graph_matches_reference_runtime(tmp_path: Path) -
             sc.pool.k[layer][static_loc] = k
             sc.pool.v[layer][static_loc] = v
             if layer in sc.sparse_layers:
-                sc.core.update_cache(sc.fields(layer), static_loc)
-                o = sc.core.decode_layer(q.reshape(-1, GROUP, DIM), sc.fields(layer), plan, None)
+                o = sc.core.decode_layer(
+                    q.reshape(-1, GROUP, DIM), sc.fields(layer), plan, None, new_locs=static_loc
+                )
                 for box, t in ((static_o, o), (static_sel, plan.sel_indices)):
                     if layer in box:
                         box[layer].copy_(t)

@@ -99,12 +99,21 @@ class FlowExecutor(abc.ABC):
         *,
         max_blocks_per_row: int | None = None,
         workspace: Workspace | None = None,
+        new_locs: torch.Tensor | None = None,
     ) -> None:
         """Score and select: ``q [R, G, D]`` -> ``out [sel_indptr[-1]] int32`` block ids, ascending per row.
 
         ``max_blocks_per_row``: a static bound on every row's block count (launches are sized by it, so no host
         sync is needed); ``workspace``: from :meth:`workspace` (per call when None). Executors that need
-        neither ignore them."""
+        neither ignore them. ``new_locs [B]``: a decode step's new token slots, one per request (rows
+        ``b * H_kv .. b * H_kv + H_kv - 1``), accepted only when :attr:`folds_cache_update`: the blocks they
+        complete are summarised before scoring, in the same launch."""
+
+    @property
+    def folds_cache_update(self) -> bool:
+        """Whether :meth:`run_indexer` takes ``new_locs`` (the decode cache update folded into scoring);
+        otherwise the caller runs the cache update first."""
+        return False
 
     @abc.abstractmethod
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:

@@ -68,13 +68,22 @@ def fused_kernel(
 
 
 def cache_kernel(
-    name: str, nodes: list[OpNode], entries: dict[str, vTensor], kv: KVLayout, *, decode: bool = False
+    name: str,
+    nodes: list[OpNode],
+    entries: dict[str, vTensor],
+    kv: KVLayout,
+    *,
+    decode: bool = False,
+    row: bool = False,
 ) -> KernelSource:
     """forward_cache: one program per ``BS`` completed blocks; every input is a field read at the block id.
 
     ``decode``: the kernel takes the step's token slots ``locs [T]`` instead of block ids and finds the
     completed blocks itself (candidate ``p`` is token ``p // H_kv``, head ``p % H_kv``; its block is complete
     when the token is the block's last one), so a decode step needs no host count and no index compaction.
+    ``row`` (with ``decode``): the same for ONE token slot and KV head, as a device function
+    ``name(loc, head, <fields>, BS)`` called with ``BS=1`` by the indexer kernel (the decode cache update folded
+    into scoring: :mod:`.indexer_kernel`).
     """
     e = Emitter("cache", kv)
     e.fields = entries
@@ -117,18 +126,31 @@ def cache_kernel(
             e.tiles[node.output.tensor_id] = tile
         if node.writes is not None:
             write(tile, node.writes, i)
-    return _finish(name, e, [], decode_cache=decode)
+    return _finish(name, e, [], decode_cache="row" if row else decode)
 
 
 #: the parameters every indexer group function takes before its own (see :mod:`.indexer_kernel`)
 GROUP_PARAMS = "row, start, n, c_lo, c_step, indptr, indices"
 
 
-def _finish(name: str, e: Emitter, tail: list[str], *, decode_cache: bool = False) -> KernelSource:
+def _finish(name: str, e: Emitter, tail: list[str], *, decode_cache: bool | str = False) -> KernelSource:
     """Indexer groups become device functions of :data:`GROUP_PARAMS` (the indexer kernel calls them); a
     ragged group loops over chunks ``c_lo, c_lo + c_step, ...`` of ``BS`` blocks of row ``row``. Cache
-    kernels are whole kernels."""
+    kernels are whole kernels, except the one-slot decode update (``decode_cache == "row"``)."""
     params = ", ".join(a.name for a in e.args)
+    if e.mode == "cache" and decode_cache == "row":
+        kvl = e.kv
+        assert kvl is not None
+        pre = [
+            "loc = tl.zeros([BS], dtype=tl.int64) + slot",
+            f"valid = loc % {kvl.block_size} == {kvl.block_size - 1}  # the token completes its block",
+            f"blk = _vx_block_id(loc, head, {kvl.page_size}, {kvl.block_size}, {kvl.heads})",
+            "VALID3 = valid[:, None, None]",
+            "BLK3 = blk[:, None, None]",
+        ]
+        head = ["@triton.jit", f"def {name}(slot, head, {params}, BS: tl.constexpr):"]
+        lines = head + ["    " + x for x in pre + e.pre + e.body + tail]
+        return KernelSource(name=name, args=e.args, lines=lines, ragged=False)
     if e.mode == "cache":
         head = [
             "@triton.jit",

@@ -17,7 +17,14 @@ Grid ``(R, S)``. Program ``(r, s)``:
    :func:`vortex_torch.kernels.select.triton_kernel.select_row`.
 
 Without a parallel stage (the first group is standalone) the grid is ``(R, 1)`` and the program runs every
-group. A row whose budget covers all its blocks is not scored unless the indexer writes state (``Save``); the
+group.
+
+With ``CACHE`` (a decode step whose flow has a ``forward_cache``), the kernel first summarises the block the
+step's new token completes, so the decode cache update is no launch of its own: row ``r`` is request
+``r // H_kv``'s KV head ``r % H_kv``, whose new token slot is ``locs[r // H_kv]``; the program that scores the
+row's last chunk (or the row's only program) runs the flow's ``forward_cache`` for that slot and head when the
+token is its block's last, then a CTA barrier, so its own scoring of the last chunk reads the new summary. A
+row copied whole is summarised too (later steps score it). A row whose budget covers all its blocks is not scored unless the indexer writes state (``Save``); the
 selection copies it whole. By default the selection is a launch of its own (``select_blocks_triton``; a
 ``topK`` that reads a cache field directly then needs no scoring kernel at all): fused, one H200 test selected
 wrong blocks (results/gpu/2026-12-04-decode-step-bench-fused.md).
@@ -31,9 +38,9 @@ from .codegen import GROUP_PARAMS
 from .emitter import KernelArg, KernelSource
 
 #: fixed parameters of the indexer kernel, before the groups' pointers
-KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits"
+KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits, locs"
 #: its constexprs (set per launch by the executor)
-KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER")
+KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER", "CACHE")
 
 
 @dataclass
@@ -69,13 +76,17 @@ def indexer_kernel(
     score_arg: KernelArg,
     skip_dense: bool,
     fuse_selection: bool,
+    cache_row: KernelSource | None = None,
+    kv_heads: int = 1,
 ) -> IndexerKernel:
     """The kernel over ``groups`` (device functions, in order; ``chunks[i]`` blocks per chunk of group ``i``; the
     parallel stage's chunk is the kernel's constexpr ``BS0``, at most ``chunks[0]``)
     whose last group stored the scores that ``score_arg`` points to (or, with no group, a cache field read at
     the block ids: ``GATHER``). ``skip_dense``: the groups write no state, so a row copied whole need not be
     scored. ``fuse_selection``: the row's last program also selects (one launch in all); otherwise the kernel
-    only scores and the selection is a launch of its own."""
+    only scores and the selection is a launch of its own. ``cache_row``: the flow's one-slot decode
+    ``forward_cache`` (:func:`.codegen.cache_kernel` with ``row``), run under the ``CACHE`` constexpr for the
+    new token of each row (``kv_heads`` rows per request)."""
     # the kernel's parameters: one per distinct source (a group's own names may clash: x_ptr, y_ptr, ...)
     args: dict[str, KernelArg] = {}
     name_of: dict[str, str] = {}
@@ -91,6 +102,11 @@ def indexer_kernel(
 
     names = [[param(a, i) for a in g.args] for i, g in enumerate(groups)]
     score_name = param(score_arg, len(groups))
+    cache: list[str] = []
+    if cache_row is not None:
+        own = ", ".join(param(a, len(groups) + 1) for a in cache_row.args)
+        call = f"{cache_row.name}(tl.load(locs + row // {kv_heads}).to(tl.int64), row % {kv_heads}, {own}, BS=1)"
+        cache = [call, "tl.debug_barrier()  # the new summary's stores before this program's loads"]
     params = ", ".join(args)
     parallel = bool(groups) and groups[0].ragged
     body = [
@@ -108,18 +124,24 @@ def indexer_kernel(
         "APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER)"
     )
     serial = [_call(g, nm, bs, row_serial=True) for g, nm, bs in zip(groups, names, chunks, strict=True)]
+    if parallel:
+        body += ["num_splits = tl.num_programs(1)", "nchunks = tl.cdiv(n, BS0)"]
+        if cache:  # by the program that scores the row's last chunk
+            body += [
+                "if CACHE:",
+                "    if split == tl.maximum(nchunks - 1, 0) % num_splits:",
+                *("        " + c for c in cache),
+            ]
+    elif cache:
+        body += ["if CACHE:", *("    " + c for c in cache)]
     if parallel and not rest_needs_handoff(serial, fuse_selection):  # scoring only, no hand-off
         body += [
-            "num_splits = tl.num_programs(1)",
-            "nchunks = tl.cdiv(n, BS0)",
             f"if {live} & (split < nchunks):",
             f"    {_call(groups[0], names[0], 'BS0', row_serial=False)}",
         ]
     elif parallel:
         rest = serial[1:]
         body += [
-            "num_splits = tl.num_programs(1)",
-            "nchunks = tl.cdiv(n, BS0)",
             f"if {live} & (split < nchunks):",
             f"    {_call(groups[0], names[0], 'BS0', row_serial=False)}",
             "    _vx_release_fence(FENCE)  # every thread's score stores in L2 before the hand-off",

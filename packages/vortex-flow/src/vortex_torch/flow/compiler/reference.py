@@ -69,7 +69,10 @@ class ReferenceExecutor(FlowExecutor):
         *,
         max_blocks_per_row: int | None = None,
         workspace: Workspace | None = None,
+        new_locs: torch.Tensor | None = None,
     ) -> None:
+        if new_locs is not None:
+            raise ValueError("the reference executor does not fold the cache update: run_cache first")
         score, saves = self.evaluate(q, fields, dense)
         op = self.traced.terminal.op
         assert isinstance(op, ix.topK)

@@ -61,8 +61,6 @@ def default_cache_dir() -> str:
 
 #: fp32 elements of the largest per-block tile, times the blocks of a program, that a program may hold
 TILE_BUDGET = 8192
-#: rows from which an indexer launch has enough programs to use two warps each (:meth:`TritonExecutor.launch_config`)
-MANY_ROWS = 128
 
 
 def _pow2_floor(n: int) -> int:
@@ -77,7 +75,7 @@ class TritonExecutor(FlowExecutor):
 
     ``block_chunk``: blocks a group handles at once (a power of two; 0 picks, per group, up to 64 so that its
     largest tile stays within ``TILE_BUDGET`` elements: ``chunks``); ``cache_chunk`` the same for
-    ``forward_cache``. ``num_warps`` (0: per launch, :meth:`launch_config`), ``programs_per_sm`` and
+    ``forward_cache``. ``num_warps`` (0: the measured default, :meth:`launch_config`), ``programs_per_sm`` and
     ``num_stages`` tune the indexer launch."""
 
     def __init__(
@@ -94,7 +92,7 @@ class TritonExecutor(FlowExecutor):
         fuse_selection: bool = False,
     ) -> None:
         super().__init__(traced, layout)
-        #: warps per program of the indexer kernel (0: chosen per launch, :meth:`launch_config`)
+        #: warps per program of the indexer kernel (0: the measured default, :meth:`launch_config`)
         self.num_warps = num_warps
         #: resident indexer programs per SM the parallel stage aims for (``num_splits``)
         self.programs_per_sm = programs_per_sm
@@ -152,16 +150,23 @@ class TritonExecutor(FlowExecutor):
         #: the indexer writes state (a ``Save``): every row is scored, copied rows too
         self.stateful = any(n.writes is not None for g in self.groups[:-1] for n in g.nodes)
         #: the selection runs in the scoring kernel's last program per row (one launch) instead of a launch of
-        #: its own. Off by default: on the H200 one decode-core GPU test selected wrong blocks with it
-        #: (results/gpu/2026-12-04-decode-step-bench-fused.md), not yet understood.
+        #: its own. Off by default: slower with many rows on the H200 (65 against 53 µs at 32k x 32, the
+        #: row's last program searches alone; results/gpu/2026-12-04-decode-step-bench-sweep.md)
         self.fuse_selection = fuse_selection
+        cache_nodes = live_nodes(traced.cache)
+        #: the decode ``forward_cache`` of one slot and head, folded into the scoring kernel (``run_indexer``'s
+        #: ``new_locs``); None when the flow has no forward_cache or no scoring kernel
+        self.cache_row = (
+            cache_kernel("_cache_row", cache_nodes, traced.cache.entries, kv, decode=True, row=True)
+            if cache_nodes and self.kernels
+            else None
+        )
         self.indexer = indexer_kernel(
             "indexer", self.kernels, self.chunks[:-1], score_arg=score_arg, skip_dense=not self.stateful,
-            fuse_selection=fuse_selection,
+            fuse_selection=fuse_selection, cache_row=self.cache_row, kv_heads=layout.num_kv_heads,
         )  # fmt: skip
         #: position of the scores among the kernel's pointer arguments (what a separate selection reads)
         self._score_arg_index = [a.name for a in self.indexer.args].index(self.indexer.score_arg)
-        cache_nodes = live_nodes(traced.cache)
         self.cache_kernel = (
             cache_kernel("cache_update", cache_nodes, traced.cache.entries, kv) if cache_nodes else None
         )
@@ -192,7 +197,7 @@ class TritonExecutor(FlowExecutor):
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
             "",
         ]
-        for k in [*self.kernels, self.indexer, self.cache_kernel, self.cache_kernel_decode]:
+        for k in [*self.kernels, self.cache_row, self.indexer, self.cache_kernel, self.cache_kernel_decode]:
             if k is not None:
                 parts += ["", *k.lines, ""]
         return "\n".join(parts)
@@ -216,6 +221,11 @@ class TritonExecutor(FlowExecutor):
         sys.modules[name] = module
         spec.loader.exec_module(module)
         return module
+
+    @property
+    def folds_cache_update(self) -> bool:
+        """Whether ``run_indexer(..., new_locs=...)`` also runs the decode cache update (no launch of its own)."""
+        return self.cache_row is not None
 
     @property
     def indexer_launches(self) -> int:
@@ -268,27 +278,16 @@ class TritonExecutor(FlowExecutor):
         return IndexerWorkspace(counter=counter, buffers=bufs, max_rows=max_rows,
                                 max_blocks_per_row=max_blocks_per_row)  # fmt: skip
 
-    def launch_config(self, rows: int, max_blocks_per_row: int) -> tuple[int, int]:
-        """``(blocks per chunk of the parallel stage, warps per program)`` for a launch over ``rows`` rows.
+    def launch_config(self) -> tuple[int, int]:
+        """``(blocks per chunk of the parallel stage, warps per program)`` of an indexer launch.
 
-        Measured on an H200 (results/gpu/2026-12-04-decode-step-bench-fused.md, quick-start flow, 32k context):
-        with many rows (>= ``MANY_ROWS``) two warps and twice the chunk are fastest (101 µs at 256 rows
-        against 117 µs at 64 blocks), with few rows four warps (17.1 µs at 8 rows against 27.4 µs with two),
-        since then the row's last program, whose top-k search is latency-bound, decides the time. Rows longer
-        than 64 keys per thread get more warps, so the search keeps a row's keys in registers (at 128k tokens
-        the looped search took 570 µs of a 646 µs step with two warps, results/gpu/2026-12-04-decode-step-bench-fused.md).
-        These times include the selection fused into the kernel (``fuse_selection=True``); the scoring kernel
-        alone, the default since, has not been swept yet. ``block_chunk``/``num_warps`` given to the executor
-        override both.
+        Measured on an H200 (results/gpu/2026-12-04-decode-step-bench-sweep.md, quick-start flow, 32k context,
+        scoring + selection apart): eight warps and the default chunk of 64 blocks are fastest or within 1% of
+        it with many rows and with few (53.5 µs at 256 rows against 58.8 with two warps, 13.0 µs at 8 rows
+        against 13.6), since a chunk's summary rows are gathered at scattered block ids and more warps keep
+        more of them in flight. ``block_chunk``/``num_warps`` given to the executor override both.
         """
-        chunk = self.indexer.parallel_chunk
-        if rows >= MANY_ROWS:
-            warps, chunk = 2, chunk * 2 if self.block_chunk == 0 else chunk
-        else:
-            warps = 4
-        tile, _ = select_tiling(max_blocks_per_row)
-        warps = min(8, max(warps, tile // (64 * 32)))
-        return chunk, self.num_warps or warps
+        return self.indexer.parallel_chunk, self.num_warps or 8
 
     def num_splits(self, rows: int, max_blocks_per_row: int, device: torch.device, chunk: int = 0) -> int:
         """Programs per row of the parallel stage: enough ``(row, split)`` programs to fill the GPU, none
@@ -312,14 +311,27 @@ class TritonExecutor(FlowExecutor):
         *,
         max_blocks_per_row: int | None = None,
         workspace: Workspace | None = None,
+        new_locs: torch.Tensor | None = None,
     ) -> None:
         """The scoring kernel (:mod:`.indexer_kernel`), then the selection kernel, or both in one launch with
         ``fuse_selection``. ``max_blocks_per_row`` (``>=`` every row's block count) and ``workspace`` make the
-        call sync-free and allocation-free (CUDA graphs)."""
+        call sync-free and allocation-free (CUDA graphs). ``new_locs [R / H_kv]``: the decode step's new token
+        slots (K/V written); the scoring kernel first summarises the blocks they complete (only when
+        :attr:`folds_cache_update`)."""
+        if new_locs is not None and not self.folds_cache_update:
+            raise ValueError(
+                "new_locs given, but this flow's decode cache update is not folded into scoring "
+                "(no forward_cache or no scoring kernel): call run_cache_decode first"
+            )
         q = q.contiguous()
         rows = dense.num_rows
         if rows == 0:
             return
+        if new_locs is not None and new_locs.numel() * self.layout.num_kv_heads != rows:
+            raise ValueError(
+                f"new_locs has {new_locs.numel()} slots for {rows} rows; a decode step has one slot per request "
+                f"({self.layout.num_kv_heads} rows each)"
+            )
         max_n = max_blocks_per_row if max_blocks_per_row is not None else int(dense.lengths().max())
         ws = workspace if isinstance(workspace, IndexerWorkspace) else None
         if ws is None or not ws.fits(rows, max_n):
@@ -337,15 +349,16 @@ class TritonExecutor(FlowExecutor):
         # scores are fp32 intermediates, or the dtype of the cache field topK reads (the key width follows it)
         score_dtype = fields[self.score_field].dtype if self.score_field is not None else torch.float32
         approx, tol_bits = tolerance_bits(self.tolerate_ratio)
-        chunk, warps = self.launch_config(rows, max_n)
+        chunk, warps = self.launch_config()
         block_n, single = select_tiling(max_n, warps)
         splits = self.num_splits(rows, max_n, q.device, chunk)
         kernel = getattr(self.module, self.indexer.name)
         if self.fuse_selection or self.kernels:
             kernel[(rows, splits)](
                 dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
-                tol_bits, *args, APPROX=approx, LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single,
-                BLOCK_N=block_n, GATHER=self.score_field is not None, BS0=max(1, chunk), FENCE=q.is_cuda,
+                tol_bits, dense.indptr if new_locs is None else new_locs, *args, APPROX=approx,
+                LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=self.score_field is not None,
+                CACHE=new_locs is not None, BS0=max(1, chunk), FENCE=q.is_cuda,
                 num_warps=warps, **({} if self.num_stages is None else {"num_stages": self.num_stages}),
             )  # fmt: skip
         if not self.fuse_selection:

@@ -295,7 +295,6 @@ class VortexBackendMixin:
         if k is not None and save_kv_cache:
             self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v, layer.k_scale, layer.v_scale)
         fields = self._vortex_fields(layer)
-        self.vortex_core.update_cache(fields, loc)
         h_q, _heads, group, dim = self._vortex_heads
         # [tokens, H_q * D] -> [R, G, D]: row b * H_kv + h holds query heads h*G .. h*G+G-1 (GQA order)
         q_rows = q.reshape(-1, h_q, dim).reshape(-1, group, dim)
@@ -305,6 +304,7 @@ class VortexBackendMixin:
             plan,
             layer.scaling,
             attend=lambda q_, f_, p_: self._vortex_attend(q_, f_, p_, layer),
+            new_locs=loc,  # the cache update of the blocks this step completes (folded into scoring)
         )
         if self._vortex_dumper is not None:
             self._vortex_dumper.dump(

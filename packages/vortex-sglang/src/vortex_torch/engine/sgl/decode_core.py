@@ -181,8 +181,16 @@ class VortexDecodeCore:
         ids = completed_block_ids(self.layout, out_cache_loc, count=count)
         self.executor.run_cache(fields, ids)
 
-    def select(self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan) -> torch.Tensor:
-        """Indexer + selection: ``q_rows [R, G, D]`` -> ``plan.sel_indices`` (first ``sel_indptr[R]`` valid)."""
+    def select(
+        self,
+        q_rows: torch.Tensor,
+        fields: dict[str, torch.Tensor],
+        plan: DecodePlan,
+        new_locs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Indexer + selection: ``q_rows [R, G, D]`` -> ``plan.sel_indices`` (first ``sel_indptr[R]`` valid).
+        ``new_locs [B]`` (only when ``executor.folds_cache_update``): the step's new token slots, whose completed
+        blocks the scoring launch summarises first."""
         from vortex_torch.flow.compiler.base import SelectionSpec
 
         spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
@@ -192,8 +200,9 @@ class VortexDecodeCore:
         # the interpreter's segment ops need each entry's row and position (a host sync: eager paths only)
         dense = plan.dense_blocks_with_row_index() if self.executor.needs_row_index else plan.dense_blocks()
         self.executor.run_indexer(
-            q_rows, fields, dense, spec, plan.sel_indices, max_blocks_per_row=plan.max_blocks_per_row, workspace=ws
-        )
+            q_rows, fields, dense, spec, plan.sel_indices, max_blocks_per_row=plan.max_blocks_per_row, workspace=ws,
+            new_locs=new_locs,
+        )  # fmt: skip
         return plan.sel_indices
 
     def attend(
@@ -236,15 +245,24 @@ class VortexDecodeCore:
         plan: DecodePlan,
         sm_scale: float | None,
         attend: Callable[[torch.Tensor, dict[str, torch.Tensor], DecodePlan], torch.Tensor] | None = None,
+        *,
+        new_locs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One sparse layer of a decode step (K/V and aux of this step already written); ``attend`` replaces
-        :meth:`attend` (the FlashInfer backend runs FlashInfer's decode over the selection)."""
+        """One sparse layer of a decode step (K/V of this step already written); ``attend`` replaces
+        :meth:`attend` (the FlashInfer backend runs FlashInfer's decode over the selection).
+
+        ``new_locs [B]``: the step's new token slots, so the blocks they complete are summarised before scoring:
+        inside the scoring launch when the executor folds it (``folds_cache_update``), else by
+        :meth:`update_cache` first. None: the caller already updated the cache."""
         if q_rows.shape[0] != plan.num_rows:
             raise RuntimeError(
                 f"Vortex decode: q has {q_rows.shape[0]} rows but the step's plan {plan.num_rows} "
                 f"({plan.batch_size} requests x {plan.num_kv_heads} KV heads)"
             )
-        self.select(q_rows, fields, plan)
+        fold = new_locs is not None and self.executor.folds_cache_update and not self.reference_kernels
+        if new_locs is not None and not fold:
+            self.update_cache(fields, new_locs)
+        self.select(q_rows, fields, plan, new_locs=new_locs if fold else None)
         if attend is not None:
             return attend(q_rows, fields, plan)
         return self.attend(q_rows, fields, plan, sm_scale)

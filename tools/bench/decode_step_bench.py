@@ -320,7 +320,7 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
 
     core = case.core
     saved = core.executor, core.indexer_workspace
-    indexer_variants = itertools.product((64, 128), (2, 4, 8), (4, 8, 16), (False, True)) if "indexer" in kinds else ()
+    indexer_variants = itertools.product((64,), (4, 8), (8, 16), (False, True)) if "indexer" in kinds else ()
     for chunk, warps, pps, fuse in indexer_variants:
         try:
             core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
@@ -339,15 +339,15 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
 
     nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
     scores = [torch.randn(max(1, nnz), device="cuda") for _ in range(L)]
-    for warps in (1, 2, 4, 8):
+    for warps, radix in itertools.product((2, 4, 8), (4, 1)):  # 4 or 1 bits decided per count pass
         try:
-            us = graph_us([lambda i=i, w=warps: select_blocks_triton(
+            us = graph_us([lambda i=i, w=warps, rb=radix: select_blocks_triton(
                 scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
-                max_blocks_per_row=p.max_blocks_per_row, num_warps=w) for i in range(L)])  # fmt: skip
+                max_blocks_per_row=p.max_blocks_per_row, num_warps=w, radix_bits=rb) for i in range(L)])  # fmt: skip
         except Exception as exc:
             us = None
             log(f"  select variant failed: {type(exc).__name__}: {str(exc)[:100]}")
-        out.append({"kind": "select_only", "warps": warps, "us": us})
+        out.append({"kind": "select_only", "warps": warps, "radix_bits": radix, "us": us})
     return out
 
 

@@ -319,21 +319,21 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
     core = case.core
-    saved = core.executor, core.indexer_workspace
+    saved = core.executor, core.indexer_plan
     indexer_variants = itertools.product((64,), (4, 8), (8, 16), (False, True)) if "indexer" in kinds else ()
     for chunk, warps, pps, fuse in indexer_variants:
         try:
             core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
                                            num_warps=warps, programs_per_sm=pps,
                                            fuse_selection=fuse)  # fmt: skip
-            core.indexer_workspace = core.executor.workspace(rows, p.max_blocks_per_row, "cuda")
+            core.indexer_plan = core.executor.plan(rows, p.max_blocks_per_row, "cuda")
             us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
         except Exception as exc:
             us = None
             log(f"  indexer variant failed: {type(exc).__name__}: {str(exc)[:100]}")
         out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
                     "fuse_selection": fuse, "us": us})  # fmt: skip
-    core.executor, core.indexer_workspace = saved
+    core.executor, core.indexer_plan = saved
     # the selection alone (its own launch, random fp32 scores): how much of the indexer is the top-k search
     from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
 

@@ -161,7 +161,8 @@ def main() -> None:
             for name, (r, c) in traced.fields.items():
                 fields[name] = torch.zeros(nb, r, c, dtype=torch.bfloat16, device=dev)
             ex.run_cache(fields, all_blocks)
-            indexer = lambda ex=ex, fields=fields: ex.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
+            iplan = ex.plan(dense.num_rows, max_n, q.device)
+            indexer = lambda ex=ex, fields=fields, iplan=iplan: ex.run(q, fields, dense, sel, out_sel, plan=iplan)
 
             def step(indexer=indexer) -> object:  # type: ignore[no-untyped-def]
                 indexer()

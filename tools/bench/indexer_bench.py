@@ -132,7 +132,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
     ref = ReferenceExecutor(traced, layout)
 
     def vortex_indexer() -> None:
-        tri.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
+        tri.run(q, fields, dense, sel, out_sel, plan=tri.plan(dense.num_rows, max_n, q.device))
 
     def inductor_scores(qq: torch.Tensor, cent: torch.Tensor, indices: torch.Tensor, row_of: torch.Tensor) -> torch.Tensor:
         qm = qq.float().mean(1)  # the quick-start graph, reference semantics
@@ -150,7 +150,7 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
 
     # correctness on the GPU: compiled selection == reference selection
     ref_sel = torch.empty_like(out_sel)
-    ref.run_indexer(q, fields, dense, sel, ref_sel)
+    ref.run(q, fields, dense, sel, ref_sel)
     vortex_indexer()
     res["vortex_equals_reference"] = bool(torch.equal(ref_sel, out_sel))
 
@@ -190,7 +190,8 @@ def run_case(ctx_len: int, batch: int, budget_tokens: int, args: argparse.Namesp
         for warps in (2, 4, 8):
             try:
                 ex = TritonExecutor(traced, layout, block_chunk=chunk, num_warps=warps)
-                fn = lambda ex=ex: ex.run_indexer(q, fields, dense, sel, out_sel, max_blocks_per_row=max_n)
+                ip = ex.plan(dense.num_rows, max_n, q.device)
+                fn = lambda ex=ex, ip=ip: ex.run(q, fields, dense, sel, out_sel, plan=ip)
                 sweep[f"chunk{chunk}_warps{warps}"] = round(bench_graph(fn), 1)
             except Exception as exc:
                 sweep[f"chunk{chunk}_warps{warps}"] = f"{type(exc).__name__}: {exc}"[:200]

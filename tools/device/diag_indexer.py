@@ -56,7 +56,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 _, want, scores, _ = ref[layer]
                 got = t.positions_of(plan, plan.sel_indices)
-                (buf,) = sc.core.indexer_workspace.buffers.values()
+                (buf,) = sc.core.indexer_plan.buffers.values()
                 ptr, sp = plan.dense_indptr.tolist(), plan.sel_indptr.tolist()
                 nnz = ptr[-1]
                 naive = select_blocks_naive(buf[:nnz].cpu(), plan.dense_indptr.cpu(), plan.dense_indices[:nnz].cpu(),

@@ -216,7 +216,7 @@ def _clone(fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _select(ex: Any, pool: Pool, q: torch.Tensor, fields: dict[str, torch.Tensor]) -> list[int]:
     out = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=q.device)
-    ex.run_indexer(q, fields, pool.dense, pool.selection, out)
+    ex.run(q, fields, pool.dense, pool.selection, out)
     return out.tolist()
 
 
@@ -279,7 +279,7 @@ def check_folded_cache_update(
     ref.run_cache(want, blocks.to(torch.int32))
     sel_ref = _select(ref, pool, pool.qs[0], want)
     out = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=locs.device)
-    tri.run_indexer(pool.qs[0], got, pool.dense, pool.selection, out, new_locs=locs)
+    tri.run(pool.qs[0], got, pool.dense, pool.selection, out, new_locs=locs)
     _assert_fields(got, want, "folded decode cache update")
     assert out.tolist() == sel_ref, f"folded decode cache update: selections differ\n{tri.source}"
 
@@ -358,11 +358,11 @@ def test_indexer_with_static_bounds_and_a_shared_workspace(
     fields = pool.fields(traced.fields)
     ref.run_cache(fields, pool.block_ids)
     rows = pool.dense.num_rows
-    ws = tri.workspace(rows, 64, pool.qs[0].device)
+    ws = tri.plan(rows, 64, pool.qs[0].device)
     for q in pool.qs:
         want = _select(ref, pool, q, fields)
         got = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=q.device)
-        tri.run_indexer(q, fields, pool.dense, pool.selection, got, max_blocks_per_row=64, workspace=ws)
+        tri.run(q, fields, pool.dense, pool.selection, got, plan=ws)
         assert got.tolist() == want
         assert int(ws.counter.abs().sum()) == 0  # re-armed for the next launch
 

@@ -106,7 +106,7 @@ def dequantised(cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def select(ex: object, pool: Pool, fields: dict[str, torch.Tensor]) -> list[int]:
     out = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=DEVICE)
-    ex.run_indexer(pool.q, fields, pool.dense, pool.selection, out)  # type: ignore[attr-defined]
+    ex.run(pool.q, fields, pool.dense, pool.selection, out)  # type: ignore[attr-defined]
     return out.tolist()
 
 

@@ -271,8 +271,8 @@ def test_budget_fn_replaces_the_rule_and_is_clamped() -> None:
 
 def test_broken_executor_is_caught() -> None:
     class Reversed(ReferenceExecutor):
-        def run_indexer(self, q, fields, dense, selection: SelectionSpec, out: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
-            super().run_indexer(q, fields, dense, selection, out)
+        def run(self, q, fields, dense, selection: SelectionSpec, out: torch.Tensor, **kw) -> None:  # type: ignore[no-untyped-def]
+            super().run(q, fields, dense, selection, out, **kw)
             out.copy_(out.flip(0))  # rows swapped and descending
 
     with pytest.raises(RuntimeError, match="selection of row 0"):

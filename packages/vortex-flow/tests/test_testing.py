@@ -176,8 +176,8 @@ class _Off(ReferenceExecutor):
         for name in self.traced.fields:
             fields[name][block_ids.long()] *= 1.5
 
-    def run_indexer(self, *args: Any, **kwargs: Any) -> None:
-        super().run_indexer(*args, **kwargs)
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        super().run(*args, **kwargs)
         out = args[4]
         out.copy_(out.roll(1))
 

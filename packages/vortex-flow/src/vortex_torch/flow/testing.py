@@ -212,8 +212,8 @@ def compile_check(
         score, _ = reference.evaluate(q, mirror, dense)  # this step's reference scores [nnz], before Save
         out_c = torch.full((spec.total,), -1, dtype=torch.int32, device=dev)
         out_r = torch.full_like(out_c, -1)
-        compiled.run_indexer(q, fields, dense, spec, out_c)
-        reference.run_indexer(q, mirror, dense, spec, out_r)
+        compiled.run(q, fields, dense, spec, out_c)
+        reference.run(q, mirror, dense, spec, out_r)
         if torch.equal(out_c, out_r):
             compare_aux(f"after indexer step {step}")
             continue

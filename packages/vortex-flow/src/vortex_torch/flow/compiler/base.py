@@ -12,12 +12,19 @@ from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 from ..trace import TracedFlow
 
 
-class Workspace(abc.ABC):
-    """Scratch an executor's ``run_indexer`` needs across calls (see :meth:`FlowExecutor.workspace`)."""
+@dataclass
+class IndexerPlan:
+    """FlashInfer's plan/run split for a flow's indexer: made once per batch shape by :meth:`FlowExecutor.plan`
+    (e.g. before CUDA-graph capture), passed to every :meth:`FlowExecutor.run` (one per layer). It holds the static
+    bounds, ``max_rows`` rows of at most ``max_blocks_per_row`` blocks (launches are sized by them, so a run needs
+    no host sync), and, in an executor's subclass, the caller-owned scratch of its launches."""
 
-    @abc.abstractmethod
+    max_rows: int
+    max_blocks_per_row: int
+
     def fits(self, rows: int, max_blocks_per_row: int) -> bool:
-        """Whether a call over ``rows`` rows of at most ``max_blocks_per_row`` blocks fits."""
+        """Whether a run over ``rows`` rows of at most ``max_blocks_per_row`` blocks fits this plan."""
+        return rows <= self.max_rows and max_blocks_per_row <= self.max_blocks_per_row
 
 
 @dataclass
@@ -78,18 +85,18 @@ class FlowExecutor(abc.ABC):
         self.traced = traced
         self.layout = layout
 
-    #: whether ``run_indexer`` needs ``dense.row_of``/``dense.pos`` (the interpreter's segment ops do; building
+    #: whether ``run`` needs ``dense.row_of``/``dense.pos`` (the interpreter's segment ops do; building
     #: them costs a host sync, so the compiled executor, which never reads them, says False)
     needs_row_index: bool = True
 
-    def workspace(self, max_rows: int, max_blocks_per_row: int, device: torch.device | str) -> Workspace | None:
-        """Caller-owned scratch for ``run_indexer`` calls of up to ``max_rows`` rows of ``max_blocks_per_row``
-        blocks (allocate once, before CUDA-graph capture, and pass it to every layer); None when the executor
-        needs none."""
-        return None
+    def plan(self, max_rows: int, max_blocks_per_row: int, device: torch.device | str) -> IndexerPlan:
+        """The plan of :meth:`run` calls over up to ``max_rows`` rows of at most ``max_blocks_per_row`` blocks
+        (its scratch, if the executor needs any, allocated on ``device`` now)."""
+        del device  # the base plan owns no scratch
+        return IndexerPlan(max_rows, max_blocks_per_row)
 
     @abc.abstractmethod
-    def run_indexer(
+    def run(
         self,
         q: torch.Tensor,
         fields: dict[str, torch.Tensor],
@@ -97,21 +104,20 @@ class FlowExecutor(abc.ABC):
         selection: SelectionSpec,
         out: torch.Tensor,
         *,
-        max_blocks_per_row: int | None = None,
-        workspace: Workspace | None = None,
+        plan: IndexerPlan | None = None,
         new_locs: torch.Tensor | None = None,
     ) -> None:
         """Score and select: ``q [R, G, D]`` -> ``out [sel_indptr[-1]] int32`` block ids, ascending per row.
 
-        ``max_blocks_per_row``: a static bound on every row's block count (launches are sized by it, so no host
-        sync is needed); ``workspace``: from :meth:`workspace` (per call when None). Executors that need
-        neither ignore them. ``new_locs [B]``: a decode step's new token slots, one per request (rows
-        ``b * H_kv .. b * H_kv + H_kv - 1``), accepted only when :attr:`folds_cache_update`: the blocks they
-        complete are summarised before scoring, in the same launch."""
+        ``plan``: from :meth:`plan`, so the call neither syncs nor allocates (CUDA graphs); None sizes the call
+        from ``dense`` (a host sync, eager use only). A plan too small for ``dense`` gets scratch for this call
+        only (an eager batch above the CUDA-graph size). ``new_locs [B]``: a decode step's new token slots, one
+        per request (rows ``b * H_kv .. b * H_kv + H_kv - 1``), accepted only when :attr:`folds_cache_update`:
+        the blocks they complete are summarised before scoring, in the same launch."""
 
     @property
     def folds_cache_update(self) -> bool:
-        """Whether :meth:`run_indexer` takes ``new_locs`` (the decode cache update folded into scoring);
+        """Whether :meth:`run` takes ``new_locs`` (the decode cache update folded into scoring);
         otherwise the caller runs the cache update first."""
         return False
 

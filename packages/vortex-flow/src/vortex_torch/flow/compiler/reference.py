@@ -20,7 +20,7 @@ from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.kernels.fp8 import dequantize, is_fp8, saturate_cast
 from vortex_torch.kernels.select.naive import select_blocks_naive
 
-from .base import FlowExecutor, SelectionSpec, Workspace, kv_scale
+from .base import FlowExecutor, IndexerPlan, SelectionSpec, kv_scale
 
 KV_FIELDS = ("k", "v")  # native [num_slots, H_kv, D] buffers, read per block through the layout
 
@@ -59,7 +59,7 @@ class ReferenceExecutor(FlowExecutor):
     def indexer_launches(self) -> int:
         return len(self.traced.indexer.nodes)
 
-    def run_indexer(
+    def run(
         self,
         q: torch.Tensor,
         fields: dict[str, torch.Tensor],
@@ -67,8 +67,7 @@ class ReferenceExecutor(FlowExecutor):
         selection: SelectionSpec,
         out: torch.Tensor,
         *,
-        max_blocks_per_row: int | None = None,
-        workspace: Workspace | None = None,
+        plan: IndexerPlan | None = None,
         new_locs: torch.Tensor | None = None,
     ) -> None:
         if new_locs is not None:

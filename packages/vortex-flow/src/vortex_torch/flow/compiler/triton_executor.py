@@ -23,7 +23,7 @@ from vortex_torch.kernels.select.triton_kernel import (
 )
 
 from ..trace import TracedFlow
-from .base import FlowExecutor, SelectionSpec, Workspace, kv_scale
+from .base import FlowExecutor, IndexerPlan, SelectionSpec, kv_scale
 from .codegen import (
     KV_FIELDS,
     KernelArg,
@@ -39,18 +39,13 @@ from .schedule import CompileError, KernelGroup, group_nodes, live_nodes, materi
 
 
 @dataclass
-class IndexerWorkspace(Workspace):
-    """Scratch of the compiled indexer, owned by the caller: ``counter [max_rows] int32`` (0 between launches;
-    the row's last scoring program re-arms it) and the intermediates of every stored tensor (fp32, by tensor id:
-    ``[max_rows * max_blocks_per_row * r * c]`` for per-block values, ``[max_rows * r * c]`` for per-row)."""
+class TritonIndexerPlan(IndexerPlan):
+    """The compiled indexer's plan: its bounds and its scratch, owned by the caller: ``counter [max_rows] int32``
+    (0 between launches; the row's last scoring program re-arms it) and the intermediates of every stored tensor
+    (fp32, by tensor id: ``[max_rows * max_blocks_per_row * r * c]`` per block, ``[max_rows * r * c]`` per row)."""
 
     counter: torch.Tensor
     buffers: dict[int, torch.Tensor]
-    max_rows: int
-    max_blocks_per_row: int
-
-    def fits(self, rows: int, max_blocks_per_row: int) -> bool:
-        return rows <= self.max_rows and max_blocks_per_row <= self.max_blocks_per_row
 
 
 def default_cache_dir() -> str:
@@ -154,7 +149,7 @@ class TritonExecutor(FlowExecutor):
         #: row's last program searches alone; results/gpu/2026-12-04-decode-step-bench-sweep.md)
         self.fuse_selection = fuse_selection
         cache_nodes = live_nodes(traced.cache)
-        #: the decode ``forward_cache`` of one slot and head, folded into the scoring kernel (``run_indexer``'s
+        #: the decode ``forward_cache`` of one slot and head, folded into the scoring kernel (``run``'s
         #: ``new_locs``); None when the flow has no forward_cache or no scoring kernel
         self.cache_row = (
             cache_kernel("_cache_row", cache_nodes, traced.cache.entries, kv, decode=True, row=True)
@@ -224,7 +219,7 @@ class TritonExecutor(FlowExecutor):
 
     @property
     def folds_cache_update(self) -> bool:
-        """Whether ``run_indexer(..., new_locs=...)`` also runs the decode cache update (no launch of its own)."""
+        """Whether ``run(..., new_locs=...)`` also runs the decode cache update (no launch of its own)."""
         return self.cache_row is not None
 
     @property
@@ -262,9 +257,10 @@ class TritonExecutor(FlowExecutor):
             self._weight_cache[key] = hit
         return hit[1]
 
-    def workspace(self, max_rows: int, max_blocks_per_row: int, device: torch.device | str) -> IndexerWorkspace:
-        """Caller-owned scratch for indexer launches of up to ``max_rows`` rows of ``max_blocks_per_row``
-        blocks (FlashInfer's rule: allocate once, e.g. before CUDA-graph capture, and pass it to every layer)."""
+    def plan(self, max_rows: int, max_blocks_per_row: int, device: torch.device | str) -> TritonIndexerPlan:
+        """Bounds and caller-owned scratch for indexer launches of up to ``max_rows`` rows of
+        ``max_blocks_per_row`` blocks (FlashInfer's rule: allocate once, e.g. before CUDA-graph capture, and pass
+        it to every layer)."""
         bufs: dict[int, torch.Tensor] = {}
         for g in self.groups:
             for n in g.nodes:
@@ -275,8 +271,7 @@ class TritonExecutor(FlowExecutor):
                         max(1, lead * t.inner[0] * t.inner[1]), dtype=torch.float32, device=device
                     )
         counter = torch.zeros(max(1, max_rows), dtype=torch.int32, device=device)
-        return IndexerWorkspace(counter=counter, buffers=bufs, max_rows=max_rows,
-                                max_blocks_per_row=max_blocks_per_row)  # fmt: skip
+        return TritonIndexerPlan(max_rows, max_blocks_per_row, counter=counter, buffers=bufs)
 
     def launch_config(self) -> tuple[int, int]:
         """``(blocks per chunk of the parallel stage, warps per program)`` of an indexer launch.
@@ -301,7 +296,7 @@ class TritonExecutor(FlowExecutor):
         slots = self.programs_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
         return max(1, min(triton_cdiv(slots, max(rows, 1)), most))
 
-    def run_indexer(
+    def run(
         self,
         q: torch.Tensor,
         fields: dict[str, torch.Tensor],
@@ -309,15 +304,13 @@ class TritonExecutor(FlowExecutor):
         selection: SelectionSpec,
         out: torch.Tensor,
         *,
-        max_blocks_per_row: int | None = None,
-        workspace: Workspace | None = None,
+        plan: IndexerPlan | None = None,
         new_locs: torch.Tensor | None = None,
     ) -> None:
         """The scoring kernel (:mod:`.indexer_kernel`), then the selection kernel, or both in one launch with
-        ``fuse_selection``. ``max_blocks_per_row`` (``>=`` every row's block count) and ``workspace`` make the
-        call sync-free and allocation-free (CUDA graphs). ``new_locs [R / H_kv]``: the decode step's new token
-        slots (K/V written); the scoring kernel first summarises the blocks they complete (only when
-        :attr:`folds_cache_update`)."""
+        ``fuse_selection``. A ``plan`` from :meth:`plan` makes the call sync-free and allocation-free (CUDA
+        graphs). ``new_locs [R / H_kv]``: the decode step's new token slots (K/V written); the scoring kernel
+        first summarises the blocks they complete (only when :attr:`folds_cache_update`)."""
         if new_locs is not None and not self.folds_cache_update:
             raise ValueError(
                 "new_locs given, but this flow's decode cache update is not folded into scoring "
@@ -332,10 +325,10 @@ class TritonExecutor(FlowExecutor):
                 f"new_locs has {new_locs.numel()} slots for {rows} rows; a decode step has one slot per request "
                 f"({self.layout.num_kv_heads} rows each)"
             )
-        max_n = max_blocks_per_row if max_blocks_per_row is not None else int(dense.lengths().max())
-        ws = workspace if isinstance(workspace, IndexerWorkspace) else None
-        if ws is None or not ws.fits(rows, max_n):
-            ws = self.workspace(rows, max_n, q.device)
+        max_n = plan.max_blocks_per_row if plan is not None else int(dense.lengths().max())  # else: a host sync
+        ws = plan if isinstance(plan, TritonIndexerPlan) and plan.fits(rows, max_n) else None
+        if ws is None:  # no plan, or one too small: scratch for this call only
+            ws = self.plan(rows, max_n, q.device)
         args: list[Any] = []
         for a in self.indexer.args:
             kind, _, attr = a.source.partition(":")
@@ -363,7 +356,7 @@ class TritonExecutor(FlowExecutor):
             )  # fmt: skip
         if not self.fuse_selection:
             score = args[self._score_arg_index]
-            if self.score_field is None:  # the workspace's score buffer, cut to the dense lists' capacity
+            if self.score_field is None:  # the plan's score buffer, cut to the dense lists' capacity
                 score = score[: dense.indices.numel()]
             select_blocks_triton(
                 score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos, selection.eos,

@@ -339,7 +339,7 @@ class ReferenceRuntime:
             indptr, ids = dense.indptr, dense.indices
         else:
             ids = torch.empty(plan.selection.total, dtype=torch.int32, device=self.device)
-            self.executor.run_indexer(q_rows, self.pool.fields(layer), dense, plan.selection, ids)
+            self.executor.run(q_rows, self.pool.fields(layer), dense, plan.selection, ids)
             indptr = plan.selection.sel_indptr
         positions = self._positions(
             plan, ids, indptr, check=self.check_selection and layer not in self.skip_layers

@@ -198,7 +198,7 @@ def replay(record: dict[str, Any], *, score_atol: float = 2e-2, score_rtol: floa
     sel_indptr = record["sel_indptr"].to(torch.int32)
     spec = SelectionSpec(sel_indptr=sel_indptr, bos=int(record["bos"]), eos=int(record["eos"]))
     ref_sel = torch.zeros(int(sel_indptr[-1]), dtype=torch.int32)
-    executor.run_indexer(q, fields, dense, spec, ref_sel)
+    executor.run(q, fields, dense, spec, ref_sel)
     score, _ = executor.evaluate(q, fields, dense)
 
     # SGLang's selection, as positions: pool block id -> position within the row

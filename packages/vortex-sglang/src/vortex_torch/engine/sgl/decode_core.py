@@ -30,7 +30,7 @@ from .planner import (
 from .policy import apply_policy, compile_policy
 
 if TYPE_CHECKING:
-    from vortex_torch.flow.compiler.base import Workspace
+    from vortex_torch.flow.compiler.base import IndexerPlan
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
@@ -118,8 +118,8 @@ class VortexDecodeCore:
         self.budget_fn = make_budget_fn(prepared, self.device, self.max_selected_per_row)
         #: attention's split scratch, allocated for the largest batch (allocate_buffers); None: per call
         self.attn_workspace: SparseDecodeWorkspace | None = None
-        #: the compiled indexer's scratch (its per-row counters and score buffers), likewise
-        self.indexer_workspace: Workspace | None = None
+        #: the indexer's plan (bounds, and the compiled indexer's per-row counters and score buffers), likewise
+        self.indexer_plan: IndexerPlan | None = None
         #: "triton" sparse attention keeps softmax weights fp32 in p @ v (exact rounding) when True
         self.exact_attention = cfg.exact_attention
 
@@ -140,7 +140,7 @@ class VortexDecodeCore:
             for exact in (False, True)
         )  # fmt: skip
         self.attn_workspace = SparseDecodeWorkspace.allocate(rows, splits, group, dim, self.device)
-        self.indexer_workspace = self.executor.workspace(rows, self.max_blocks_per_row, self.device)
+        self.indexer_plan = self.executor.plan(rows, self.max_blocks_per_row, self.device)
         return DecodePlanBuffers.allocate(rows, self.max_blocks_per_row, self.device)
 
     def plan(
@@ -194,15 +194,13 @@ class VortexDecodeCore:
         from vortex_torch.flow.compiler.base import SelectionSpec
 
         spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
-        ws = self.indexer_workspace
-        if ws is not None and not ws.fits(plan.num_rows, plan.max_blocks_per_row):
-            ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
+        iplan = self.indexer_plan
+        if iplan is None or not iplan.fits(plan.num_rows, plan.max_blocks_per_row):
+            # no CUDA-graph buffers, or an eager batch above their size: scratch for this call only
+            iplan = self.executor.plan(plan.num_rows, plan.max_blocks_per_row, q_rows.device)
         # the interpreter's segment ops need each entry's row and position (a host sync: eager paths only)
         dense = plan.dense_blocks_with_row_index() if self.executor.needs_row_index else plan.dense_blocks()
-        self.executor.run_indexer(
-            q_rows, fields, dense, spec, plan.sel_indices, max_blocks_per_row=plan.max_blocks_per_row, workspace=ws,
-            new_locs=new_locs,
-        )  # fmt: skip
+        self.executor.run(q_rows, fields, dense, spec, plan.sel_indices, plan=iplan, new_locs=new_locs)
         return plan.sel_indices
 
     def attend(

@@ -65,7 +65,7 @@ class VortexMLADecodeCore(VortexDecodeCore):
         self.mla_workspace = SparseMLADecodeWorkspace.allocate(
             rows, splits, self.num_heads, self.kv_lora_rank, self.device
         )
-        self.indexer_workspace = self.executor.workspace(rows, self.max_blocks_per_row, self.device)
+        self.indexer_plan = self.executor.plan(rows, self.max_blocks_per_row, self.device)
         return DecodePlanBuffers.allocate(rows, self.max_blocks_per_row, self.device)
 
     def attend(

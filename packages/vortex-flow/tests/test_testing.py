@@ -186,6 +186,7 @@ def test_compile_check_reports_disagreement(monkeypatch: pytest.MonkeyPatch, tmp
     traced = trace_flow(_Centroid(), FlowContractTests.geometry)
     good = compile_check(traced, cache_dir=str(tmp_path))
     assert good.ok and good.mismatches == [] and good.kernels_per_layer == 2 and good.cache_kernels == 1
+    assert good.cache_folded  # the quick-start flow has a scoring kernel: decode folds its forward_cache in
     assert good.as_dict()["compiled_matches_reference"] is True
     monkeypatch.setattr(reference_module, "ReferenceExecutor", _Off)
     bad = compile_check(traced, cache_dir=str(tmp_path))

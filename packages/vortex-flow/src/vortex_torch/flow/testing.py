@@ -58,7 +58,8 @@ class CompileCheck:
     """What :func:`compile_check` found.
 
     * ``kernels_per_layer``: indexer launches per layer per decode step of the compiled flow (scoring kernels,
-      standalone ops, the selection); ``cache_kernels``: forward_cache launches per completed-block batch;
+      standalone ops, the selection); ``cache_kernels``: forward_cache launches per completed-block batch of a
+      prefill; ``cache_folded``: a decode step's forward_cache runs inside the scoring kernel (no launch);
     * ``selections_equal``: every step selected exactly the same blocks in both executors;
       ``near_tie_rows``: rows whose selections differ only among blocks whose reference scores tie within
       ``score_rtol`` (one bf16 ulp in an aux field, from another summation order, can swap such blocks);
@@ -78,6 +79,7 @@ class CompileCheck:
     steps: int
     device: str
     source_path: str = ""
+    cache_folded: bool = False
     mismatches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -90,6 +92,7 @@ class CompileCheck:
         return {
             "kernels_per_layer": self.kernels_per_layer,
             "cache_kernels": self.cache_kernels,
+            "cache_folded_in_decode": self.cache_folded,
             "compiled_matches_reference": self.ok,
             "selections_equal": self.selections_equal,
             "near_tie_rows": self.near_tie_rows,
@@ -247,6 +250,7 @@ def compile_check(
     return CompileCheck(
         kernels_per_layer=compiled.indexer_launches,
         cache_kernels=1 if compiled.cache_kernel is not None else 0,
+        cache_folded=compiled.folds_cache_update,
         selections_equal=selections_equal,
         selections_match=not any(m.startswith("step") for m in mismatches),
         near_tie_rows=near_ties,

@@ -145,9 +145,10 @@ def render_text(r: dict[str, Any]) -> str:
         return "\n".join(lines)
     c = r["compile"]
     k, kc = c["kernels_per_layer"], c["cache_kernels"]
+    where = "; in decode inside scoring" if c.get("cache_folded_in_decode") else ""
     lines.append(
         f"  compile            ok; {k} indexer kernel{'' if k == 1 else 's'} per layer "
-        f"(+ {kc} cache-update kernel{'' if kc == 1 else 's'})"
+        f"(+ {kc} cache-update kernel{'' if kc == 1 else 's'}{where})"
     )
     lines.append(
         f"  compiled == ref    {'yes' if r['compiled_ok'] else 'NO'} (Triton on {c['device']}, small ragged batch)"

@@ -140,12 +140,13 @@ def test_mla_core_matches_reference_runtime(impl: str, kv_dtype: torch.dtype, tm
                 continue
             if plan is None:  # the first sparse layer plans the step, as in the decode CUDA graph
                 plan = core.plan(req_to_token, torch.tensor(rows), seq_lens)
-            core.update_cache(fields(layer), loc)  # masked candidates (decode, CUDA-graph safe)
             # the model hands SGLang q_nope·W_UK and q_pe apart (flashinfer MLA) or joined (triton)
             q_rows = absorbed_query_rows(q[..., :RANK].reshape(len(rows), -1), q[..., RANK:].reshape(len(rows), -1),
                                          HEADS, RANK, ROPE)  # fmt: skip
             assert torch.equal(q_rows, absorbed_query_rows(q.reshape(len(rows), -1), None, HEADS, RANK, ROPE))
-            o = core.decode_layer(q_rows, fields(layer), plan, SCALE)
+            # the cache update of the blocks this step completes: folded into scoring (triton), or apart
+            o = core.decode_layer(q_rows, fields(layer), plan, SCALE, new_locs=loc)
+            assert core.executor.folds_cache_update == (impl == "triton")
             assert o.shape == (len(rows), HEADS, RANK)
             sel = ref.last_selection[layer]
             dptr, sptr = plan.dense_indptr.tolist(), plan.sel_indptr.tolist()

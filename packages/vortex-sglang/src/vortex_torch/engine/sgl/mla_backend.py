@@ -98,10 +98,10 @@ class VortexMLABackendMixin(VortexBackendMixin):
         if k is not None and save_kv_cache:
             write_mla_latent(self.token_to_kv_pool, layer, loc, k, v, k_rope, self._vortex_write_scale(layer))
         fields = self._vortex_fields(layer)
-        self.vortex_core.update_cache(fields, loc)
         h_q = self._vortex_heads[0]
         q_rows = absorbed_query_rows(q, q_rope, h_q, *self._vortex_mla)
-        o = self.vortex_core.decode_layer(q_rows, fields, plan, layer.scaling)  # [B, H_q, kv_lora_rank]
+        # [B, H_q, kv_lora_rank]; the cache update of the blocks this step completes is folded into scoring
+        o = self.vortex_core.decode_layer(q_rows, fields, plan, layer.scaling, new_locs=loc)
         return o.reshape(-1, h_q * self._vortex_mla[0])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -287,3 +288,16 @@ def test_json_is_replaced_whole_and_the_dummy_model_serves_the_longest_case(tmp_
     assert kept["max_position_embeddings"] == 40960  # long enough already: the context is not changed
     with pytest.raises(SystemExit, match="unknown 'vortex:fast'"):
         decode_bench.engine_plan(["vortex:fast"], [512])
+
+
+def test_cases_are_checked_before_any_gpu_work() -> None:
+    """``--cases``: CTXxBATCH with positive integers, each once (a repeat would be paired with the other engine's
+    last run of it); a bad one is one line naming the flag, exit 2, from the command line."""
+    assert decode_bench.parse_cases(["2048x1", "32768X16"], "--cases") == [(2048, 1), (32768, 16)]
+    for bad, why in ((["2kx1"], "not CTXxBATCH"), (["2048x0"], "not CTXxBATCH"), (["2048x1", "2048x1"], "twice")):
+        with pytest.raises(ValueError, match=why):
+            decode_bench.parse_cases(bad, "--cases")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "sglang_decode_bench.py"), "--cases",
+                           "2048x1", "2048x1"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "--cases: '2048x1' given twice" in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr

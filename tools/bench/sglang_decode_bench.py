@@ -424,10 +424,16 @@ def write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def parse_cases(specs: list[str] | None) -> list[tuple[int, int]]:
-    out = []
+def parse_cases(specs: list[str] | None, flag: str) -> list[tuple[int, int]]:
+    """``CTXxBATCH`` strings -> ``[(ctx, batch)]``; raises ``ValueError`` naming ``flag`` for a malformed or
+    repeated case (a repeat would be paired with the other engine's last run of it: repeat in another call)."""
+    out: list[tuple[int, int]] = []
     for spec in specs or []:
         ctx, _, batch = spec.lower().partition("x")
+        if not (ctx.isdigit() and batch.isdigit() and int(ctx) > 0 and int(batch) > 0):
+            raise ValueError(f"{flag}: {spec!r} is not CTXxBATCH with positive integers (e.g. 32768x16)")
+        if (int(ctx), int(batch)) in out:
+            raise ValueError(f"{flag}: {spec!r} given twice; to repeat a case, run the bench again")
         out.append((int(ctx), int(batch)))
     return out
 
@@ -496,6 +502,10 @@ def main() -> None:
                    help="serve --model's config with this many layers and random weights (load_format=dummy)")
     p.add_argument("--e2e-out", help="also write the e2e rows here (list of {ctx, batch, budget_tokens, ...})")
     args = p.parse_args()
+    try:
+        given_cases, optional = parse_cases(args.cases, "--cases"), parse_cases(args.optional_cases, "--optional-cases")
+    except ValueError as exc:
+        p.error(str(exc))  # one line, exit 2, before any GPU work
     if args.quick:
         args.ctx, args.steps = [8192], 16
     deadline = T0 + (args.max_minutes * 60 if args.max_minutes else args.budget_s)
@@ -547,8 +557,7 @@ def main() -> None:
             result["kernels"].append(rec)
             torch.cuda.empty_cache()
         save()
-    engine_cases_list = parse_cases(args.cases) or cases
-    optional = parse_cases(args.optional_cases)
+    engine_cases_list = given_cases or cases
     model = args.model
     if args.dummy_layers:
         need = max(c for c, _ in [*engine_cases_list, *optional]) + 64

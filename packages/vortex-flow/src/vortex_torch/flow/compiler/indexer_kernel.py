@@ -24,10 +24,13 @@ step's new token completes, so the decode cache update is no launch of its own: 
 ``r // H_kv``'s KV head ``r % H_kv``, whose new token slot is ``locs[r // H_kv]``; the program that scores the
 row's last chunk (or the row's only program) runs the flow's ``forward_cache`` for that slot and head when the
 token is its block's last, then a CTA barrier, so its own scoring of the last chunk reads the new summary. A
-row copied whole is summarised too (later steps score it). A row whose budget covers all its blocks is not scored unless the indexer writes state (``Save``); the
+row copied whole is summarised too (later steps score it).
+
+A row whose budget covers all its blocks is not scored unless the indexer writes state (``Save``); the
 selection copies it whole. By default the selection is a launch of its own (``select_blocks_triton``; a
-``topK`` that reads a cache field directly then needs no scoring kernel at all): fused, one H200 test selected
-wrong blocks (results/gpu/2026-12-04-decode-step-bench-fused.md).
+``topK`` that reads a cache field directly then needs no scoring kernel at all). Fused into the row's last
+program (``fuse_selection``) it is correct, but slower with many rows: that program searches alone after the
+scoring (results/gpu/2026-12-04-decode-step-bench-sweep.md).
 """
 
 from __future__ import annotations

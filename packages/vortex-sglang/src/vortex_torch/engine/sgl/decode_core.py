@@ -195,9 +195,9 @@ class VortexDecodeCore:
 
         spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
         iplan = self.indexer_plan
-        if iplan is None or not iplan.fits(plan.num_rows, plan.max_blocks_per_row):
-            # no CUDA-graph buffers, or an eager batch above their size: scratch for this call only
+        if iplan is None:  # no CUDA-graph buffers: the step's bound, scratch for this call only
             iplan = self.executor.plan(plan.num_rows, plan.max_blocks_per_row, q_rows.device)
+        # (an eager batch above the graph buffers' size: ``run`` gives it scratch of its own)
         # the interpreter's segment ops need each entry's row and position (a host sync: eager paths only)
         dense = plan.dense_blocks_with_row_index() if self.executor.needs_row_index else plan.dense_blocks()
         self.executor.run(q_rows, fields, dense, spec, plan.sel_indices, plan=iplan, new_locs=new_locs)

@@ -181,6 +181,23 @@ def assert_all_close(refs: list[Gen], gots: list[Gen], what: str, **kw: float) -
     return comps
 
 
+def assert_full_budget_matches(
+    name: str, plain: dict[str, list[Gen]], full: dict[str, list[Gen]], *, logprob_atol: float, strict: bool
+) -> None:
+    """A full-budget Vortex run against plain SGLang on the ``mixed``, ``small`` and ``prefix`` workloads: every
+    pair within :func:`assert_all_close`, and every generation token-identical when ``strict``."""
+    comps = []
+    for key in ("mixed", "small", "prefix"):
+        comps += assert_all_close(
+            plain[key], full[key], f"{name}: full budget vs plain, {key}", logprob_atol=logprob_atol
+        )
+    exact = sum(c.exact for c in comps)
+    worst = max(c.max_logprob_diff for c in comps)
+    print(f"[{name}] {exact}/{len(comps)} generations token-identical to plain SGLang, max |dlogprob| {worst:.2e}")
+    if strict:
+        assert exact == len(comps), f"{name}: only {exact}/{len(comps)} generations token-identical"
+
+
 @contextlib.contextmanager
 def engine(**kwargs: Any) -> Iterator[Any]:
     """An ``sgl.Engine`` for the tiny model, shut down on exit (one engine on the GPU at a time)."""

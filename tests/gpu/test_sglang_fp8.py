@@ -29,6 +29,7 @@ from vortex_gpu_harness import (
     Gen,
     ScenarioCache,
     assert_all_close,
+    assert_full_budget_matches,
     engine,
     fresh_dir,
     generate,
@@ -101,16 +102,7 @@ for _name, _setting in SETTINGS.items():
 def test_fp8_full_budget_matches_plain_sglang(name: str) -> None:
     setting = SETTINGS[name]
     plain, full = _RUNS.get(f"{name}/plain"), _RUNS.get(f"{name}/vortex")
-    comps = []
-    for key in ("mixed", "small", "prefix"):
-        comps += assert_all_close(
-            plain[key], full[key], f"{name}: full budget vs plain, {key}", logprob_atol=setting.logprob_atol
-        )
-    exact = sum(c.exact for c in comps)
-    worst = max(c.max_logprob_diff for c in comps)
-    print(f"[{name}] {exact}/{len(comps)} generations token-identical to plain SGLang, max |dlogprob| {worst:.2e}")
-    if setting.strict:
-        assert exact == len(comps), f"{name}: only {exact}/{len(comps)} generations token-identical"
+    assert_full_budget_matches(name, plain, full, logprob_atol=setting.logprob_atol, strict=setting.strict)
     assert full["prefix"][0].cached_tokens >= 1024
 
 

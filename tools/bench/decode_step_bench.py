@@ -12,8 +12,8 @@ Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
   buffers), planned once, as plain SGLang decodes;
 * **sparse**: the step the vortex-sglang backend runs per layer: the compiled quick-start indexer (scoring, with
   the decode cache update of the block the new token completes folded into the same launch; then the top-k
-  selection), Vortex's sparse attention (split merge in the same launch); the per-step plan (one launch for all layers) is timed apart and amortised over
-  36 layers in ``step_us``;
+  selection), Vortex's sparse attention (split merge in the same launch); the per-step plan (one launch for
+  all layers) is timed apart and amortised over 36 layers in ``step_us``;
 * kernel launches of one sparse layer (torch profiler) and of the per-step plan;
 * the floor: bytes the sparse step must read (selected K/V + every block summary) / that best bandwidth.
 
@@ -22,7 +22,8 @@ Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
 cache. The default (``bfloat16``) is the measurement recorded so far.
 
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
-layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants (both when none is named).
+layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants
+(both when none is named).
 Writes JSON (``--out``) and prints a markdown table.
 """
 

@@ -82,7 +82,7 @@ EXPECTED = [
     ("measure_flow", r"needle recall 1\.000 \(best reachable 1\.000\)\nattention rel\. error 0\.\d+; blocks \d+/\d+\n"),
     ("FlowContractTests", r"6 passed"),
     ("VortexConfigError", r"\ntopk_val \| .*\nmodule_name \| .*\nmax_topk_val \| "),
-    ("select_blocks_naive", r"\[0, 1, 3, 9, 10, 13, 14, 15\]\n"),
+    ("select_blocks_reference", r"\[0, 1, 3, 9, 10, 13, 14, 15\]\n"),
 ]
 
 

@@ -30,7 +30,7 @@ def load_testlib():
 
 def main() -> None:
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
-    from vortex_torch.kernels.select import select_blocks_naive
+    from vortex_torch.kernels.select import select_blocks_reference
 
     t = load_testlib()
     for fuse in (False, True):
@@ -59,14 +59,14 @@ def main() -> None:
                 (buf,) = sc.core.indexer_plan.buffers.values()
                 ptr, sp = plan.dense_indptr.tolist(), plan.sel_indptr.tolist()
                 nnz = ptr[-1]
-                naive = select_blocks_naive(buf[:nnz].cpu(), plan.dense_indptr.cpu(), plan.dense_indices[:nnz].cpu(),
+                ref_sel = select_blocks_reference(buf[:nnz].cpu(), plan.dense_indptr.cpu(), plan.dense_indices[:nnz].cpu(),
                                             plan.sel_indptr.cpu(), t.BOS, t.EOS)  # fmt: skip
                 for r, (g, w) in enumerate(zip(got, want, strict=True)):
                     if g == w:
                         continue
                     bad += 1
                     ids = plan.dense_indices[ptr[r] : ptr[r + 1]].tolist()
-                    mine = [ids.index(b) for b in naive[sp[r] : sp[r + 1]].tolist()]
+                    mine = [ids.index(b) for b in ref_sel[sp[r] : sp[r + 1]].tolist()]
                     print(f"fuse={fuse} warps={warps} layer={layer} row={r}: got {g}, reference {w}, "
                           f"plain selection of our scores {mine}")  # fmt: skip
                     print("  our scores      ", [round(x, 4) for x in buf[ptr[r] : ptr[r + 1]].tolist()])

@@ -243,7 +243,7 @@ SAN_MEMCHECK=(packages/vortex-ops/tests packages/vortex-flow/tests/test_compiler
               -k "not graph and not sm90")
 SAN_RACECHECK=(packages/vortex-ops/tests/test_select.py packages/vortex-ops/tests/test_sparse_decode.py
                packages/vortex-ops/tests/test_token_table.py packages/vortex-flow/tests/test_compiler.py -m "not slow"
-               -k "triton_matches_naive or multi_tile or test_matches_naive or split_counts or triton_and_naive or compiled_equals_reference or cuda_graph")
+               -k "triton_matches_reference or multi_tile or test_matches_reference or split_counts or triton_and_reference or compiled_equals_reference or cuda_graph")
 
 sanitize_tool() {  # TOOL LIMIT_S PYTEST_ARGS...: one compute-sanitizer run; writes $OUT/sanitize-TOOL.{txt,xml}
     local tool=$1 limit=$2 t=$SECONDS rc

@@ -296,7 +296,7 @@ def test_decode_needs_the_layer_written() -> None:
 
 
 @pytest.mark.parametrize(("page_size", "block_size", "heads"), [(16, 16, 2), (32, 8, 3)])
-def test_triton_attention_matches_naive(page_size: int, block_size: int, heads: int) -> None:
+def test_triton_attention_matches_reference(page_size: int, block_size: int, heads: int) -> None:
     # On a CUDA machine the runtime must live on the GPU: CPU tensors would reach the compiled kernel without
     # Triton's interpreter (which the conftest switches on only where CUDA is absent) and raise.
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -304,15 +304,15 @@ def test_triton_attention_matches_naive(page_size: int, block_size: int, heads: 
     seq_lens = [20, 70]
     pages = 1 + sum(-(-(n + 1) // page_size) + 1 for n in seq_lens)  # as run_synthetic sizes its own pool
 
-    def runtime(attention: Literal["naive", "triton"]) -> ReferenceRuntime:
+    def runtime(attention: Literal["reference", "triton"]) -> ReferenceRuntime:
         return ReferenceRuntime(quickstart(), 1, heads, 32, 2, cfg, pages, torch.float32, device,
                                 attention=attention, shuffle_pages_seed=2)  # fmt: skip
 
-    naive = run_synthetic(quickstart(), seq_lens, 1, seed=5, runtime=runtime("naive"))
+    ref = run_synthetic(quickstart(), seq_lens, 1, seed=5, runtime=runtime("reference"))
     triton = run_synthetic(quickstart(), seq_lens, 1, seed=5, runtime=runtime("triton"))
     assert triton.outputs[0][0].device.type == device
-    assert naive.selections[0][0].positions == triton.selections[0][0].positions
-    torch.testing.assert_close(triton.outputs[0][0], naive.outputs[0][0], atol=1e-4, rtol=1e-4)
+    assert ref.selections[0][0].positions == triton.selections[0][0].positions
+    torch.testing.assert_close(triton.outputs[0][0], ref.outputs[0][0], atol=1e-4, rtol=1e-4)
 
 
 # -- needles -----------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Block selection (``topK`` / ``approxTopK``) and the budget rule.
 
-The naive reference is checked against an independent sort-based top-k; the Triton kernel must equal the
+The plain-PyTorch reference is checked against an independent sort-based top-k; the Triton kernel must equal the
 reference bit for bit, in exact and approximate mode, on ragged batches with edge rows.
 
 Batches are built on the host (seeded CPU generators, so both devices see the same numbers) and moved to
@@ -24,7 +24,7 @@ from vortex_torch.kernels.select import (
     default_budget,
     order_key,
     select_blocks,
-    select_blocks_naive,
+    select_blocks_reference,
     select_blocks_triton,
     select_middle,
     selection_indptr,
@@ -161,11 +161,11 @@ def test_budget_edges() -> None:
 
 @pytest.mark.parametrize("kind", ["randn", "ties", "special", "near_equal"])
 @pytest.mark.parametrize("bos,eos", [(1, 2), (0, 1), (2, 1)])
-def test_naive_matches_brute_force(kind: str, bos: int, eos: int) -> None:
+def test_reference_matches_brute_force(kind: str, bos: int, eos: int) -> None:
     for seed in range(3):
         score, csr = _batch(EDGE_LENGTHS, kind, bos, eos, seed)
         torch.testing.assert_close(
-            select_blocks_naive(score, *csr, bos, eos), _brute_force(score, *csr, bos, eos)
+            select_blocks_reference(score, *csr, bos, eos), _brute_force(score, *csr, bos, eos)
         )
 
 
@@ -228,7 +228,7 @@ def test_select_middle_approx_guarantee_exhaustive() -> None:
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.3])
 @pytest.mark.parametrize("bos,eos", [(1, 2), (0, 1)])
 @pytest.mark.parametrize("radix_bits", [4, 1])
-def test_triton_matches_naive(
+def test_triton_matches_reference(
     dtype: torch.dtype, tolerate_ratio: float, bos: int, eos: int, radix_bits: int
 ) -> None:
     """Both searches of an exact topK (4 bits per count pass, the default, and bit by bit) select what the
@@ -236,7 +236,7 @@ def test_triton_matches_naive(
     for seed, kind in enumerate(["randn", "ties", "special", "near_equal"]):
         score, csr = _batch(EDGE_LENGTHS, kind, bos, eos, seed)
         score = score.to(dtype)
-        want = select_blocks_naive(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
+        want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
         got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, radix_bits=radix_bits)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         if tolerate_ratio == 0.0:
@@ -250,7 +250,7 @@ def test_triton_multi_tile_path(tolerate_ratio: float, radix_bits: int) -> None:
     bos, eos = 1, 2
     for seed, kind in enumerate(["randn", "special", "ties"]):
         score, csr = _batch([0, 2, 15, 16, 17, 40, 77], kind, bos, eos, seed)
-        want = select_blocks_naive(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
+        want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
         got = select_blocks_triton(
             score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, tile_size=16, radix_bits=radix_bits
         )
@@ -265,7 +265,7 @@ def test_triton_shapes_out_and_sync_free_call() -> None:
     budget = default_budget(torch.tensor(lengths, dtype=torch.int32), 6, 0.25, bos, eos)  # short rows: b = n
     sel_indptr = selection_indptr(budget).to(DEVICE)
     score = score.to(torch.float16).reshape(-1, 1, 1)
-    want = select_blocks_naive(score, dense_indptr, dense_indices, sel_indptr, bos, eos)
+    want = select_blocks_reference(score, dense_indptr, dense_indices, sel_indptr, bos, eos)
     out = torch.full((int(sel_indptr[-1]),), -1, dtype=torch.int32, device=DEVICE)
     got = select_blocks_triton(
         score, dense_indptr, dense_indices, sel_indptr, bos, eos, out=out, max_blocks_per_row=64
@@ -277,7 +277,7 @@ def test_triton_shapes_out_and_sync_free_call() -> None:
 
 def test_invalid_arguments() -> None:
     score, csr = _batch([5, 6], "randn", 1, 1, 0)
-    for fn in (select_blocks_naive, select_blocks_triton):
+    for fn in (select_blocks_reference, select_blocks_triton):
         with pytest.raises(ValueError):
             fn(score, *csr, 1, 1, tolerate_ratio=1.0)
         with pytest.raises(ValueError):
@@ -321,7 +321,7 @@ def test_approx_recall_bound_adversarial(tolerate_ratio: float) -> None:
         csr = (dense_indptr, dense_indices, sel_indptr)
         approx = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
         torch.testing.assert_close(
-            approx, select_blocks_naive(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio), rtol=0, atol=0
+            approx, select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio), rtol=0, atol=0
         )
         exact = _brute_force(score, *csr, bos, eos)
         for got, true in zip(_row_sets(approx, sel_indptr), _row_sets(exact, sel_indptr), strict=True):
@@ -353,7 +353,7 @@ def test_gpu_typical_size(tolerate_ratio: float, dtype: torch.dtype) -> None:
     args = (score.to(dtype).cuda(), dense_indptr.cuda(), dense_indices.cuda(), sel_indptr.cuda(), bos, eos)
     out = torch.empty(int(sel_indptr[-1]), dtype=torch.int32, device="cuda")
     got = select_blocks(*args, tolerate_ratio=tolerate_ratio, out=out, max_blocks_per_row=8192)
-    want = select_blocks_naive(*args, tolerate_ratio=tolerate_ratio)
+    want = select_blocks_reference(*args, tolerate_ratio=tolerate_ratio)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     # also the looped path for the long row, and the bitwise search
     got_tiled = select_blocks_triton(*args, tolerate_ratio=tolerate_ratio, tile_size=1024)

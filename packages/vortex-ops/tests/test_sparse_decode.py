@@ -1,4 +1,4 @@
-"""Sparse paged decode attention: Triton kernel vs the naive reference vs masked dense attention.
+"""Sparse paged decode attention: Triton kernel vs the plain-PyTorch reference vs masked dense attention.
 
 Shapes are small and ragged on purpose (partial last blocks, single-block and empty rows, odd G, D = 80,
 pages holding several blocks, 1 to 3 KV heads) so the Triton interpreter stays fast on CPU while every masking
@@ -19,7 +19,7 @@ from vortex_torch.abs.layout import PoolLayout
 from vortex_torch.kernels import fp8
 from vortex_torch.kernels.sparse_decode import (
     sparse_decode_attention,
-    sparse_decode_attention_naive,
+    sparse_decode_attention_reference,
     triton_kernel,
 )
 
@@ -189,7 +189,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("group", "head_dim", "block_size", "page_size", "heads", "dtype"), CASES)
-def test_matches_naive(
+def test_matches_reference(
     group: int, head_dim: int, block_size: int, page_size: int, heads: int, dtype: torch.dtype
 ) -> None:
     seed = group * 1000 + head_dim + block_size + page_size + heads
@@ -197,7 +197,7 @@ def test_matches_naive(
         ROW_BLOCKS, group, head_dim, block_size, dtype, seed=seed, page_size=page_size, num_kv_heads=heads
     )
     indptr, indices = to_csr(select(pool, keep=0.6, seed=1))
-    ref, ref_lse = sparse_decode_attention_naive(
+    ref, ref_lse = sparse_decode_attention_reference(
         pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, return_lse=True
     )
     tag = f"G={group} D={head_dim} BS={block_size} page={page_size} H_kv={heads} {dtype}"
@@ -223,10 +223,10 @@ def test_page_larger_than_block(heads: int) -> None:
     selected = select(pool, keep=0.5, seed=4)
     dense_o, dense_lse = masked_dense(pool, selected, 0.2)
     indptr, indices = to_csr(selected)
-    naive_o = sparse_decode_attention_naive(
+    ref_o = sparse_decode_attention_reference(
         pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, sm_scale=0.2
     )
-    assert_close(naive_o, dense_o, torch.float32, f"naive vs masked dense, H_kv={heads}")
+    assert_close(ref_o, dense_o, torch.float32, f"reference vs masked dense, H_kv={heads}")
     for num_splits in (1, 2):
         out, lse = nan_like(pool.q)
         triton_kernel.launch(
@@ -245,7 +245,7 @@ def test_split_counts_and_empty_rows(num_splits: int) -> None:
     triton_kernel.launch(
         pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.25, out, lse, num_splits, **pool.sizes
     )
-    ref, ref_lse = sparse_decode_attention_naive(
+    ref, ref_lse = sparse_decode_attention_reference(
         pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, sm_scale=0.25, return_lse=True
     )
     assert_close(out, ref, torch.float32, f"o, {num_splits} splits")
@@ -266,10 +266,10 @@ def test_sparse_equals_masked_dense(dtype: torch.dtype, num_splits: int) -> None
     sm_scale = 0.1
     dense_o, dense_lse = masked_dense(pool, selected, sm_scale)
     indptr, indices = to_csr(selected)
-    naive_o = sparse_decode_attention_naive(
+    ref_o = sparse_decode_attention_reference(
         pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, sm_scale=sm_scale
     )
-    assert_close(naive_o, dense_o, dtype, "naive vs masked dense")
+    assert_close(ref_o, dense_o, dtype, "reference vs masked dense")
     out, lse = nan_like(pool.q)
     q, k, v, last = pool.q, pool.k, pool.v, pool.last_len
     triton_kernel.launch(q, k, v, indptr, indices, last, sm_scale, out, lse, num_splits, **pool.sizes)
@@ -334,7 +334,7 @@ def test_out_buffer_lse_and_strided_q() -> None:
     v_wide = torch.cat([pool.v, *[torch.full_like(pool.v, NAN)] * 2], dim=1)[:, :2]
     assert k_wide.stride() == (64, 32, 1) and v_wide.stride() == (96, 16, 1)
     indptr, indices = to_csr(pool.rows)
-    ref, ref_lse = sparse_decode_attention_naive(
+    ref, ref_lse = sparse_decode_attention_reference(
         pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes, return_lse=True
     )
     for hint in (None, 1, 6, 1000):  # a wrong hint changes the split count, never the result
@@ -391,7 +391,7 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="page_size"):
         sparse_decode_attention(pool.q, pool.k, pool.v, *args, page_size=6, block_size=4)
     with pytest.raises(ValueError, match="power of two"):
-        sparse_decode_attention_naive(pool.q, pool.k, pool.v, *args, page_size=12, block_size=6)
+        sparse_decode_attention_reference(pool.q, pool.k, pool.v, *args, page_size=12, block_size=6)
     k_strided_d = torch.randn(pool.k.shape[0], 1, 32)[..., ::2]
     with pytest.raises(ValueError, match="contiguous"):
         sparse_decode_attention(pool.q, k_strided_d, k_strided_d, *args, **pool.sizes)
@@ -426,7 +426,7 @@ def _realistic_case(seed: int = 0) -> tuple[torch.Tensor, ...]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_realistic_shape() -> None:
     q, k, v, indptr, indices, last = _realistic_case()
-    ref, ref_lse = sparse_decode_attention_naive(q, k, v, indptr, indices, last, **GPU_SIZES, return_lse=True)
+    ref, ref_lse = sparse_decode_attention_reference(q, k, v, indptr, indices, last, **GPU_SIZES, return_lse=True)
     o, lse = sparse_decode_attention(
         q, k, v, indptr, indices, last, **GPU_SIZES, max_blocks_per_row=128, return_lse=True
     )
@@ -459,13 +459,13 @@ def test_gpu_no_host_sync_and_cuda_graph() -> None:
     out.fill_(NAN)
     graph.replay()
     torch.cuda.synchronize()
-    ref = sparse_decode_attention_naive(q, k, v, indptr, indices, last, **GPU_SIZES)
+    ref = sparse_decode_attention_reference(q, k, v, indptr, indices, last, **GPU_SIZES)
     assert_close(out, ref, torch.bfloat16, "graph replay")
 
 
 # -- fp8 KV cache (SGLang's --kv-cache-dtype fp8_e4m3 / fp8_e5m2) ------------------------------------------------
 # K/V hold value / scale in fp8 with one scalar scale per layer; the kernel must use stored * scale. Checked on the
-# ragged pools above: kernel == naive, both == masked dense attention over the dequantised cache (bf16 tolerance:
+# ragged pools above: kernel == reference, both == masked dense attention over the dequantised cache (bf16 tolerance:
 # dequantisation is exact), and both within fp8 tolerance of attention over the unquantised cache.
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
@@ -486,7 +486,7 @@ def quantize(pool: Pool, kv_dtype: torch.dtype, k_scale: float, v_scale: float) 
     ("group", "head_dim", "block_size", "page_size", "heads", "dtype"),
     [(3, 80, 4, 16, 2, torch.bfloat16), (4, 64, 16, 32, 3, torch.float16), (1, 16, 4, 4, 1, torch.float32)],
 )
-def test_fp8_kernel_matches_naive_and_dense(
+def test_fp8_kernel_matches_reference_and_dense(
     kv_dtype: torch.dtype, group: int, head_dim: int, block_size: int, page_size: int, heads: int,
     dtype: torch.dtype,
 ) -> None:  # fmt: skip
@@ -498,16 +498,16 @@ def test_fp8_kernel_matches_naive_and_dense(
     indptr, indices = to_csr(selected)
     args = (p8.q, p8.k, p8.v, indptr, indices, p8.last_len)
     scales = {"k_scale": k_scale, "v_scale": v_scale}
-    ref, ref_lse = sparse_decode_attention_naive(*args, **pool.sizes, return_lse=True, **scales)
+    ref, ref_lse = sparse_decode_attention_reference(*args, **pool.sizes, return_lse=True, **scales)
     tag = f"{kv_dtype} q {dtype} G={group} D={head_dim} BS={block_size} page={page_size} H_kv={heads}"
-    # the rule: naive over fp8 == naive over the dequantised cache (same fp32 values)
-    ref_deq = sparse_decode_attention_naive(
+    # the rule: reference over fp8 == reference over the dequantised cache (same fp32 values)
+    ref_deq = sparse_decode_attention_reference(
         deq.q.to(dtype), deq.k.to(torch.float32), deq.v.to(torch.float32), indptr, indices, p8.last_len,
         **pool.sizes,
     ) if dtype == torch.float32 else None  # fmt: skip
     if ref_deq is not None:
         torch.testing.assert_close(ref, ref_deq, rtol=0, atol=0)
-    # kernel == naive: default splits, exact and FlashAttention rounding, float and tensor scales
+    # kernel == reference: default splits, exact and FlashAttention rounding, float and tensor scales
     o = sparse_decode_attention(*args, **pool.sizes, **scales)
     assert o.dtype == dtype
     assert_close(o, ref, dtype, f"o, {tag}")
@@ -553,7 +553,7 @@ def test_fp8_dtype_errors_name_the_fix() -> None:
     indptr, indices = to_csr(pool.rows)
     k8 = pool.k.to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="both float8_e4m3fn / both float8_e5m2"):
-        sparse_decode_attention_naive(pool.q, k8, pool.v, indptr, indices, pool.last_len, **pool.sizes)
+        sparse_decode_attention_reference(pool.q, k8, pool.v, indptr, indices, pool.last_len, **pool.sizes)
     with pytest.raises(ValueError, match="both float8_e4m3fn / both float8_e5m2"):
         sparse_decode_attention(pool.q, k8, pool.v.to(torch.float8_e5m2), indptr, indices, pool.last_len,
                                 **pool.sizes)  # fmt: skip

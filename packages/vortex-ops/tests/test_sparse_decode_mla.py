@@ -1,4 +1,4 @@
-"""Sparse paged MLA decode attention: the Triton kernel vs the naive reference vs dense attention with the
+"""Sparse paged MLA decode attention: the Triton kernel vs the plain-PyTorch reference vs dense attention with the
 selection applied as a mask.
 
 The latent pool is SGLang's MLA buffer ``[num_slots, 1, kv_lora_rank + qk_rope_head_dim]``; requests own
@@ -22,7 +22,7 @@ from vortex_torch.kernels import fp8
 from vortex_torch.kernels.sparse_decode_mla import (
     SparseMLADecodeWorkspace,
     sparse_mla_decode,
-    sparse_mla_decode_naive,
+    sparse_mla_decode_reference,
 )
 from vortex_torch.kernels.sparse_decode_mla import triton_kernel as tk
 
@@ -113,7 +113,7 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES)
-def test_kernel_matches_naive_and_masked_dense(case: tuple, dtype: torch.dtype) -> None:  # type: ignore[type-arg]
+def test_kernel_matches_reference_and_masked_dense(case: tuple, dtype: torch.dtype) -> None:  # type: ignore[type-arg]
     lengths, heads, dv, dr, page, block, budget = case
     pool = make_pool(lengths, dv + dr, page, block, dtype, seed=len(lengths) + heads)
     indptr, ids, chosen = select(pool, lengths, budget, seed=heads)
@@ -121,12 +121,12 @@ def test_kernel_matches_naive_and_masked_dense(case: tuple, dtype: torch.dtype) 
     lbl = last_lens(lengths, block)
     scale = 1.0 / math.sqrt(dv // 2 + dr)  # an MLA scale: not 1/sqrt(D)
     kw = dict(page_size=page, block_size=block, v_head_dim=dv, sm_scale=scale)
-    ref, ref_lse = sparse_mla_decode_naive(q, pool.latent, indptr, ids, lbl, return_lse=True, **kw)
+    ref, ref_lse = sparse_mla_decode_reference(q, pool.latent, indptr, ids, lbl, return_lse=True, **kw)
     out, lse = sparse_mla_decode(q, pool.latent, indptr, ids, lbl, return_lse=True, **kw)
     dense = dense_masked(q, pool, lengths, chosen, dv, scale)
     assert out.shape == (len(lengths), heads, dv) and out.dtype == dtype
     tol = TOL[dtype]
-    assert (ref.double().cpu() - dense).abs().max() <= tol, "naive != masked dense"
+    assert (ref.double().cpu() - dense).abs().max() <= tol, "reference != masked dense"
     assert (out.double().cpu() - dense).abs().max() <= tol, "triton != masked dense"
     finite = torch.isfinite(ref_lse)
     assert torch.equal(finite, torch.isfinite(lse))
@@ -159,7 +159,7 @@ def test_explicit_split_counts_and_workspace(splits: int) -> None:
     indptr, ids, _ = select(pool, lengths, budget=9, seed=2)
     q = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     lbl = last_lens(lengths, 4)
-    ref = sparse_mla_decode_naive(q, pool.latent, indptr, ids, lbl, page_size=8, block_size=4, v_head_dim=16)
+    ref = sparse_mla_decode_reference(q, pool.latent, indptr, ids, lbl, page_size=8, block_size=4, v_head_dim=16)
     ws = SparseMLADecodeWorkspace.allocate(4, 8, 5, 16, DEVICE)
     for _ in range(2):  # the counters are re-armed by the merging program
         out = torch.full((3, 5, 16), float("nan"), device=DEVICE)
@@ -175,7 +175,7 @@ def test_bad_inputs_name_the_problem() -> None:
     q = torch.randn(1, 2, 40, device=DEVICE)
     kw = dict(page_size=8, block_size=8)
     with pytest.raises(ValueError, match="latent width mismatch"):
-        sparse_mla_decode_naive(q[..., :32], pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=16, **kw)
+        sparse_mla_decode_reference(q[..., :32], pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=16, **kw)
     with pytest.raises(ValueError, match="v_head_dim"):
         sparse_mla_decode(q, pool.latent, indptr, ids, last_lens([8], 8), v_head_dim=41, **kw)
     with pytest.raises(ValueError, match="out must be"):
@@ -189,8 +189,8 @@ FP8_RMSE = {torch.float8_e4m3fn: 0.06, torch.float8_e5m2: 0.12}
 
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("case", CASES[:2])
-def test_fp8_latents_kernel_matches_naive_and_dense(case: tuple, kv_dtype: torch.dtype) -> None:  # type: ignore[type-arg]
-    """fp8 latents holding ``latent / k_scale``: kernel == naive == masked dense over the dequantised latents
+def test_fp8_latents_kernel_matches_reference_and_dense(case: tuple, kv_dtype: torch.dtype) -> None:  # type: ignore[type-arg]
+    """fp8 latents holding ``latent / k_scale``: kernel == reference == masked dense over the dequantised latents
     (keys x k_scale, values x v_scale), and within fp8 tolerance of attention over the unquantised latents."""
     lengths, heads, dv, dr, page, block, budget = case
     pool = make_pool(lengths, dv + dr, page, block, torch.bfloat16, seed=5 + heads)
@@ -202,7 +202,7 @@ def test_fp8_latents_kernel_matches_naive_and_dense(case: tuple, kv_dtype: torch
     lbl = last_lens(lengths, block)
     scale = 1.0 / math.sqrt(dv // 2 + dr)
     kw = dict(page_size=page, block_size=block, v_head_dim=dv, sm_scale=scale, k_scale=k_scale, v_scale=v_scale)
-    ref, ref_lse = sparse_mla_decode_naive(q, lat8, indptr, ids, lbl, return_lse=True, **kw)
+    ref, ref_lse = sparse_mla_decode_reference(q, lat8, indptr, ids, lbl, return_lse=True, **kw)
     out, lse = sparse_mla_decode(q, lat8, indptr, ids, lbl, return_lse=True, **kw)
     out_t = sparse_mla_decode(q, lat8, indptr, ids, lbl, exact=False,
                               **{**kw, "k_scale": torch.tensor(k_scale), "v_scale": torch.tensor([v_scale])})
@@ -215,7 +215,7 @@ def test_fp8_latents_kernel_matches_naive_and_dense(case: tuple, kv_dtype: torch
     dense_k = dense_masked(q, key_pool, lengths, chosen, dv, scale)  # values scaled by k_scale here
     dense = dense_k * (v_scale / k_scale)
     tol = TOL[torch.bfloat16]
-    for what, o in (("naive", ref), ("triton", out), ("triton exact=False", out_t), ("triton 3 splits", out3)):
+    for what, o in (("reference", ref), ("triton", out), ("triton exact=False", out_t), ("triton 3 splits", out3)):
         err = (o.double().cpu() - dense).abs().max()
         assert err <= tol, f"{what} != masked dense over the dequantised latents ({kv_dtype}): {err:.3e}"
     finite = torch.isfinite(ref_lse)

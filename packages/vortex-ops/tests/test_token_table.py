@@ -1,4 +1,4 @@
-"""Token table (selection -> per-token page ids for FlashInfer): Triton kernel vs the naive reference vs an
+"""Token table (selection -> per-token page ids for FlashInfer): Triton kernel vs the plain-PyTorch reference vs an
 independent transcription (every token's slot read from a request's own slot list).
 
 Ragged on purpose: empty rows, one-token rows, partial final blocks, pages holding several blocks, 1 to 3 KV
@@ -13,7 +13,7 @@ import torch
 from vortex_torch.abs.layout import PoolLayout
 from vortex_torch.kernels.token_table import (
     block_token_table,
-    block_token_table_naive,
+    block_token_table_reference,
     block_token_table_triton,
     token_counts,
 )
@@ -67,19 +67,19 @@ CASES = [
 
 
 @pytest.mark.parametrize(("page", "bs", "heads", "lens", "seed"), CASES)
-def test_triton_and_naive_match_the_definition(
+def test_triton_and_reference_match_the_definition(
     page: int, bs: int, heads: int, lens: list[int], seed: int
 ) -> None:
     c = case(page, bs, heads, lens, seed)
     args = (c["sel_indptr"], c["sel_indices"], c["last_block_len"], c["tok_indptr"])
     total = len(c["expected"])
     poison = -12345
-    naive = block_token_table_naive(*args, torch.full((total + 3,), poison, dtype=torch.int32), **c["sizes"])
+    ref = block_token_table_reference(*args, torch.full((total + 3,), poison, dtype=torch.int32), **c["sizes"])
     fused = block_token_table_triton(
         *args, torch.full((total + 3,), poison, dtype=torch.int32, device=DEVICE), **c["sizes"],
         max_selected_per_row=c["max_sel"],
     )  # fmt: skip
-    assert naive[:total].tolist() == c["expected"]
+    assert ref[:total].tolist() == c["expected"]
     assert fused.cpu()[:total].tolist() == c["expected"]
     assert (fused.cpu()[total:] == poison).all(), "wrote past the last row"
     via_dispatch = block_token_table(
@@ -95,7 +95,7 @@ def test_equals_kv_offsets_over_head_dim() -> None:
     """Entry = element offset of the token's K row / D: the strided one-token-page view FlashInfer reads."""
     layout = PoolLayout(page_size=32, block_size=8, num_kv_heads=2)
     blocks = torch.tensor([5, 2, 17, 30])
-    table = block_token_table_naive(
+    table = block_token_table_reference(
         torch.tensor([0, 4]), blocks, torch.tensor([8]), torch.tensor([0, 32]), torch.zeros(32, dtype=torch.int32),
         page_size=32, block_size=8, num_kv_heads=2,
     )  # fmt: skip
@@ -105,7 +105,7 @@ def test_equals_kv_offsets_over_head_dim() -> None:
 def test_token_counts_and_mismatch_error() -> None:
     assert token_counts(torch.tensor([0, 1, 3]), torch.tensor([1, 5, 7]), 16).tolist() == [0, 5, 39]
     with pytest.raises(ValueError, match="row 0"):
-        block_token_table_naive(
+        block_token_table_reference(
             torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([3]), torch.tensor([0, 5]),
             torch.zeros(8, dtype=torch.int32), page_size=4, block_size=4, num_kv_heads=1,
         )  # fmt: skip

@@ -14,7 +14,7 @@ from vortex_torch.engine.sgl.flashinfer_decode import host_token_plan, one_token
 from vortex_torch.engine.sgl.planner import default_budget_fn, plan_decode
 from vortex_torch.engine.sgl.policy import apply_policy
 from vortex_torch.kernels.select import select_blocks
-from vortex_torch.kernels.sparse_decode import sparse_decode_attention_naive
+from vortex_torch.kernels.sparse_decode import sparse_decode_attention_reference
 from vortex_torch.kernels.token_table import block_token_table, token_counts
 
 pytestmark = pytest.mark.sglang
@@ -95,7 +95,7 @@ def test_attention_over_the_token_table_equals_sparse_attention(rule: str) -> No
         pages = table[tok_indptr[r] : tok_indptr[r + 1]].long()
         p = torch.softmax(q[r] @ kp[pages, 0].T * dim**-0.5, dim=-1)  # [G, T]
         out[r] = p @ vp[pages, 0]
-    ref = sparse_decode_attention_naive(
+    ref = sparse_decode_attention_reference(
         q, k, v, plan.sel_indptr, plan.sel_indices, plan.last_block_len, page_size=16, block_size=8
     )
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

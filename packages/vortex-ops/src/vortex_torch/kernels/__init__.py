@@ -1,4 +1,4 @@
-"""Fused Triton kernels, each beside the plain-PyTorch reference (``naive.py``) that defines it."""
+"""Fused Triton kernels, each beside the plain-PyTorch reference (``reference.py``) that defines it."""
 
 from . import _interpreter_compat as _interpreter_compat
 from ._interpreter_compat import TritonUnavailableError, interpreter_active, use_triton

@@ -1,7 +1,7 @@
 """Where a kernel entry point runs, the check that names the fix, and work-arounds for interpreter bugs.
 
 The dispatch rule of every kernel package (:func:`use_triton`): CUDA tensors run the Triton kernel; CPU tensors
-run the plain-PyTorch reference (``naive.py``), unless Triton's interpreter defined this process's kernels
+run the plain-PyTorch reference (``reference.py``), unless Triton's interpreter defined this process's kernels
 (:func:`interpreter_active`), in which case the Triton kernel runs in the interpreter (slow; tests and CPU
 machines). Nothing in this package reads the environment: whether the interpreter is on is Triton's own
 decision, taken per kernel at ``@triton.jit`` time from ``triton.knobs.runtime.interpret`` (the

@@ -6,7 +6,7 @@
 
     value = stored.to(fp32) * scale
 
-:func:`dequantize` is that rule in plain PyTorch (the ``naive.py`` references and the reference executor use
+:func:`dequantize` is that rule in plain PyTorch (the ``reference.py`` references and the reference executor use
 it); the Triton kernels apply it in registers (attention folds ``k_scale`` into the softmax scale and
 ``v_scale`` into the output, which is the same product up to fp32 rounding). A scale only applies to an fp8
 buffer: SGLang writes a 16/32-bit cache unscaled, so scales given with a bf16 buffer are ignored.

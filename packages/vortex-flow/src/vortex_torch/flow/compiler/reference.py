@@ -1,6 +1,6 @@
 """The reference executor: interprets the traced graph with each op's plain-PyTorch semantics (``reference``
 for a ``FUSED`` placement, ``reference_segmented`` for a ``STANDALONE`` one, the selection's in
-``vortex_torch.kernels.select.naive``).
+``vortex_torch.kernels.select.reference``).
 
 This is the oracle every compiled kernel and every backend is compared against. All arithmetic is fp32;
 aux fields are stored in their declared dtype (fp8 saturating: ``kernels.fp8.saturate_cast``).
@@ -18,7 +18,7 @@ from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks
 from vortex_torch.abs.op import Schedule, vOp
 from vortex_torch.kernels.fp8 import dequantize, is_fp8, saturate_cast
-from vortex_torch.kernels.select.naive import select_blocks_naive
+from vortex_torch.kernels.select.reference import select_blocks_reference
 
 from .base import FlowExecutor, IndexerPlan, SelectionSpec, kv_scale
 
@@ -75,7 +75,7 @@ class ReferenceExecutor(FlowExecutor):
         score, saves = self.evaluate(q, fields, dense)
         op = self.traced.terminal.op
         assert isinstance(op, ix.topK)
-        select_blocks_naive(
+        select_blocks_reference(
             score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos, selection.eos,
             tolerate_ratio=op.tolerate_ratio, out=out,
         )  # fmt: skip

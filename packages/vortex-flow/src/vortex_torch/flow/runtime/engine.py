@@ -19,7 +19,7 @@ import torch
 from vortex_torch.abs.context import Geometry
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 from vortex_torch.kernels.select.budget import selection_indptr
-from vortex_torch.kernels.sparse_decode.naive import sparse_decode_attention_naive
+from vortex_torch.kernels.sparse_decode.reference import sparse_decode_attention_reference
 
 from ..compiler.base import FlowExecutor, SelectionSpec
 from ..compiler.reference import ReferenceExecutor
@@ -28,7 +28,7 @@ from ..trace import TracedFlow, trace_flow
 from .config import RuntimeConfig
 from .pool import PagedKVPool, RequestId
 
-AttentionImpl = Literal["naive", "triton"]
+AttentionImpl = Literal["reference", "triton"]
 
 
 @dataclass
@@ -104,7 +104,7 @@ class ReferenceRuntime:
         config: budget rule, bos/eos, skipped layers, block/page size, aux dtype, executor.
         num_pages: pages in the pool (page 0 is reserved, as in SGLang).
         kv_dtype: storage dtype of K/V; queries are cast to it for attention.
-        attention: ``"naive"`` (plain-PyTorch reference, default) or ``"triton"`` (the Triton kernel; on CPU
+        attention: ``"reference"`` (plain-PyTorch reference, default) or ``"triton"`` (the Triton kernel; on CPU
             it runs in Triton's interpreter when that defined the kernels, i.e. ``TRITON_INTERPRET=1`` was set
             before they were imported; otherwise it raises ``TritonUnavailableError``).
         check_selection: verify every selection against design §3 (row ownership, ascending positions,
@@ -126,7 +126,7 @@ class ReferenceRuntime:
         kv_dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
         *,
-        attention: AttentionImpl = "naive",
+        attention: AttentionImpl = "reference",
         check_selection: bool = True,
         keep_selection_log: bool = False,
         shuffle_pages_seed: int | None = None,
@@ -141,8 +141,8 @@ class ReferenceRuntime:
             raise ValueError(
                 f"RuntimeConfig.layers_skip has {bad}, but the model has only {num_layers} layers"
             )
-        if attention not in ("naive", "triton"):
-            raise ValueError(f"attention must be 'naive' or 'triton', got {attention!r}")
+        if attention not in ("reference", "triton"):
+            raise ValueError(f"attention must be 'reference' or 'triton', got {attention!r}")
         self.flow = flow
         self.config = config
         self.num_layers = num_layers
@@ -407,7 +407,7 @@ class ReferenceRuntime:
             from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
             return sparse_decode_attention(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
-        return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
+        return sparse_decode_attention_reference(*args, page_size=ps, block_size=bs, sm_scale=sm_scale)
 
     def _positions(
         self, plan: StepPlan, ids: torch.Tensor, indptr: torch.Tensor, *, check: bool

@@ -4,7 +4,7 @@ An MLA layer caches one latent row ``[kv_c | k_pe]`` per token (``D = kv_lora_ra
 runtime is :class:`ReferenceRuntime` with one "KV head" whose K buffer is the latent (``[num_slots, 1, D]``, no
 V buffer): rows are requests, ``G = H_q``, the flow is traced for an :class:`MLAGeometry`, ``forward_cache``
 sees ``cache["latent"] [N, block_size, D]`` of every completed block, the indexer gets the absorbed queries
-``q [B, H_q, D]`` and attention (:func:`sparse_mla_decode_naive`) returns ``o [B, H_q, kv_lora_rank]``.
+``q [B, H_q, D]`` and attention (:func:`sparse_mla_decode_reference`) returns ``o [B, H_q, kv_lora_rank]``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from vortex_torch.abs.context import Geometry
 from vortex_torch.abs.mla import MLAGeometry
-from vortex_torch.kernels.sparse_decode_mla.naive import sparse_mla_decode_naive
+from vortex_torch.kernels.sparse_decode_mla.reference import sparse_mla_decode_reference
 
 from ..flow import vFlow
 from .config import RuntimeConfig
@@ -49,7 +49,7 @@ class MLAReferenceRuntime(ReferenceRuntime):
         kv_dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
         *,
-        attention: AttentionImpl = "naive",
+        attention: AttentionImpl = "reference",
         check_selection: bool = True,
         keep_selection_log: bool = False,
         shuffle_pages_seed: int | None = None,
@@ -130,6 +130,6 @@ class MLAReferenceRuntime(ReferenceRuntime):
             return sparse_mla_decode(
                 *args, page_size=ps, block_size=bs, v_head_dim=self.kv_lora_rank, sm_scale=sm_scale
             )
-        return sparse_mla_decode_naive(
+        return sparse_mla_decode_reference(
             *args, page_size=ps, block_size=bs, v_head_dim=self.kv_lora_rank, sm_scale=sm_scale
         )

@@ -88,7 +88,7 @@ def run_synthetic(
     num_pages: int | None = None,
     kv_dtype: torch.dtype = torch.float32,
     seed: int = 0,
-    attention: AttentionImpl = "naive",
+    attention: AttentionImpl = "reference",
     shuffle_pages_seed: int | None = None,
     runtime: ReferenceRuntime | None = None,
     qk_rope_head_dim: int = 16,
@@ -231,7 +231,7 @@ def measure_flow(
     config: RuntimeConfig | None = None,
     kv_dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
-    attention: AttentionImpl = "naive",
+    attention: AttentionImpl = "reference",
     qk_rope_head_dim: int = 64,
 ) -> dict[str, Any]:
     """Needle recall and attention error of ``flow`` at a budget of ``budget_fraction`` of each row's blocks.

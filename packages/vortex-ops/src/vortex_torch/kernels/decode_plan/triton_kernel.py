@@ -1,6 +1,6 @@
 """Triton decode plan: one launch per decode step, on the device, inside the CUDA graph.
 
-Computes exactly what :mod:`.naive` defines. Grid ``(B, ceil(max_blocks_per_row / CHUNK))``: program
+Computes exactly what :mod:`.reference` defines. Grid ``(B, ceil(max_blocks_per_row / CHUNK))``: program
 ``(b, c)`` fills blocks ``[c * CHUNK, (c + 1) * CHUNK)`` of request ``b`` for all its ``H_kv`` rows; the
 programs of column 0 also write the request's per-row entries. The CSR offsets need prefix sums over the
 requests before ``b``: every program recomputes them from ``seq_lens`` (``B`` is at most a few thousand, so
@@ -19,7 +19,7 @@ from vortex_torch.abs.layout import PoolLayout
 
 from .._layout import block_id
 from ..budget_rule import BudgetRule
-from .naive import PlanOut
+from .reference import PlanOut
 
 CHUNK = 1024  # blocks of one request per program
 
@@ -107,7 +107,7 @@ def plan_decode(
     budget: torch.Tensor | None = None,
     out: PlanOut | None = None,
 ) -> PlanOut:
-    """The Triton plan (one launch, no host sync); same arguments and result as :func:`.naive.plan_decode_naive`."""
+    """The Triton plan (one launch, no host sync); same arguments and result as :func:`.reference.plan_decode_reference`."""
     batch, heads = int(req_pool_indices.shape[0]), layout.num_kv_heads
     rows, m = batch * heads, int(max_blocks_per_row)
     if out is None:

@@ -1,7 +1,7 @@
 """Block selection: the flow ops ``topK()`` / ``approxTopK(tolerate_ratio)`` and the budget rule.
 
 :func:`select_blocks` runs the Triton kernel on CUDA tensors (and on CPU under ``TRITON_INTERPRET=1``),
-otherwise the plain-PyTorch reference; :mod:`.naive` defines the semantics both follow exactly.
+otherwise the plain-PyTorch reference; :mod:`.reference` defines the semantics both follow exactly.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._interpreter_compat import use_triton
 from .budget import default_budget, selection_indptr
-from .naive import order_key, select_blocks_naive, select_middle, tolerated_slots
+from .reference import order_key, select_blocks_reference, select_middle, tolerated_slots
 from .triton_kernel import select_blocks_triton
 
 
@@ -43,7 +43,7 @@ def select_blocks(
             score, dense_indptr, dense_indices, sel_indptr, bos, eos,
             tolerate_ratio=tolerate_ratio, out=out, max_blocks_per_row=max_blocks_per_row,
         )  # fmt: skip
-    return select_blocks_naive(
+    return select_blocks_reference(
         score, dense_indptr, dense_indices, sel_indptr, bos, eos,
         tolerate_ratio=tolerate_ratio, out=out, max_blocks_per_row=max_blocks_per_row,
     )  # fmt: skip
@@ -53,7 +53,7 @@ __all__ = [
     "default_budget",
     "order_key",
     "select_blocks",
-    "select_blocks_naive",
+    "select_blocks_reference",
     "select_blocks_triton",
     "select_middle",
     "selection_indptr",

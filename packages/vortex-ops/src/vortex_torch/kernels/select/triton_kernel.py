@@ -1,6 +1,6 @@
 """Triton block selection (``topK`` / ``approxTopK``): one program per row, bitwise threshold search.
 
-It computes exactly what :mod:`.naive` defines: the same keys and the same output; ``approxTopK`` with the
+It computes exactly what :mod:`.reference` defines: the same keys and the same output; ``approxTopK`` with the
 same search and stopping rule, an exact ``topK`` with a search that decides four bits per pass (2. below).
 Per row (program):
 
@@ -52,7 +52,7 @@ _I32_MAX: tl.constexpr = tl.constexpr(2147483647)
 
 @triton.jit
 def _order_key(x):
-    """``x [BLOCK_N] fp32 -> [BLOCK_N] int32`` order-preserving key (see ``naive.order_key``).
+    """``x [BLOCK_N] fp32 -> [BLOCK_N] int32`` order-preserving key (see ``reference.order_key``).
 
     Integer ops on the raw bits only, so a flush-to-zero float path can never merge denormals.
     """
@@ -324,7 +324,7 @@ def select_blocks_triton(
     num_warps: int | None = None,
     radix_bits: int = 4,
 ) -> Tensor:
-    """Select each row's blocks (see :mod:`.naive` for the exact semantics and the approx guarantee).
+    """Select each row's blocks (see :mod:`.reference` for the exact semantics and the approx guarantee).
 
     ``score [nnz]`` or ``[nnz, 1, 1]`` fp32/bf16/fp16, ``dense_indptr [R+1] int32``, ``dense_indices [nnz]
     int32``, ``sel_indptr [R+1] int32`` -> ``out [sel_indptr[-1]] int32``, each row's block ids in ascending
@@ -339,7 +339,7 @@ def select_blocks_triton(
     """
     if radix_bits not in (1, 4):
         raise ValueError(f"radix_bits must be 1 or 4, got {radix_bits}")
-    require_launchable(_select_blocks_kernel, score, "select_blocks_triton", "select_blocks_naive")
+    require_launchable(_select_blocks_kernel, score, "select_blocks_triton", "select_blocks_reference")
     approx, tol_bits = tolerance_bits(tolerate_ratio)
     if bos < 0 or eos < 0:
         raise ValueError(f"bos={bos} and eos={eos} must be >= 0")

@@ -1,6 +1,6 @@
 """Triton sparse paged decode attention (split-KV flash-decoding over a CSR block selection).
 
-Semantics: ``naive.sparse_decode_attention_naive``. Decode attention is memory bound, so the kernels are
+Semantics: ``reference.sparse_decode_attention_reference``. Decode attention is memory bound, so the kernels are
 built to stream exactly the selected KV bytes once, with every program busy:
 
 * K/V are read in place from SGLang's ``[num_slots, H_kv, D]`` buffers: each block id is decomposed into
@@ -53,7 +53,7 @@ from .._split_kv import (
 )
 from .._sync import release_fence
 from ..fp8 import Scale
-from .naive import check_inputs
+from .reference import check_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a tl.constexpr on the GPU
 
@@ -417,7 +417,7 @@ def sparse_decode_attention(
     k_scale: Scale = None,
     v_scale: Scale = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Sparse paged decode attention (Triton, one launch); same contract as ``sparse_decode_attention_naive``.
+    """Sparse paged decode attention (Triton, one launch); same contract as ``sparse_decode_attention_reference``.
 
     Args:
         q: ``[R, G, D]`` queries (bf16/fp16/fp32), ``G <= 16`` recommended (any G works, padded to pow2).
@@ -447,7 +447,7 @@ def sparse_decode_attention(
         Rows with no blocks get ``o = 0`` and ``lse = -inf``.
     """
     check_inputs(q, k_cache, v_cache, indptr, indices, last_block_len, out, page_size, block_size)
-    require_launchable(_split_kernel, q, "sparse_decode_attention", "sparse_decode_attention_naive")
+    require_launchable(_split_kernel, q, "sparse_decode_attention", "sparse_decode_attention_reference")
     num_rows, group, head_dim = q.shape
     if out is None:
         out = torch.empty_like(q)

@@ -1,6 +1,6 @@
 """Triton sparse paged MLA decode attention (split-KV flash-decoding over latent blocks of a CSR selection).
 
-Semantics: ``naive.sparse_mla_decode_naive``. The design follows ``vortex_torch.kernels.sparse_decode`` (blocks
+Semantics: ``reference.sparse_mla_decode_reference``. The design follows ``vortex_torch.kernels.sparse_decode`` (blocks
 read in place through design §2's addressing, online softmax in fp32, the split merge done in the same launch
 by each row's last program) with MLA's two twists:
 
@@ -43,7 +43,7 @@ from .._split_kv import (
 )
 from .._sync import release_fence
 from ..fp8 import Scale
-from .naive import check_mla_inputs
+from .reference import check_mla_inputs
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -378,7 +378,7 @@ def sparse_mla_decode(
     k_scale: Scale = None,
     v_scale: Scale = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Sparse paged MLA decode attention (Triton, one launch); same contract as ``sparse_mla_decode_naive``.
+    """Sparse paged MLA decode attention (Triton, one launch); same contract as ``sparse_mla_decode_reference``.
 
     Args:
         q: ``[R, H, D]`` absorbed queries ``[q_nope · W_UK | q_pe]``, ``D = kv_lora_rank + qk_rope_head_dim``.
@@ -403,7 +403,7 @@ def sparse_mla_decode(
         ``o [R, H, v_head_dim]`` in ``q.dtype`` (and ``lse``); rows with no blocks get 0 and ``-inf``.
     """
     check_mla_inputs(q, latent_cache, indptr, indices, last_block_len, out, page_size, block_size, v_head_dim)
-    require_launchable(_mla_split_kernel, q, "sparse_mla_decode", "sparse_mla_decode_naive")
+    require_launchable(_mla_split_kernel, q, "sparse_mla_decode", "sparse_mla_decode_reference")
     num_rows, heads, width = q.shape
     if out is None:
         out = torch.empty(num_rows, heads, v_head_dim, dtype=q.dtype, device=q.device)

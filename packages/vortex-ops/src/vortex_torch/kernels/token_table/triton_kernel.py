@@ -1,4 +1,4 @@
-"""Triton token table (semantics: ``naive.block_token_table_naive``): one program per (row, chunk of blocks).
+"""Triton token table (semantics: ``reference.block_token_table_reference``): one program per (row, chunk of blocks).
 
 A pure index expansion, sized by static bounds (grid ``(R, cdiv(max_selected_per_row, BLOCKS))``), so it runs
 inside a CUDA graph; rows shorter than the bound leave their extra programs idle.
@@ -56,9 +56,9 @@ def block_token_table_triton(
     num_kv_heads: int,
     max_selected_per_row: int,
 ) -> torch.Tensor:
-    """Same contract as ``block_token_table_naive``; ``max_selected_per_row >= max_r b_r`` sizes the grid
+    """Same contract as ``block_token_table_reference``; ``max_selected_per_row >= max_r b_r`` sizes the grid
     (static, so no host sync). ``out`` int32."""
-    require_launchable(_token_table_kernel, out, "block_token_table_triton", "block_token_table_naive")
+    require_launchable(_token_table_kernel, out, "block_token_table_triton", "block_token_table_reference")
     rows = last_block_len.numel()
     if rows == 0 or max_selected_per_row <= 0:
         return out

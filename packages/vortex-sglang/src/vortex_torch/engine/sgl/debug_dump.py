@@ -152,7 +152,7 @@ def replay(record: dict[str, Any], *, score_atol: float = 2e-2, score_rtol: floa
     from vortex_torch.abs.layout import DenseBlocks
     from vortex_torch.flow.compiler.base import SelectionSpec
     from vortex_torch.flow.compiler.reference import ReferenceExecutor
-    from vortex_torch.kernels.sparse_decode import sparse_decode_attention_naive
+    from vortex_torch.kernels.sparse_decode import sparse_decode_attention_reference
 
     traced = _flow_for(record)
     bsz, heads = int(record["block_size"]), int(record["num_kv_heads"])
@@ -239,7 +239,7 @@ def replay(record: dict[str, Any], *, score_atol: float = 2e-2, score_rtol: floa
             report.mismatches.append((r, got_pos, ref_pos))
 
     if (got_compact >= 0).all():
-        o_ref = sparse_decode_attention_naive(
+        o_ref = sparse_decode_attention_reference(
             q, k_buf, v_buf, sel_indptr, got_compact.to(torch.int32), last_len.to(torch.int32),
             page_size=bsz, block_size=bsz, sm_scale=record["sm_scale"], k_scale=scales.get("k_scale"),
             v_scale=scales.get("v_scale"),

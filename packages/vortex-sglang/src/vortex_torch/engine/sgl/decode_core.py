@@ -213,9 +213,9 @@ class VortexDecodeCore:
         ps, bs = self.layout.page_size, self.layout.block_size
         k_scale, v_scale = fields.get("k_scale"), fields.get("v_scale")
         if self.reference_kernels:
-            from vortex_torch.kernels.sparse_decode import sparse_decode_attention_naive
+            from vortex_torch.kernels.sparse_decode import sparse_decode_attention_reference
 
-            return sparse_decode_attention_naive(*args, page_size=ps, block_size=bs, sm_scale=sm_scale, k_scale=k_scale, v_scale=v_scale)
+            return sparse_decode_attention_reference(*args, page_size=ps, block_size=bs, sm_scale=sm_scale, k_scale=k_scale, v_scale=v_scale)
         from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
         ws = self.attn_workspace

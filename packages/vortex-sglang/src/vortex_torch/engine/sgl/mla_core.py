@@ -77,9 +77,9 @@ class VortexMLADecodeCore(VortexDecodeCore):
         ps, bs, rank = self.layout.page_size, self.layout.block_size, self.kv_lora_rank
         k_scale, v_scale = fields.get("k_scale"), fields.get("v_scale")
         if self.reference_kernels:
-            from vortex_torch.kernels.sparse_decode_mla import sparse_mla_decode_naive
+            from vortex_torch.kernels.sparse_decode_mla import sparse_mla_decode_reference
 
-            return sparse_mla_decode_naive(
+            return sparse_mla_decode_reference(
                 *args, page_size=ps, block_size=bs, v_head_dim=rank, sm_scale=sm_scale, k_scale=k_scale, v_scale=v_scale
             )
         from vortex_torch.kernels.sparse_decode_mla import sparse_mla_decode

@@ -15,7 +15,7 @@ import torch
 
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
 from vortex_torch.kernels import use_triton
-from vortex_torch.kernels.decode_plan import BudgetRule, PlanOut, plan_decode_naive, row_blocks
+from vortex_torch.kernels.decode_plan import BudgetRule, PlanOut, plan_decode_reference, row_blocks
 from vortex_torch.kernels.decode_plan import plan_decode as kernel_plan_decode
 
 __all__ = [
@@ -179,7 +179,7 @@ def plan_decode(
     if budget is not None:
         budget = budget.to(device=seq_lens.device, dtype=torch.int32, non_blocking=True)
     out = buffers.out if buffers is not None else None
-    planner = kernel_plan_decode if use_triton(seq_lens) else plan_decode_naive
+    planner = kernel_plan_decode if use_triton(seq_lens) else plan_decode_reference
     out = planner(
         layout, req_to_token, req_pool_indices[:batch], seq_lens[:batch], max_blocks_per_row=m, rule=rule,
         budget=budget, out=out,

@@ -104,7 +104,7 @@ def select_middle(keys: Tensor, k: int, tol_k: int = 0) -> Tensor:
     return (u >= hi) | (in_bin & (torch.cumsum(in_bin.to(torch.int64), 0) <= owed))
 
 
-def select_blocks_naive(
+def select_blocks_reference(
     score: Tensor,
     dense_indptr: Tensor,
     dense_indices: Tensor,

@@ -68,7 +68,7 @@ def check_mla_inputs(
 
 
 @overload
-def sparse_mla_decode_naive(
+def sparse_mla_decode_reference(
     q: torch.Tensor,
     latent_cache: torch.Tensor,
     indptr: torch.Tensor,
@@ -88,7 +88,7 @@ def sparse_mla_decode_naive(
 
 
 @overload
-def sparse_mla_decode_naive(
+def sparse_mla_decode_reference(
     q: torch.Tensor,
     latent_cache: torch.Tensor,
     indptr: torch.Tensor,
@@ -107,7 +107,7 @@ def sparse_mla_decode_naive(
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def sparse_mla_decode_naive(
+def sparse_mla_decode_reference(
     q: torch.Tensor,
     latent_cache: torch.Tensor,
     indptr: torch.Tensor,

@@ -67,7 +67,7 @@ def row_blocks(
     return n_req.repeat_interleave(num_kv_heads), last.repeat_interleave(num_kv_heads)
 
 
-def plan_decode_naive(
+def plan_decode_reference(
     layout: PoolLayout,
     req_to_token: torch.Tensor,
     req_pool_indices: torch.Tensor,

@@ -72,7 +72,7 @@ def check_kv_dtypes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 
 @overload
-def sparse_decode_attention_naive(
+def sparse_decode_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -92,7 +92,7 @@ def sparse_decode_attention_naive(
 
 
 @overload
-def sparse_decode_attention_naive(
+def sparse_decode_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -111,7 +111,7 @@ def sparse_decode_attention_naive(
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def sparse_decode_attention_naive(
+def sparse_decode_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,

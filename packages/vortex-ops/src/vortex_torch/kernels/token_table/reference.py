@@ -23,7 +23,7 @@ def token_counts(num_selected: torch.Tensor, last_block_len: torch.Tensor, block
     return torch.where(n > 0, (n - 1) * block_size + last_block_len.to(torch.int64), torch.zeros_like(n))
 
 
-def block_token_table_naive(
+def block_token_table_reference(
     sel_indptr: torch.Tensor,
     sel_indices: torch.Tensor,
     last_block_len: torch.Tensor,

@@ -236,6 +236,22 @@ def test_one_engine_per_kind_budget_and_overlap_serves_every_case() -> None:
     assert row["gpu"] == "GPU X" and all(r[k] is not None for r in rows for k in plot_keys)
 
 
+def test_pdl_engines_are_vortex_engines_with_enable_pdl_compared_to_the_same_plain() -> None:
+    engines = decode_bench.engine_plan(["plain", "vortex", "vortex:pdl", "plain:overlap", "vortex:overlap:pdl"], [512])
+    assert [(n, None if c is None else c["enable_pdl"], o) for n, c, o in engines] == [
+        ("plain", None, False), ("vortex512", False, False), ("vortex512:pdl", True, False),
+        ("plain:overlap", None, True), ("vortex512:overlap:pdl", True, True),
+    ]  # fmt: skip
+    for bad in ("plain:pdl", "vortex:pdl:pdl", "vortex:pdl:fast"):
+        with pytest.raises(SystemExit, match=f"unknown {bad!r}"):
+            decode_bench.engine_plan([bad], [512])
+    result, _ = run_engines(["plain", "vortex:pdl", "plain:overlap", "vortex:overlap:pdl"], [512], [(2048, 1)], [], 60)
+    rows = {(r["overlap"], r["pdl"]): r for r in decode_bench.e2e_rows(result)}
+    assert set(rows) == {(False, True), (True, True)}
+    assert rows[False, True]["plain_tok_s"] == result["engines"]["plain"][0]["tok_per_s"]
+    assert rows[True, True]["plain_tok_s"] == result["engines"]["plain:overlap"][0]["tok_per_s"]
+
+
 def test_a_failing_case_is_recorded_and_the_next_one_runs() -> None:
     result, _ = run_engines(["plain"], [512], [(2048, 1), (8192, 1), (32768, 1)], [], 60, fail_ctx=8192)
     recs = result["engines"]["plain"]

@@ -103,3 +103,19 @@ def test_api_md_snippet_runs(key: str, expected: str, tmp_path: Path) -> None:
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert re.search(expected, proc.stdout), proc.stdout
+
+
+def test_vortex_config_table_lists_every_field_with_its_default() -> None:
+    """packages/vortex-sglang/README.md's field table: one row per ``VortexConfig`` field, default as in the code."""
+    import dataclasses
+
+    from vortex_torch.engine.sgl.config import VortexConfig
+
+    text = (ROOT / "packages" / "vortex-sglang" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, flags=re.M))
+    fields = {f.name for f in dataclasses.fields(VortexConfig)}
+    assert set(rows) == fields, f"missing {fields - set(rows)}, extra {set(rows) - fields}"
+    default = VortexConfig(module_name="block_sparse_attention")  # an installed flow; every other field default
+    for name in fields - {"module_name"}:  # module_name: "required"
+        shown, value = rows[name].strip().strip("`"), getattr(default, name)
+        assert shown == repr(value).replace("'", '"'), f"{name}: README says {shown}, the code {value!r}"

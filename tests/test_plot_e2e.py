@@ -67,6 +67,17 @@ def test_two_calls_merge_and_a_repeated_case_is_refused(
     assert err.count("\n") == 1 and "the same case" in err and not (tmp_path / "q.png").exists()
 
 
+def test_pdl_rows_are_cases_of_their_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Vortex engine with ``enable_pdl`` measures the same (ctx, batch, budget, overlap) again: its rows are
+    another line of the plot, not a repeated case; two PDL rows of one case still are."""
+    pdl = [{**r, "pdl": True} for r in rows()]
+    out = tmp_path / "p.png"
+    assert plot_e2e.main([write(tmp_path / "a.json", rows()), write(tmp_path / "b.json", pdl), "--out", str(out)]) == 0
+    assert "10 points" in capsys.readouterr().out and out.exists()
+    assert plot_e2e.main([write(tmp_path / "c.json", pdl + pdl[:1]), "--out", str(out)]) == 2
+    assert "the same case" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("key", plot_e2e.REQUIRED)
 def test_a_missing_key_is_one_line_naming_it(
     tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
@@ -87,6 +98,7 @@ def test_a_missing_key_is_one_line_naming_it(
         ([1], "row 0: expected an object"),
         ([{**rows()[0], "ctx": "2k"}], "key 'ctx' must be a positive integer"),
         ([{**rows()[0], "overlap": "no"}], "key 'overlap' must be true or false"),
+        ([{**rows()[0], "pdl": 1}], "key 'pdl' must be true or false"),
         ([{**rows()[0], "plain_tok_s": -1}], "key 'plain_tok_s' must be a positive number or null"),
         ([{**rows()[0], "vortex_tok_s": None}], "nothing to plot"),
     ],

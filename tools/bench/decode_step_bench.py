@@ -15,6 +15,8 @@ Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
   selection), Vortex's sparse attention (split merge in the same launch); the per-step plan (one launch for
   all layers) is timed apart and amortised over 36 layers in ``step_us``;
 * kernel launches of one sparse layer (torch profiler) and of the per-step plan;
+* on sm_90+, the same layer with every Vortex kernel launched with programmatic dependent launch
+  (``VortexConfig.enable_pdl``: ``layer_pdl_us``, ``step_pdl_us``, ``speedup_vs_dense_pdl``);
 * the floor: bytes the sparse step must read (selected K/V + every block summary) / that best bandwidth.
 
 ``--kv-dtype fp8_e4m3`` / ``fp8_e5m2`` stores K/V in fp8 (SGLang's ``--kv-cache-dtype``, scale 1.0 read from a
@@ -259,6 +261,12 @@ def run_case(
         res[key] = graph_us([lambda i=i: case.core.attend(case.q[i], f0[i], case.plan, None) for i in range(layers)])
     case.core.exact_attention = False
     res["step_us"] = res["layer_us"] + res["plan_us"] / E2E_LAYERS
+    if torch.cuda.get_device_capability()[0] >= 9:  # the same layer, each kernel launched with PDL
+        case.core.enable_pdl = True
+        res["layer_pdl_launches"] = launches(lambda: case.layer(0))
+        res["layer_pdl_us"] = graph_us(lay)
+        case.core.enable_pdl = False
+        res["step_pdl_us"] = res["layer_pdl_us"] + res["plan_us"] / E2E_LAYERS
     try:
         res["dense_flashinfer_us"] = graph_us(dense_flashinfer(case))
     except Exception as exc:  # flashinfer missing: no ratio
@@ -276,6 +284,8 @@ def run_case(
     res["dense_floor_us"] = res["bytes_dense"] / (bw * 1e9) * 1e6
     if res["dense_flashinfer_us"]:
         res["speedup_vs_dense"] = res["dense_flashinfer_us"] / res["step_us"]
+        if "step_pdl_us" in res:
+            res["speedup_vs_dense_pdl"] = res["dense_flashinfer_us"] / res["step_pdl_us"]
     res["step_over_floor"] = res["step_us"] / res["floor_us"]
     res["step_over_copy_floor"] = res["step_us"] / res["floor_copy_us"]
     if sweep:
@@ -403,20 +413,21 @@ def report(res: dict[str, Any]) -> str:
              "floor = bytes / the best of those and dense FlashInfer's own rate)",
              "", "| ctx x batch | dense FlashInfer us (GB/s) | sparse step us | speedup | floor us | step/floor | "
              "step/copy floor | plan us (per step) | cache apart | indexer (cache folded) | attention (exact) | "
-             "launches/layer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "launches/layer | step us with PDL (speedup) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in res["cases"]:
         if "error" in r:
             lines.append(f"| {r['ctx']} x {r['batch']} | error: {r['error'][:100]} |")
             continue
-        sp = r.get("speedup_vs_dense")
+        sp, sp_pdl = r.get("speedup_vs_dense"), r.get("speedup_vs_dense_pdl")
         lines.append(
             f"| {r['ctx']} x {r['batch']} | {f(r['dense_flashinfer_us'])} ({r.get('dense_flashinfer_gbs', 0):.0f}) | "
             f"{f(r['step_us'])} | "
             f"{'-' if sp is None else f'{sp:.2f}x'} | {f(r['floor_us'])} | {r['step_over_floor']:.2f} | "
             f"{r.get('step_over_copy_floor', 0):.2f} | "
             f"{f(r['plan_us'])} | {f(r['cache_us'])} | {f(r['indexer_us'])} | {f(r['attention_us'])} "
-            f"({f(r['attention_exact_us'])}) | {r['layer_launches']} (+{r['plan_launches']}/step) |"
+            f"({f(r['attention_exact_us'])}) | {r['layer_launches']} (+{r['plan_launches']}/step) | "
+            f"{f(r.get('step_pdl_us'))} ({'-' if sp_pdl is None else f'{sp_pdl:.2f}x'}) |"
         )
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
    (cache + indexer + attention) -- against FlashInfer's dense decode as SGLang plans it (page size 1).
 2. **Engines**: ``sgl.Engine`` with flashinfer, plain and with Vortex (the quick start's VortexConfig, one engine
    per budget), with SGLang's overlap scheduler off or on (``--engines plain vortex plain:overlap
-   vortex:overlap``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
+   vortex:overlap``), and Vortex's kernels launched with programmatic dependent launch (``vortex:pdl``,
+   ``vortex:overlap:pdl``: ``VortexConfig(enable_pdl=True)``, sm_90+). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
    (2-4 min cold, ~30 s warm) is paid once. Per case the same prompts (random ids, seeded by the case), greedy,
    ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
    prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill.
@@ -389,7 +390,7 @@ def engine_cases(
 
 
 def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, plain_tok_s, vortex_tok_s}`` (+ the plain
+    """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, pdl, plain_tok_s, vortex_tok_s}`` (+ the plain
     engine's tok/s with the overlap scheduler off, ``gpu`` and ``date``), one per case of every Vortex engine;
     a throughput is None where that engine did not measure the case (skipped, failed)."""
     rows = []
@@ -402,14 +403,14 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         if not key.startswith("vortex"):
             continue
         budget = int(key.split(":")[0][len("vortex"):])
-        overlap = key.endswith(":overlap")
+        overlap, pdl = ":overlap" in key, key.endswith(":pdl")
         plain = by_case("plain" + (":overlap" if overlap else ""))
         plain_off = by_case("plain")
         for r in recs:
             if "ctx" not in r:  # an engine-level error record
                 continue
             case = (r["ctx"], r["batch"])
-            rows.append({"ctx": r["ctx"], "batch": r["batch"], "budget_tokens": budget, "overlap": overlap,
+            rows.append({"ctx": r["ctx"], "batch": r["batch"], "budget_tokens": budget, "overlap": overlap, "pdl": pdl,
                          "plain_tok_s": plain.get(case, {}).get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
                          "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"),
                          "gpu": result.get("gpu"), "date": result.get("date")})  # fmt: skip
@@ -442,13 +443,19 @@ def engine_plan(engines: list[str], budgets: list[int]) -> list[tuple[str, dict[
     """``(result key, VortexConfig dict or None for plain, overlap)`` per engine, in run order."""
     plan: list[tuple[str, dict[str, Any] | None, bool]] = []
     for spec in engines:
-        kind, _, mode = spec.partition(":")
-        if kind not in ("plain", "vortex") or mode not in ("", "overlap"):
-            raise SystemExit(f"--engines: unknown {spec!r} (plain, plain:overlap, vortex, vortex:overlap)")
-        overlap = mode == "overlap"
+        kind, *modes = spec.split(":")
+        allowed = ("overlap", "pdl") if kind == "vortex" else ("overlap",)
+        if kind not in ("plain", "vortex") or any(m not in allowed for m in modes) or len(set(modes)) < len(modes):
+            raise SystemExit(
+                f"--engines: unknown {spec!r} (plain, plain:overlap, vortex, vortex:overlap, vortex:pdl, "
+                "vortex:overlap:pdl)"
+            )
+        overlap, pdl = "overlap" in modes, "pdl" in modes
         for budget in budgets if kind == "vortex" else [0]:
-            vcfg = None if kind == "plain" else {**VORTEX, "topk_val": budget // 16 - 2}
-            name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "")
+            vcfg = None if kind == "plain" else {**VORTEX, "topk_val": budget // 16 - 2, "enable_pdl": pdl}
+            name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "") + (
+                ":pdl" if pdl else ""
+            )
             plan.append((name, vcfg, overlap))
     return plan
 

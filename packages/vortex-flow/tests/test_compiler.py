@@ -491,7 +491,7 @@ def test_tile_sizes_are_powers_of_two(tmp_path: Path) -> None:
 
 _COMPILE_FOR_SM90 = textwrap.dedent(
     """
-    import importlib.util, sys
+    import importlib.util, re, sys
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -504,7 +504,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
             if not isinstance(fn, triton.runtime.jit.JITFunction) or name.startswith("_"):
                 continue  # device functions (groups, helpers from vortex_torch.kernels) compile inside kernels
             consts = {"BS": 16, "BS0": 64, "FENCE": True, "APPROX": True, "LOW_BIT": 0, "SINGLE_TILE": True, "BLOCK_N": 64,
-                      "GATHER": False}
+                      "GATHER": False, "CACHE": True, "PDL": True}
             def kind(a):  # pointers to fields in bf16, intermediates in fp32; K/V strides are ints
                 if a in consts:
                     return "constexpr"
@@ -523,7 +523,13 @@ _COMPILE_FOR_SM90 = textwrap.dedent(
             for approx in ((True, False) if "APPROX" in cx else (None,)):
                 if approx is not None:
                     cx["APPROX"] = approx
-                triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32))
+                ptx = triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+                if "PDL" in cx:  # programmatic dependent launch: the wait comes before any global memory access
+                    lines = ptx.splitlines()
+                    wait = next(i for i, x in enumerate(lines) if "griddepcontrol.wait" in x)
+                    first = next((i for i, x in enumerate(lines) if re.search(r"\\b(ld|st|atom|red)\\.global", x)),
+                                 len(lines))  # a kernel never launched (topK of a cache field) reads nothing
+                    assert wait < first, (name, lines[first])
             print("compiled", name)
     """
 )

@@ -146,6 +146,18 @@ def test_core_fp8_kv_matches_reference_runtime_on_the_dequantised_cache(
         sc.core.update_cache({n: t for n, t in fields.items() if not n.endswith("_scale")}, loc, count=None)
 
 
+def test_pdl_is_refused_where_it_cannot_run(tmp_path: Path) -> None:
+    """``enable_pdl`` on a core without PDL (a CPU, or the reference executor) fails when the core is set up,
+    naming what to change, instead of inside the first CUDA-graph capture or as a silent plain launch."""
+    sc = Scenario("torch", "reference", [9], tmp_path)
+    with pytest.raises(ValueError, match="impl_backend='reference' launches no Triton kernels"):
+        sc.core.enable_pdl = True
+    sc = Scenario("torch", "triton", [9], tmp_path)
+    with pytest.raises(ValueError, match="Vortex decode: enable_pdl=True needs a CUDA GPU of compute capability"):
+        sc.core.enable_pdl = True
+    assert not sc.core.enable_pdl and not sc.core.executor.enable_pdl
+
+
 def check_replay_catches_bad_selections(rec: dict[str, Any]) -> None:
     """A repeated block, and a lower-scoring block swapped in (order kept valid), are both reported."""
     n_row = rec["dense_indptr"][1:] - rec["dense_indptr"][:-1]
@@ -166,10 +178,16 @@ def check_replay_catches_bad_selections(rec: dict[str, Any]) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_core_decode_as_a_cuda_graph_matches_reference_runtime(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain-launch", "pdl"])
+def test_core_decode_as_a_cuda_graph_matches_reference_runtime(tmp_path: Path, pdl: bool) -> None:
     """The decode step of every sparse layer (K/V write, masked forward_cache, indexer, selection, attention)
-    captured once, then replayed for later steps after re-planning into the same buffers outside the graph."""
+    captured once, then replayed for later steps after re-planning into the same buffers outside the graph;
+    with ``pdl`` every Vortex kernel is launched with programmatic dependent launch (Hopper), so each may start
+    while the previous one (SGLang's K/V write, or the previous Vortex kernel) still runs."""
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90+")
     sc = Scenario("torch", "triton", [9, 35, 70, 130], tmp_path, device="cuda")
+    sc.core.enable_pdl = pdl
     sc.prefill()
     b = len(sc.rows)
     buffers = sc.core.allocate_buffers(b)

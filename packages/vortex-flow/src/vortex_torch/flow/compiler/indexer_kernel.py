@@ -26,6 +26,9 @@ row's last chunk (or the row's only program) runs the flow's ``forward_cache`` f
 token is its block's last, then a CTA barrier, so its own scoring of the last chunk reads the new summary. A
 row copied whole is summarised too (later steps score it).
 
+With ``PDL`` (a launch with ``enable_pdl``) the kernel's first statement waits for the previous kernel in the
+stream (:func:`vortex_torch.kernels._sync.dependent_launch_prologue`).
+
 A row whose budget covers all its blocks is not scored unless the indexer writes state (``Save``); the
 selection copies it whole. By default the selection is a launch of its own (``select_blocks_triton``; a
 ``topK`` that reads a cache field directly then needs no scoring kernel at all). Fused into the row's last
@@ -43,7 +46,7 @@ from .emitter import KernelArg, KernelSource
 #: fixed parameters of the indexer kernel, before the groups' pointers
 KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits, locs"
 #: its constexprs (set per launch by the executor)
-KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER", "CACHE")
+KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER", "CACHE", "PDL")
 
 
 @dataclass
@@ -113,6 +116,7 @@ def indexer_kernel(
     params = ", ".join(args)
     parallel = bool(groups) and groups[0].ragged
     body = [
+        "_vx_dependent_launch_prologue(PDL)  # before any load: with PDL the previous kernel may still run",
         "row = tl.program_id(0).to(tl.int64)",
         "split = tl.program_id(1)",
         "start = tl.load(indptr + row).to(tl.int64)",

@@ -15,6 +15,7 @@ import torch
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+from vortex_torch.kernels._sync import pdl_launch_options
 from vortex_torch.kernels.select.triton_kernel import (
     LOW_BIT,
     select_blocks_triton,
@@ -63,15 +64,16 @@ def _pow2_floor(n: int) -> int:
 
 
 class TritonExecutor(FlowExecutor):
-    needs_row_index = False
-
     """Runs a traced flow as generated Triton kernels: the whole indexer (every scoring group and the selection)
     as ONE launch (:mod:`.indexer_kernel`), ``forward_cache`` as one more (per extend, or per decode step).
 
     ``block_chunk``: blocks a group handles at once (a power of two; 0 picks, per group, up to 64 so that its
     largest tile stays within ``TILE_BUDGET`` elements: ``chunks``); ``cache_chunk`` the same for
     ``forward_cache``. ``num_warps`` (0: the measured default, :meth:`launch_config`), ``programs_per_sm`` and
-    ``num_stages`` tune the indexer launch."""
+    ``num_stages`` tune the indexer launch. ``enable_pdl``: launch the scoring and the selection kernels with
+    Hopper programmatic dependent launch (sm_90+; see :func:`vortex_torch.kernels._sync.pdl_launch_options`)."""
+
+    needs_row_index = False
 
     def __init__(
         self,
@@ -85,8 +87,11 @@ class TritonExecutor(FlowExecutor):
         programs_per_sm: int = 8,
         num_stages: int | None = None,
         fuse_selection: bool = False,
+        enable_pdl: bool = False,
     ) -> None:
         super().__init__(traced, layout)
+        #: scoring and selection kernels are launched with programmatic dependent launch (sm_90+)
+        self.enable_pdl = enable_pdl
         #: warps per program of the indexer kernel (0: the measured default, :meth:`launch_config`)
         self.num_warps = num_warps
         #: resident indexer programs per SM the parallel stage aims for (``num_splits``)
@@ -187,6 +192,7 @@ class TritonExecutor(FlowExecutor):
             "from vortex_torch.kernels._layout import block_first_slot as _vx_block_first_slot",
             "from vortex_torch.kernels._layout import block_head as _vx_block_head",
             "from vortex_torch.kernels._layout import block_id as _vx_block_id",
+            "from vortex_torch.kernels._sync import dependent_launch_prologue as _vx_dependent_launch_prologue",
             "from vortex_torch.kernels._sync import release_fence as _vx_release_fence",
             "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
@@ -351,8 +357,9 @@ class TritonExecutor(FlowExecutor):
                 dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
                 tol_bits, dense.indptr if new_locs is None else new_locs, *args, APPROX=approx,
                 LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=self.score_field is not None,
-                CACHE=new_locs is not None, BS0=max(1, chunk), FENCE=q.is_cuda,
+                CACHE=new_locs is not None, BS0=max(1, chunk), FENCE=q.is_cuda, PDL=self.enable_pdl,
                 num_warps=warps, **({} if self.num_stages is None else {"num_stages": self.num_stages}),
+                **pdl_launch_options(self.enable_pdl, q.device, "the flow's scoring kernel"),
             )  # fmt: skip
         if not self.fuse_selection:
             score = args[self._score_arg_index]
@@ -361,7 +368,7 @@ class TritonExecutor(FlowExecutor):
             select_blocks_triton(
                 score, dense.indptr, dense.indices, selection.sel_indptr, selection.bos, selection.eos,
                 tolerate_ratio=self.tolerate_ratio, out=out, max_blocks_per_row=max_n,
-                gather=self.score_field is not None,
+                gather=self.score_field is not None, enable_pdl=self.enable_pdl,
             )  # fmt: skip
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:

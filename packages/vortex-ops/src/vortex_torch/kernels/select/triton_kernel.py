@@ -39,6 +39,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._interpreter_compat import require_launchable
+from .._sync import dependent_launch_prologue, pdl_launch_options
 
 MAX_SINGLE_TILE = 8192  # 128k context at block 16: a whole row's keys in registers
 LOOP_TILE = 4096  # tile of the looped path for longer rows
@@ -269,7 +270,9 @@ def _select_blocks_kernel(
     BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr,
     RADIX_BITS: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (wait for the previous kernel)
 ):
+    dependent_launch_prologue(PDL)
     row = tl.program_id(0)
     row_start = tl.load(dense_indptr_ptr + row)
     out_start = tl.load(sel_indptr_ptr + row)
@@ -323,6 +326,7 @@ def select_blocks_triton(
     gather: bool = False,
     num_warps: int | None = None,
     radix_bits: int = 4,
+    enable_pdl: bool = False,
 ) -> Tensor:
     """Select each row's blocks (see :mod:`.reference` for the exact semantics and the approx guarantee).
 
@@ -336,6 +340,7 @@ def select_blocks_triton(
     two) forces the looped multi-tile path, for tests. ``0 <= tolerate_ratio < 1``; 0 is exact ``topK``.
     ``num_warps`` per row program: default ~16 keys per thread. ``radix_bits``: bits an exact search decides
     per count pass, 4 or 1 (the output is the same; ``approxTopK`` always searches bit by bit).
+    ``enable_pdl``: launch with Hopper programmatic dependent launch (sm_90+ only; an error elsewhere).
     """
     if radix_bits not in (1, 4):
         raise ValueError(f"radix_bits must be 1 or 4, got {radix_bits}")
@@ -376,6 +381,7 @@ def select_blocks_triton(
     _select_blocks_kernel[(n_rows,)](
         flat, dense_indptr, dense_indices, sel_indptr, out, bos, eos, tol_bits,
         APPROX=approx, LOW_BIT=LOW_BIT[score.dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=gather,
-        RADIX_BITS=radix_bits, num_warps=num_warps or _num_warps(block_n),
+        RADIX_BITS=radix_bits, PDL=enable_pdl, num_warps=num_warps or _num_warps(block_n),
+        **pdl_launch_options(enable_pdl, score.device, "select_blocks_triton"),
     )  # fmt: skip
     return out

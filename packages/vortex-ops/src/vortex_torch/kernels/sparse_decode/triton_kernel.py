@@ -51,7 +51,7 @@ from .._split_kv import (
     precision_meta,
     split_count,
 )
-from .._sync import release_fence
+from .._sync import dependent_launch_prologue, pdl_launch_options, release_fence
 from ..fp8 import Scale
 from .reference import check_inputs
 
@@ -101,7 +101,9 @@ def _split_kernel(
     FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
     KV_FP8: tl.constexpr,  # K/V are fp8: widen each tile to q's dtype, apply k_scale / v_scale
+    PDL: tl.constexpr = False,  # launched with programmatic dependent launch (wait for the previous kernel)
 ):
+    dependent_launch_prologue(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     BLOCK_N: tl.constexpr = BLOCKS_PER_ITER * BS
@@ -295,6 +297,7 @@ def launch(
     num_stages: int = 2,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    enable_pdl: bool = False,
 ) -> None:
     """One launch of the split kernel with an explicit split count (``num_splits >= 1``); writes ``out``/``lse``.
 
@@ -305,6 +308,7 @@ def launch(
     ``exact``: keep softmax weights fp32 in ``p @ v`` (tf32x3); False rounds them to the KV dtype (one MMA).
     ``blocks_per_step``/``num_warps``/``num_stages``: tiling (defaults: :func:`blocks_per_iter`).
     ``k_scale``/``v_scale``: ``[1]`` fp32 device tensors, required for fp8 K/V (:func:`..fp8.scale_tensor`).
+    ``enable_pdl``: launch with Hopper programmatic dependent launch (:func:`.._sync.pdl_launch_options`).
     """
     num_rows, group, head_dim = q.shape
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=k_cache.shape[1])
@@ -320,7 +324,8 @@ def launch(
         G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads, KV_FP8=kv_fp8,
         G_PAD=next_pow2(group, 16), D_PAD=next_pow2(head_dim, 16),
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
-        FENCE=q.is_cuda, **precision_meta(q.dtype, exact),
+        FENCE=q.is_cuda, PDL=enable_pdl, **precision_meta(q.dtype, exact),
+        **pdl_launch_options(enable_pdl, q.device, "sparse_decode_attention"),
     )  # fmt: skip
     qk_scale = log2_scale(sm_scale)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
@@ -371,6 +376,7 @@ def sparse_decode_attention(
     num_splits: int | None = ...,
     k_scale: Scale = ...,
     v_scale: Scale = ...,
+    enable_pdl: bool = ...,
 ) -> torch.Tensor: ...
 
 
@@ -394,6 +400,7 @@ def sparse_decode_attention(
     num_splits: int | None = ...,
     k_scale: Scale = ...,
     v_scale: Scale = ...,
+    enable_pdl: bool = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -416,6 +423,7 @@ def sparse_decode_attention(
     num_splits: int | None = None,
     k_scale: Scale = None,
     v_scale: Scale = None,
+    enable_pdl: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse paged decode attention (Triton, one launch); same contract as ``sparse_decode_attention_reference``.
 
@@ -441,6 +449,8 @@ def sparse_decode_attention(
         k_scale, v_scale: fp8 dequantisation scales of this layer (key = stored * k_scale): a float, a
             1-element tensor (read in-kernel: what a CUDA graph should be given) or None (1.0). Ignored for
             16/32-bit K/V.
+        enable_pdl: launch with Hopper programmatic dependent launch, so that this launch is scheduled while
+            the previous kernel in the stream finishes (sm_90+ only; an error elsewhere).
 
     Returns:
         ``o [R, G, D]`` in ``q.dtype``; with ``return_lse`` also ``lse [R, G]`` fp32 (natural log).
@@ -462,6 +472,7 @@ def sparse_decode_attention(
         launch(
             q, k_cache, v_cache, indptr, indices, last_block_len, scale, out, lse, num_splits,
             page_size=page_size, block_size=block_size, workspace=workspace, exact=exact, k_scale=ks, v_scale=vs,
+            enable_pdl=enable_pdl,
         )  # fmt: skip
     if lse is not None:
         return out, lse

@@ -41,7 +41,7 @@ from .._split_kv import (
     precision_meta,
     split_count,
 )
-from .._sync import release_fence
+from .._sync import dependent_launch_prologue, pdl_launch_options, release_fence
 from ..fp8 import Scale
 from .reference import check_mla_inputs
 
@@ -89,7 +89,9 @@ def _mla_split_kernel(
     FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
     STORE_FINAL_LSE: tl.constexpr,
     KV_FP8: tl.constexpr,  # fp8 latents: widen each tile to q's dtype, apply k_scale / v_scale
+    PDL: tl.constexpr = False,  # launched with programmatic dependent launch (wait for the previous kernel)
 ):
+    dependent_launch_prologue(PDL)
     vrow = tl.program_id(0)  # virtual row: (row, head block)
     split = tl.program_id(1)
     row = vrow // HB
@@ -267,10 +269,12 @@ def launch(
     num_stages: int = 2,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    enable_pdl: bool = False,
 ) -> None:
     """One launch with an explicit split count: ``q [R, H, D]``, ``latent_cache [num_slots, H_kv, D]`` (last
     dims contiguous), ``out [R, H, v_head_dim]``, ``lse [R, H]`` fp32 or None; ``k_scale``/``v_scale`` ``[1]``
-    fp32 tensors, required for an fp8 latent cache."""
+    fp32 tensors, required for an fp8 latent cache; ``enable_pdl``: Hopper programmatic dependent launch
+    (:func:`.._sync.pdl_launch_options`)."""
     num_rows, heads, width = q.shape
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=latent_cache.shape[1])
     if num_splits < 1:
@@ -285,6 +289,7 @@ def launch(
         KV_FP8=kv_fp8, H=heads, DV=v_head_dim, DR=dr, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
         BLOCK_H=block_h, HB=hb, DV_PAD=next_pow2(v_head_dim, 16), DR_PAD=next_pow2(dr, 16),
         BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, v_head_dim), **precision_meta(q.dtype, exact),
+        PDL=enable_pdl, **pdl_launch_options(enable_pdl, q.device, "sparse_mla_decode"),
     )  # fmt: skip
     qk_scale = log2_scale(sm_scale)
     q_strides = (q.stride(0), q.stride(1))
@@ -334,6 +339,7 @@ def sparse_mla_decode(
     exact: bool = ...,
     k_scale: Scale = ...,
     v_scale: Scale = ...,
+    enable_pdl: bool = ...,
 ) -> torch.Tensor: ...
 
 
@@ -356,6 +362,7 @@ def sparse_mla_decode(
     exact: bool = ...,
     k_scale: Scale = ...,
     v_scale: Scale = ...,
+    enable_pdl: bool = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -377,6 +384,7 @@ def sparse_mla_decode(
     exact: bool = True,
     k_scale: Scale = None,
     v_scale: Scale = None,
+    enable_pdl: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse paged MLA decode attention (Triton, one launch); same contract as ``sparse_mla_decode_reference``.
 
@@ -398,6 +406,7 @@ def sparse_mla_decode(
         k_scale, v_scale: fp8 dequantisation scales (key = latent * k_scale, value = kv_c * v_scale): a float,
             a 1-element tensor (read in-kernel; what a CUDA graph should be given) or None (1.0). Ignored for a
             16/32-bit cache.
+        enable_pdl: launch with Hopper programmatic dependent launch (sm_90+ only; an error elsewhere).
 
     Returns:
         ``o [R, H, v_head_dim]`` in ``q.dtype`` (and ``lse``); rows with no blocks get 0 and ``-inf``.
@@ -417,7 +426,7 @@ def sparse_mla_decode(
         launch(
             q.contiguous(), latent_cache, indptr, indices, last_block_len, scale, out, lse, splits,
             page_size=page_size, block_size=block_size, v_head_dim=v_head_dim, workspace=workspace, exact=exact,
-            k_scale=ks, v_scale=vs,
+            k_scale=ks, v_scale=vs, enable_pdl=enable_pdl,
         )  # fmt: skip
     if lse is not None:
         return out, lse

@@ -128,6 +128,10 @@ class VortexConfig:
     #: budget covers every block; its plan runs on the host every step); on the triton base, softmax weights
     #: kept fp32 through p @ v (the exact attention rounded once)
     exact_attention: bool = False
+    #: launch each sparse layer's kernels (scoring, selection, Vortex's attention) with Hopper programmatic
+    #: dependent launch, so that each is scheduled while the previous one finishes (sm_90+ GPUs only; an error
+    #: elsewhere, and with impl_backend="reference"). Off by default until measured end to end
+    enable_pdl: bool = False
 
     def __post_init__(self) -> None:
         if self.layers_skip is None:
@@ -251,6 +255,13 @@ class VortexConfig:
         one_of("impl_backend", self.impl_backend, IMPL_BACKENDS)
         if not isinstance(self.exact_attention, bool):
             raise VortexConfigError("exact_attention", f"must be True or False, got {self.exact_attention!r}")
+        if not isinstance(self.enable_pdl, bool):
+            raise VortexConfigError("enable_pdl", f"must be True or False, got {self.enable_pdl!r}")
+        if self.enable_pdl and self.impl_backend == "reference":
+            raise VortexConfigError(
+                "enable_pdl", "launches Vortex's Triton kernels; impl_backend='reference' has none. Set one of them "
+                "back (enable_pdl=False or impl_backend='triton')"
+            )  # fmt: skip
         if not isinstance(self.use_tensor_core, bool):
             raise VortexConfigError(
                 "use_tensor_core", f"must be True or False (compatibility only: accepted, never read), got "

@@ -36,16 +36,21 @@ log = logging.getLogger("vortex_torch.engine.sgl")
 
 
 def make_executor(
-    prepared: PreparedFlow, layout: PoolLayout, impl_backend: str, cache_dir: str | None
+    prepared: PreparedFlow,
+    layout: PoolLayout,
+    impl_backend: str,
+    cache_dir: str | None,
+    enable_pdl: bool = False,
 ) -> Any:
-    """The flow executor: generated Triton kernels (``"triton"``) or the reference interpreter."""
+    """The flow executor: generated Triton kernels (``"triton"``, launched with programmatic dependent launch
+    when ``enable_pdl``) or the reference interpreter."""
     if impl_backend == "reference":
         from vortex_torch.flow.compiler.reference import ReferenceExecutor
 
         return ReferenceExecutor(prepared.traced, layout)
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
-    return TritonExecutor(prepared.traced, layout, cache_dir=cache_dir)
+    return TritonExecutor(prepared.traced, layout, cache_dir=cache_dir, enable_pdl=enable_pdl)
 
 
 def make_budget_fn(
@@ -104,7 +109,7 @@ class VortexDecodeCore:
         #: ``impl_backend="reference"``: the plain-PyTorch executor and attention (eager, host syncs)
         self.reference_kernels = self.config.impl_backend == "reference"
         self.executor = make_executor(
-            prepared, layout, self.config.impl_backend, self.config.compilation_cache_dir
+            prepared, layout, self.config.impl_backend, self.config.compilation_cache_dir, self.config.enable_pdl
         )
         self.max_blocks_per_row = max(1, math.ceil(context_len / layout.block_size))
         cfg = self.config
@@ -122,6 +127,26 @@ class VortexDecodeCore:
         self.indexer_plan: IndexerPlan | None = None
         #: "triton" sparse attention keeps softmax weights fp32 in p @ v (exact rounding) when True
         self.exact_attention = cfg.exact_attention
+        self._enable_pdl = False
+        self.enable_pdl = cfg.enable_pdl
+
+    @property
+    def enable_pdl(self) -> bool:
+        """Whether the layer's Triton kernels (scoring, selection, attention) are launched with programmatic
+        dependent launch (``VortexConfig.enable_pdl``; settable, e.g. by a benchmark comparing both)."""
+        return self._enable_pdl
+
+    @enable_pdl.setter
+    def enable_pdl(self, on: bool) -> None:
+        if on and self.reference_kernels:
+            raise ValueError("enable_pdl: impl_backend='reference' launches no Triton kernels")
+        if on:  # fail here, at engine start, rather than inside the first CUDA-graph capture
+            from vortex_torch.kernels._sync import pdl_launch_options
+
+            pdl_launch_options(True, self.device, "Vortex decode")
+        self._enable_pdl = on
+        if not self.reference_kernels:
+            self.executor.enable_pdl = on
 
     @property
     def bos(self) -> int:
@@ -234,6 +259,7 @@ class VortexDecodeCore:
             exact=exact,
             num_splits=splits,
             k_scale=k_scale, v_scale=v_scale,
+            enable_pdl=self.enable_pdl,
         )
 
     def decode_layer(

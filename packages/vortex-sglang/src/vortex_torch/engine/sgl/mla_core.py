@@ -98,5 +98,6 @@ class VortexMLADecodeCore(VortexDecodeCore):
             max_blocks_per_row=plan.max_selected_per_row,
             workspace=ws,
             exact=self.exact_attention,
+            enable_pdl=self.enable_pdl,
             k_scale=k_scale, v_scale=v_scale,
         )

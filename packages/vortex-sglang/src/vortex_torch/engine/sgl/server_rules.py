@@ -139,6 +139,8 @@ def _refuse(server_args: Any, config: VortexConfig) -> None:
         raise VortexServerArgsError(
             "disable_overlap_schedule", f"resolved to False; Vortex needs True (or {ALLOW_OVERLAP_ENV}=1)"
         )
+    if config.enable_pdl:
+        _check_pdl_device(sa)
     prefill, decode = sa.get_attention_backends()
     for field_name, value in (("prefill_attention_backend", prefill), ("decode_attention_backend", decode)):
         if value != config.attention_backend:
@@ -209,6 +211,19 @@ def rank_heads(model_config: Any, attn_tp_size: int) -> tuple[int, int, int]:
     if h_q % h_kv:
         raise VortexServerArgsError("tp_size", f"{h_q} query heads per rank do not split over {h_kv} KV heads")
     return h_kv, h_q // h_kv, int(model_config.head_dim)
+
+
+def _check_pdl_device(server_args: Any) -> None:
+    """``enable_pdl`` needs programmatic dependent launch: a CUDA GPU of compute capability 9.0 or newer."""
+    if not torch.cuda.is_available():
+        raise VortexConfigError("enable_pdl", "needs a CUDA GPU (Hopper or newer), and none is visible")
+    gpu = int(getattr(server_args, "base_gpu_id", 0) or 0)
+    major, minor = torch.cuda.get_device_capability(gpu)
+    if major < 9:
+        raise VortexConfigError(
+            "enable_pdl", f"programmatic dependent launch needs compute capability >= 9.0 (Hopper); GPU {gpu} "
+            f"({torch.cuda.get_device_name(gpu)}) has {major}.{minor}. Set enable_pdl=False"
+        )  # fmt: skip
 
 
 def check_server_args(server_args: Any, config: VortexConfig) -> PreparedFlow:

@@ -376,6 +376,19 @@ def test_default_num_splits() -> None:
     assert triton_kernel.default_num_splits(4, 0, 16, 128, cpu) == 1
 
 
+def test_no_split_once_every_sm_has_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU (an H200's 132 SMs, faked) a batch with a program per SM is not split: at 256 rows one split
+    measured faster than three. Below that, splits still fill 4 programs per SM, chunks of >= 2 loop steps."""
+    props = type("Props", (), {"multi_processor_count": 132})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    gpu = torch.device("cuda")
+    assert triton_kernel.default_num_splits(256, 128, 16, 128, gpu) == 1  # 32k x 32, budget 2048
+    assert triton_kernel.default_num_splits(132, 128, 16, 128, gpu) == 1
+    assert triton_kernel.default_num_splits(128, 128, 16, 128, gpu) == 5  # 32k x 16: cdiv(528, 128)
+    assert triton_kernel.default_num_splits(8, 128, 16, 128, gpu) == 8  # 32k x 1: capped by 2 steps per chunk
+    assert triton_kernel.default_num_splits(8, 4096, 16, 128, gpu) == 64  # MAX_SPLITS
+
+
 def test_input_validation() -> None:
     pool = make_pool([2], group=2, head_dim=16, block_size=4, dtype=torch.float32)
     indptr, indices = to_csr(pool.rows)

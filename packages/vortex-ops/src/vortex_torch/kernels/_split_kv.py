@@ -32,11 +32,16 @@ def split_count(
 ) -> int:
     """Splits per row: enough programs to fill the GPU (``programs_per_split`` programs per split index: rows,
     or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps of ``blocks_per_step`` blocks.
+    On a GPU with at least one program per SM without splitting, none: a split then only adds the merge's
+    round trip through the workspace (H200, 256 rows of a 32k context, budget 2048: 69.8 µs with 1 split, 79.6
+    with the 3 that filling 4 programs per SM gave; results/gpu/2026-12-04-decode-step-bench.json, sweep).
 
     Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config.
     """
     if device.type == "cuda":
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if programs_per_split >= num_sms:
+            return 1
     else:
         num_sms = 2  # Triton interpreter: small, so that tests exercise the split + merge path
     want = triton.cdiv(PROGRAMS_PER_SM * num_sms, max(programs_per_split, 1))

@@ -85,14 +85,19 @@ class BackendScenario(Scenario):
         self.backend.forward_extend(q, k, v, layer_stub(layer, self.kv_scales), fb)
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float8_e4m3fn], ids=["fp32-kv", "fp8-kv"])
+@pytest.mark.parametrize(
+    ("kv_dtype", "overlap"),
+    [(torch.float32, False), (torch.float8_e4m3fn, False), (torch.float32, True)],
+    ids=["fp32-kv", "fp8-kv", "fp32-kv-overlap-scheduler"],
+)
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph-entry-points"])
 def test_backend_mixin_matches_reference_runtime(
-    sgl: Any, graph: bool, kv_dtype: torch.dtype, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sgl: Any, graph: bool, kv_dtype: torch.dtype, overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fp8-kv: SGLang's fp8 MHATokenToKVPool written with the layers' checkpoint scales; the backend reads the
     scales off the model's attention layers at setup and every kernel dequantises with them (the oracle gets
-    the dequantised cache)."""
+    the dequantised cache). overlap-on: SGLang's overlap scheduler, under which the plan (the one reader of
+    ``req_to_token``) is launched by the metadata hook, before the graph replay, instead of inside it."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from vortex_torch.engine.sgl import backend as backend_mod
@@ -115,6 +120,7 @@ def test_backend_mixin_matches_reference_runtime(
         token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
         model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
         device="cpu", sliding_window_size=None, model=model,
+        server_args=SimpleNamespace(disable_overlap_schedule=not overlap),
     )  # fmt: skip
     cfg = VortexConfig(**{**sc.prepared.config.__dict__})
     backend = GlueBackend(runner, vortex_config=cfg)
@@ -134,7 +140,8 @@ def test_backend_mixin_matches_reference_runtime(
             backend.init_forward_metadata_out_graph(fb, in_capture=step == 0)
         else:
             backend.init_forward_metadata(fb)
-        assert backend.vortex_plan is None  # built by the first sparse layer, inside the graph, not here
+        # overlap off: built by the first sparse layer, inside the graph, not here; on: here, before the replay
+        assert (backend.vortex_plan is not None) == overlap
         inputs = sc.layer_inputs()
         ref = sc.reference_step(inputs)
         for layer, (q, k, v) in enumerate(inputs):

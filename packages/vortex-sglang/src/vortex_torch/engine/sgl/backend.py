@@ -86,6 +86,10 @@ class VortexBackendMixin:
         self._vortex_plan_layer = min(layers) if layers else -1
         #: set per decode batch: (forward batch, capture-stable buffers or None) the first sparse layer plans from
         self._vortex_pending: tuple[Any, DecodePlanBuffers | None] | None = None
+        #: SGLang runs its overlap scheduler: the plan is launched before the graph replay (see
+        #: _vortex_plan_before_replay)
+        server_args = getattr(runner, "server_args", None)
+        self._vortex_overlap = not bool(getattr(server_args, "disable_overlap_schedule", True))
         self._vortex_logit_cap_checked: set[int] = set()
 
     def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
@@ -221,20 +225,29 @@ class VortexBackendMixin:
         return self.vortex_core.attend(q_rows, fields, plan, layer.scaling)
 
     def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None) -> None:
-        """Per batch, on the host: only remember what the first sparse layer plans from (decode), or build a
-        host-dependent plan now (the FlashInfer exact path, whose own plan is host-side anyway)."""
+        """Per batch, on the host: only remember what the first sparse layer plans from (decode), or launch the
+        plan now, before the graph replay (:meth:`_vortex_plan_before_replay`)."""
         self.vortex_plan = None
         self._vortex_pending = None
         if not forward_batch.forward_mode.is_decode():
             return
-        if self._vortex_host_planned():
+        if self._vortex_plan_before_replay():
             self.vortex_plan = self._vortex_plan_for(forward_batch, buffers)
         else:
             self._vortex_pending = (forward_batch, buffers)
 
-    def _vortex_host_planned(self) -> bool:
-        """Whether this backend's sparse decode needs its plan on the host before the forward (default: no)."""
-        return False
+    def _vortex_plan_before_replay(self) -> bool:
+        """Whether the step's plan is made here, in the replay-prep hook, rather than by the first sparse layer
+        inside the decode CUDA graph (the default: no launch outside the graph).
+
+        Yes under SGLang's overlap scheduler: there the scheduler may write ``req_to_token`` for the next batch
+        as soon as the graph runner records its read-done event, after replay-prep and before the replay
+        (decode_cuda_graph_runner.execute, the WAR fast path), so everything read from it must be read by then.
+        The plan is the only Vortex kernel that reads it; launched here, on the forward stream, it is one eager
+        launch per step, hidden by the overlap. (Read inside the graph, the rows of the running requests would
+        still be intact, as the next batch writes only past their lengths, but a finished request still
+        riding in the batch could have its row reused.)"""
+        return self._vortex_overlap
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self._vortex_parent().init_forward_metadata(forward_batch)
@@ -360,8 +373,9 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
             nbytes = self.vortex_fi.allocate_graph_buffers(max_batch)
             log.info("Vortex CUDA-graph FlashInfer page tables: %.1f MiB", nbytes / 2**20)
 
-    def _vortex_host_planned(self) -> bool:
-        return self.vortex_fi is not None
+    def _vortex_plan_before_replay(self) -> bool:
+        # FlashInfer's own decode (exact_attention) plans on the host anyway
+        return self.vortex_fi is not None or super()._vortex_plan_before_replay()
 
     def _vortex_host_budget(self, forward_batch: Any, *, graph: bool) -> torch.Tensor | None:
         if self.vortex_fi is None:

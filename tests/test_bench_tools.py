@@ -1,6 +1,7 @@
 """The tools that produce the numbers the docs show: flows_bench.py times dense FlashInfer on separate K and V
 (the same pool the sparse step reads) and records the HBM floor; gen_flow_index.py run on a CPU keeps the
-committed GPU column."""
+committed GPU column; decode_step_bench.py's GQA and MLA cases run the step the reference runtime runs, and
+its dense MLA baseline attends every token."""
 
 from __future__ import annotations
 
@@ -317,3 +318,178 @@ def test_cases_are_checked_before_any_gpu_work() -> None:
                            "2048x1", "2048x1"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "--cases: '2048x1' given twice" in done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr
+
+
+# -- decode_step_bench.py: its GQA and MLA cases built on the CPU (Triton's interpreter) ---------------------
+
+step_bench = load_tool(ROOT / "tools" / "bench" / "decode_step_bench.py")
+CPU_CTX, CPU_BATCH, CPU_BUDGET, CPU_LAYERS = 256, 2, 64, 2  # 16 blocks per row, 4 selected
+
+interpreter_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="the cases on the CPU, in Triton's interpreter (on CUDA: the GPU suite)"
+)
+
+
+def bench_case(geometry: str) -> Any:
+    torch.manual_seed(0)
+    cls = step_bench.MLACase if geometry == "mla" else step_bench.Case
+    return cls(CPU_CTX, CPU_BATCH, CPU_BUDGET, CPU_LAYERS, device="cpu")
+
+
+def replay(case: Any) -> tuple[Any, Any]:
+    """The reference runtime fed ``case``'s pool: each request's K/V (latents) in position order, every layer
+    copy, the flow and budget of the case; returns it with its plan of the step."""
+    from vortex_torch.flow import build_vflow
+    from vortex_torch.flow.runtime import ReferenceRuntime, RuntimeConfig
+    from vortex_torch.flow.runtime.mla import MLAReferenceRuntime
+
+    cfg = case.prepared.config
+    flow = build_vflow(cfg.module_name, cfg.module_path)
+    rc = RuntimeConfig(topk_val=cfg.topk_val, block_size=step_bench.BS, page_size=step_bench.PAGE)
+    pages = case.num_pages + 1
+    ref: Any
+    if case.geometry == "mla":
+        rank, rope = step_bench.MLA_RANK, step_bench.MLA_ROPE
+        ref = MLAReferenceRuntime(flow, case.layers, case.num_q_heads, rank, rope, config=rc, num_pages=pages)
+    else:
+        group = case.num_q_heads // case.num_kv_heads
+        ref = ReferenceRuntime(flow, case.layers, case.num_kv_heads, case.head_dim, group, config=rc,
+                               num_pages=pages)  # fmt: skip
+    rids = list(range(case.batch))
+    for r in rids:
+        ref.add_request(r)
+    slots = torch.cat([case.req_to_token[r + 1, : case.ctx] for r in rids]).long()
+    for layer in range(case.layers):
+        if case.geometry == "mla":
+            ref.append_latent(layer, rids, case.latent[layer][slots, 0], [case.ctx] * case.batch)
+        else:
+            ref.append_kv(layer, rids, case.k[layer][slots], case.v[layer][slots], [case.ctx] * case.batch)
+    return ref, ref.plan(rids)
+
+
+@interpreter_only
+@pytest.mark.parametrize("geometry", ["gqa", "mla"])
+def test_bench_case_decodes_as_the_reference_runtime(geometry: str) -> None:
+    """What the bench times is the real sparse step: per layer copy, the case's ``layer(i)`` (cache update
+    folded into the compiled scoring, selection, sparse attention over the shuffled pages) summarises the
+    blocks its new tokens complete, selects the blocks the reference runtime selects from the same K/V
+    (latents) and returns its output."""
+    case = bench_case(geometry)
+    assert case.core.executor.folds_cache_update  # the compiled path, not the reference executor
+    rows = CPU_BATCH * case.num_kv_heads
+    assert 0 < case.selected_blocks < case.dense_blocks == rows * CPU_CTX // step_bench.BS
+    ref, plan = replay(case)
+    # the blocks the step's new tokens complete (one per row): their summaries must be rewritten by the step
+    heads = torch.arange(case.num_kv_heads)
+    assert bool(case.layout.completes_block(case.loc).all())
+    done = case.layout.block_id(case.loc[:, None], heads[None, :]).flatten()
+    for layer in range(case.layers):
+        aux = case.aux.fields(layer)
+        summaries = {name: t[done].clone() for name, t in aux.items()}
+        for t in aux.values():
+            t[done] = 0
+        o = case.layer(layer)
+        for name, t in aux.items():
+            assert torch.equal(t[done], summaries[name]), f"{geometry}: new blocks left unsummarised"
+        q = case.q[layer].reshape(case.batch, case.num_q_heads, case.head_dim)
+        want = ref.decode_attention(layer, q, plan, sm_scale=case.sm_scale)
+        p = case.plan
+        dptr, sptr = p.dense_indptr.tolist(), p.sel_indptr.tolist()
+        for row in range(rows):
+            dense = p.dense_indices[dptr[row] : dptr[row + 1]].tolist()
+            got = [dense.index(x) for x in p.sel_indices[sptr[row] : sptr[row + 1]].tolist()]
+            want_pos = ref.last_selection[layer].row(row // case.num_kv_heads, row % case.num_kv_heads)
+            assert got == want_pos, f"{geometry} layer {layer} row {row}: {got} != {want_pos}"
+        assert o.shape == (rows, case.num_q_heads // case.num_kv_heads, case.out_dim)
+        torch.testing.assert_close(o.reshape(want.shape).float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+class FakeFlashInferMLA:
+    """``flashinfer.mla`` whose ``BatchMLAPagedAttentionWrapper`` computes what FlashInfer 0.6.15's docstrings
+    say the real one does (plan: CSR of pages of ``page_size`` tokens per request; run: softmax over ``(q_nope
+    · ckvᵀ + q_pe · kpeᵀ) * sm_scale``, weights times ``ckv``), recording the arguments."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Any] = {}
+
+    def BatchMLAPagedAttentionWrapper(self, ws: torch.Tensor, backend: str = "auto") -> Any:  # noqa: N802
+        calls = self.calls
+        calls["backend"] = backend
+
+        def run(q_nope: torch.Tensor, q_pe: torch.Tensor, ckv: torch.Tensor, kpe: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:  # fmt: skip
+            calls["run"] = (q_nope, q_pe, ckv, kpe)
+            _, kv_indptr, kv_indices, _, _, _, _, page_size, causal, sm_scale, _, _ = calls["plan"]
+            assert page_size == 1 and not causal
+            for b in range(q_nope.shape[0]):
+                idx = kv_indices[kv_indptr[b] : kv_indptr[b + 1]].long()
+                k_nope, k_pe = ckv[idx, 0].float(), kpe[idx, 0].float()
+                logits = (q_nope[b].float() @ k_nope.T + q_pe[b].float() @ k_pe.T) * sm_scale
+                out[b] = (torch.softmax(logits, dim=-1) @ k_nope).to(out.dtype)
+            return out
+
+        return SimpleNamespace(plan=lambda *a: calls.update(plan=a), run=run)
+
+
+@interpreter_only
+def test_dense_mla_baseline_attends_every_token_of_the_sparse_pool() -> None:
+    """The dense baseline hands FlashInfer's MLA wrapper SGLang's arguments (token-level pages, the latent
+    buffer's two column ranges as views), and they mean full attention over each request's tokens: a stand-in
+    that does what the wrapper is documented to do matches the reference runtime's dense attention."""
+    case = bench_case("mla")
+    fi = FakeFlashInferMLA()
+    steps = step_bench.dense_flashinfer_mla(case, fi)
+    ref, plan = replay(case)
+    heads, rank, rope = step_bench.MLA_HEADS, step_bench.MLA_RANK, step_bench.MLA_ROPE
+    for layer, step in enumerate(steps):
+        o = step()
+        q_nope, q_pe, ckv, kpe = fi.calls["run"]
+        latent = case.latent[layer]  # views of it, no copy
+        assert ckv.data_ptr() == latent.data_ptr() and ckv.shape == (latent.shape[0], 1, rank)
+        assert kpe.data_ptr() == latent.data_ptr() + rank * 2 and kpe.shape == (latent.shape[0], 1, rope)
+        assert q_nope.shape == (CPU_BATCH, heads, rank) and q_pe.shape == (CPU_BATCH, heads, rope)
+        want = ref.dense_attention(layer, case.q[layer], plan, sm_scale=case.sm_scale)
+        torch.testing.assert_close(o.float(), want.float(), rtol=2e-2, atol=2e-2)
+    q_indptr, kv_indptr, _, kv_lens, *shape = fi.calls["plan"]
+    assert q_indptr.tolist() == [0, 1, 2] and kv_indptr.tolist() == [0, CPU_CTX, 2 * CPU_CTX]
+    assert kv_lens.tolist() == [CPU_CTX] * CPU_BATCH
+    assert shape == [heads, rank, rope, 1, False, case.sm_scale, torch.bfloat16, torch.bfloat16]
+    assert fi.calls["backend"] == "auto"
+
+
+@interpreter_only
+@pytest.mark.parametrize("geometry", ["gqa", "mla"])
+def test_bench_case_bytes_are_what_the_step_reads(geometry: str) -> None:
+    """The floor's bytes: per token of a row GQA reads K and V of 128 bf16 each, MLA one latent row of 576
+    bf16 (K, and V in its first 512 columns); every block's summaries (the quick-start flow's and
+    rope_aware_block_sparse_mla's: one centroid row); q and o once."""
+    case = bench_case(geometry)
+    token, summary = (576 * 2, 576 * 2) if geometry == "mla" else (2 * 128 * 2, 128 * 2)
+    assert case.bytes_dense() == CPU_BATCH * CPU_CTX * case.num_kv_heads * token
+    assert case.bytes_attention() == case.selected_blocks * 16 * token
+    q_o = CPU_BATCH * case.num_q_heads * (case.head_dim + case.out_dim) * 2
+    assert case.bytes_sparse() == case.selected_blocks * 16 * token + case.dense_blocks * summary + q_o
+    assert q_o == case.q[0].numel() * 2 + case.layer(0).numel() * 2
+
+
+@interpreter_only
+def test_mla_rows_have_the_gqa_rows_shape_and_a_dense_failure_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_case`` on both geometries with the GPU timers replaced by one plain call each: the MLA row has the
+    GQA row's keys (``geometry`` tells them apart), FlashInfer missing here is the row's ``flashinfer_error``
+    (the sparse numbers stay), and the markdown table shows both."""
+    monkeypatch.setattr(step_bench, "graph_us", lambda fns, iters=20: ([f() for f in fns], 1.0)[1])
+    monkeypatch.setattr(step_bench, "launches", lambda fn: (fn(), 3)[1])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # no PDL run
+    monkeypatch.setitem(step_bench.COPY_BANDWIDTH, "uint8", 1000.0)
+    rows = {g: step_bench.run_case(bench_case(g), CPU_BUDGET, 1000.0, []) for g in ("gqa", "mla")}
+    assert set(rows["gqa"]) == set(rows["mla"])
+    for g, row in rows.items():
+        assert row["geometry"] == g and row["layer_launches"] == row["plan_launches"] == 3 and row["step_us"] > 1
+        assert row["dense_flashinfer_us"] is None and "flashinfer" in row["flashinfer_error"]
+    assert rows["mla"]["flow"] == "rope_aware_block_sparse_mla" and rows["mla"]["kv_dtype"] == "bfloat16"
+    assert rows["mla"]["bytes_dense"] == CPU_BATCH * CPU_CTX * 576 * 2
+    text = step_bench.report({"gpu": "GPU X", "date": "2030-01-01", "copy_bandwidth_gbs": 1000.0,
+                              "geometry": "mla", "flow": "rope_aware_block_sparse_mla",
+                              "cases": [rows["mla"], {"ctx": 8192, "batch": 16, "error": "boom"}]})  # fmt: skip
+    assert "DeepSeek-V2-Lite MLA geometry" in text and "rope_aware_block_sparse_mla" in text
+    assert f"| {CPU_CTX} x {CPU_BATCH} | - (0) |" in text and "| 8192 x 16 | error: boom |" in text

@@ -1,13 +1,16 @@
 """Kernel launches of one sparse decode layer, for every flow we ship (issue 8: at most 3 per sparse layer).
 
-The step is the one ``tools/bench/decode_step_bench.py`` times (its ``Case``: a :class:`VortexDecodeCore` on a
-synthetic pool of Qwen3-8B geometry, the way the vortex-sglang backend drives it): per layer the decode cache
-update (folded into the scoring launch when the flow has a scoring kernel: ``decode_layer(..., new_locs=)``),
-then indexer + selection + sparse attention (``decode_layer``); per step one plan shared by all layers.
-Launches are counted with the torch profiler on eager calls (what SGLang's decode CUDA graph captures), after a
-warm-up call that compiles the kernels.
+The step is the one ``tools/bench/decode_step_bench.py`` times, the way the vortex-sglang backends drive it:
+for a GQA flow its ``Case`` (a :class:`VortexDecodeCore` on a synthetic pool of Qwen3-8B geometry), for an
+MLA flow (``vFlowMLA``) its ``MLACase`` (a :class:`VortexMLADecodeCore` on one latent buffer of
+DeepSeek-V2-Lite geometry, 16 heads, 512 + 64). Per layer the decode cache update (folded into the scoring
+launch when the flow has a scoring kernel: ``decode_layer(..., new_locs=)``), then indexer + selection +
+sparse attention (``decode_layer``; MLA attention for an MLA flow); per step one plan shared by all layers.
+Launches are counted with the torch profiler on eager calls (what SGLang's decode CUDA graph captures), after
+a warm-up call that compiles the kernels.
 
-Asserted per flow (the quick-start flow of ``examples/`` and every flow vortex-flows-contrib declares):
+Asserted per flow (the quick-start flow of ``examples/`` and every flow vortex-flows-contrib declares, GQA and
+MLA):
 
 * one sparse layer launches at most :data:`MAX_LAYER_LAUNCHES` kernels (scoring with the cache update folded
   in + selection + attention; a memset counts, it is a node of the graph too) and copies nothing between host
@@ -43,20 +46,21 @@ QUICKSTART = "custom_sparse_attention"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def contrib_flows() -> list[str]:
-    """Every GQA flow vortex-flows-contrib declares as an entry point (its pyproject.toml: the list cannot
-    drift). The MLA flows (vFlowMLA) need an MLA pool, which this bench's ``Case`` does not build: their launches
-    are not counted here yet."""
+def contrib_flows(mla: bool) -> list[str]:
+    """The GQA flows (``mla=False``) or the MLA flows (vFlowMLA, measured on the bench's ``MLACase``)
+    vortex-flows-contrib declares as entry points (its pyproject.toml: the list cannot drift)."""
     from vortex_torch.flow import registry
     from vortex_torch.flow.flow import vFlowMLA
 
     data = tomllib.loads((ROOT / "packages" / "vortex-flows-contrib" / "pyproject.toml").read_text())
     registry.discover()
     names = sorted(data["project"]["entry-points"]["vortex_flow.flows"])
-    return [n for n in names if not issubclass(registry.get(n), vFlowMLA)]
+    return [n for n in names if issubclass(registry.get(n), vFlowMLA) == mla]
 
 
-FLOWS = [QUICKSTART, *contrib_flows()]
+GQA_FLOWS = [QUICKSTART, *contrib_flows(mla=False)]
+MLA_FLOWS = contrib_flows(mla=True)
+FLOWS = GQA_FLOWS + MLA_FLOWS
 
 
 def load_bench() -> ModuleType:
@@ -103,15 +107,16 @@ def measure(bench: ModuleType, flow: str) -> Counts:
     flow_ref = (
         (str(ROOT / "examples" / f"{QUICKSTART}.py"), QUICKSTART) if flow == QUICKSTART else (None, flow)
     )
+    case_class = bench.MLACase if flow in MLA_FLOWS else bench.Case
     try:
-        case = bench.Case(CTX, BATCH, BUDGET_TOKENS, layers=1, flow=flow_ref)
+        case = case_class(CTX, BATCH, BUDGET_TOKENS, layers=1, flow=flow_ref)
         f, q, core = case.fields[0], case.q[0], case.core
         events = bench.launch_events
         folded = core.executor.folds_cache_update  # else the cache update is a launch before the indexer
         counts = Counts(
             cache=[] if folded else events(lambda: core.update_cache(f, case.loc)),
             indexer=events(lambda: core.select(q, f, case.plan, new_locs=case.loc if folded else None)),
-            attention=events(lambda: core.attend(q, f, case.plan, None)),
+            attention=events(lambda: case.attend(0)),
             layer=events(lambda: case.layer(0)),
             plan=events(case.plan_step),
             selected_blocks=case.selected_blocks,
@@ -133,9 +138,10 @@ def measured() -> dict[str, Counts]:
 
 
 def table(measured: dict[str, Counts]) -> str:
-    return f"launches at {CTX} tokens x batch {BATCH}, budget {BUDGET_TOKENS} tokens:\n" + "\n".join(
-        measured[f].row(f) for f in FLOWS
-    )
+    head = f"launches at {CTX} tokens x batch {BATCH}, budget {BUDGET_TOKENS} tokens"
+    gqa = [f"{head}, GQA (Qwen3-8B geometry):", *(measured[f].row(f) for f in GQA_FLOWS)]
+    mla = [f"{head}, MLA (DeepSeek-V2-Lite geometry):", *(measured[f].row(f) for f in MLA_FLOWS)]
+    return "\n".join(gqa + mla)
 
 
 def kernel_list(events: list[str]) -> str:

@@ -1,7 +1,9 @@
-"""One decode step of one layer, Qwen3-8B geometry: Vortex's sparse step against dense FlashInfer decode.
+"""One decode step of one layer, Qwen3-8B geometry (``--mla``: DeepSeek-V2-Lite's MLA): Vortex's sparse step
+against dense FlashInfer decode.
 
     VORTEX_MODELS=none bash tools/device/remote.sh bench decode_step_bench --out $OUT/decode_step.json
     python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep [attention indexer]] [--kv-dtype fp8_e4m3]
+    python tools/bench/decode_step_bench.py --mla --cases 32768x16 8192x16 32768x1 [--flow quest_mla]
 
 Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
 
@@ -23,15 +25,27 @@ Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
 ``[1]`` tensor as in serving): the sparse step reads half the K/V bytes, and dense FlashInfer decodes the same fp8
 cache. The default (``bfloat16``) is the measurement recorded so far.
 
+``--mla``: the same measurements for an MLA model (:class:`MLACase`): 16 query heads on one latent "KV head"
+(SGLang's ``MLATokenToKVPool``, one bf16 ``[num_slots, 1, 512 + 64]`` buffer per layer; a row per request),
+the absorbed queries ``[B, 16, 576]``, a ``vFlowMLA`` (default vortex-flows-contrib's
+``rope_aware_block_sparse_mla``; ``--flow NAME`` picks another installed vFlowMLA) through
+``VortexMLADecodeCore`` (MLA attention over the selected latent blocks, ``o [B, 16, 512]``), the plan
+amortised over 27 layers. Dense: FlashInfer's ``flashinfer.mla.BatchMLAPagedAttentionWrapper`` over the same
+latent buffers, planned and run as SGLang 0.5.17's ``FlashInferMLAAttnBackend`` does (token-level indices,
+``ckv``/``kpe`` views of the latent); its failure is recorded in the row (``flashinfer_error``), the sparse
+numbers stay. Bytes: a latent row (576 x 2 B) per token is K and V at once. Every JSON row carries
+``geometry`` (``"gqa"`` / ``"mla"``) and ``flow``.
+
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
 layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants
 (both when none is named).
-Writes JSON (``--out``) and prints a markdown table.
+Writes JSON (``--out``, rewritten after every case) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -41,11 +55,16 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import triton
 import triton.language as tl
+
+if TYPE_CHECKING:  # vortex-sglang is imported when a case is built (flows_bench imports this file's probes)
+    from vortex_torch.engine.sgl.config import VortexConfig
+    from vortex_torch.engine.sgl.decode_core import VortexDecodeCore
+    from vortex_torch.engine.sgl.flow_spec import PreparedFlow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -53,6 +72,11 @@ FLOW = os.path.join(REPO, "examples", "custom_sparse_attention.py")
 HQ, HKV, D, PAGE, BS = 32, 8, 128, 16, 16
 KV_DTYPES = {"bfloat16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 E2E_LAYERS = 36  # Qwen3-8B: the plan's cost is shared by this many layers
+#: DeepSeek-V2-Lite's MLA (``--mla``): query heads, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim; its
+#: layers and context length (max_position_embeddings: sizes the per-row block lists, as in serving)
+MLA_HEADS, MLA_RANK, MLA_ROPE, MLA_NOPE = 16, 512, 64, 128
+MLA_E2E_LAYERS, MLA_CONTEXT_LEN = 27, 163840
+MLA_FLOW: tuple[str | None, str] = (None, "rope_aware_block_sparse_mla")  # vortex-flows-contrib's, by name
 
 
 def log(msg: str) -> None:
@@ -150,34 +174,49 @@ def read_bandwidth_gbs() -> float:
     return best
 
 
-class Case:
-    """``layers`` copies of one layer's pool for ``batch`` requests of ``ctx`` tokens (pages shuffled), served
-    by ``flow``: ``(module_path, module_name)`` as in ``VortexConfig`` (default: the quick-start flow; a
-    ``None`` path finds an installed flow, e.g. one of vortex-flows-contrib, by name).
-    ``tests/gpu/test_launch_count.py`` counts the launches of this same step for every flow."""
+class PoolCase:
+    """What :class:`Case` (GQA) and :class:`MLACase` share: ``batch`` requests of ``ctx`` tokens on shuffled
+    pages of one pool (page 0 never used, as in SGLang), ``layers`` copies of the flow's aux fields summarised
+    over every block (as after prefill), one step's plan, and the sparse layer the vortex-sglang backend runs.
 
-    def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int,
-                 flow: tuple[str | None, str] = (FLOW, "custom_sparse_attention"), device: str = "cuda",
-                 kv_dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
+    The step decodes the token at position ``ctx - 1`` (already written; with ``ctx`` a multiple of 16 it
+    completes its block, so the cache update runs, folded into scoring). A subclass sets the geometry below
+    and builds its K/V buffers, ``fields``, ``q`` and ``core`` between :meth:`_build_pool` and
+    :meth:`_build_step`."""
+
+    #: the ``geometry`` of the bench's JSON rows
+    geometry: str
+    #: layers of the model the geometry is taken from: the per-step plan is shared by that many
+    e2e_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    #: width of a query row and of a cached K row; of an output row (V)
+    head_dim: int
+    out_dim: int
+    #: the softmax scale handed to attention (None: ``head_dim ** -0.5``)
+    sm_scale: float | None = None
+    core: VortexDecodeCore
+    fields: list[dict[str, torch.Tensor]]
+    q: list[torch.Tensor]
+
+    def _build_pool(
+        self, ctx: int, batch: int, layers: int, prepared: PreparedFlow, context_len: int, device: str,
+        kv_dtype: torch.dtype,
+    ) -> int:  # fmt: skip
+        """Request table, step inputs and aux store; returns the pool's slot count."""
         from vortex_torch.abs.layout import PoolLayout
         from vortex_torch.engine.sgl.aux_store import AuxFieldStore
-        from vortex_torch.engine.sgl.config import VortexConfig
-        from vortex_torch.engine.sgl.decode_core import VortexDecodeCore
-        from vortex_torch.engine.sgl.flow_spec import prepare_flow
 
         dev = device
-        self.ctx, self.batch, self.layers, self.kv_dtype = ctx, batch, layers, kv_dtype
+        self.ctx, self.batch, self.layers, self.kv_dtype, self.device = ctx, batch, layers, kv_dtype, device
         self.kv_elt = torch.empty((), dtype=kv_dtype).element_size()
-        topk = budget_tokens // BS - 2
-        cfg = VortexConfig(module_path=flow[0], module_name=flow[1], topk_val=topk,
-                           block_reserved_bos=1, block_reserved_eos=1)  # fmt: skip
-        self.prepared = prepare_flow(cfg, head_dim=D, group_size=HQ // HKV, kv_dtype=kv_dtype)
-        self.layout = PoolLayout(page_size=PAGE, block_size=BS, num_kv_heads=HKV)
+        self.prepared = prepared
+        self.layout = PoolLayout(page_size=PAGE, block_size=BS, num_kv_heads=self.num_kv_heads)
         pages_per_req = math.ceil(ctx / PAGE)
-        num_pages = batch * pages_per_req + 1
-        slots = num_pages * PAGE
-        context_len = max(ctx, 40960)
-        perm = torch.randperm(num_pages - 1, device=dev) + 1
+        self.num_pages = batch * pages_per_req + 1
+        slots = self.num_pages * PAGE
+        self.context_len = context_len
+        perm = torch.randperm(self.num_pages - 1, device=dev) + 1
         self.req_to_token = torch.zeros(batch + 1, context_len, dtype=torch.int32, device=dev)
         t = torch.arange(ctx, device=dev)
         for b in range(batch):
@@ -187,17 +226,14 @@ class Case:
         self.seq_lens = torch.full((batch,), ctx, device=dev, dtype=torch.int64)
         self.loc = self.req_to_token[self.rpi, ctx - 1].long()
         self.aux = AuxFieldStore(self.prepared, self.layout, slots, list(range(layers)), dev)
-        self.k = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
-        self.v = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
-        one = torch.ones(1, dtype=torch.float32, device=dev)
-        scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
-        self.core = VortexDecodeCore(self.prepared, self.layout, context_len=context_len, device=dev)
-        self.buffers = self.core.allocate_buffers(batch)
-        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i), **scales} for i in range(layers)]
-        all_blocks = torch.arange(self.layout.num_blocks(num_pages), device=dev)
+        return slots
+
+    def _build_step(self) -> None:
+        """Plan buffers, every block summarised in every layer copy, the step's plan."""
+        self.buffers = self.core.allocate_buffers(self.batch)
+        all_blocks = torch.arange(self.layout.num_blocks(self.num_pages), device=self.device)
         for f in self.fields:
             self.core.executor.run_cache(f, all_blocks)  # every block summarised, as after prefill
-        self.q = [torch.randn(batch * HKV, HQ // HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
         self.plan = self.core.plan(self.req_to_token, self.rpi, self.seq_lens, buffers=self.buffers)
         self.selected_blocks = int(self.plan.sel_indptr[-1])
         self.dense_blocks = int(self.plan.dense_indptr[-1])
@@ -207,15 +243,126 @@ class Case:
 
     def layer(self, i: int) -> torch.Tensor:
         # the new token completes its block (ctx is a multiple of 16): the cache update runs, folded into scoring
-        return self.core.decode_layer(self.q[i], self.fields[i], self.plan, None, new_locs=self.loc)
+        return self.core.decode_layer(self.q[i], self.fields[i], self.plan, self.sm_scale, new_locs=self.loc)
+
+    def attend(self, i: int) -> torch.Tensor:
+        return self.core.attend(self.q[i], self.fields[i], self.plan, self.sm_scale)
+
+    @classmethod
+    def token_kv_bytes(cls, kv_elt: int) -> int:
+        """Bytes attention reads per token of one KV head (K and V)."""
+        raise NotImplementedError
+
+    @classmethod
+    def pool_bytes_per_layer(cls, ctx: int, batch: int) -> float:
+        """Device bytes of one layer copy's K/V, staged in bf16 whatever the KV dtype, + 10% (sizes
+        ``--layers``)."""
+        return batch * math.ceil(ctx / PAGE) * PAGE * cls.num_kv_heads * cls.token_kv_bytes(2) * 1.1
+
+    def bytes_attention(self) -> int:
+        """K/V bytes of the selected blocks."""
+        return self.selected_blocks * BS * self.token_kv_bytes(self.kv_elt)
 
     def bytes_sparse(self) -> int:
-        # selected K and V + one summary row (D bf16) per block + q/o
-        kv = self.selected_blocks * BS * D * self.kv_elt * 2
-        return kv + self.dense_blocks * D * 2 + 2 * self.q[0].numel() * 2
+        # selected K/V + every block's summaries (the indexer scores them all) + q/o (bf16)
+        qo = self.batch * self.num_q_heads * (self.head_dim + self.out_dim) * 2
+        return self.bytes_attention() + self.dense_blocks * self.prepared.aux_bytes_per_block() + qo
 
     def bytes_dense(self) -> int:
-        return self.batch * self.ctx * HKV * D * self.kv_elt * 2
+        return self.batch * self.ctx * self.num_kv_heads * self.token_kv_bytes(self.kv_elt)
+
+    def dense_steps(self) -> list[Callable[[], object]]:
+        """Dense FlashInfer decode of each layer copy, as plain SGLang runs it."""
+        raise NotImplementedError
+
+
+class Case(PoolCase):
+    """``layers`` copies of one layer's pool for ``batch`` requests of ``ctx`` tokens (pages shuffled),
+    Qwen3-8B geometry (32 query heads, 8 KV heads, D 128), separate K and V buffers, served by ``flow``:
+    ``(module_path, module_name)`` as in ``VortexConfig`` (default: the quick-start flow; a ``None`` path
+    finds an installed flow, e.g. one of vortex-flows-contrib, by name). ``tests/gpu/test_launch_count.py``
+    counts the launches of this same step for every GQA flow."""
+
+    geometry = "gqa"
+    e2e_layers = E2E_LAYERS
+    num_q_heads, num_kv_heads, head_dim, out_dim = HQ, HKV, D, D
+
+    def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int,
+                 flow: tuple[str | None, str] = (FLOW, "custom_sparse_attention"), device: str = "cuda",
+                 kv_dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
+        from vortex_torch.engine.sgl.decode_core import VortexDecodeCore
+        from vortex_torch.engine.sgl.flow_spec import prepare_flow
+
+        dev = device
+        cfg = flow_config(flow, budget_tokens)
+        prepared = prepare_flow(cfg, head_dim=D, group_size=HQ // HKV, kv_dtype=kv_dtype)
+        context_len = max(ctx, 40960)  # Qwen3-8B's
+        slots = self._build_pool(ctx, batch, layers, prepared, context_len, dev, kv_dtype)
+        self.k = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
+        self.v = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
+        one = torch.ones(1, dtype=torch.float32, device=dev)
+        scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
+        self.core = VortexDecodeCore(self.prepared, self.layout, context_len=context_len, device=dev)
+        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i), **scales} for i in range(layers)]
+        self.q = [torch.randn(batch * HKV, HQ // HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self._build_step()
+
+    @classmethod
+    def token_kv_bytes(cls, kv_elt: int) -> int:
+        return cls.head_dim * kv_elt * 2  # K and V
+
+    def dense_steps(self) -> list[Callable[[], object]]:
+        return dense_flashinfer(self)
+
+
+class MLACase(PoolCase):
+    """:class:`Case` for an MLA model, DeepSeek-V2-Lite geometry: 16 query heads on one latent "KV head" of
+    ``kv_lora_rank + qk_rope_head_dim = 512 + 64`` (SGLang's ``MLATokenToKVPool``: one bf16 ``[num_slots, 1,
+    576]`` latent buffer per layer, the whole K and, in its first 512 columns, V), absorbed queries ``[batch,
+    16, 576]``, served by a ``vFlowMLA`` through :class:`VortexMLADecodeCore` (rows = requests; attention
+    returns ``[batch, 16, 512]``), as the vortex-sglang MLA backend drives it. ``flow`` as :class:`Case`
+    (default: vortex-flows-contrib's ``rope_aware_block_sparse_mla``). ``tests/gpu/test_launch_count.py``
+    counts the launches of this step for every MLA flow."""
+
+    geometry = "mla"
+    e2e_layers = MLA_E2E_LAYERS
+    num_q_heads, num_kv_heads, head_dim, out_dim = MLA_HEADS, 1, MLA_RANK + MLA_ROPE, MLA_RANK
+    #: DeepSeek's softmax scale, ``(qk_nope_head_dim + qk_rope_head_dim) ** -0.5`` (YaRN's mscale left out)
+    sm_scale = (MLA_NOPE + MLA_ROPE) ** -0.5
+
+    def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int,
+                 flow: tuple[str | None, str] = MLA_FLOW, device: str = "cuda") -> None:  # fmt: skip
+        from vortex_torch.engine.sgl.flow_spec import prepare_flow
+        from vortex_torch.engine.sgl.mla_core import VortexMLADecodeCore
+
+        dev, width = device, self.head_dim
+        prepared = prepare_flow(flow_config(flow, budget_tokens), head_dim=width, group_size=MLA_HEADS,
+                                kv_dtype=torch.bfloat16, qk_rope_head_dim=MLA_ROPE)  # fmt: skip
+        context_len = max(ctx, MLA_CONTEXT_LEN)
+        slots = self._build_pool(ctx, batch, layers, prepared, context_len, dev, torch.bfloat16)
+        self.latent = [torch.randn(slots, 1, width, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self.core = VortexMLADecodeCore(self.prepared, self.layout, context_len=context_len, device=dev,
+                                        kv_lora_rank=MLA_RANK)  # fmt: skip
+        self.fields = [{"k": self.latent[i], **self.aux.fields(i)} for i in range(layers)]
+        shape = (batch, MLA_HEADS, width)
+        self.q = [torch.randn(shape, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        self._build_step()
+
+    @classmethod
+    def token_kv_bytes(cls, kv_elt: int) -> int:
+        return cls.head_dim * kv_elt  # one latent row is K, and V in its first kv_lora_rank columns
+
+    def dense_steps(self) -> list[Callable[[], object]]:
+        return dense_flashinfer_mla(self)
+
+
+def flow_config(flow: tuple[str | None, str], budget_tokens: int) -> VortexConfig:
+    """The bench's ``VortexConfig``: ``budget_tokens`` per row = ``topk_val`` blocks + one bos and one eos
+    block."""
+    from vortex_torch.engine.sgl.config import VortexConfig
+
+    return VortexConfig(module_path=flow[0], module_name=flow[1], topk_val=budget_tokens // BS - 2,
+                        block_reserved_bos=1, block_reserved_eos=1)  # fmt: skip
 
 
 def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
@@ -235,12 +382,42 @@ def dense_flashinfer(case: Case) -> list[Callable[[], object]]:
     return [lambda i=i: wrapper.run(qd[i], kv[i]) for i in range(case.layers)]
 
 
-def run_case(
-    ctx: int, batch: int, budget: int, layers: int, bw: float, sweep: list[str], kv_dtype: str = "bfloat16"
-) -> dict[str, Any]:
-    case = Case(ctx, batch, budget, layers, kv_dtype=KV_DTYPES[kv_dtype])
-    res: dict[str, Any] = {"ctx": ctx, "batch": batch, "budget_tokens": budget, "layers_rotated": layers,
-                           "kv_dtype": kv_dtype,
+def dense_flashinfer_mla(case: MLACase, fi_mla: Any = None) -> list[Callable[[], object]]:
+    """Dense MLA decode over the same latent buffers, as SGLang 0.5.17's ``FlashInferMLAAttnBackend`` runs it:
+    ``flashinfer.mla.BatchMLAPagedAttentionWrapper`` (``backend="auto"``: fa3 on sm_90a), planned once (SGLang
+    plans per step, before the layers) with token-level indices (page size 1: ``kv_indptr`` the cumulated
+    ``seq_lens``, ``kv_indices`` each request's ``req_to_token`` slots), run per layer on ``q_nope = q[...,
+    :512]``, ``q_pe = q[..., 512:]`` and the latent buffer's two column ranges as ``ckv [num_slots, 1, 512]``
+    and ``kpe [num_slots, 1, 64]`` (views, no copy). ``fi_mla``: the ``flashinfer.mla`` module (a stand-in in
+    CPU tests)."""
+    if fi_mla is None:
+        import flashinfer.mla
+
+        fi_mla = flashinfer.mla
+
+    dev, b, rank = case.device, case.batch, MLA_RANK
+    ws = torch.empty(384 << 20, dtype=torch.uint8, device=dev)  # SGLANG_FLASHINFER_WORKSPACE_SIZE
+    wrapper = fi_mla.BatchMLAPagedAttentionWrapper(ws, backend="auto")
+    q_indptr = torch.arange(b + 1, dtype=torch.int32, device=dev)
+    kv_lens = case.seq_lens.to(torch.int32)
+    kv_indptr = torch.zeros(b + 1, dtype=torch.int32, device=dev)
+    kv_indptr[1:] = torch.cumsum(kv_lens, dim=0)
+    kv_indices = torch.cat([case.req_to_token[case.rpi[i], : case.ctx] for i in range(b)]).to(torch.int32)
+    wrapper.plan(q_indptr, kv_indptr, kv_indices, kv_lens, MLA_HEADS, rank, MLA_ROPE, 1, False, case.sm_scale,
+                 case.q[0].dtype, case.latent[0].dtype)  # fmt: skip
+    out = [torch.empty(b, MLA_HEADS, rank, dtype=q.dtype, device=dev) for q in case.q]
+    q = [(x[:, :, :rank], x[:, :, rank:]) for x in case.q]
+    lat = [(x[:, :, :rank], x[:, :, rank:]) for x in case.latent]
+    return [functools.partial(wrapper.run, *q[i], *lat[i], out=out[i]) for i in range(case.layers)]
+
+
+def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[str, Any]:
+    """Times ``case`` (see the module docstring) -> one JSON row; ``sweep`` only for a GQA :class:`Case`."""
+    layers = case.layers
+    res: dict[str, Any] = {"geometry": case.geometry, "flow": case.prepared.config.module_name,
+                           "ctx": case.ctx, "batch": case.batch, "budget_tokens": budget,
+                           "layers_rotated": layers,
+                           "kv_dtype": next(k for k, v in KV_DTYPES.items() if v == case.kv_dtype),
                            "selected_blocks": case.selected_blocks, "dense_blocks": case.dense_blocks}  # fmt: skip
     res["plan_us"] = graph_us([case.plan_step])
     res["plan_launches"] = launches(case.plan_step)
@@ -258,18 +435,18 @@ def run_case(
     for exact in (False, True):
         case.core.exact_attention = exact
         key = "attention_exact_us" if exact else "attention_us"
-        res[key] = graph_us([lambda i=i: case.core.attend(case.q[i], f0[i], case.plan, None) for i in range(layers)])
+        res[key] = graph_us([lambda i=i: case.attend(i) for i in range(layers)])
     case.core.exact_attention = False
-    res["step_us"] = res["layer_us"] + res["plan_us"] / E2E_LAYERS
+    res["step_us"] = res["layer_us"] + res["plan_us"] / case.e2e_layers
     if torch.cuda.get_device_capability()[0] >= 9:  # the same layer, each kernel launched with PDL
         case.core.enable_pdl = True
         res["layer_pdl_launches"] = launches(lambda: case.layer(0))
         res["layer_pdl_us"] = graph_us(lay)
         case.core.enable_pdl = False
-        res["step_pdl_us"] = res["layer_pdl_us"] + res["plan_us"] / E2E_LAYERS
+        res["step_pdl_us"] = res["layer_pdl_us"] + res["plan_us"] / case.e2e_layers
     try:
-        res["dense_flashinfer_us"] = graph_us(dense_flashinfer(case))
-    except Exception as exc:  # flashinfer missing: no ratio
+        res["dense_flashinfer_us"] = graph_us(case.dense_steps())
+    except Exception as exc:  # flashinfer missing or failing: no ratio
         res["dense_flashinfer_us"] = None
         res["flashinfer_error"] = f"{type(exc).__name__}: {exc}"[:300]
     res["bytes_sparse"] = case.bytes_sparse()
@@ -280,7 +457,7 @@ def run_case(
     res["floor_gbs"] = bw
     res["floor_us"] = res["bytes_sparse"] / (bw * 1e9) * 1e6
     res["floor_copy_us"] = res["bytes_sparse"] / (max(COPY_BANDWIDTH.values()) * 1e9) * 1e6  # issue 8's definition
-    res["attention_floor_us"] = case.selected_blocks * BS * D * case.kv_elt * 2 / (bw * 1e9) * 1e6
+    res["attention_floor_us"] = case.bytes_attention() / (bw * 1e9) * 1e6
     res["dense_floor_us"] = res["bytes_dense"] / (bw * 1e9) * 1e6
     if res["dense_flashinfer_us"]:
         res["speedup_vs_dense"] = res["dense_flashinfer_us"] / res["step_us"]
@@ -288,7 +465,7 @@ def run_case(
             res["speedup_vs_dense_pdl"] = res["dense_flashinfer_us"] / res["step_pdl_us"]
     res["step_over_floor"] = res["step_us"] / res["floor_us"]
     res["step_over_copy_floor"] = res["step_us"] / res["floor_copy_us"]
-    if sweep:
+    if sweep and isinstance(case, Case):
         res["sweep"] = sweep_variants(case, sweep)
     return res
 
@@ -362,41 +539,55 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+GQA_CASES = ["32768x32", "32768x8", "32768x1", "131072x32"]
+MLA_CASES = ["32768x16", "8192x16", "32768x1"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["32768x32", "32768x8", "32768x1", "131072x32"],
-                    help="CTXxBATCH")  # fmt: skip
+    cases_help = f"CTXxBATCH (default {' '.join(GQA_CASES)}; --mla: {' '.join(MLA_CASES)})"
+    ap.add_argument("--cases", nargs="+", default=None, help=cases_help)
     ap.add_argument("--budget", type=int, default=2048, help="tokens attended per row (topk_val = budget/16 - 2)")
     ap.add_argument("--layers", type=int, default=4, help="pool copies rotated (fewer when they would not fit)")
+    mla_help = "DeepSeek-V2-Lite MLA geometry (16 heads, bf16 latent 512 + 64); dense: FlashInfer MLA decode"
+    ap.add_argument("--mla", action="store_true", help=mla_help)
+    flow_help = f"an installed flow's registered name (default: the quick-start flow; --mla: {MLA_FLOW[1]})"
+    ap.add_argument("--flow", default=None, help=flow_help)
     ap.add_argument("--sweep", nargs="*", choices=["attention", "indexer"], default=None,
                     help="also time attention and/or indexer tile variants (32k only; both when none is named)")  # fmt: skip
     ap.add_argument("--kv-dtype", choices=list(KV_DTYPES), default="bfloat16",
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
     args = ap.parse_args()
+    if args.mla and args.kv_dtype != "bfloat16":
+        ap.error("--mla measures a bf16 latent cache (SGLang 0.5.17 runs FlashInfer's MLA decode on bf16)")
+    if args.mla and args.sweep is not None:
+        ap.error("--sweep times GQA kernel variants; it does not go with --mla")
+    cls: type[PoolCase] = MLACase if args.mla else Case
+    flow = (None, args.flow) if args.flow else MLA_FLOW if args.mla else (FLOW, "custom_sparse_attention")
     t0 = time.time()
     copy_bw = copy_bandwidth_gbs()
     read_bw = read_bandwidth_gbs()
     bw = max(copy_bw, read_bw)
     log(f"copy bandwidth {copy_bw:.0f} GB/s (best of {COPY_BANDWIDTH}), streaming read {read_bw:.0f} GB/s")
     result: dict[str, Any] = {"date": str(date.today()), "gpu": torch.cuda.get_device_name(0), "kv_dtype": args.kv_dtype,
+                              "geometry": cls.geometry, "flow": flow[1],
                               "torch": torch.__version__, "python": platform.python_version(),
                               "copy_bandwidth_gbs": copy_bw, "read_bandwidth_gbs": read_bw,
                               "copy_bandwidth_by_dtype_gbs": dict(COPY_BANDWIDTH),
                               "cases": []}  # fmt: skip
     free = torch.cuda.mem_get_info()[0]
-    for spec in args.cases:
+    for spec in args.cases or (MLA_CASES if args.mla else GQA_CASES):
         ctx, batch = (int(x) for x in spec.lower().split("x"))
-        per_layer = batch * math.ceil(ctx / PAGE) * PAGE * HKV * D * 2 * 2 * 1.1  # bf16 staging, any kv dtype
-        layers = max(1, min(args.layers, int(0.6 * free // per_layer)))
-        try:
-            rec = run_case(ctx, batch, args.budget, layers, bw, (args.sweep or ["attention", "indexer"]) if args.sweep is not None and ctx == 32768 and batch in (32, 1) else [],
-                           args.kv_dtype)
-        except Exception as exc:
-            rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        layers = max(1, min(args.layers, int(0.6 * free // cls.pool_bytes_per_layer(ctx, batch))))
+        swept = args.sweep is not None and ctx == 32768 and batch in (32, 1)
+        sweep = (args.sweep or ["attention", "indexer"]) if swept else []
+        rec = measure(args.mla, ctx, batch, args.budget, layers, flow, KV_DTYPES[args.kv_dtype], bw, sweep)
         log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))
         result["cases"].append(rec)
         torch.cuda.empty_cache()
+        with open(args.out, "w") as fh:  # the cases so far survive a run cut at its time limit
+            json.dump(result, fh, indent=1)
     result["copy_bandwidth_end_gbs"], result["read_bandwidth_end_gbs"] = copy_bandwidth_gbs(), read_bandwidth_gbs()
     log(f"at the end: copy {result['copy_bandwidth_end_gbs']:.0f} GB/s, read {result['read_bandwidth_end_gbs']:.0f} GB/s")
     result["wall_s"] = round(time.time() - t0, 1)
@@ -406,9 +597,27 @@ def main() -> int:
     return 0
 
 
+def measure(mla: bool, ctx: int, batch: int, budget: int, layers: int, flow: tuple[str | None, str],
+            kv_dtype: torch.dtype, bw: float, sweep: list[str]) -> dict[str, Any]:  # fmt: skip
+    """One case built and timed (its buffers freed on return), or its error."""
+    try:
+        case: PoolCase = (MLACase(ctx, batch, budget, layers, flow=flow) if mla
+                          else Case(ctx, batch, budget, layers, flow=flow, kv_dtype=kv_dtype))  # fmt: skip
+        return run_case(case, budget, bw, sweep)
+    except Exception as exc:
+        return {"geometry": "mla" if mla else "gqa", "ctx": ctx, "batch": batch,
+                "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
+
+
+GQA_TITLE = f"Qwen3-8B geometry ({HQ} query heads, {HKV} KV heads, D {D})"
+MLA_TITLE = f"DeepSeek-V2-Lite MLA geometry ({MLA_HEADS} query heads, latent {MLA_RANK} + {MLA_ROPE})"
+
+
 def report(res: dict[str, Any]) -> str:
     f = lambda x: "-" if x is None else f"{x:.1f}"
-    lines = [f"## Decode step, one layer ({res['gpu']}, {res['date']}, K/V {res.get('kv_dtype', 'bfloat16')}; copy "
+    geometry = MLA_TITLE if res.get("geometry") == "mla" else GQA_TITLE
+    lines = [f"## Decode step, one layer, {geometry}, flow {res.get('flow', 'custom_sparse_attention')} "
+             f"({res['gpu']}, {res['date']}, K/V {res.get('kv_dtype', 'bfloat16')}; copy "
              f"{res['copy_bandwidth_gbs']:.0f} GB/s, streaming read {res.get('read_bandwidth_gbs', 0):.0f} GB/s; "
              "floor = bytes / the best of those and dense FlashInfer's own rate)",
              "", "| ctx x batch | dense FlashInfer us (GB/s) | sparse step us | speedup | floor us | step/floor | "

@@ -4,12 +4,14 @@
     python tools/device/mk_tiny.py --preset qwen3-8b --layers 4 /tmp/models/qwen3-8b-l4
     python tools/device/mk_tiny.py --preset tiny --kv-heads 1 --head-dim 128 /tmp/models/tiny-g4
     python tools/device/mk_tiny.py --preset deepseek-v2-tiny /tmp/models/dsv2-tiny
+    python tools/device/mk_tiny.py --preset deepseek-v2-lite --layers 1 /tmp/models/dsv2-lite-l1
 
 Presets give the attention geometry; any field can be overridden. ``qwen3-8b`` is Qwen3-8B's shape
 (hidden 4096, 32 query heads, 8 KV heads, head dim 128, MLP 12288) with few layers and a small vocabulary,
 which is enough for attention timing. ``deepseek-v2-tiny`` is a DeepSeek-V2 (MLA) model with DeepSeek's
 attention geometry (latent 512 + 64, qk_nope 128, v 128; the sizes SGLang's FlashInfer MLA kernels take), 8 heads,
-a dense first layer then small shared + routed experts, for the MLA GPU tests. ``--init-std`` sets ``initializer_range``: random bf16 weights give
+a dense first layer then small shared + routed experts, for the MLA GPU tests; ``deepseek-v2-lite`` is
+DeepSeek-V2-Lite's whole shape (for the MLA end-to-end bench; build one layer, serve 27 with dummy weights). ``--init-std`` sets ``initializer_range``: random bf16 weights give
 near-ties between logits, so compare a few greedy tokens or logprobs with a tolerance, or raise it to make
 the logits more peaked. Writes ``vortex_tiny.json`` (the arguments) beside the weights, and a small byte-level
 BPE tokenizer (trained offline on a built-in text with the ``tokenizers`` library; ids 0/1/2 are
@@ -69,9 +71,31 @@ PRESETS = {
         head_dim=64,
         max_position_embeddings=32768,
     ),
+    # DeepSeek-V2-Lite's shape (27 layers, 16 heads, 64 routed + 2 shared experts, 6 per token); build it with
+    # --layers 1 (~1 GB) and serve more layers with load_format="dummy" (sglang_decode_bench --dummy-layers 27)
+    "deepseek-v2-lite": dict(
+        vocab_size=102400,
+        hidden_size=2048,
+        intermediate_size=10944,
+        moe_intermediate_size=1408,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        n_shared_experts=2,
+        n_routed_experts=64,
+        num_experts_per_tok=6,
+        first_k_dense_replace=1,
+        kv_lora_rank=512,
+        q_lora_rank=None,
+        qk_rope_head_dim=64,
+        qk_nope_head_dim=128,
+        v_head_dim=128,
+        head_dim=64,
+        max_position_embeddings=163840,
+    ),
 }
 #: presets that build a DeepSeek-V2 (MLA) model instead of a Qwen3
-MLA_PRESETS = {"deepseek-v2-tiny"}
+MLA_PRESETS = {"deepseek-v2-tiny", "deepseek-v2-lite"}
 
 
 #: what the tokenizer is trained on: enough English for a few hundred merges (the text only shapes the vocab)

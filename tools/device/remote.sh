@@ -14,7 +14,8 @@
 # At most 8 files come back from $OUT: sub-commands may add 4 (they get VORTEX_OUT=$OUT).
 #
 # Environment (all optional):
-#   VORTEX_MODELS     comma list of models to build: tiny, qwen3-8b-l4, qwen3-8b-l8, none   (default: tiny)
+#   VORTEX_MODELS     comma list of models to build: tiny, qwen3-8b-l4, qwen3-8b-l8, dsv2-lite-l1, none
+#                     (default: tiny)
 #   VORTEX_BUDGET_S   seconds this whole command may take (default 570; keep it under the run's timeout_s)
 #   VORTEX_REV        the commit under test, for result.md (the device copy has no .git)
 #   VORTEX_ALLOW_STALE=1  accept .devcarry wheels built from an older packages/ tree
@@ -224,7 +225,8 @@ for m in "${MODELS[@]}"; do
         none|"") continue ;;
         tiny) margs=(--preset tiny) ;;
         qwen3-8b-l*) margs=(--preset qwen3-8b --layers "${m#qwen3-8b-l}") ;;
-        *) die "unknown model '$m' in VORTEX_MODELS (tiny, qwen3-8b-l<N>, none)" ;;
+        dsv2-lite-l*) margs=(--preset deepseek-v2-lite --layers "${m#dsv2-lite-l}") ;;
+        *) die "unknown model '$m' in VORTEX_MODELS (tiny, qwen3-8b-l<N>, dsv2-lite-l<N>, none)" ;;
     esac
     if [ ! -f "/tmp/models/$m/vortex_tiny.json" ] || [ ! -f "/tmp/models/$m/tokenizer.json" ]; then
         "$PY" tools/device/mk_tiny.py "${margs[@]}" "/tmp/models/$m" || die "mk_tiny $m failed"

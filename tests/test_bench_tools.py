@@ -253,6 +253,18 @@ def test_pdl_engines_are_vortex_engines_with_enable_pdl_compared_to_the_same_pla
     assert rows[True, True]["plain_tok_s"] == result["engines"]["plain:overlap"][0]["tok_per_s"]
 
 
+def test_mla_models_get_an_mla_flow_unless_one_is_named() -> None:
+    quick = decode_bench.vortex_base(None, mla=False)
+    assert quick is decode_bench.VORTEX and quick["module_name"] == "custom_sparse_attention"
+    mla = decode_bench.vortex_base(None, mla=True)
+    assert (mla["module_path"], mla["module_name"]) == (None, "rope_aware_block_sparse_mla")
+    named = decode_bench.vortex_base("quest_mla", mla=True)
+    assert (named["module_path"], named["module_name"]) == (None, "quest_mla")
+    assert named["topk_val"] == decode_bench.VORTEX["topk_val"] and named["layers_skip"] == [0]
+    (_, cfg, _), = decode_bench.engine_plan(["vortex"], [512], mla)
+    assert cfg is not None and cfg["module_name"] == "rope_aware_block_sparse_mla" and cfg["topk_val"] == 30
+
+
 def test_a_failing_case_is_recorded_and_the_next_one_runs() -> None:
     result, _ = run_engines(["plain"], [512], [(2048, 1), (8192, 1), (32768, 1)], [], 60, fail_ctx=8192)
     recs = result["engines"]["plain"]

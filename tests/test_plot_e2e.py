@@ -76,6 +76,9 @@ def test_pdl_rows_are_cases_of_their_own(tmp_path: Path, capsys: pytest.CaptureF
     assert "10 points" in capsys.readouterr().out and out.exists()
     assert plot_e2e.main([write(tmp_path / "c.json", pdl + pdl[:1]), "--out", str(out)]) == 2
     assert "the same case" in capsys.readouterr().err
+    tp2 = [{**r, "tp_size": 2} for r in rows()]  # a tp 2 run of the same cases: lines of their own
+    assert plot_e2e.main([write(tmp_path / "d.json", rows() + tp2), "--out", str(out)]) == 0
+    assert "10 points" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("key", plot_e2e.REQUIRED)
@@ -99,6 +102,7 @@ def test_a_missing_key_is_one_line_naming_it(
         ([{**rows()[0], "ctx": "2k"}], "key 'ctx' must be a positive integer"),
         ([{**rows()[0], "overlap": "no"}], "key 'overlap' must be true or false"),
         ([{**rows()[0], "pdl": 1}], "key 'pdl' must be true or false"),
+        ([{**rows()[0], "tp_size": 0}], "key 'tp_size' must be a positive integer"),
         ([{**rows()[0], "plain_tok_s": -1}], "key 'plain_tok_s' must be a positive number or null"),
         ([{**rows()[0], "vortex_tok_s": None}], "nothing to plot"),
     ],

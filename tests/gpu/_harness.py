@@ -131,6 +131,17 @@ def generate(engine: Any, batch: list[list[int]], max_new: int = MAX_NEW) -> lis
     return [parse_output(o) for o in outs]
 
 
+def full_budget_workloads(engine: Any) -> dict[str, list[Gen]]:
+    """The workloads :func:`assert_full_budget_matches` compares, on an engine capturing decode CUDA graphs up to
+    batch 4: ``mixed`` (the batch of 6: eager decode), ``small`` (3 of its prompts, now radix-cached: CUDA-graph
+    decode) and ``prefix`` (one prompt sharing 1024 tokens with ``mixed[3]``: a radix-cache hit)."""
+    mixed = prompts(MIXED_LENGTHS)
+    out = {"mixed": generate(engine, mixed)}
+    out["small"] = generate(engine, mixed[1:4])
+    out["prefix"] = generate(engine, [with_shared_prefix(mixed[3], 1024, 200)])
+    return out
+
+
 @dataclass
 class Comparison:
     """How a generation compares with a reference one (see the module doc)."""

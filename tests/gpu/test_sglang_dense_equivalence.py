@@ -26,16 +26,13 @@ from typing import Any
 import pytest
 from vortex_gpu_harness import (
     FULL_BUDGET_VORTEX,
-    MIXED_LENGTHS,
     Gen,
     ScenarioCache,
     assert_all_close,
     assert_full_budget_matches,
     engine,
-    generate,
-    prompts,
+    full_budget_workloads,
     skip_reason,
-    with_shared_prefix,
 )
 
 pytestmark = [
@@ -64,14 +61,6 @@ SETTINGS = {
 }
 
 
-def workloads(eng: Any) -> dict[str, list[Gen]]:
-    mixed = prompts(MIXED_LENGTHS)
-    out = {"mixed": generate(eng, mixed)}  # bs 6 > 4: eager decode
-    out["small"] = generate(eng, mixed[1:4])  # bs 3: CUDA-graph decode (prompts now radix-cached)
-    out["prefix"] = generate(eng, [with_shared_prefix(mixed[3], 1024, 200)])  # bs 1, 1024 cached tokens
-    return out
-
-
 def run(setting: Setting, vortex: bool) -> dict[str, list[Gen]]:
     kwargs: dict[str, Any] = {
         "attention_backend": setting.backend,
@@ -88,7 +77,7 @@ def run(setting: Setting, vortex: bool) -> dict[str, list[Gen]]:
     else:
         kwargs["disable_prefill_cuda_graph"] = True  # the same prefill path as under Vortex
     with engine(**kwargs) as eng:
-        return workloads(eng)
+        return full_budget_workloads(eng)  # mixed: bs 6 > 4, eager; small: bs 3, CUDA graph
 
 
 _RUNS = ScenarioCache()

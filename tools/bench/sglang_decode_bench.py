@@ -37,6 +37,27 @@ prefill of every case ~35 s per engine):
 
 then ``python tools/bench/plot_e2e.py e2e_a.json e2e_b.json --merged-out results/gpu/<date>-e2e-decode.json``.
 
+Tensor parallelism (issue 12): ``--tp-size N`` serves every engine, plain and Vortex, with SGLang's
+``tp_size=N`` (attention heads split over N GPUs: Vortex runs on each rank's heads); the JSON records ``tp_size``
+in the result and in every e2e row. N > 1 needs N GPUs (checked before any GPU work: one line, exit 2), and the
+kernel section then times one rank's layer (H_q / N query and H_kv / N KV heads). NVLink multicast is kept off for
+every engine (``NCCL_NVLS_ENABLE=0``, ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``, ``NVSHMEM_DISABLE_NVLS=1``, as
+``remote.sh`` exports them). Plain vs Vortex at tp 2, 36 layers of Qwen3-8B geometry, 32k x 16, on the
+``nvidia-h200-x2`` kind (one GPU call; a cold tp-2 engine start is est. 3-5 min, a warm one ~1 min):
+
+    VORTEX_MODELS=qwen3-8b-l1 bash tools/device/remote.sh bench sglang_decode_bench --skip-kernels --tp-size 2 \
+        --model /tmp/models/qwen3-8b-l1 --dummy-layers 36 --cases 32768x16 --engines plain vortex --budgets 512 \
+        --max-minutes 8.5 --out $OUT/e2e_tp2_full.json --e2e-out $OUT/e2e_tp2.json
+
+MLA models (issue 11): a model whose config has ``kv_lora_rank`` (DeepSeek-V2/V3, GLM) is served by SGLang's
+FlashInfer MLA backend, and the Vortex engines run an MLA flow: ``--flow NAME`` (default
+``rope_aware_block_sparse_mla``). The kernel section times GQA layers only (``--skip-kernels``;
+``decode_step_bench.py --mla`` times one MLA layer). DeepSeek-V2-Lite's shape, 27 layers of dummy weights:
+
+    VORTEX_MODELS=dsv2-lite-l1 bash tools/device/remote.sh bench sglang_decode_bench --skip-kernels \
+        --model /tmp/models/dsv2-lite-l1 --dummy-layers 27 --cases 8192x1 8192x16 32768x1 32768x16 \
+        --engines plain vortex --budgets 512 --max-minutes 9 --out $OUT/e2e_mla_full.json --e2e-out $OUT/e2e_mla.json
+
 Writes ``$VORTEX_OUT/sglang_decode_bench.json`` (or ``--out``) and prints markdown tables.
 """
 
@@ -52,7 +73,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, NoReturn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -68,7 +89,13 @@ VORTEX = {
     "block_reserved_bos": 1,
     "block_reserved_eos": 1,
 }
+#: the flow of a Vortex engine serving an MLA model (DeepSeek/GLM: ``kv_lora_rank`` in its config) when
+#: ``--flow`` is not given: vortex-flows-contrib's, by name
+MLA_FLOW = "rope_aware_block_sparse_mla"
 T0 = time.time()
+#: NVLink multicast off in NCCL, PyTorch symmetric memory (SGLang's custom all-reduce) and NVSHMEM, for every engine
+#: (tools/device/remote.sh exports the same; on the lent multi-GPU machines multicast must stay off)
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def log(msg: str) -> None:
@@ -105,7 +132,8 @@ def bench_graph(fn: Callable[[], object], iters: int = 50) -> float:
 
 
 # -- 1. one layer's kernels ----------------------------------------------------------------------------------------
-def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
+def kernel_case(ctx: int, batch: int, context_len: int, tp_size: int = 1) -> dict[str, Any]:
+    """One layer of one rank at ``tp_size``: Qwen3-8B's 32 query / 8 KV heads split as SGLang splits them."""
     import torch
 
     from vortex_torch.abs.layout import PoolLayout
@@ -117,7 +145,7 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
     from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
     dev = "cuda"
-    hq, hkv, d, page, blk = 32, 8, 128, 16, 16
+    hq, hkv, d, page, blk = 32 // tp_size, max(1, 8 // tp_size), 128, 16, 16
     group = hq // hkv
     cfg = VortexConfig(**{k: v for k, v in VORTEX.items() if k != "layers_skip"})
     prepared = prepare_flow(cfg, head_dim=d, group_size=group, kv_dtype=torch.bfloat16)
@@ -150,7 +178,8 @@ def kernel_case(ctx: int, batch: int, context_len: int) -> dict[str, Any]:
     nnz = batch * hkv * math.ceil(ctx / blk)
     sel = int(plan.sel_indptr[-1])
 
-    res: dict[str, Any] = {"ctx": ctx, "batch": batch, "dense_blocks": nnz, "selected_blocks": sel}
+    res: dict[str, Any] = {"ctx": ctx, "batch": batch, "q_heads": hq, "kv_heads": hkv, "dense_blocks": nnz,
+                           "selected_blocks": sel}  # fmt: skip
     res["plan_eager_us"] = bench_eager(lambda: core.plan(req_to_token, rpi, seq_lens, buffers=buffers))
     res["cache_us"] = bench_graph(lambda: core.update_cache(fields, loc))
     res["indexer_us"] = bench_graph(lambda: core.select(q, fields, plan))
@@ -320,9 +349,13 @@ def run_case(engine: Any, ctx: int, batch: int, steps: int, clock: Callable[[], 
             "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
 
 
-def engine_kwargs(model: str, vortex: dict[str, Any] | None, overlap: bool, dummy: bool) -> dict[str, Any]:
+def engine_kwargs(
+    model: str, vortex: dict[str, Any] | None, overlap: bool, dummy: bool, tp_size: int = 1
+) -> dict[str, Any]:
+    """``sgl.Engine`` keyword arguments of one engine; ``tp_size`` is the same for plain and Vortex engines."""
     kwargs: dict[str, Any] = dict(
-        model_path=model, attention_backend="flashinfer", page_size=16, disable_overlap_schedule=not overlap,
+        model_path=model, tp_size=tp_size, attention_backend="flashinfer", page_size=16,
+        disable_overlap_schedule=not overlap,
         disable_prefill_cuda_graph=True, cuda_graph_max_bs_decode=16,
         mem_fraction_static=0.8, skip_tokenizer_init=True, log_level="warning",
         chunked_prefill_size=16384,
@@ -391,10 +424,12 @@ def engine_cases(
 
 def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, pdl, plain_tok_s, vortex_tok_s}`` (+ the plain
-    engine's tok/s with the overlap scheduler off, ``gpu`` and ``date``), one per case of every Vortex engine;
-    a throughput is None where that engine did not measure the case (skipped, failed)."""
+    engine's tok/s with the overlap scheduler off, ``tp_size``, ``gpu`` and ``date``), one per case of every Vortex
+    engine; a throughput is None where that engine did not measure the case (skipped, failed). ``tp_size`` is the
+    result's (1 for results written before the option existed)."""
     rows = []
     eng = result["engines"]
+    tp_size = int(result.get("tp_size", 1))
 
     def by_case(key: str) -> dict[tuple[Any, Any], dict[str, Any]]:
         return {(r["ctx"], r["batch"]): r for r in eng.get(key, []) if "ctx" in r}
@@ -412,7 +447,7 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             case = (r["ctx"], r["batch"])
             rows.append({"ctx": r["ctx"], "batch": r["batch"], "budget_tokens": budget, "overlap": overlap, "pdl": pdl,
                          "plain_tok_s": plain.get(case, {}).get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
-                         "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"),
+                         "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"), "tp_size": tp_size,
                          "gpu": result.get("gpu"), "date": result.get("date")})  # fmt: skip
     return rows
 
@@ -439,8 +474,47 @@ def parse_cases(specs: list[str] | None, flag: str) -> list[tuple[int, int]]:
     return out
 
 
-def engine_plan(engines: list[str], budgets: list[int]) -> list[tuple[str, dict[str, Any] | None, bool]]:
-    """``(result key, VortexConfig dict or None for plain, overlap)`` per engine, in run order."""
+def positive_int(text: str) -> int:
+    """``--tp-size``'s argparse type: a positive integer, else argparse's one-line error naming the flag (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (e.g. 2)")
+    return value
+
+
+def tp_problem(tp_size: int, gpus: int, model_cfg: dict[str, Any] | None = None) -> str | None:
+    """Why ``--tp-size tp_size`` cannot run on ``gpus`` visible GPUs (``torch.cuda.device_count()``) with the
+    model of ``model_cfg`` (its ``config.json``), or None. SGLang's tensor parallelism puts one rank on each of
+    ``tp_size`` GPUs and splits the query heads evenly, the KV heads evenly or replicated (Qwen3's rule)."""
+    if tp_size > 1 and gpus < tp_size:
+        return (f"--tp-size {tp_size}: needs {tp_size} GPUs, {gpus} visible (torch.cuda.device_count()); run on a "
+                f"machine with {tp_size} GPUs (e.g. the nvidia-h200-x{tp_size} kind) or pass --tp-size 1")  # fmt: skip
+    if model_cfg is None or tp_size == 1:
+        return None
+    heads = int(model_cfg.get("num_attention_heads", 0))
+    kv = int(model_cfg.get("num_key_value_heads") or heads)
+    if heads % tp_size:
+        return f"--tp-size {tp_size}: the model's {heads} query heads do not split over {tp_size} ranks"
+    if kv % tp_size and tp_size % kv:
+        return f"--tp-size {tp_size}: the model's {kv} KV heads neither split over nor replicate to {tp_size} ranks"
+    return None
+
+
+def vortex_base(flow: str | None, mla: bool) -> dict[str, Any]:
+    """The Vortex engines' config before the budget: the quick start's, with ``flow`` (an installed flow's
+    registered name) when given, else :data:`MLA_FLOW` for an MLA model, else the quick-start flow file."""
+    name = flow or (MLA_FLOW if mla else None)
+    return VORTEX if name is None else {**VORTEX, "module_path": None, "module_name": name}
+
+
+def engine_plan(
+    engines: list[str], budgets: list[int], base: dict[str, Any] = VORTEX
+) -> list[tuple[str, dict[str, Any] | None, bool]]:
+    """``(result key, VortexConfig dict or None for plain, overlap)`` per engine, in run order; the Vortex
+    engines' config is ``base`` with the budget's ``topk_val``."""
     plan: list[tuple[str, dict[str, Any] | None, bool]] = []
     for spec in engines:
         kind, *modes = spec.split(":")
@@ -452,7 +526,7 @@ def engine_plan(engines: list[str], budgets: list[int]) -> list[tuple[str, dict[
             )
         overlap, pdl = "overlap" in modes, "pdl" in modes
         for budget in budgets if kind == "vortex" else [0]:
-            vcfg = None if kind == "plain" else {**VORTEX, "topk_val": budget // 16 - 2, "enable_pdl": pdl}
+            vcfg = None if kind == "plain" else {**base, "topk_val": budget // 16 - 2, "enable_pdl": pdl}
             name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "") + (
                 ":pdl" if pdl else ""
             )
@@ -508,6 +582,10 @@ def main() -> None:
     p.add_argument("--dummy-layers", type=int, default=0,
                    help="serve --model's config with this many layers and random weights (load_format=dummy)")
     p.add_argument("--e2e-out", help="also write the e2e rows here (list of {ctx, batch, budget_tokens, ...})")
+    p.add_argument("--flow", help="an installed flow's registered name for the Vortex engines (default: the quick-start "
+                   f"flow; for an MLA model, {MLA_FLOW})")  # fmt: skip
+    p.add_argument("--tp-size", type=positive_int, default=1,
+                   help="SGLang tensor parallelism of every engine, plain and Vortex (N > 1 needs N GPUs)")  # fmt: skip
     args = p.parse_args()
     try:
         given_cases, optional = parse_cases(args.cases, "--cases"), parse_cases(args.optional_cases, "--optional-cases")
@@ -516,11 +594,27 @@ def main() -> None:
     if args.quick:
         args.ctx, args.steps = [8192], 16
     deadline = T0 + (args.max_minutes * 60 if args.max_minutes else args.budget_s)
-    plan = engine_plan(args.engines, args.budgets)
+    engine_plan(args.engines, args.budgets)  # a bad --engines is refused before anything else
 
     import torch
 
+    def refuse(why: str) -> NoReturn:
+        """One line on stderr, exit 2: a setting this machine or model cannot run, found before any GPU work."""
+        print(f"{os.path.basename(sys.argv[0])}: error: {why}", file=sys.stderr)
+        sys.exit(2)
+
+    if why := tp_problem(args.tp_size, torch.cuda.device_count()):
+        refuse(why)
     cfg = json.load(open(os.path.join(args.model, "config.json")))
+    if why := tp_problem(args.tp_size, torch.cuda.device_count(), cfg):
+        refuse(why)
+    mla = "kv_lora_rank" in cfg
+    if mla and not args.skip_kernels:
+        refuse("an MLA model: pass --skip-kernels (the kernel section times a GQA layer; "
+               "tools/bench/decode_step_bench.py --mla times an MLA layer)")  # fmt: skip
+    base = vortex_base(args.flow, mla)
+    plan = engine_plan(args.engines, args.budgets, base)
+    os.environ.update(NO_MULTICAST)  # before any engine: SGLang's scheduler processes inherit the environment
     context_len = int(cfg.get("max_position_embeddings", 40960))
     cases = [(c, b) for c in args.ctx for b in args.batch]
     result: dict[str, Any] = {
@@ -529,6 +623,8 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "command": " ".join(["python", *sys.argv]),
+        "tp_size": args.tp_size,
+        "comm_env": {k: os.environ.get(k) for k in NO_MULTICAST},
         "model": {
             k: cfg.get(k)
             for k in (
@@ -538,9 +634,11 @@ def main() -> None:
                 "head_dim",
                 "hidden_size",
                 "max_position_embeddings",
+                "kv_lora_rank",
+                "qk_rope_head_dim",
             )
         },
-        "vortex": {k: v for k, v in VORTEX.items() if k != "module_path"},
+        "vortex": {k: v for k, v in base.items() if k != "module_path"},
         "kernels": [],
         "engines": {},
         "complete": False,
@@ -557,7 +655,7 @@ def main() -> None:
         log("kernels, one layer")
         for ctx, batch in cases:
             try:
-                rec = kernel_case(ctx, batch, context_len)
+                rec = kernel_case(ctx, batch, context_len, args.tp_size)
             except Exception as exc:
                 rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}
             log(f"  {rec}")
@@ -594,7 +692,7 @@ def main() -> None:
         for i, (name, vcfg, overlap) in enumerate(plan):
             if overlap and vcfg is not None:
                 os.environ["VORTEX_ALLOW_OVERLAP_SCHEDULE"] = "1"  # server_rules.ALLOW_OVERLAP_ENV
-            kwargs = engine_kwargs(model, vcfg, overlap, bool(args.dummy_layers))
+            kwargs = engine_kwargs(model, vcfg, overlap, bool(args.dummy_layers), args.tp_size)
 
             def make_engine(kw: dict[str, Any] = kwargs) -> Any:
                 import sglang as sgl
@@ -612,7 +710,8 @@ def main() -> None:
 
 
 def report(res: dict[str, Any]) -> str:
-    lines = [f"## SGLang decode bench ({res['gpu']}, {res['date']})", ""]
+    tp = int(res.get("tp_size", 1))
+    lines = [f"## SGLang decode bench ({res['gpu']}{f' x {tp}, tp {tp}' if tp > 1 else ''}, {res['date']})", ""]
     if res["kernels"]:
         lines += [
             "One layer, per decode step, us (CUDA-graph replays; plan is eager, once per step for all layers):",

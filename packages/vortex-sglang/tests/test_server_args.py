@@ -123,6 +123,8 @@ ERRORS: list[tuple[dict[str, Any], dict[str, Any], str]] = [
     ({"topk_ratio": -0.5}, {}, "topk_ratio"),
     ({}, {"kv_cache_dtype": "fp4_e2m1"}, "kv_cache_dtype"),  # block-scaled fp4: not read by Vortex
     ({}, {"enable_mixed_chunk": True}, "enable_mixed_chunk"),
+    ({}, {"tp_size": 2, "dcp_size": 2}, "dcp_size"),  # a request's K/V split over ranks
+    ({}, {"tp_size": 2, "attn_cp_size": 2}, "attn_cp_size"),
 ]
 if not torch.cuda.is_available():  # programmatic dependent launch needs a Hopper GPU (tested on one in tests/gpu)
     ERRORS.append(({"enable_pdl": True}, {}, "enable_pdl"))

@@ -131,6 +131,11 @@ def _refuse(server_args: Any, config: VortexConfig) -> None:
          "LMCache restores K/V without the aux fields; not supported yet"),
         ("enable_unified_memory", bool(getattr(sa, "enable_unified_memory", False)),
          "the unified memory pool is not supported with Vortex"),
+        # Vortex's plan assumes every token of a request is in this rank's pool
+        ("dcp_size", int(getattr(sa, "dcp_size", 1) or 1) > 1,
+         "decode context parallelism splits each request's K/V over ranks; Vortex's selection needs them all"),
+        ("attn_cp_size", int(getattr(sa, "attn_cp_size", 1) or 1) > 1,
+         "attention context parallelism splits each request's K/V over ranks; Vortex's selection needs them all"),
     ]  # fmt: skip
     for field_name, bad, why in checks:
         if bad:

@@ -214,3 +214,41 @@ def test_schedule_policy_must_reach_the_scheduler(
     assert info.value.field == "schedule_policy"
     sa = make_server_args(vortex={**flow_config, "schedule_policy": "vortex_sgl_testlib:budget_policy"})
     assert config_of(sa) is not None
+
+
+def test_pdl_device_check_reads_the_driver_without_touching_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``enable_pdl``'s engine-start check asks the driver (libcuda) for the GPU's compute capability, so the main
+    process never initialises CUDA; a pre-Hopper or missing GPU is one error naming the field."""
+    import ctypes
+    from types import SimpleNamespace
+
+    from vortex_torch.engine.sgl import server_rules
+
+    caps = {0: (9, 0), 1: (8, 0)}  # an H200 and an A100
+
+    class FakeDriver:
+        def cuInit(self, flags: int) -> int:
+            return 0
+
+        def cuDeviceGet(self, ref: Any, ordinal: int) -> int:
+            ref._obj.value = ordinal
+            return 0 if ordinal in caps else 101  # CUDA_ERROR_INVALID_DEVICE
+
+        def cuDeviceGetAttribute(self, ref: Any, attr: int, dev: Any) -> int:
+            ref._obj.value = caps[dev.value][attr - 75]
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeDriver())
+    assert server_rules.cuda_capability(0) == (9, 0) and server_rules.cuda_capability(7) is None
+    server_rules._check_pdl_device(SimpleNamespace(base_gpu_id=0))
+    with pytest.raises(VortexConfigError, match=r"enable_pdl: .*GPU 1 has 8\.0\. Set enable_pdl=False"):
+        server_rules._check_pdl_device(SimpleNamespace(base_gpu_id=1))
+    with pytest.raises(VortexConfigError, match="GPU 3 is not visible"):
+        server_rules._check_pdl_device(SimpleNamespace(base_gpu_id=3))
+    assert not torch.cuda.is_initialized()
+
+    def no_driver(name: str) -> Any:
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    assert server_rules.cuda_capability(0) is None

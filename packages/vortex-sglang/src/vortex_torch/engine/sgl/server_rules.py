@@ -218,16 +218,35 @@ def rank_heads(model_config: Any, attn_tp_size: int) -> tuple[int, int, int]:
     return h_kv, h_q // h_kv, int(model_config.head_dim)
 
 
+def cuda_capability(ordinal: int) -> tuple[int, int] | None:
+    """Compute capability of CUDA device ``ordinal`` (as ``CUDA_VISIBLE_DEVICES`` numbers them), read through the
+    driver API, or None when there is no such device or no driver. Creates no CUDA context and leaves torch's
+    CUDA state uninitialised: the main process must not touch the GPU (SGLang's scheduler processes own it)."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), ordinal) != 0:
+        return None
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+    if cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev):
+        return None
+    return major.value, minor.value
+
+
 def _check_pdl_device(server_args: Any) -> None:
     """``enable_pdl`` needs programmatic dependent launch: a CUDA GPU of compute capability 9.0 or newer."""
-    if not torch.cuda.is_available():
-        raise VortexConfigError("enable_pdl", "needs a CUDA GPU (Hopper or newer), and none is visible")
     gpu = int(getattr(server_args, "base_gpu_id", 0) or 0)
-    major, minor = torch.cuda.get_device_capability(gpu)
-    if major < 9:
+    cap = cuda_capability(gpu)
+    if cap is None:
+        raise VortexConfigError("enable_pdl", f"needs a CUDA GPU (Hopper or newer), and GPU {gpu} is not visible")
+    if cap[0] < 9:
         raise VortexConfigError(
-            "enable_pdl", f"programmatic dependent launch needs compute capability >= 9.0 (Hopper); GPU {gpu} "
-            f"({torch.cuda.get_device_name(gpu)}) has {major}.{minor}. Set enable_pdl=False"
+            "enable_pdl", f"programmatic dependent launch needs compute capability >= 9.0 (Hopper); GPU {gpu} has "
+            f"{cap[0]}.{cap[1]}. Set enable_pdl=False"
         )  # fmt: skip
 
 

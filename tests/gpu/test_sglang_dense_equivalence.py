@@ -16,6 +16,8 @@ Settings:
   with its own Triton kernel, planned inside the CUDA graph; it splits and sums the KV in another order than
   SGLang's kernel, so a random-weight model's near-ties (top-2 log-prob gap < 0.15) may flip. Tokens must be
   identical up to a divergence at such a near-tie of the reference, with log-probs close before it.
+* ``bf16-flashinfer-pdl``: the quick start's path with ``enable_pdl=True`` (every Vortex kernel launched with
+  programmatic dependent launch, inside SGLang's decode CUDA graph; sm_90+): the same bar as ``bf16-flashinfer``.
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ class Setting:
     strict: bool
     logprob_atol: float
     exact_attention: bool = False
+    enable_pdl: bool = False
 
 
 SETTINGS = {
     "bf16-flashinfer-exact": Setting("flashinfer", "bfloat16", strict=True, logprob_atol=1e-3, exact_attention=True),
     "bf16-flashinfer": Setting("flashinfer", "bfloat16", strict=False, logprob_atol=0.15),
     "bf16-triton": Setting("triton", "bfloat16", strict=False, logprob_atol=0.15),
+    "bf16-flashinfer-pdl": Setting("flashinfer", "bfloat16", strict=False, logprob_atol=0.15, enable_pdl=True),
 }
 
 
@@ -70,9 +74,14 @@ def run(setting: Setting, vortex: bool) -> dict[str, list[Gen]]:
         "cuda_graph_max_bs_decode": GRAPH_MAX_BS,
     }
     if vortex:
+        if setting.enable_pdl:
+            import torch
+
+            if torch.cuda.get_device_capability()[0] < 9:
+                pytest.skip("programmatic dependent launch needs sm_90+")
         kwargs["vortex"] = {
             **FULL_BUDGET_VORTEX, "attention_backend": setting.backend, "dtype": setting.dtype,
-            "exact_attention": setting.exact_attention,
+            "exact_attention": setting.exact_attention, "enable_pdl": setting.enable_pdl,
         }  # fmt: skip
     else:
         kwargs["disable_prefill_cuda_graph"] = True  # the same prefill path as under Vortex

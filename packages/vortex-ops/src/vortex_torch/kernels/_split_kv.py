@@ -33,8 +33,9 @@ def split_count(
     """Splits per row: enough programs to fill the GPU (``programs_per_split`` programs per split index: rows,
     or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps of ``blocks_per_step`` blocks.
     On a GPU with at least one program per SM without splitting, none: a split then only adds the merge's
-    round trip through the workspace (H200, 256 rows of a 32k context, budget 2048: 69.8 µs with 1 split, 79.6
-    with the 3 that filling 4 programs per SM gave; results/gpu/2026-12-04-decode-step-bench.json, sweep).
+    round trip through the workspace (H200, 256 rows of a 32k context, budget 2048, same tiles: 69.8 µs with 1
+    split, 73.1 with the 3 that filling 4 programs per SM gave, 76.4 with 6; a second sweep 71.1 / 74.2 / 78.1;
+    results/gpu/2026-12-04-decode-step-bench.json and -fused-2warps.json).
 
     Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config.
     """

@@ -250,3 +250,36 @@ def fresh_dir(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def assert_replays_clean(records: list[dict[str, Any]], what: str, dump_steps: int) -> None:
+    """Every ``VORTEX_DEBUG_DUMP`` record of one run (one GPU, or one TP rank) replays through the reference
+    executor (``debug_dump.replay``): one sparse layer (1; layer 0 is dense) over ``dump_steps`` steps,
+    selections equal to the reference's beyond ties, aux fields and attention output close, real sparsity, and
+    at least 90% of the rows exact."""
+    from vortex_torch.engine.sgl.debug_dump import replay
+
+    assert records, f"{what}: no decode step was dumped (VORTEX_DEBUG_DUMP did not reach the scheduler?)"
+    assert {r["layer"] for r in records} == {1}, f"{what}: layer 0 is dense (layers_skip=[0]); layer 1 is sparse"
+    assert len({r["step"] for r in records}) == dump_steps, f"{what}: dumped steps"
+    total = sparse = exact = tied = 0
+    worst_aux = worst_o = 0.0
+    failures = []
+    for rec in records:
+        rep = replay(rec)
+        total += rep.rows
+        sparse += rep.rows_sparse
+        exact += rep.rows_exact
+        tied += rep.rows_tied
+        worst_aux, worst_o = max(worst_aux, rep.aux_max_err), max(worst_o, rep.o_max_err)
+        if not rep.ok:
+            failures.append((rep.step, rep.layer, rep.mismatches[:3]))
+    print(
+        f"[replay {what}] {len(records)} records, {total} rows ({sparse} sparse): {exact} exact, {tied} equal up "
+        f"to ties; max |aux - ref| {worst_aux:.2e}, max |o - ref| {worst_o:.2e}"
+    )
+    assert not failures, f"{what}: selections differ from the reference beyond ties: {failures}"
+    assert sparse > 0, f"{what}: the workload must make rows sparse (prompts longer than 32 blocks)"
+    assert worst_aux < 2e-2, f"{what}: aux fields differ from forward_cache recomputed on the host"
+    assert worst_o < 2e-2, f"{what}: sparse attention output differs from the reference over the same blocks"
+    assert exact >= 0.9 * total, f"{what}: too many rows differ (even if within the tie tolerance)"

@@ -52,6 +52,7 @@ from vortex_gpu_harness import (
     Gen,
     assert_all_close,
     assert_full_budget_matches,
+    assert_replays_clean,
     engine,
     fresh_dir,
     full_budget_workloads,
@@ -223,16 +224,8 @@ def _records_by_rank(dump_dir: Path) -> dict[str, list[dict[str, Any]]]:
 def test_sparse_tp2_every_rank_replays_clean_through_the_reference(
     sparse_run: dict[str, Any], rank_geometry: RankGeometry
 ) -> None:
-    from vortex_torch.engine.sgl.debug_dump import replay
-
     geo = rank_geometry
-    failures: list[Any] = []
     for rank, records in _records_by_rank(sparse_run["dump_dir"]).items():
-        assert records, f"{rank}: no decode step was dumped (VORTEX_DEBUG_DUMP did not reach this rank?)"
-        assert {r["layer"] for r in records} == {1}, "layer 0 is dense (layers_skip=[0]); layer 1 is sparse"
-        assert len({r["step"] for r in records}) == DUMP_STEPS, f"{rank}: dumped steps"
-        total = sparse = exact = tied = 0
-        worst_aux = worst_o = 0.0
         for rec in records:
             # the rank's own geometry: its KV heads, G query heads per KV head, one row per (request, KV head)
             rows, group, dim = rec["q"].shape
@@ -241,25 +234,7 @@ def test_sparse_tp2_every_rank_replays_clean_through_the_reference(
                 f"rank's {geo.kv_heads}, {geo.group}, {geo.head_dim}"
             )
             assert rows == rec["seq_lens"].numel() * geo.kv_heads
-            rep = replay(rec)
-            total += rep.rows
-            sparse += rep.rows_sparse
-            exact += rep.rows_exact
-            tied += rep.rows_tied
-            worst_aux, worst_o = max(worst_aux, rep.aux_max_err), max(worst_o, rep.o_max_err)
-            if not rep.ok:
-                failures.append((rank, rep.step, rep.layer, rep.mismatches[:3]))
-        print(
-            f"[replay {rank}] {len(records)} records, {total} rows ({sparse} sparse): {exact} exact, {tied} equal "
-            f"up to ties; max |aux - ref| {worst_aux:.2e}, max |o - ref| {worst_o:.2e}"
-        )
-        assert sparse > 0, f"{rank}: the workload must make rows sparse (prompts longer than 32 blocks)"
-        assert worst_aux < 2e-2, f"{rank}: aux fields differ from forward_cache recomputed on the host"
-        assert worst_o < 2e-2, (
-            f"{rank}: sparse attention output differs from the reference over the same blocks"
-        )
-        assert exact >= 0.9 * total, f"{rank}: too many rows differ (even if within the tie tolerance)"
-    assert not failures, f"selections differ from the reference beyond ties: {failures}"
+        assert_replays_clean(records, rank, DUMP_STEPS)
 
 
 def test_sparse_tp2_ranks_decode_the_same_steps_with_their_own_heads(sparse_run: dict[str, Any]) -> None:

@@ -27,6 +27,11 @@ import os
 import time
 from typing import Any
 
+#: DeepSeek-V2's MLA attention: one latent of kv_lora_rank 512 + qk_rope_head_dim 64 (what FlashInfer MLA supports)
+DEEPSEEK_ATTENTION: dict[str, Any] = dict(
+    kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, head_dim=64
+)
+
 PRESETS = {
     # 2 layers, G = 2: seconds to build, seconds to load.
     "tiny": dict(
@@ -50,7 +55,7 @@ PRESETS = {
         head_dim=128,
         max_position_embeddings=40960,
     ),
-    # DeepSeek-V2 MLA: one latent head of kv_lora_rank 512 + qk_rope_head_dim 64 (what FlashInfer MLA supports)
+    # DeepSeek-V2 MLA, tiny
     "deepseek-v2-tiny": dict(
         vocab_size=1024,
         hidden_size=512,
@@ -63,12 +68,7 @@ PRESETS = {
         n_routed_experts=8,
         num_experts_per_tok=2,
         first_k_dense_replace=1,
-        kv_lora_rank=512,
-        q_lora_rank=None,
-        qk_rope_head_dim=64,
-        qk_nope_head_dim=128,
-        v_head_dim=128,
-        head_dim=64,
+        **DEEPSEEK_ATTENTION,
         max_position_embeddings=32768,
     ),
     # DeepSeek-V2-Lite's shape (27 layers, 16 heads, 64 routed + 2 shared experts, 6 per token); build it with
@@ -85,12 +85,7 @@ PRESETS = {
         n_routed_experts=64,
         num_experts_per_tok=6,
         first_k_dense_replace=1,
-        kv_lora_rank=512,
-        q_lora_rank=None,
-        qk_rope_head_dim=64,
-        qk_nope_head_dim=128,
-        v_head_dim=128,
-        head_dim=64,
+        **DEEPSEEK_ATTENTION,
         max_position_embeddings=163840,
     ),
 }

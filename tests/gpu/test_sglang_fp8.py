@@ -30,6 +30,7 @@ from vortex_gpu_harness import (
     ScenarioCache,
     assert_all_close,
     assert_full_budget_matches,
+    assert_replays_clean,
     engine,
     fresh_dir,
     generate,
@@ -129,29 +130,13 @@ def sparse_fp8_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_fp8_sparse_dumps_replay_clean_on_the_dequantised_cache(sparse_fp8_run: dict[str, Any]) -> None:
     import torch
 
-    from vortex_torch.engine.sgl.debug_dump import load_records, replay
+    from vortex_torch.engine.sgl.debug_dump import load_records
 
     records = load_records(str(sparse_fp8_run["dump_dir"]))
     assert records, "no decode step was dumped (VORTEX_DEBUG_DUMP did not reach the scheduler?)"
     assert all(r["k_blocks"].dtype == torch.float8_e4m3fn for r in records)
     assert all(set(r["kv_scales"]) == {"k_scale", "v_scale"} for r in records)
-    total = sparse = exact = 0
-    worst_aux = worst_o = 0.0
-    failures = []
-    for rec in records:
-        rep = replay(rec)
-        total, sparse, exact = total + rep.rows, sparse + rep.rows_sparse, exact + rep.rows_exact
-        worst_aux, worst_o = max(worst_aux, rep.aux_max_err), max(worst_o, rep.o_max_err)
-        if not rep.ok:
-            failures.append((rep.step, rep.layer, rep.mismatches[:3]))
-    print(
-        f"[fp8 replay] {len(records)} records, {total} rows ({sparse} sparse), {exact} exact; "
-        f"max |aux - ref| {worst_aux:.2e}, max |o - ref| {worst_o:.2e}"
-    )
-    assert not failures, f"selections differ from the reference beyond ties: {failures}"
-    assert sparse > 0
-    assert worst_aux < 2e-2 and worst_o < 2e-2
-    assert exact >= 0.9 * total
+    assert_replays_clean(records, "fp8", DUMP_STEPS)
 
 
 def test_fp8_sparse_graph_and_eager_agree(sparse_fp8_run: dict[str, Any]) -> None:

@@ -22,39 +22,18 @@ from vortex_torch.kernels.select import select_blocks_triton
 from vortex_torch.kernels.sparse_decode import sparse_decode_attention
 
 _PTX_ORDER = r"""
-import json, re
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json, re, sys
+sys.path.insert(0, sys.argv[1])
+from sm90_compile import compile_sm90
 from vortex_torch.kernels.select.triton_kernel import _select_blocks_kernel
 from vortex_torch.kernels.sparse_decode.triton_kernel import _split_kernel
 from vortex_torch.kernels.sparse_decode_mla.triton_kernel import _mla_split_kernel
 
-CONST = dict(G=4, D=128, PAGE=16, BS=16, H_KV=8, G_PAD=16, D_PAD=128, H=16, DV=512, DR=64, BLOCK_H=16, HB=1,
-             DV_PAD=512, DR_PAD=64, BLOCKS_PER_ITER=4, STORE_LSE=True, DOT_PRECISION="tf32", PV_PRECISION="tf32",
-             P_FP32=False, MERGE=True, STORE_FINAL_LSE=False, KV_FP8=False, FENCE=True,
-             APPROX=False, LOW_BIT=16, SINGLE_TILE=True, BLOCK_N=256, GATHER=False, RADIX_BITS=4)
 ACCESS = re.compile(r"\b(ld|st|atom|red|cp\.async)\.(global|bulk)|\bcp\.async\b")
 result = {}
 for fn in (_select_blocks_kernel, _split_kernel, _mla_split_kernel):
     for pdl in (True, False):
-        sig = {}
-        for a in fn.arg_names:
-            if a in CONST or a == "PDL":
-                sig[a] = "constexpr"
-            elif a in ("q_ptr", "o_ptr", "final_o_ptr", "k_ptr", "v_ptr", "lat_ptr", "score_ptr"):
-                sig[a] = "*bf16"
-            elif a.endswith("_ptr"):
-                sig[a] = "*i32" if ("ind" in a or "len" in a or "counter" in a or a == "out_ptr") else "*fp32"
-            elif a == "qk_scale":
-                sig[a] = "fp32"
-            elif a == "tol_bits":
-                sig[a] = "i64"
-            else:
-                sig[a] = "i32"
-        cx = {a: v for a, v in {**CONST, "PDL": pdl}.items() if a in sig}
-        ptx = triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
-        lines = ptx.splitlines()
+        lines = compile_sm90(fn, PDL=pdl).asm["ptx"].splitlines()
         at = lambda pat: next((i for i, x in enumerate(lines) if re.search(pat, x)), -1)
         result[f"{fn.__name__}:{pdl}"] = {
             "wait": at(r"griddepcontrol\.wait"),
@@ -71,8 +50,8 @@ def test_every_kernel_waits_before_its_first_memory_access() -> None:
     instruction is emitted (the default launch is the kernel that was measured)."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _PTX_ORDER], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _PTX_ORDER, os.path.dirname(__file__)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT ") :])

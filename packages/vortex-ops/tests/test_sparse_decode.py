@@ -579,36 +579,16 @@ def test_fp8_dtype_errors_name_the_fix() -> None:
 
 
 _COMPILE_FP8_FOR_SM90 = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import sys
+sys.path.insert(0, sys.argv[1])
+from sm90_compile import compile_sm90
 from vortex_torch.kernels.sparse_decode.triton_kernel import _split_kernel
 from vortex_torch.kernels.sparse_decode_mla.triton_kernel import _mla_split_kernel
 
-CONST = dict(G=4, D=128, PAGE=16, BS=16, H_KV=8, G_PAD=16, D_PAD=128, H=16, DV=512, DR=64, BLOCK_H=16, HB=1,
-             DV_PAD=512, DR_PAD=64, BLOCKS_PER_ITER=4, STORE_LSE=True, DOT_PRECISION="tf32", PV_PRECISION="tf32x3",
-             MERGE=False, STORE_FINAL_LSE=False, KV_FP8=True, FENCE=True)
-for fn, kv_args in ((_split_kernel, ("k_ptr", "v_ptr")), (_mla_split_kernel, ("lat_ptr",))):
+for fn in (_split_kernel, _mla_split_kernel):
     for kv in ("fp8e4nv", "fp8e5"):
         for p_fp32 in (True, False):
-            sig = {}
-            for a in fn.arg_names:
-                if a in kv_args:
-                    sig[a] = "*" + kv
-                elif a in ("q_ptr", "o_ptr", "final_o_ptr"):
-                    sig[a] = "*bf16"
-                elif a in ("indptr_ptr", "indices_ptr", "last_len_ptr", "counter_ptr"):
-                    sig[a] = "*i32"
-                elif a.endswith("_ptr"):
-                    sig[a] = "*fp32"
-                elif a == "qk_scale":
-                    sig[a] = "fp32"
-                elif a in CONST or a == "P_FP32":
-                    sig[a] = "constexpr"
-                else:
-                    sig[a] = "i32"
-            cx = {a: v for a, v in {**CONST, "P_FP32": p_fp32}.items() if a in sig}
-            triton.compile(ASTSource(fn, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32))
+            compile_sm90(fn, kv=kv, KV_FP8=True, MERGE=False, PV_PRECISION="tf32x3", P_FP32=p_fp32)
             print("compiled", fn.__name__, kv, p_fp32)
 """
 
@@ -622,7 +602,7 @@ def test_fp8_kernels_compile_for_sm90() -> None:
 
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_FP8_FOR_SM90], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_FP8_FOR_SM90, os.path.dirname(__file__)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("compiled ") == 8

@@ -283,7 +283,7 @@ class VortexDecodeCore:
                 f"Vortex decode: q has {q_rows.shape[0]} rows but the step's plan {plan.num_rows} "
                 f"({plan.batch_size} requests x {plan.num_kv_heads} KV heads)"
             )
-        fold = new_locs is not None and self.executor.folds_cache_update and not self.reference_kernels
+        fold = new_locs is not None and self.executor.folds_cache_update
         if new_locs is not None and not fold:
             self.update_cache(fields, new_locs)
         self.select(q_rows, fields, plan, new_locs=new_locs if fold else None)

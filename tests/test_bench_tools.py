@@ -416,6 +416,26 @@ def test_bench_case_decodes_as_the_reference_runtime(geometry: str) -> None:
         torch.testing.assert_close(o.reshape(want.shape).float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
+@interpreter_only
+def test_mla_sweep_launches_each_variant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--mla --sweep attention``: every variant launches MLA attention with its tile, warps and split count
+    (the interpreter runs them; ``graph_us`` is swapped for one plain call per layer); none is recorded as
+    failed (a launch that raises is logged and recorded with ``us`` None)."""
+    case = bench_case("mla")
+    calls: list[int] = []
+
+    def once(fns: list[Any]) -> float:
+        calls.append(len(fns))
+        for f in fns:
+            f()
+        return 1.0
+
+    monkeypatch.setattr(step_bench, "graph_us", once)
+    rows = step_bench.mla_sweep_variants(case, grid=((16, 32), (4,), (2,)))
+    assert [r["tile_tokens"] for r in rows] == [16, 32] * (len(rows) // 2) and all(r["us"] == 1.0 for r in rows)
+    assert calls == [case.layers] * len(rows)
+
+
 class FakeFlashInferMLA:
     """``flashinfer.mla`` whose ``BatchMLAPagedAttentionWrapper`` computes what FlashInfer 0.6.15's docstrings
     say the real one does (plan: CSR of pages of ``page_size`` tokens per request; run: softmax over ``(q_nope

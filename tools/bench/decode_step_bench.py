@@ -3,7 +3,7 @@ against dense FlashInfer decode.
 
     VORTEX_MODELS=none bash tools/device/remote.sh bench decode_step_bench --out $OUT/decode_step.json
     python tools/bench/decode_step_bench.py --cases 32768x32 32768x1 --budget 2048 [--sweep [attention indexer]] [--kv-dtype fp8_e4m3]
-    python tools/bench/decode_step_bench.py --mla --cases 32768x16 8192x16 32768x1 [--flow quest_mla]
+    python tools/bench/decode_step_bench.py --mla --cases 32768x16 8192x16 32768x1 [--flow quest_mla] [--sweep attention]
 
 Measured in one process on one GPU, all as CUDA-graph replays (as in serving):
 
@@ -38,7 +38,7 @@ numbers stay. Bytes: a latent row (576 x 2 B) per token is K and V at once. Ever
 
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
 layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants
-(both when none is named).
+(both when none is named; with ``--mla``, ``--sweep attention`` times MLA attention tiles and warps).
 Writes JSON (``--out``, rewritten after every case) and prints a markdown table.
 """
 
@@ -412,7 +412,8 @@ def dense_flashinfer_mla(case: MLACase, fi_mla: Any = None) -> list[Callable[[],
 
 
 def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[str, Any]:
-    """Times ``case`` (see the module docstring) -> one JSON row; ``sweep`` only for a GQA :class:`Case`."""
+    """Times ``case`` (see the module docstring) -> one JSON row; ``sweep``: also its tile variants
+    (:func:`sweep_variants`, or :func:`mla_sweep_variants` for an :class:`MLACase`)."""
     layers = case.layers
     res: dict[str, Any] = {"geometry": case.geometry, "flow": case.prepared.config.module_name,
                            "ctx": case.ctx, "batch": case.batch, "budget_tokens": budget,
@@ -465,8 +466,8 @@ def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[s
             res["speedup_vs_dense_pdl"] = res["dense_flashinfer_us"] / res["step_pdl_us"]
     res["step_over_floor"] = res["step_us"] / res["floor_us"]
     res["step_over_copy_floor"] = res["step_us"] / res["floor_copy_us"]
-    if sweep and isinstance(case, Case):
-        res["sweep"] = sweep_variants(case, sweep)
+    if sweep:
+        res["sweep"] = sweep_variants(case, sweep) if isinstance(case, Case) else mla_sweep_variants(case)
     return res
 
 
@@ -484,16 +485,16 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     base_splits = default_num_splits(rows, p.max_selected_per_row, BS, D, torch.device("cuda"))
     attention_splits = {base_splits, max(1, base_splits // 2), min(64, base_splits * 2)} if "attention" in kinds else ()
     for splits in sorted(attention_splits):
-        for bps in (2, 4, 8):
+        for tile in (32, 64, 128):
             for warps in (4, 8):
                 for stages in (1, 2, 3):
                     ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
 
-                    def att(i: int, s: int = splits, b: int = bps, w: int = warps, st: int = stages,
+                    def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,
                             wsp: SparseDecodeWorkspace = ws) -> None:
                         launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len,
                                D**-0.5, o, None, s, page_size=PAGE, block_size=BS, workspace=wsp, exact=False,
-                               blocks_per_step=b, num_warps=w, num_stages=st, k_scale=case.fields[i].get("k_scale"),
+                               tile_tokens=t, num_warps=w, num_stages=st, k_scale=case.fields[i].get("k_scale"),
                                v_scale=case.fields[i].get("v_scale"))  # fmt: skip
 
                     try:
@@ -501,7 +502,7 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
                     except Exception as exc:
                         us = None
                         log(f"  attention variant failed: {type(exc).__name__}: {str(exc)[:100]}")
-                    out.append({"kind": "attention", "splits": splits, "blocks_per_step": bps, "warps": warps,
+                    out.append({"kind": "attention", "splits": splits, "tile_tokens": tile, "warps": warps,
                                 "stages": stages, "us": us})  # fmt: skip
     # indexer variants: a fresh executor each (blocks per chunk are literals of the generated source)
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
@@ -539,6 +540,45 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+#: MLA attention variants swept: tile tokens, warps, stages
+MLA_SWEEP: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((16, 32, 64), (4, 8), (1, 2))
+
+
+def mla_sweep_variants(case: MLACase, grid: tuple[tuple[int, ...], ...] = MLA_SWEEP) -> list[dict[str, Any]]:
+    """MLA attention tile variants over the case's selection (its default split count, half and double it;
+    times ``grid``: tiles of 16, 32 and 64 tokens; 4 or 8 warps; 1 or 2 stages): the defaults
+    (``sparse_decode_mla.triton_kernel.default_tile_tokens`` / ``DEFAULT_NUM_WARPS``) were picked from ptxas's
+    register and spill report (``tools/sm90_resources.py``), not from a timing."""
+    from vortex_torch.kernels.sparse_decode_mla.triton_kernel import (
+        SparseMLADecodeWorkspace,
+        default_num_splits,
+        launch,
+    )
+
+    out: list[dict[str, Any]] = []
+    p, L, b = case.plan, case.layers, case.batch
+    dev = torch.device(case.device)
+    o = torch.empty(b, MLA_HEADS, MLA_RANK, dtype=torch.bfloat16, device=dev)
+    base = default_num_splits(b, MLA_HEADS, p.max_selected_per_row, BS, MLA_RANK, dev)
+    for splits, tile, warps, stages in itertools.product(sorted({base, max(1, base // 2), min(64, base * 2)}), *grid):
+        ws = SparseMLADecodeWorkspace.allocate(b, splits, MLA_HEADS, MLA_RANK, dev)
+
+        def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,
+                wsp: SparseMLADecodeWorkspace = ws) -> None:
+            launch(case.q[i], case.latent[i], p.sel_indptr, p.sel_indices, p.last_block_len, case.sm_scale, o, None,
+                   s, page_size=PAGE, block_size=BS, v_head_dim=MLA_RANK, workspace=wsp, exact=False, tile_tokens=t,
+                   num_warps=w, num_stages=st)  # fmt: skip
+
+        try:
+            us = graph_us([lambda i=i: att(i) for i in range(L)])
+        except Exception as exc:
+            us = None
+            log(f"  MLA attention variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+        out.append({"kind": "mla_attention", "splits": splits, "tile_tokens": tile, "warps": warps,
+                    "stages": stages, "us": us})  # fmt: skip
+    return out
+
+
 GQA_CASES = ["32768x32", "32768x8", "32768x1", "131072x32"]
 MLA_CASES = ["32768x16", "8192x16", "32768x1"]
 
@@ -554,15 +594,16 @@ def main() -> int:
     flow_help = f"an installed flow's registered name (default: the quick-start flow; --mla: {MLA_FLOW[1]})"
     ap.add_argument("--flow", default=None, help=flow_help)
     ap.add_argument("--sweep", nargs="*", choices=["attention", "indexer"], default=None,
-                    help="also time attention and/or indexer tile variants (32k only; both when none is named)")  # fmt: skip
+                    help="also time attention and/or indexer tile variants (32k x 32/16/1 only; both when none "
+                    "is named; --mla: attention only)")  # fmt: skip
     ap.add_argument("--kv-dtype", choices=list(KV_DTYPES), default="bfloat16",
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
     args = ap.parse_args()
     if args.mla and args.kv_dtype != "bfloat16":
         ap.error("--mla measures a bf16 latent cache (SGLang 0.5.17 runs FlashInfer's MLA decode on bf16)")
-    if args.mla and args.sweep is not None:
-        ap.error("--sweep times GQA kernel variants; it does not go with --mla")
+    if args.mla and args.sweep is not None and args.sweep != ["attention"]:
+        ap.error("--mla sweeps attention only: use --sweep attention (the indexer sweep times GQA variants)")
     cls: type[PoolCase] = MLACase if args.mla else Case
     flow = (None, args.flow) if args.flow else MLA_FLOW if args.mla else (FLOW, "custom_sparse_attention")
     t0 = time.time()
@@ -580,7 +621,7 @@ def main() -> int:
     for spec in args.cases or (MLA_CASES if args.mla else GQA_CASES):
         ctx, batch = (int(x) for x in spec.lower().split("x"))
         layers = max(1, min(args.layers, int(0.6 * free // cls.pool_bytes_per_layer(ctx, batch))))
-        swept = args.sweep is not None and ctx == 32768 and batch in (32, 1)
+        swept = args.sweep is not None and ctx == 32768 and batch in (32, 16, 1)
         sweep = (args.sweep or ["attention", "indexer"]) if swept else []
         rec = measure(args.mla, ctx, batch, args.budget, layers, flow, KV_DTYPES[args.kv_dtype], bw, sweep)
         log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))

@@ -236,6 +236,51 @@ def test_page_larger_than_block(heads: int) -> None:
         assert_close(lse, dense_lse, torch.float32, f"lse, H_kv={heads}, {num_splits} splits")
 
 
+@pytest.mark.parametrize(("block_size", "tile_tokens", "num_kv_heads"), [(32, 16, 1), (64, 16, 2), (64, 32, 1)])
+def test_tiles_smaller_than_a_block(block_size: int, tile_tokens: int, num_kv_heads: int) -> None:
+    """A loop step of part of one block (the tile never grows with the block): partial last blocks ending
+    before, inside and after the first tile of the block, 1-block rows, splits cutting rows into whole blocks."""
+    pool = make_pool(
+        [1, 3, 1, 2, 5, 1], group=3, head_dim=16, block_size=block_size, dtype=torch.float32, seed=block_size,
+        page_size=2 * block_size, num_kv_heads=num_kv_heads,
+    )  # fmt: skip
+    lens = [1, tile_tokens - 1, tile_tokens, tile_tokens + 1, block_size, block_size - 1]
+    pool.last_len = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    selected = select(pool, keep=0.5, seed=6)
+    dense_o, dense_lse = masked_dense(pool, selected, 0.3)
+    indptr, indices = to_csr(selected)
+    for num_splits in (1, 2, 3, 7):
+        out, lse = nan_like(pool.q)
+        triton_kernel.launch(
+            pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.3, out, lse, num_splits, **pool.sizes,
+            tile_tokens=tile_tokens,
+        )  # fmt: skip
+        assert_close(out, dense_o, torch.float32, f"o, BS={block_size} tile={tile_tokens}, {num_splits} splits")
+        assert_close(lse, dense_lse, torch.float32, f"lse, BS={block_size} tile={tile_tokens}, {num_splits} splits")
+
+
+def test_default_tile_of_a_large_block() -> None:
+    """block_size 256 at D = 16: the default tile is 128 tokens (half a block), not the block; bf16, default
+    splits, against the reference."""
+    pool = make_pool([2, 1, 3], group=2, head_dim=16, block_size=256, dtype=torch.bfloat16, seed=9)
+    pool.last_len = torch.tensor([100, 256, 129], dtype=torch.int32, device=DEVICE)
+    indptr, indices = to_csr(pool.rows)
+    assert triton_kernel.default_tile_tokens(16) == 128
+    ref = sparse_decode_attention_reference(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes)
+    out = sparse_decode_attention(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, **pool.sizes)
+    assert_close(out, ref, torch.bfloat16, "o, BS=256")
+
+
+def test_tile_tokens_is_checked() -> None:
+    pool = make_pool([1], group=1, head_dim=16, block_size=16, dtype=torch.float32)
+    indptr, indices = to_csr(pool.rows)
+    out, lse = nan_like(pool.q)
+    for bad in (8, 48, 0):
+        with pytest.raises(ValueError, match="tile_tokens must be a power of two >= 16"):
+            triton_kernel.launch(pool.q, pool.k, pool.v, indptr, indices, pool.last_len, 0.3, out, lse, 1,
+                                 **pool.sizes, tile_tokens=bad)  # fmt: skip
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 16])
 def test_split_counts_and_empty_rows(num_splits: int) -> None:
     """Any split count gives the same answer, also with more splits than blocks; empty rows give 0 / -inf."""
@@ -367,13 +412,17 @@ def test_all_rows_empty() -> None:
 def test_default_num_splits() -> None:
     """The split heuristic depends on shapes only and keeps chunks >= 2 loop steps."""
     cpu = torch.device("cpu")  # the heuristic pretends 2 SMs there, i.e. 8 programs fill the "GPU"
-    assert triton_kernel.blocks_per_iter(16, 128) == 8 and triton_kernel.blocks_per_iter(16, 256) == 4
-    assert triton_kernel.blocks_per_iter(128, 128) == 1 and triton_kernel.blocks_per_iter(256, 64) == 1
+    assert triton_kernel.default_tile_tokens(128) == 128 and triton_kernel.default_tile_tokens(256) == 64
+    assert triton_kernel.default_tile_tokens(128, exact=True) == 64 and triton_kernel.default_tile_tokens(512) == 32
+    assert triton_kernel.default_tile_tokens(4096) == 16  # tl.dot's minimum
     assert triton_kernel.default_num_splits(64, 1000, 16, 128, cpu) == 1
     assert triton_kernel.default_num_splits(1, 1000, 16, 128, cpu) == 8
     assert triton_kernel.default_num_splits(1, 16, 16, 128, cpu) == 1  # 16 blocks = 2 steps of 8 blocks
     assert triton_kernel.default_num_splits(1, 17, 16, 128, cpu) == 2
     assert triton_kernel.default_num_splits(4, 0, 16, 128, cpu) == 1
+    # blocks larger than the tile: a step is part of a block, so 2 blocks of 256 tokens are 4 steps of 128
+    assert triton_kernel.default_num_splits(1, 2, 256, 128, cpu) == 2
+    assert triton_kernel.default_num_splits(1, 1, 256, 128, cpu) == 1
 
 
 def test_no_split_once_every_sm_has_a_row(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,9 +164,24 @@ def test_explicit_split_counts_and_workspace(splits: int) -> None:
     for _ in range(2):  # the counters are re-armed by the merging program
         out = torch.full((3, 5, 16), float("nan"), device=DEVICE)
         tk.launch(q, pool.latent, indptr, ids, lbl, 1 / math.sqrt(24), out, None, splits, page_size=8, block_size=4,
-                  v_head_dim=16, workspace=ws, blocks_per_step=2)  # fmt: skip
+                  v_head_dim=16, workspace=ws, tile_tokens=16)  # fmt: skip
         assert torch.allclose(out, ref, atol=2e-5)
     assert (ws.counter == 0).all()
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_tiles_smaller_than_a_block(splits: int) -> None:
+    """Blocks of 64 tokens read in 16-token steps: last blocks ending inside the first, second and last step,
+    a 1-token row and a row shorter than the budget, against dense attention masked to the selected blocks."""
+    lengths = [64 * 5 + 7, 64 * 3 + 20, 1, 64 * 2 + 64, 64 + 33]
+    pool = make_pool(lengths, 40, 128, 64, torch.float32, seed=5)
+    indptr, ids, chosen = select(pool, lengths, budget=3, seed=1)
+    q = torch.randn(len(lengths), 3, 40, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    out = torch.full((len(lengths), 3, 32), float("nan"), device=DEVICE)
+    tk.launch(q, pool.latent, indptr, ids, last_lens(lengths, 64), 0.2, out, None, splits, page_size=128,
+              block_size=64, v_head_dim=32, tile_tokens=16)  # fmt: skip
+    dense = dense_masked(q, pool, lengths, chosen, 32, 0.2)
+    assert (out.double().cpu() - dense).abs().max() <= TOL[torch.float32]
 
 
 def test_bad_inputs_name_the_problem() -> None:

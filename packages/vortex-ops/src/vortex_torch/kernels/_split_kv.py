@@ -1,8 +1,11 @@
-"""Host side shared by the split-KV sparse decode kernels (``sparse_decode`` for GQA, ``sparse_decode_mla``):
-the split-count rule, the caller-owned split workspace, the input checks of the CSR selection and the launch
-arguments that do not depend on the kernel's math (precision constexprs, fp8 scale pointers).
+"""What the split-KV sparse decode kernels (``sparse_decode`` for GQA, ``sparse_decode_mla``) share: the
+split-count rule and, beside it, the in-kernel cut of a row into split chunks and loop steps
+(:func:`split_token_range`); the caller-owned split workspace; the launch arguments that do not depend on the
+kernel's math (precision constexprs, fp8 scale pointers).
 
-The Triton kernels themselves stay in their packages: their tiles and their math differ.
+The kernels' math stays in their packages: their tiles differ. Both step through a row's selected tokens in
+tiles of ``tile_tokens`` (a power of two >= 16), whatever the block size: a tile holds several whole blocks or
+part of one, so a large block never makes a tile too big for registers and shared memory.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from typing import ClassVar, TypeVar
 
 import torch
 import triton
+import triton.language as tl
 
 from .fp8 import Scale, is_fp8, scale_tensor
 
 MIN_ITERS_PER_SPLIT = 2  # a split shorter than this costs more in launch/merge than it gains
 MAX_SPLITS = 64
+MIN_TILE_TOKENS = 16  # tl.dot's smallest N and K
 PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep HBM busy
 
 _W = TypeVar("_W", bound="SplitWorkspace")
@@ -27,11 +32,20 @@ def next_pow2(x: int, at_least: int = 1) -> int:
     return max(at_least, 1 << max(0, x - 1).bit_length())
 
 
+def check_tile_tokens(tile_tokens: int) -> int:
+    """``tile_tokens`` if it is a power of two >= :data:`MIN_TILE_TOKENS`, else ``ValueError``."""
+    if isinstance(tile_tokens, bool) or not isinstance(tile_tokens, int) or tile_tokens < MIN_TILE_TOKENS or (
+        tile_tokens & (tile_tokens - 1)
+    ):
+        raise ValueError(f"tile_tokens must be a power of two >= {MIN_TILE_TOKENS}, got {tile_tokens!r}")
+    return tile_tokens
+
+
 def split_count(
-    programs_per_split: int, max_blocks_per_row: int, blocks_per_step: int, device: torch.device
+    programs_per_split: int, max_blocks_per_row: int, block_size: int, tile_tokens: int, device: torch.device
 ) -> int:
     """Splits per row: enough programs to fill the GPU (``programs_per_split`` programs per split index: rows,
-    or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps of ``blocks_per_step`` blocks.
+    or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps of ``tile_tokens`` tokens.
     On a GPU with at least one program per SM without splitting, none: a split then only adds the merge's
     round trip through the workspace (H200, 256 rows of a 32k context, budget 2048, same tiles: 69.8 µs with 1
     split, 73.1 with the 3 that filling 4 programs per SM gave, 76.4 with 6; a second sweep 71.1 / 74.2 / 78.1;
@@ -46,8 +60,26 @@ def split_count(
     else:
         num_sms = 2  # Triton interpreter: small, so that tests exercise the split + merge path
     want = triton.cdiv(PROGRAMS_PER_SM * num_sms, max(programs_per_split, 1))
-    cap = triton.cdiv(max_blocks_per_row, MIN_ITERS_PER_SPLIT * blocks_per_step)
+    cap = triton.cdiv(max_blocks_per_row * block_size, MIN_ITERS_PER_SPLIT * tile_tokens)
     return int(max(1, min(want, cap, MAX_SPLITS)))
+
+
+@triton.jit
+def split_token_range(num_blocks, last_len, split, num_splits, BS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``[lo, hi)``: the tokens of a row's selection that split ``split`` of ``num_splits`` attends, as
+    positions in the row's selected tokens (token ``t`` is token ``t % BS`` of the row's ``t // BS``-th block).
+
+    Chunks are cut on whole loop steps of ``BLOCK_N`` tokens (whole blocks when a step holds several), so only
+    the row's final step is ragged; the row's last block holds ``last_len`` (1..BS) tokens, so the chunk that
+    ends there ends ``BS - last_len`` tokens early. Every step ``range(lo, hi, BLOCK_N)`` starts on a valid token
+    (its online-softmax max is finite). Trailing splits of a short row get ``lo == hi`` (nothing to do).
+    """
+    STEP_BLOCKS: tl.constexpr = (BLOCK_N + BS - 1) // BS  # whole blocks a step is cut at (1 if BS >= BLOCK_N)
+    per_split = tl.cdiv(tl.cdiv(num_blocks, num_splits), STEP_BLOCKS) * STEP_BLOCKS
+    lo = tl.minimum(split * per_split, num_blocks)
+    hi = tl.minimum(lo + per_split, num_blocks)
+    hi_tok = tl.where(hi == num_blocks, hi * BS - BS + last_len, hi * BS)
+    return lo * BS, tl.maximum(hi_tok, lo * BS)
 
 
 def max_row_blocks(indptr: torch.Tensor) -> int:

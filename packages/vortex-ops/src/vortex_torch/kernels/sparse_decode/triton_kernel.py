@@ -9,12 +9,14 @@ built to stream exactly the selected KV bytes once, with every program busy:
   ``slot * stride_slot + head * stride_head`` (``H_kv * D`` and ``D`` for a contiguous buffer; int64 math).
 
 * ``_split_kernel``, grid ``(R, S)``: program ``(r, s)`` takes the ``s``-th contiguous chunk of row ``r``'s
-  selected blocks and runs an fp32 online softmax for all ``G`` queries of the row at once, as one
-  ``[G_PAD, D_PAD]`` tile (``G_PAD >= 16`` so both products are ``tl.dot``s on tensor cores; the padding is
-  free because the kernel waits on memory, not on math). ``p @ v`` keeps ``p`` in fp32 (tf32x3), so the
-  output is the exact attention rounded once (up to fp32 summation order). Chunks are cut per row inside the kernel, so a
-  short row in a ragged batch still spreads over all ``S`` programs and no host knowledge of the lengths is
-  needed. With ``S == 1`` the program writes the final ``o``/``lse`` directly.
+  selected blocks (``.._split_kv.split_token_range``) and runs an fp32 online softmax over it in tiles of
+  ``BLOCK_N`` tokens (several whole blocks or part of one: the tile never grows with the block size) for all
+  ``G`` queries of the row at once, as one ``[G_PAD, D_PAD]`` tile (``G_PAD >= 16`` so both products are
+  ``tl.dot``s on tensor cores; the padding is free because the kernel waits on memory, not on math).
+  ``p @ v`` keeps ``p`` in fp32 (tf32x3), so the output is the exact attention rounded once (up to fp32
+  summation order). Chunks are cut per row inside the kernel, so a short row in a ragged batch still spreads
+  over all ``S`` programs and no host knowledge of the lengths is needed. With ``S == 1`` the program writes
+  the final ``o``/``lse`` directly.
 * split merge, same launch: each program writes its partial ``(o, lse)`` to the caller's workspace and counts
   itself in on a per-row counter; the row's last program merges the ``S`` partials by their log-sum-exps
   (``_merge_row``) and re-arms the counter. One launch per layer whatever ``S`` is.
@@ -42,7 +44,9 @@ from vortex_torch.abs.layout import PoolLayout
 from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head
 from .._split_kv import (
+    MIN_TILE_TOKENS,
     SplitWorkspace,
+    check_tile_tokens,
     device_scales,
     fp8_scale_args,
     log2_scale,
@@ -50,6 +54,7 @@ from .._split_kv import (
     next_pow2,
     precision_meta,
     split_count,
+    split_token_range,
 )
 from .._sync import dependent_launch_prologue, pdl_launch_options, release_fence
 from ..fp8 import Scale
@@ -92,7 +97,7 @@ def _split_kernel(
     H_KV: tl.constexpr,  # KV heads of the pool
     G_PAD: tl.constexpr,  # next_pow2(G), at least 16 (tl.dot's minimum M)
     D_PAD: tl.constexpr,  # next_pow2(D), at least 16
-    BLOCKS_PER_ITER: tl.constexpr,  # whole blocks per loop step
+    BLOCK_N: tl.constexpr,  # tokens per loop step: a power of two >= 16 (several whole blocks or part of one)
     STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no silent tf32), ignored for 16-bit
     PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
@@ -106,25 +111,20 @@ def _split_kernel(
     dependent_launch_prologue(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
-    BLOCK_N: tl.constexpr = BLOCKS_PER_ITER * BS
 
     row_start = tl.load(indptr_ptr + row).to(tl.int32)
     num_blocks = tl.load(indptr_ptr + row + 1).to(tl.int32) - row_start
     last_len = tl.load(last_len_ptr + row).to(tl.int32)
-
-    # This split's chunk [lo, hi) of the row's blocks, rounded to whole loop steps so only the row's final
-    # step is ragged. Trailing splits of a short row get an empty chunk and write (o = 0, lse = -inf).
-    per_split = tl.cdiv(tl.cdiv(num_blocks, num_splits), BLOCKS_PER_ITER) * BLOCKS_PER_ITER
-    lo = tl.minimum(split * per_split, num_blocks)
-    hi = tl.minimum(lo + per_split, num_blocks)
+    # This split's tokens [lo, hi) of the row's selection; an empty chunk writes (o = 0, lse = -inf).
+    lo, hi = split_token_range(num_blocks, last_len, split, num_splits, BS, BLOCK_N)
 
     offs_g = tl.arange(0, G_PAD)  # [G_PAD]
     offs_d = tl.arange(0, D_PAD)  # [D_PAD]
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] token slot within a loop step
     mask_g = offs_g < G
     mask_d = offs_d < D
-    blk_in_step = offs_n // BS  # [BLOCK_N] which block of the step the token belongs to
-    tok_in_blk = offs_n % BS  # [BLOCK_N] token position inside that block
+    lane_blk = offs_n // BS  # [BLOCK_N] block of the step each lane reads (0 when a step is part of one block)
+    lane_tok = offs_n % BS  # [BLOCK_N] its token offset in that block, before the step's own offset
 
     # Padded query rows / dims are zero, so they add nothing to the dot products.
     q_ptrs = q_ptr + row.to(tl.int64) * stride_qr + offs_g[:, None] * stride_qg + offs_d[None, :] * stride_qd
@@ -136,16 +136,19 @@ def _split_kernel(
     l_i = tl.zeros([G_PAD], dtype=tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros([G_PAD, D_PAD], dtype=tl.float32)  # running sum of p @ v
 
-    for step in range(lo, hi, BLOCKS_PER_ITER):
-        blk = step + blk_in_step  # [BLOCK_N] row-local block index of every token slot
-        in_chunk = blk < hi
-        block_id = tl.load(indices_ptr + row_start + blk, mask=in_chunk, other=0).to(tl.int64)  # [BLOCK_N]
+    for step in range(lo, hi, BLOCK_N):
+        # lane i reads token step + i of the row's selection: token (step % BS + lane_tok) of block
+        # (step // BS + lane_blk); step is a multiple of BS when a step holds whole blocks, of BLOCK_N otherwise.
+        # A step's first token is always valid (split_token_range), so m_new is finite.
+        blk = step // BS + lane_blk  # [BLOCK_N] row-local block index
+        tok_in_blk = step % BS + lane_tok  # [BLOCK_N]
+        valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
+        # masked per block, not per token: a block-uniform mask keeps ptxas from spilling (24 vs 160 bytes)
+        block_id = tl.load(indices_ptr + row_start + blk, mask=blk * BS < hi, other=0).to(tl.int64)  # [BLOCK_N]
         # design §2: block -> (page, head, sub-block) -> token slot of every lane; int64 throughout, as a
         # layer's buffer can exceed 2^31 elements (constexpr divisors: shifts / multiply-highs, no division)
         head = block_head(block_id, PAGE, BS, H_KV)  # [BLOCK_N]
         slot = block_first_slot(block_id, PAGE, BS, H_KV) + tok_in_blk  # [BLOCK_N]
-        # Only the row's final block is partial. A step's first token is always valid, so m_new is finite.
-        valid = in_chunk & ((blk < num_blocks - 1) | (tok_in_blk < last_len))  # [BLOCK_N]
         kv_mask = valid[:, None] & mask_d[None, :]  # [BLOCK_N, D_PAD]
 
         k_rows = k_ptr + (slot * stride_ks + head * stride_kh)  # [BLOCK_N] int64: each token's first element
@@ -237,14 +240,13 @@ def _merge_row(
         tl.store(lse_ptr + row * stride_lr + offs_g * stride_lg, lse, mask=offs_g < G)
 
 
-def blocks_per_iter(block_size: int, head_dim: int, exact: bool = False) -> int:
-    """Whole blocks per loop step of a program: ``BLOCKS_PER_ITER * BS`` tokens, 16 to 128 of them
-    (>= 16 for tl.dot, fewer at large D to bound registers), or one block when ``BS > 128``. At D = 128 on an
-    H200 (results/gpu/2026-12-04-decode-step-bench.md, 32k x 32, budget 2048): 128 tokens for the fast path
-    (69.8 us against 79.6 us with 64), 64 for ``exact`` (fp32 p: 122.8 us with 64, 198.4 us with 128)."""
+def default_tile_tokens(head_dim: int, exact: bool = False) -> int:
+    """Tokens per loop step of a program (the ``BLOCK_N`` constexpr): 16 to 128 (>= 16 for tl.dot, fewer at
+    large D to bound registers), whatever the block size. At D = 128 on an H200
+    (results/gpu/2026-12-04-decode-step-bench.md, 32k x 32, budget 2048): 128 for the fast path (69.8 us
+    against 79.6 us with 64), 64 for ``exact`` (fp32 p: 122.8 us with 64, 198.4 us with 128)."""
     elems = _TILE_ELEMS_EXACT if exact else _TILE_ELEMS
-    tokens = min(128, max(16, elems // next_pow2(head_dim, 16)))
-    return max(1, tokens // block_size)
+    return min(128, max(MIN_TILE_TOKENS, elems // next_pow2(head_dim, 16)))
 
 
 def default_num_splits(
@@ -260,7 +262,7 @@ def default_num_splits(
     Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config
     (:func:`.._split_kv.split_count` with one program per row and split).
     """
-    return split_count(num_rows, max_blocks_per_row, blocks_per_iter(block_size, head_dim, exact), device)
+    return split_count(num_rows, max_blocks_per_row, block_size, default_tile_tokens(head_dim, exact), device)
 
 
 class SparseDecodeWorkspace(SplitWorkspace):
@@ -274,6 +276,26 @@ class SparseDecodeWorkspace(SplitWorkspace):
         cls, max_rows: int, max_splits: int, group: int, head_dim: int, device: torch.device | str
     ) -> SparseDecodeWorkspace:
         return cls._new(max_rows, max_splits, group, head_dim, device, counters_per_row=1)
+
+
+def kernel_constexprs(
+    group: int,
+    head_dim: int,
+    layout: PoolLayout,
+    q_dtype: torch.dtype,
+    kv_fp8: bool,
+    exact: bool,
+    tile_tokens: int | None = None,
+) -> dict[str, object]:
+    """``_split_kernel``'s constexprs that follow from the shapes, dtypes and tiling (the others, ``STORE_LSE``,
+    ``MERGE``, ``STORE_FINAL_LSE``, ``FENCE`` and ``PDL``, are the launch's). ``tools/sm90_resources.py``
+    compiles the kernel with them to report a launch's registers and shared memory without a GPU."""
+    return dict(
+        G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads, KV_FP8=kv_fp8,
+        G_PAD=next_pow2(group, 16), D_PAD=next_pow2(head_dim, 16),
+        BLOCK_N=check_tile_tokens(tile_tokens) if tile_tokens is not None else default_tile_tokens(head_dim, exact),
+        **precision_meta(q_dtype, exact),
+    )  # fmt: skip
 
 
 def launch(
@@ -292,7 +314,7 @@ def launch(
     block_size: int,
     workspace: SparseDecodeWorkspace | None = None,
     exact: bool = True,
-    blocks_per_step: int | None = None,
+    tile_tokens: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
     k_scale: torch.Tensor | None = None,
@@ -306,7 +328,8 @@ def launch(
     any ``num_splits``: the count trades parallelism against merge work. With ``num_splits > 1`` the partials go
     through ``workspace`` (allocated here when None) and the row's last split merges them in the same launch.
     ``exact``: keep softmax weights fp32 in ``p @ v`` (tf32x3); False rounds them to the KV dtype (one MMA).
-    ``blocks_per_step``/``num_warps``/``num_stages``: tiling (defaults: :func:`blocks_per_iter`).
+    ``tile_tokens``/``num_warps``/``num_stages``: tokens per loop step (a power of two >= 16, default
+    :func:`default_tile_tokens`), warps and pipeline stages of a program.
     ``k_scale``/``v_scale``: ``[1]`` fp32 device tensors, required for fp8 K/V (:func:`..fp8.scale_tensor`).
     ``enable_pdl``: launch with Hopper programmatic dependent launch (:func:`.._sync.pdl_launch_options`).
     """
@@ -321,12 +344,9 @@ def launch(
         )
     kv_fp8, k_scale_arg, v_scale_arg = fp8_scale_args(k_cache.dtype, k_scale, v_scale, indptr, "fp8 K/V")
     meta = dict(
-        G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads, KV_FP8=kv_fp8,
-        G_PAD=next_pow2(group, 16), D_PAD=next_pow2(head_dim, 16),
-        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, head_dim, bool(exact)),
-        FENCE=q.is_cuda, PDL=enable_pdl, **precision_meta(q.dtype, exact),
-        **pdl_launch_options(enable_pdl, q.device, "sparse_decode_attention"),
-    )  # fmt: skip
+        **kernel_constexprs(group, head_dim, layout, q.dtype, kv_fp8, exact, tile_tokens), FENCE=q.is_cuda,
+        PDL=enable_pdl, **pdl_launch_options(enable_pdl, q.device, "sparse_decode_attention"),
+    )
     qk_scale = log2_scale(sm_scale)
     kv_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
     lse_strides = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)

@@ -32,7 +32,9 @@ from vortex_torch.abs.layout import PoolLayout
 from .._interpreter_compat import require_launchable
 from .._layout import block_first_slot, block_head
 from .._split_kv import (
+    MIN_TILE_TOKENS,
     SplitWorkspace,
+    check_tile_tokens,
     device_scales,
     fp8_scale_args,
     log2_scale,
@@ -40,6 +42,7 @@ from .._split_kv import (
     next_pow2,
     precision_meta,
     split_count,
+    split_token_range,
 )
 from .._sync import dependent_launch_prologue, pdl_launch_options, release_fence
 from ..fp8 import Scale
@@ -80,7 +83,7 @@ def _mla_split_kernel(
     HB: tl.constexpr,  # head blocks per row: cdiv(H, BLOCK_H)
     DV_PAD: tl.constexpr,
     DR_PAD: tl.constexpr,
-    BLOCKS_PER_ITER: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # tokens per loop step: a power of two >= 16 (several whole blocks or part of one)
     STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PV_PRECISION: tl.constexpr,
@@ -96,14 +99,11 @@ def _mla_split_kernel(
     split = tl.program_id(1)
     row = vrow // HB
     hb = vrow % HB
-    BLOCK_N: tl.constexpr = BLOCKS_PER_ITER * BS
 
     row_start = tl.load(indptr_ptr + row).to(tl.int32)
     num_blocks = tl.load(indptr_ptr + row + 1).to(tl.int32) - row_start
     last_len = tl.load(last_len_ptr + row).to(tl.int32)
-    per_split = tl.cdiv(tl.cdiv(num_blocks, num_splits), BLOCKS_PER_ITER) * BLOCKS_PER_ITER
-    lo = tl.minimum(split * per_split, num_blocks)
-    hi = tl.minimum(lo + per_split, num_blocks)
+    lo, hi = split_token_range(num_blocks, last_len, split, num_splits, BS, BLOCK_N)  # tokens of this split
 
     offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H] query heads of this program
     offs_v = tl.arange(0, DV_PAD)
@@ -112,8 +112,8 @@ def _mla_split_kernel(
     mask_h = offs_h < H
     mask_v = offs_v < DV
     mask_r = offs_r < DR
-    blk_in_step = offs_n // BS
-    tok_in_blk = offs_n % BS
+    lane_blk = offs_n // BS  # as in sparse_decode's kernel: block of the step, token offset in it
+    lane_tok = offs_n % BS
 
     q_rows = q_ptr + row.to(tl.int64) * stride_qr + offs_h[:, None] * stride_qh  # [BLOCK_H, 1]
     q_nope = tl.load(q_rows + offs_v[None, :], mask=mask_h[:, None] & mask_v[None, :], other=0.0)
@@ -125,13 +125,13 @@ def _mla_split_kernel(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, DV_PAD], dtype=tl.float32)
 
-    for step in range(lo, hi, BLOCKS_PER_ITER):
-        blk = step + blk_in_step
-        in_chunk = blk < hi
-        block_id = tl.load(indices_ptr + row_start + blk, mask=in_chunk, other=0).to(tl.int64)
+    for step in range(lo, hi, BLOCK_N):
+        blk = step // BS + lane_blk  # lane i reads token step + i of the row's selection; the first is valid
+        tok_in_blk = step % BS + lane_tok
+        valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
+        block_id = tl.load(indices_ptr + row_start + blk, mask=blk * BS < hi, other=0).to(tl.int64)
         head = block_head(block_id, PAGE, BS, H_KV)
         slot = block_first_slot(block_id, PAGE, BS, H_KV) + tok_in_blk
-        valid = in_chunk & ((blk < num_blocks - 1) | (tok_in_blk < last_len))  # [BLOCK_N]
         rows = lat_ptr + (slot * stride_ls + head * stride_lh)  # [BLOCK_N] int64
         kv = tl.load(rows[:, None] + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
         pe = tl.load(rows[:, None] + DV + offs_r[None, :], mask=valid[:, None] & mask_r[None, :], other=0.0)
@@ -214,11 +214,16 @@ def head_block(num_heads: int) -> int:
     return min(next_pow2(num_heads, 16), 16)
 
 
-def blocks_per_iter(block_size: int, kv_lora_rank: int) -> int:
-    """Whole blocks per loop step: 32 to 64 tokens at kv_lora_rank = 512 (a ``[64, 512]`` bf16 latent tile),
-    at least 16 tokens (tl.dot), one block when ``block_size`` is larger."""
-    tokens = min(64, max(16, 32768 // next_pow2(kv_lora_rank, 16)))
-    return max(1, tokens // block_size)
+def default_tile_tokens(kv_lora_rank: int) -> int:
+    """Tokens per loop step (the ``BLOCK_N`` constexpr), whatever the block size: 64 at kv_lora_rank = 512 (a
+    ``[64, 576]`` bf16 latent tile), at least 16 (tl.dot)."""
+    return min(64, max(MIN_TILE_TOKENS, 32768 // next_pow2(kv_lora_rank, 16)))
+
+
+#: warps per program. At the default 64-token tile (kv_lora_rank 512, 16 heads per program) ptxas gives 4 warps
+#: 255 registers and 712 bytes of spill stack per thread, 8 warps 231 registers and none (sm_90, Triton 3.6,
+#: ``tools/sm90_resources.py``); not yet timed on a GPU (``decode_step_bench --mla --sweep attention``).
+DEFAULT_NUM_WARPS = 8
 
 
 def default_num_splits(
@@ -230,7 +235,7 @@ def default_num_splits(
     (:func:`.._split_kv.split_count` with one program per row, head block and split).
     """
     programs = max(num_rows, 1) * triton.cdiv(num_heads, head_block(num_heads))
-    return split_count(programs, max_blocks_per_row, blocks_per_iter(block_size, kv_lora_rank), device)
+    return split_count(programs, max_blocks_per_row, block_size, default_tile_tokens(kv_lora_rank), device)
 
 
 class SparseMLADecodeWorkspace(SplitWorkspace):
@@ -246,6 +251,30 @@ class SparseMLADecodeWorkspace(SplitWorkspace):
     ) -> SparseMLADecodeWorkspace:
         hb = triton.cdiv(num_heads, head_block(num_heads))
         return cls._new(max_rows, max_splits, num_heads, v_head_dim, device, counters_per_row=hb)
+
+
+def kernel_constexprs(
+    num_heads: int,
+    kv_lora_rank: int,
+    qk_rope_head_dim: int,
+    layout: PoolLayout,
+    q_dtype: torch.dtype,
+    kv_fp8: bool,
+    exact: bool,
+    tile_tokens: int | None = None,
+) -> dict[str, object]:
+    """``_mla_split_kernel``'s constexprs that follow from the shapes, dtypes and tiling (the others,
+    ``STORE_LSE``, ``MERGE``, ``STORE_FINAL_LSE``, ``FENCE`` and ``PDL``, are the launch's).
+    ``tools/sm90_resources.py`` compiles the kernel with them to report a launch's registers and shared memory
+    without a GPU."""
+    block_h = head_block(num_heads)
+    return dict(
+        KV_FP8=kv_fp8, H=num_heads, DV=kv_lora_rank, DR=qk_rope_head_dim, PAGE=layout.page_size,
+        BS=layout.block_size, H_KV=layout.num_kv_heads, BLOCK_H=block_h, HB=triton.cdiv(num_heads, block_h),
+        DV_PAD=next_pow2(kv_lora_rank, 16), DR_PAD=next_pow2(qk_rope_head_dim, 16),
+        BLOCK_N=check_tile_tokens(tile_tokens) if tile_tokens is not None else default_tile_tokens(kv_lora_rank),
+        **precision_meta(q_dtype, exact),
+    )  # fmt: skip
 
 
 def launch(
@@ -264,8 +293,8 @@ def launch(
     v_head_dim: int,
     workspace: SparseMLADecodeWorkspace | None = None,
     exact: bool = True,
-    blocks_per_step: int | None = None,
-    num_warps: int = 4,
+    tile_tokens: int | None = None,
+    num_warps: int = DEFAULT_NUM_WARPS,
     num_stages: int = 2,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
@@ -274,23 +303,22 @@ def launch(
     """One launch with an explicit split count: ``q [R, H, D]``, ``latent_cache [num_slots, H_kv, D]`` (last
     dims contiguous), ``out [R, H, v_head_dim]``, ``lse [R, H]`` fp32 or None; ``k_scale``/``v_scale`` ``[1]``
     fp32 tensors, required for an fp8 latent cache; ``enable_pdl``: Hopper programmatic dependent launch
-    (:func:`.._sync.pdl_launch_options`)."""
+    (:func:`.._sync.pdl_launch_options`); ``tile_tokens``/``num_warps``/``num_stages``: tokens per loop step (a
+    power of two >= 16, default :func:`default_tile_tokens`), warps (:data:`DEFAULT_NUM_WARPS`) and pipeline
+    stages of a program."""
     num_rows, heads, width = q.shape
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=latent_cache.shape[1])
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
     if latent_cache.stride(2) != 1 or q.stride(2) != 1 or out.stride(2) != 1:
         raise ValueError("q, latent_cache and out need a contiguous last dim")
-    block_h = head_block(heads)
-    hb = triton.cdiv(heads, block_h)
+    hb = triton.cdiv(heads, head_block(heads))
     dr = width - v_head_dim
     kv_fp8, k_scale_arg, v_scale_arg = fp8_scale_args(latent_cache.dtype, k_scale, v_scale, indptr, "fp8 latents")
     meta = dict(
-        KV_FP8=kv_fp8, H=heads, DV=v_head_dim, DR=dr, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads,
-        BLOCK_H=block_h, HB=hb, DV_PAD=next_pow2(v_head_dim, 16), DR_PAD=next_pow2(dr, 16),
-        BLOCKS_PER_ITER=blocks_per_step or blocks_per_iter(block_size, v_head_dim), **precision_meta(q.dtype, exact),
+        **kernel_constexprs(heads, v_head_dim, dr, layout, q.dtype, kv_fp8, exact, tile_tokens),
         PDL=enable_pdl, **pdl_launch_options(enable_pdl, q.device, "sparse_mla_decode"),
-    )  # fmt: skip
+    )
     qk_scale = log2_scale(sm_scale)
     q_strides = (q.stride(0), q.stride(1))
     lat_strides = (latent_cache.stride(0), latent_cache.stride(1))

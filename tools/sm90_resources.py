@@ -1,12 +1,21 @@
 """Registers, spills and shared memory of Vortex's decode kernels on an H100/H200 (sm_90), without a GPU.
 
-Each kernel is compiled through Triton's NVIDIA backend down to a cubin (ptxas) with the constexprs and warps
-its launcher picks for a geometry (``kernel_constexprs`` / ``default_tile_tokens`` / ``select_tiling``), and
-``cuobjdump`` reads the result. Triton's interpreter accepts a tile that the GPU cannot launch; this is what
+Each kernel launch is captured from its public entry point (called on small CPU tensors of the geometry's
+dtypes and strides, the launch recorded instead of run) and compiled through Triton's own argument binder
+(types, 16-byte alignment specialisation, constexprs, warps: what a launch on an H100/H200 compiles) down to a
+cubin (ptxas); ``cuobjdump`` reads the result. Compiling without the binder's alignment specialisation gives
+other numbers (e.g. 255 registers and spills instead of 128 registers for the GQA attention kernel). Triton's interpreter accepts a tile that the GPU cannot launch; this is what
 catches it on a CPU: a kernel that asks for more shared memory than an SM has fails every launch, and a
 kernel that spills registers to stack reads local memory in its inner loop.
 
 usage: python tools/sm90_resources.py [--block-sizes 16 64 256] [--kinds gqa mla select] [--json PATH]
+       python tools/sm90_resources.py --step gqa|mla [--ctx 32768] [--batch 16] [--budget 2048] [--json PATH]
+
+``--step`` compiles what one decode step really launches instead: ``tools/bench/decode_step_bench.py``'s case
+(Qwen3-8B or DeepSeek-V2-Lite geometry, the quick-start or contrib MLA flow) is built on the CPU with every
+Triton launch captured instead of run (the per-step plan, then one sparse layer), and each captured launch is
+compiled through Triton's own argument binder (types, alignment specialisation, constexprs, warps) for sm_90.
+It also prints the layer's Triton launch count.
 
 Prints one table row per kernel configuration and exits 1 when one needs more shared memory than sm_90 gives
 a block (the row is marked); spills are reported, not judged (whether they cost time is a GPU measurement).
@@ -15,6 +24,7 @@ a block (the row is marked); spills are reported, not judged (whether they cost 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -34,35 +44,132 @@ MLA_GEOMETRIES = ((16, 512, 64), (128, 512, 64))
 SELECT_ROWS = (2048, 8192, 65536)
 
 
-def configs(kinds: list[str], block_sizes: list[int]) -> Iterator[dict[str, Any]]:
-    """Every (kernel, geometry) to compile: name, kernel function, constexprs, warps, kv dtype."""
+def matrix_launches(kinds: list[str], block_sizes: list[int]) -> Iterator[tuple[str, str, Any, tuple[Any, ...], dict[str, Any]]]:
+    """``(kernel, geometry, fn, args, kwargs)``: the launch each public entry point makes for a geometry,
+    captured from a call on small CPU tensors of the real dtypes and strides (so alignment and stride
+    specialisation match a GPU launch): attention with a 2-way split (the in-launch merge compiled in)."""
     import torch
 
-    from vortex_torch.abs.layout import PoolLayout
     from vortex_torch.kernels.select import triton_kernel as sel
     from vortex_torch.kernels.sparse_decode import triton_kernel as gqa
     from vortex_torch.kernels.sparse_decode_mla import triton_kernel as mla
 
-    launch = dict(STORE_LSE=True, MERGE=True, STORE_FINAL_LSE=False, FENCE=True, PDL=False)
-    kvs = (("bf16", False), ("fp8e4nv", True))
-    if "gqa" in kinds:
-        for (g, d), bs, exact, (kv, fp8) in itertools.product(GQA_GEOMETRIES, block_sizes, (False, True), kvs):
-            layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=8)
-            cx = gqa.kernel_constexprs(g, d, layout, torch.bfloat16, fp8, exact)
-            yield dict(kernel="sparse_decode", geometry=f"G={g} D={d} BS={bs} {kv}{' exact' if exact else ''}",
-                       fn=gqa._split_kernel, constexprs={**cx, **launch}, warps=4, kv=kv)  # fmt: skip
-    if "mla" in kinds:
-        for (h, rank, rope), bs, exact, (kv, fp8) in itertools.product(MLA_GEOMETRIES, block_sizes, (False, True), kvs):
-            layout = PoolLayout(page_size=bs, block_size=bs, num_kv_heads=1)
-            cx = mla.kernel_constexprs(h, rank, rope, layout, torch.bfloat16, fp8, exact)
-            yield dict(kernel="sparse_mla_decode", geometry=f"H={h} BS={bs} {kv}{' exact' if exact else ''}",
-                       fn=mla._mla_split_kernel, constexprs={**cx, **launch}, warps=mla.DEFAULT_NUM_WARPS, kv=kv)  # fmt: skip
-    if "select" in kinds:
-        for blocks, approx in itertools.product(SELECT_ROWS, (False, True)):
-            block_n, single = sel.select_tiling(blocks)
-            cx = dict(BLOCK_N=block_n, SINGLE_TILE=single, APPROX=approx, GATHER=False, PDL=False)
-            yield dict(kernel="select_blocks", geometry=f"{blocks} blocks{' approx' if approx else ''}",
-                       fn=sel._select_blocks_kernel, constexprs=cx, warps=sel._num_warps(block_n), kv="bf16")  # fmt: skip
+    fp8 = torch.float8_e4m3fn
+    one = torch.ones(1)
+    ind = torch.zeros(4, dtype=torch.int32)
+    indptr, last = torch.tensor([0, 4], dtype=torch.int32), torch.ones(1, dtype=torch.int32)
+    for kind in kinds:
+        grid = (
+            itertools.product(GQA_GEOMETRIES, block_sizes, (False, True), (torch.bfloat16, fp8)) if kind == "gqa"
+            else itertools.product(MLA_GEOMETRIES, block_sizes, (False, True), (torch.bfloat16, fp8)) if kind == "mla"
+            else itertools.product(SELECT_ROWS, (0.0, 0.1))
+        )  # fmt: skip
+        for item in grid:
+            with captured_launches() as launches:
+                if kind == "gqa":
+                    (g, d), bs, exact, kv = item  # type: ignore[misc]
+                    q = torch.empty(1, g, d, dtype=torch.bfloat16)
+                    cache = torch.empty(4 * bs, 8, d, dtype=torch.bfloat16).to(kv)
+                    scales = {"k_scale": one, "v_scale": one} if kv == fp8 else {}
+                    gqa.launch(q, cache, cache, indptr, ind, last, 0.1, torch.empty_like(q), None, 2, page_size=bs,
+                               block_size=bs, exact=exact, **scales)  # fmt: skip
+                    label = f"G={g} D={d} BS={bs}"
+                elif kind == "mla":
+                    (h, rank, rope), bs, exact, kv = item  # type: ignore[misc]
+                    q = torch.empty(1, h, rank + rope, dtype=torch.bfloat16)
+                    latent = torch.empty(4 * bs, 1, rank + rope, dtype=torch.bfloat16).to(kv)
+                    scales = {"k_scale": one, "v_scale": one} if kv == fp8 else {}
+                    out = torch.empty(1, h, rank, dtype=torch.bfloat16)
+                    mla.launch(q, latent, indptr, ind, last, 0.1, out, None, 2, page_size=bs, block_size=bs,
+                               v_head_dim=rank, exact=exact, **scales)  # fmt: skip
+                    label = f"H={h} BS={bs}"
+                else:
+                    blocks, ratio = item  # type: ignore[misc]
+                    sel.select_blocks_triton(torch.empty(4), indptr, ind, torch.tensor([0, 2], dtype=torch.int32), 1,
+                                             1, tolerate_ratio=ratio, out=torch.empty(2, dtype=torch.int32),
+                                             max_blocks_per_row=blocks)  # fmt: skip
+                    label, exact, kv = f"{blocks} blocks{' approx' if ratio else ''}", False, torch.bfloat16
+            name = {"gqa": "sparse_decode", "mla": "sparse_mla_decode", "select": "select_blocks"}[kind]
+            if kind != "select":
+                label += f" {'fp8' if kv == fp8 else 'bf16'}{' exact' if exact else ''}"
+            (fn, args, kwargs), = launches
+            yield name, label, fn, args, kwargs
+
+
+@contextlib.contextmanager
+def captured_launches() -> Iterator[list[tuple[Any, tuple[Any, ...], dict[str, Any]]]]:
+    """Every ``kernel[grid](*args, **kwargs)`` inside the block is recorded as ``(kernel, args, kwargs)``, not
+    run; Vortex's entry points take their Triton path for CPU tensors (their "can this run" checks are
+    switched off), so the launches are those a GPU step makes (grids aside: the split counts follow the CPU's)."""
+    from triton.runtime.jit import JITFunction
+
+    launches: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    def record(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
+        launches.append((self, args, kwargs))
+
+    saved_run = JITFunction.run
+    patched: list[tuple[Any, str, Any]] = []
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("vortex_torch") or name == "decode_step_bench":
+            for attr, stub in (("require_launchable", lambda *a, **k: None), ("use_triton", lambda t: True)):
+                if hasattr(mod, attr):
+                    patched.append((mod, attr, getattr(mod, attr)))
+                    setattr(mod, attr, stub)
+    JITFunction.run = record  # type: ignore[method-assign]
+    try:
+        yield launches
+    finally:
+        JITFunction.run = saved_run  # type: ignore[method-assign]
+        for mod, attr, old in patched:
+            setattr(mod, attr, old)
+
+
+def compile_launch(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A captured launch compiled for sm_90 as Triton's launcher would compile it on an H100/H200 (its binder:
+    argument types, 16-byte alignment specialisation, constexprs, options); ``FENCE`` (a CPU launch passes
+    False, no GPU fence) is set True as on the GPU. Returns the kernel and its constexprs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    kwargs = {**kwargs, **({"FENCE": True} if "FENCE" in fn.arg_names else {})}
+    kwargs.pop("launch_pdl", None)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    names = {p.num: p.name for p in fn.params}
+    return compiled, {names[path[0]]: v for path, v in constexprs.items() if len(path) == 1}
+
+
+def step_launches(kind: str, ctx: int, batch: int, budget: int) -> tuple[list[Any], list[Any]]:
+    """The captured launches of ``decode_step_bench``'s ``kind`` case: (the per-step plan's, one layer's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decode_step_bench", REPO / "tools" / "bench" / "decode_step_bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["decode_step_bench"] = bench
+    spec.loader.exec_module(bench)
+    import vortex_torch.engine.sgl.decode_core
+    import vortex_torch.engine.sgl.mla_core  # noqa: F401
+
+    with captured_launches() as launches:
+        cls = bench.MLACase if kind == "mla" else bench.Case
+        case = cls(ctx, batch, budget, 1, device="cpu")
+        n0 = len(launches)
+        case.plan_step()
+        n1 = len(launches)
+        case.layer(0)
+    return launches[n0:n1], launches[n1:]
+
+
+#: constexprs shown for a captured launch (``--step``): the tiling and the geometry
+SHOWN = ("G", "D", "H", "DV", "BS", "BS0", "BLOCK_N", "BLOCK_H", "SINGLE_TILE", "RADIX_BITS", "CACHE", "MERGE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,28 +177,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-sizes", type=int, nargs="+", default=[16, 64, 256], metavar="N",
                     help="Vortex block sizes (powers of two); default 16 64 256")  # fmt: skip
     ap.add_argument("--kinds", nargs="+", choices=("gqa", "mla", "select"), default=["gqa", "mla", "select"])
+    ap.add_argument("--step", choices=("gqa", "mla"), help="compile one decode step's real launches instead")
+    ap.add_argument("--ctx", type=int, default=32768, help="--step: tokens per request (default 32768)")
+    ap.add_argument("--batch", type=int, default=16, help="--step: requests (default 16)")
+    ap.add_argument("--budget", type=int, default=2048, help="--step: tokens attended per row (default 2048)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     bad = [b for b in args.block_sizes if b < 1 or b & (b - 1)]
     if bad:
         ap.error(f"--block-sizes: {bad[0]} is not a power of two")
+    for flag, value, least in (("--ctx", args.ctx, 256), ("--batch", args.batch, 1), ("--budget", args.budget, 64)):
+        if value < least:
+            ap.error(f"{flag}: {value} is below {least}")
     if os.environ.get("TRITON_INTERPRET"):
         ap.error("unset TRITON_INTERPRET: this compiles for the GPU, which the interpreter never does")
 
-    from sm90_compile import SM90_MAX_SHARED, compile_sm90, resources
+    from sm90_compile import SM90_MAX_SHARED, resources
 
     rows: list[dict[str, Any]] = []
-    print("| kernel | geometry | tile tokens | warps | registers | spill stack B | shared B | launches |")
-    print("|---|---|---|---|---|---|---|---|")
-    for c in configs(args.kinds, args.block_sizes):
-        compiled = compile_sm90(c["fn"], kv=c["kv"], num_warps=c["warps"], **c["constexprs"])
+
+    def report(kernel: str, geometry: str, compiled: Any, block_n: Any) -> None:
         r = resources(compiled)
-        row = {"kernel": c["kernel"], "geometry": c["geometry"], "tile_tokens": c["constexprs"]["BLOCK_N"],
-               "warps": c["warps"], **r, "fits": r["shared"] <= SM90_MAX_SHARED}  # fmt: skip
+        row = {"kernel": kernel, "geometry": geometry, "block_n": block_n, "warps": compiled.metadata.num_warps,
+               **r, "fits": r["shared"] <= SM90_MAX_SHARED}  # fmt: skip
         rows.append(row)
-        print(f"| {row['kernel']} | {row['geometry']} | {row['tile_tokens']} | {row['warps']} | {r['registers']} | "
-              f"{r['spill_stack']} | {r['shared']} | {'yes' if row['fits'] else 'NO: over ' + str(SM90_MAX_SHARED)} |",
-              flush=True)  # fmt: skip
+        fits = "yes" if row["fits"] else f"NO: over {SM90_MAX_SHARED}"
+        print(f"| {kernel} | {geometry} | {block_n} | {row['warps']} | {r['registers']} | {r['spill_stack']} | "
+              f"{r['shared']} | {fits} |", flush=True)  # fmt: skip
+
+    header = "| kernel | geometry | BLOCK_N | warps | registers | spill stack B | shared B | launches |\n" + "|---|" * 8
+    if args.step:
+        plan, layer = step_launches(args.step, args.ctx, args.batch, args.budget)
+        print(f"{args.step} decode step, {args.ctx} x {args.batch}, budget {args.budget}: {len(plan)} Triton "
+              f"launch(es) per step (the plan), {len(layer)} per sparse layer\n")  # fmt: skip
+        print(header.replace("|---||---|", "|---|---|").replace("||", "|"))
+        for stage, launches in (("plan", plan), ("layer", layer)):
+            for fn, a, kw in launches:
+                compiled, cx = compile_launch(fn, a, kw)
+                shown = " ".join(f"{k}={cx[k]}" for k in SHOWN if k in cx)
+                report(f"{stage}: {fn.__name__}", shown, compiled, cx.get("BLOCK_N", "-"))
+    else:
+        print(header.replace("|---||---|", "|---|---|").replace("||", "|"))
+        for kernel, geometry, fn, a, kw in matrix_launches(args.kinds, args.block_sizes):
+            compiled, cx = compile_launch(fn, a, kw)
+            report(kernel, geometry, compiled, cx["BLOCK_N"])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     over = [r for r in rows if not r["fits"]]

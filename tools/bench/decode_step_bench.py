@@ -547,8 +547,7 @@ MLA_SWEEP: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((16, 32, 
 def mla_sweep_variants(case: MLACase, grid: tuple[tuple[int, ...], ...] = MLA_SWEEP) -> list[dict[str, Any]]:
     """MLA attention tile variants over the case's selection (its default split count, half and double it;
     times ``grid``: tiles of 16, 32 and 64 tokens; 4 or 8 warps; 1 or 2 stages): the defaults
-    (``sparse_decode_mla.triton_kernel.default_tile_tokens`` / ``DEFAULT_NUM_WARPS``) were picked from ptxas's
-    register and spill report (``tools/sm90_resources.py``), not from a timing."""
+    (``sparse_decode_mla.triton_kernel.default_tile_tokens`` / ``DEFAULT_NUM_WARPS``) were never timed."""
     from vortex_torch.kernels.sparse_decode_mla.triton_kernel import (
         SparseMLADecodeWorkspace,
         default_num_splits,

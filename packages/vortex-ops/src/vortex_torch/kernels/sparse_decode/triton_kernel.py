@@ -143,8 +143,7 @@ def _split_kernel(
         blk = step // BS + lane_blk  # [BLOCK_N] row-local block index
         tok_in_blk = step % BS + lane_tok  # [BLOCK_N]
         valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
-        # masked per block, not per token: a block-uniform mask keeps ptxas from spilling (24 vs 160 bytes)
-        block_id = tl.load(indices_ptr + row_start + blk, mask=blk * BS < hi, other=0).to(tl.int64)  # [BLOCK_N]
+        block_id = tl.load(indices_ptr + row_start + blk, mask=valid, other=0).to(tl.int64)  # [BLOCK_N]
         # design §2: block -> (page, head, sub-block) -> token slot of every lane; int64 throughout, as a
         # layer's buffer can exceed 2^31 elements (constexpr divisors: shifts / multiply-highs, no division)
         head = block_head(block_id, PAGE, BS, H_KV)  # [BLOCK_N]
@@ -288,8 +287,7 @@ def kernel_constexprs(
     tile_tokens: int | None = None,
 ) -> dict[str, object]:
     """``_split_kernel``'s constexprs that follow from the shapes, dtypes and tiling (the others, ``STORE_LSE``,
-    ``MERGE``, ``STORE_FINAL_LSE``, ``FENCE`` and ``PDL``, are the launch's). ``tools/sm90_resources.py``
-    compiles the kernel with them to report a launch's registers and shared memory without a GPU."""
+    ``MERGE``, ``STORE_FINAL_LSE``, ``FENCE`` and ``PDL``, are the launch's)."""
     return dict(
         G=group, D=head_dim, PAGE=layout.page_size, BS=layout.block_size, H_KV=layout.num_kv_heads, KV_FP8=kv_fp8,
         G_PAD=next_pow2(group, 16), D_PAD=next_pow2(head_dim, 16),

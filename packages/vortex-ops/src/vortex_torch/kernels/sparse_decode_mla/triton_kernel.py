@@ -129,7 +129,7 @@ def _mla_split_kernel(
         blk = step // BS + lane_blk  # lane i reads token step + i of the row's selection; the first is valid
         tok_in_blk = step % BS + lane_tok
         valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
-        block_id = tl.load(indices_ptr + row_start + blk, mask=blk * BS < hi, other=0).to(tl.int64)
+        block_id = tl.load(indices_ptr + row_start + blk, mask=valid, other=0).to(tl.int64)
         head = block_head(block_id, PAGE, BS, H_KV)
         slot = block_first_slot(block_id, PAGE, BS, H_KV) + tok_in_blk
         rows = lat_ptr + (slot * stride_ls + head * stride_lh)  # [BLOCK_N] int64
@@ -220,10 +220,11 @@ def default_tile_tokens(kv_lora_rank: int) -> int:
     return min(64, max(MIN_TILE_TOKENS, 32768 // next_pow2(kv_lora_rank, 16)))
 
 
-#: warps per program. At the default 64-token tile (kv_lora_rank 512, 16 heads per program) ptxas gives 4 warps
-#: 255 registers and 712 bytes of spill stack per thread, 8 warps 231 registers and none (sm_90, Triton 3.6,
-#: ``tools/sm90_resources.py``); not yet timed on a GPU (``decode_step_bench --mla --sweep attention``).
-DEFAULT_NUM_WARPS = 8
+#: warps per program. At the default 64-token tile (kv_lora_rank 512, 16 heads per program, bf16) ptxas gives
+#: 200-236 registers and no spill at 4 warps, 124 at 8; fp8 latents spill ~390 bytes per thread at 4 warps,
+#: none at 8 (sm_90, Triton 3.6, ``tools/sm90_resources.py``). Not yet timed on a GPU:
+#: ``decode_step_bench --mla --sweep attention`` times 4 and 8.
+DEFAULT_NUM_WARPS = 4
 
 
 def default_num_splits(
@@ -264,9 +265,7 @@ def kernel_constexprs(
     tile_tokens: int | None = None,
 ) -> dict[str, object]:
     """``_mla_split_kernel``'s constexprs that follow from the shapes, dtypes and tiling (the others,
-    ``STORE_LSE``, ``MERGE``, ``STORE_FINAL_LSE``, ``FENCE`` and ``PDL``, are the launch's).
-    ``tools/sm90_resources.py`` compiles the kernel with them to report a launch's registers and shared memory
-    without a GPU."""
+    ``STORE_LSE``, ``MERGE``, ``STORE_FINAL_LSE``, ``FENCE`` and ``PDL``, are the launch's)."""
     block_h = head_block(num_heads)
     return dict(
         KV_FP8=kv_fp8, H=num_heads, DV=kv_lora_rank, DR=qk_rope_head_dim, PAGE=layout.page_size,

@@ -1,7 +1,8 @@
 """tools/sm90_resources.py: the decode kernels, compiled for sm_90 as their entry points launch them, fit a
-GPU's shared memory at every block size (the interpreter never checks this; a tile that grew with the block
-size needed 313 KB for an MLA block of 256 tokens, over sm_90's 227 KB, and failed every launch), and one
-decode step's real launches (``--step``) compile and are counted."""
+GPU's shared memory at every block size, and one decode step's real launches (``--step``) compile and are
+counted. The interpreter never checks shared memory: at rev 5becc2c, where a tile grew with the block size, an
+MLA block of 256 tokens needed 321,536 bytes and a GQA one at D = 256 278,528, over sm_90's 232,448, so every
+such launch would have failed on the GPU."""
 
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(header.replace("|---||---|", "|---|---|").replace("||", "|"))
         for kernel, geometry, fn, a, kw in matrix_launches(args.kinds, args.block_sizes):
             compiled, cx = compile_launch(fn, a, kw)
-            report(kernel, geometry, compiled, cx["BLOCK_N"])
+            report(kernel, geometry, compiled, cx.get("BLOCK_N", "-"))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     over = [r for r in rows if not r["fits"]]

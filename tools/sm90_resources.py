@@ -9,7 +9,8 @@ catches it on a CPU: a kernel that asks for more shared memory than an SM has fa
 kernel that spills registers to stack reads local memory in its inner loop.
 
 usage: python tools/sm90_resources.py [--block-sizes 16 64 256] [--kinds gqa mla select] [--json PATH]
-       python tools/sm90_resources.py --step gqa|mla [--ctx 32768] [--batch 16] [--budget 2048] [--json PATH]
+       python tools/sm90_resources.py --step gqa|mla [--ctx 32768] [--batch 16] [--budget 2048] [--flow NAME]
+                                      [--json PATH]
 
 ``--step`` compiles what one decode step really launches instead: ``tools/bench/decode_step_bench.py``'s case
 (Qwen3-8B or DeepSeek-V2-Lite geometry, the quick-start or contrib MLA flow) is built on the CPU with every
@@ -146,8 +147,9 @@ def compile_launch(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tu
     return compiled, {names[path[0]]: v for path, v in constexprs.items() if len(path) == 1}
 
 
-def step_launches(kind: str, ctx: int, batch: int, budget: int) -> tuple[list[Any], list[Any]]:
-    """The captured launches of ``decode_step_bench``'s ``kind`` case: (the per-step plan's, one layer's)."""
+def step_launches(kind: str, ctx: int, batch: int, budget: int, flow: str | None) -> tuple[list[Any], list[Any]]:
+    """The captured launches of ``decode_step_bench``'s ``kind`` case (``flow``: an installed flow's name, None
+    for the bench's default): (the per-step plan's, one layer's)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("decode_step_bench", REPO / "tools" / "bench" / "decode_step_bench.py")
@@ -160,7 +162,8 @@ def step_launches(kind: str, ctx: int, batch: int, budget: int) -> tuple[list[An
 
     with captured_launches() as launches:
         cls = bench.MLACase if kind == "mla" else bench.Case
-        case = cls(ctx, batch, budget, 1, device="cpu")
+        kw = {} if flow is None else {"flow": (None, flow)}
+        case = cls(ctx, batch, budget, 1, device="cpu", **kw)
         n0 = len(launches)
         case.plan_step()
         n1 = len(launches)
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=32768, help="--step: tokens per request (default 32768)")
     ap.add_argument("--batch", type=int, default=16, help="--step: requests (default 16)")
     ap.add_argument("--budget", type=int, default=2048, help="--step: tokens attended per row (default 2048)")
+    ap.add_argument("--flow", help="--step: an installed flow's registered name (default: the quick-start flow; "
+                    "mla: rope_aware_block_sparse_mla)")  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     bad = [b for b in args.block_sizes if b < 1 or b & (b - 1)]
@@ -207,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
     header = "| kernel | geometry | BLOCK_N | warps | registers | spill stack B | shared B | launches |\n" + "|---|" * 8
     if args.step:
-        plan, layer = step_launches(args.step, args.ctx, args.batch, args.budget)
-        print(f"{args.step} decode step, {args.ctx} x {args.batch}, budget {args.budget}: {len(plan)} Triton "
+        plan, layer = step_launches(args.step, args.ctx, args.batch, args.budget, args.flow)
+        print(f"{args.step} decode step ({args.flow or 'default flow'}), {args.ctx} x {args.batch}, budget "
+              f"{args.budget}: {len(plan)} Triton "
               f"launch(es) per step (the plan), {len(layer)} per sparse layer\n")  # fmt: skip
         print(header.replace("|---||---|", "|---|---|").replace("||", "|"))
         for stage, launches in (("plan", plan), ("layer", layer)):

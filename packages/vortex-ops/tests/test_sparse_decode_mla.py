@@ -184,6 +184,16 @@ def test_tiles_smaller_than_a_block(splits: int) -> None:
     assert (out.double().cpu() - dense).abs().max() <= TOL[torch.float32]
 
 
+def test_default_tiles() -> None:
+    """64 latent tokens per step at kv_lora_rank 512, 16 with exact (fp32 p through tf32x3: smaller tiles keep
+    registers from spilling), never below tl.dot's 16; the split count follows the tile."""
+    assert tk.default_tile_tokens(512) == 64 and tk.default_tile_tokens(512, exact=True) == 16
+    assert tk.default_tile_tokens(64) == 64 and tk.default_tile_tokens(4096) == 16
+    cpu = torch.device("cpu")  # 2 fake SMs: 8 programs wanted, chunks of >= 2 steps
+    assert tk.default_num_splits(1, 16, 8, 16, 512, cpu) == 1  # 128 tokens = 2 steps of 64
+    assert tk.default_num_splits(1, 16, 8, 16, 512, cpu, exact=True) == 4  # 8 steps of 16
+
+
 def test_bad_inputs_name_the_problem() -> None:
     pool = make_pool([8], 40, 8, 8, torch.float32, seed=0)
     indptr, ids, _ = select(pool, [8], 1, 0)

@@ -10,6 +10,7 @@ selected block positions must equal the reference's and the outputs must be clos
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from vortex_torch.engine.sgl.planner import count_completed_blocks
 from vortex_torch.flow import build_vflow
 from vortex_torch.flow.runtime import RuntimeConfig
 from vortex_torch.flow.runtime.mla import MLAReferenceRuntime
+from vortex_torch.kernels.sparse_decode_mla.triton_kernel import default_num_splits
 
 pytestmark = [pytest.mark.sglang, pytest.mark.skipif(sglang_missing_reason() is not None,
                                                      reason=sglang_missing_reason() or "")]  # fmt: skip
@@ -176,6 +178,17 @@ def test_mla_workspace_and_buffers_are_sized_for_latent_rows(tmp_path: Path) -> 
     bufs = core.allocate_buffers(6)
     assert bufs.max_rows == 6 and core.mla_workspace is not None
     assert core.mla_workspace.mid_o.shape[0] == 6 and core.mla_workspace.mid_o.shape[2:] == (HEADS, RANK)
+
+    # DeepSeek's kv_lora_rank 512: exact attention takes 16-token tiles (fast: 64), so more splits; the scratch
+    # has room for both, since exact_attention may be switched after allocation
+    cfg = dataclasses.replace(config("triton", tmp_path), topk_val=30)  # 32 blocks of 4 tokens attended
+    wide = prepare_flow(cfg, head_dim=512 + 64, group_size=HEADS, kv_dtype=torch.float32, qk_rope_head_dim=64)
+    core = VortexMLADecodeCore(wide, PoolLayout(PAGE, BLOCK, 1), context_len=4096, device="cpu", kv_lora_rank=512)
+    core.allocate_buffers(1)
+    cpu = torch.device("cpu")
+    splits = [default_num_splits(1, HEADS, core.max_selected_per_row, BLOCK, 512, cpu, x) for x in (False, True)]
+    assert splits[0] < splits[1]
+    assert core.mla_workspace is not None and core.mla_workspace.fits(1, splits[1], HEADS, 512)
     with pytest.raises(ValueError, match="one latent head"):
         VortexMLADecodeCore(prepared, PoolLayout(PAGE, BLOCK, 2), context_len=CTX, device="cpu", kv_lora_rank=RANK)
 

@@ -129,7 +129,8 @@ def _mla_split_kernel(
         blk = step // BS + lane_blk  # lane i reads token step + i of the row's selection; the first is valid
         tok_in_blk = step % BS + lane_tok
         valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
-        block_id = tl.load(indices_ptr + row_start + blk, mask=valid, other=0).to(tl.int64)
+        # masked per block, not per token: as launched on sm_90 the per-token mask costs 200 bytes of spill
+        block_id = tl.load(indices_ptr + row_start + blk, mask=blk * BS < hi, other=0).to(tl.int64)
         head = block_head(block_id, PAGE, BS, H_KV)
         slot = block_first_slot(block_id, PAGE, BS, H_KV) + tok_in_blk
         rows = lat_ptr + (slot * stride_ls + head * stride_lh)  # [BLOCK_N] int64
@@ -214,10 +215,13 @@ def head_block(num_heads: int) -> int:
     return min(next_pow2(num_heads, 16), 16)
 
 
-def default_tile_tokens(kv_lora_rank: int) -> int:
+def default_tile_tokens(kv_lora_rank: int, exact: bool = False) -> int:
     """Tokens per loop step (the ``BLOCK_N`` constexpr), whatever the block size: 64 at kv_lora_rank = 512 (a
-    ``[64, 576]`` bf16 latent tile), at least 16 (tl.dot)."""
-    return min(64, max(MIN_TILE_TOKENS, 32768 // next_pow2(kv_lora_rank, 16)))
+    ``[64, 576]`` bf16 latent tile), 16 with ``exact`` (fp32 ``p`` through a tf32x3 ``p @ kv_c``: at 64 tokens
+    ptxas spills ~4.7 KB per thread, at 16 about 120 bytes; sm_90, ``tools/sm90_resources.py``; not timed), at
+    least 16 (tl.dot)."""
+    elems = 8192 if exact else 32768
+    return min(64, max(MIN_TILE_TOKENS, elems // next_pow2(kv_lora_rank, 16)))
 
 
 #: warps per program. At the default 64-token tile (kv_lora_rank 512, 16 heads per program, bf16) ptxas gives
@@ -228,7 +232,13 @@ DEFAULT_NUM_WARPS = 4
 
 
 def default_num_splits(
-    num_rows: int, num_heads: int, max_blocks_per_row: int, block_size: int, kv_lora_rank: int, device: torch.device
+    num_rows: int,
+    num_heads: int,
+    max_blocks_per_row: int,
+    block_size: int,
+    kv_lora_rank: int,
+    device: torch.device,
+    exact: bool = False,
 ) -> int:
     """Splits per row: enough ``(row, head block, split)`` programs to fill the GPU, chunks of >= 2 loop steps.
 
@@ -236,7 +246,7 @@ def default_num_splits(
     (:func:`.._split_kv.split_count` with one program per row, head block and split).
     """
     programs = max(num_rows, 1) * triton.cdiv(num_heads, head_block(num_heads))
-    return split_count(programs, max_blocks_per_row, block_size, default_tile_tokens(kv_lora_rank), device)
+    return split_count(programs, max_blocks_per_row, block_size, default_tile_tokens(kv_lora_rank, exact), device)
 
 
 class SparseMLADecodeWorkspace(SplitWorkspace):
@@ -271,7 +281,7 @@ def kernel_constexprs(
         KV_FP8=kv_fp8, H=num_heads, DV=kv_lora_rank, DR=qk_rope_head_dim, PAGE=layout.page_size,
         BS=layout.block_size, H_KV=layout.num_kv_heads, BLOCK_H=block_h, HB=triton.cdiv(num_heads, block_h),
         DV_PAD=next_pow2(kv_lora_rank, 16), DR_PAD=next_pow2(qk_rope_head_dim, 16),
-        BLOCK_N=check_tile_tokens(tile_tokens) if tile_tokens is not None else default_tile_tokens(kv_lora_rank),
+        BLOCK_N=check_tile_tokens(tile_tokens) if tile_tokens is not None else default_tile_tokens(kv_lora_rank, exact),
         **precision_meta(q_dtype, exact),
     )  # fmt: skip
 
@@ -447,7 +457,7 @@ def sparse_mla_decode(
     if num_rows > 0 and heads > 0:
         if max_blocks_per_row is None:
             max_blocks_per_row = max_row_blocks(indptr)  # host sync
-        splits = default_num_splits(num_rows, heads, max_blocks_per_row, block_size, v_head_dim, q.device)
+        splits = default_num_splits(num_rows, heads, max_blocks_per_row, block_size, v_head_dim, q.device, exact)
         scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(width)
         ks, vs = device_scales(latent_cache.dtype, k_scale, v_scale, q.device)
         launch(

@@ -59,9 +59,13 @@ class VortexMLADecodeCore(VortexDecodeCore):
     def allocate_buffers(self, max_batch: int) -> DecodePlanBuffers:
         """Capture-stable plan buffers and MLA attention scratch for up to ``max_batch`` requests."""
         rows = max_batch  # one latent head: a row per request
-        splits = default_num_splits(
-            1, self.num_heads, self.max_selected_per_row, self.layout.block_size, self.kv_lora_rank, self.device
-        )
+        splits = max(  # exact_attention may be switched after this: room for both tilings
+            default_num_splits(
+                1, self.num_heads, self.max_selected_per_row, self.layout.block_size, self.kv_lora_rank,
+                self.device, exact,
+            )
+            for exact in (False, True)
+        )  # fmt: skip
         self.mla_workspace = SparseMLADecodeWorkspace.allocate(
             rows, splits, self.num_heads, self.kv_lora_rank, self.device
         )
@@ -86,7 +90,8 @@ class VortexMLADecodeCore(VortexDecodeCore):
 
         ws = self.mla_workspace
         rows, heads, _ = q_rows.shape
-        splits = default_num_splits(rows, heads, plan.max_selected_per_row, bs, rank, q_rows.device)
+        splits = default_num_splits(rows, heads, plan.max_selected_per_row, bs, rank, q_rows.device,
+                                    self.exact_attention)  # fmt: skip
         if ws is not None and not ws.fits(rows, splits, heads, rank):
             ws = None  # an eager batch above the CUDA-graph size: scratch for this call only
         return sparse_mla_decode(

@@ -471,6 +471,15 @@ def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[s
     return res
 
 
+def variant_us(fns: list[Callable[[], object]], what: str) -> float | None:
+    """:func:`graph_us` of a sweep variant, or None (logged) when the variant fails to compile or launch."""
+    try:
+        return graph_us(fns)
+    except Exception as exc:
+        log(f"  {what} variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+        return None
+
+
 def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     from vortex_torch.kernels.sparse_decode.triton_kernel import (
         SparseDecodeWorkspace,
@@ -497,11 +506,7 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
                                tile_tokens=t, num_warps=w, num_stages=st, k_scale=case.fields[i].get("k_scale"),
                                v_scale=case.fields[i].get("v_scale"))  # fmt: skip
 
-                    try:
-                        us = graph_us([lambda i=i: att(i) for i in range(L)])
-                    except Exception as exc:
-                        us = None
-                        log(f"  attention variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+                    us = variant_us([lambda i=i: att(i) for i in range(L)], "attention")
                     out.append({"kind": "attention", "splits": splits, "tile_tokens": tile, "warps": warps,
                                 "stages": stages, "us": us})  # fmt: skip
     # indexer variants: a fresh executor each (blocks per chunk are literals of the generated source)
@@ -517,7 +522,7 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
                                            fuse_selection=fuse)  # fmt: skip
             core.indexer_plan = core.executor.plan(rows, p.max_blocks_per_row, "cuda")
             us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
-        except Exception as exc:
+        except Exception as exc:  # the executor's build fails too, not only its launch: not variant_us
             us = None
             log(f"  indexer variant failed: {type(exc).__name__}: {str(exc)[:100]}")
         out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
@@ -529,13 +534,9 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
     scores = [torch.randn(max(1, nnz), device="cuda") for _ in range(L)]
     for warps, radix in itertools.product((2, 4, 8), (4, 1)):  # 4 or 1 bits decided per count pass
-        try:
-            us = graph_us([lambda i=i, w=warps, rb=radix: select_blocks_triton(
-                scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
-                max_blocks_per_row=p.max_blocks_per_row, num_warps=w, radix_bits=rb) for i in range(L)])  # fmt: skip
-        except Exception as exc:
-            us = None
-            log(f"  select variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+        us = variant_us([lambda i=i, w=warps, rb=radix: select_blocks_triton(
+            scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
+            max_blocks_per_row=p.max_blocks_per_row, num_warps=w, radix_bits=rb) for i in range(L)], "select")  # fmt: skip
         out.append({"kind": "select_only", "warps": warps, "radix_bits": radix, "us": us})
     return out
 
@@ -568,11 +569,7 @@ def mla_sweep_variants(case: MLACase, grid: tuple[tuple[int, ...], ...] = MLA_SW
                    s, page_size=PAGE, block_size=BS, v_head_dim=MLA_RANK, workspace=wsp, exact=False, tile_tokens=t,
                    num_warps=w, num_stages=st)  # fmt: skip
 
-        try:
-            us = graph_us([lambda i=i: att(i) for i in range(L)])
-        except Exception as exc:
-            us = None
-            log(f"  MLA attention variant failed: {type(exc).__name__}: {str(exc)[:100]}")
+        us = variant_us([lambda i=i: att(i) for i in range(L)], "MLA attention")
         out.append({"kind": "mla_attention", "splits": splits, "tile_tokens": tile, "warps": warps,
                     "stages": stages, "us": us})  # fmt: skip
     return out

@@ -1,6 +1,6 @@
 """What the split-KV sparse decode kernels (``sparse_decode`` for GQA, ``sparse_decode_mla``) share: the
 split-count rule and, beside it, the in-kernel cut of a row into split chunks and loop steps
-(:func:`split_token_range`); the caller-owned split workspace; the launch arguments that do not depend on the
+(:func:`split_token_range`, :func:`step_tokens`); the caller-owned split workspace; the launch arguments that do not depend on the
 kernel's math (precision constexprs, fp8 scale pointers).
 
 The kernels' math stays in their packages: their tiles differ. Both step through a row's selected tokens in
@@ -80,6 +80,19 @@ def split_token_range(num_blocks, last_len, split, num_splits, BS: tl.constexpr,
     hi = tl.minimum(lo + per_split, num_blocks)
     hi_tok = tl.where(hi == num_blocks, hi * BS - BS + last_len, hi * BS)
     return lo * BS, tl.maximum(hi_tok, lo * BS)
+
+
+@triton.jit
+def step_tokens(step, hi, BS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The ``BLOCK_N`` tokens of the loop step starting at token ``step`` of a row's selection (a step of
+    :func:`split_token_range`'s ``range(lo, hi, BLOCK_N)``): per lane, the row-local block, the token's offset
+    in that block and whether it is before ``hi``. ``step`` is a multiple of ``BS`` when a step holds whole
+    blocks, of ``BLOCK_N`` when it is part of one, so block and offset split into a per-lane constant and a
+    scalar of the step."""
+    lanes = tl.arange(0, BLOCK_N)
+    blk = step // BS + lanes // BS  # [BLOCK_N]
+    tok_in_blk = step % BS + lanes % BS  # [BLOCK_N]
+    return blk, tok_in_blk, blk * BS + tok_in_blk < hi
 
 
 def max_row_blocks(indptr: torch.Tensor) -> int:

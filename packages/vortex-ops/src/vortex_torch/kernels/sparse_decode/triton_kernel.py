@@ -55,6 +55,7 @@ from .._split_kv import (
     precision_meta,
     split_count,
     split_token_range,
+    step_tokens,
 )
 from .._sync import dependent_launch_prologue, pdl_launch_options, release_fence
 from ..fp8 import Scale
@@ -120,11 +121,8 @@ def _split_kernel(
 
     offs_g = tl.arange(0, G_PAD)  # [G_PAD]
     offs_d = tl.arange(0, D_PAD)  # [D_PAD]
-    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] token slot within a loop step
     mask_g = offs_g < G
     mask_d = offs_d < D
-    lane_blk = offs_n // BS  # [BLOCK_N] block of the step each lane reads (0 when a step is part of one block)
-    lane_tok = offs_n % BS  # [BLOCK_N] its token offset in that block, before the step's own offset
 
     # Padded query rows / dims are zero, so they add nothing to the dot products.
     q_ptrs = q_ptr + row.to(tl.int64) * stride_qr + offs_g[:, None] * stride_qg + offs_d[None, :] * stride_qd
@@ -137,12 +135,9 @@ def _split_kernel(
     acc = tl.zeros([G_PAD, D_PAD], dtype=tl.float32)  # running sum of p @ v
 
     for step in range(lo, hi, BLOCK_N):
-        # lane i reads token step + i of the row's selection: token (step % BS + lane_tok) of block
-        # (step // BS + lane_blk); step is a multiple of BS when a step holds whole blocks, of BLOCK_N otherwise.
-        # A step's first token is always valid (split_token_range), so m_new is finite.
-        blk = step // BS + lane_blk  # [BLOCK_N] row-local block index
-        tok_in_blk = step % BS + lane_tok  # [BLOCK_N]
-        valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
+        # lane i reads token step + i of the row's selection: block blk, token tok_in_blk of it. A step's first
+        # token is always valid (split_token_range), so m_new is finite.
+        blk, tok_in_blk, valid = step_tokens(step, hi, BS, BLOCK_N)  # [BLOCK_N] each
         block_id = tl.load(indices_ptr + row_start + blk, mask=valid, other=0).to(tl.int64)  # [BLOCK_N]
         # design §2: block -> (page, head, sub-block) -> token slot of every lane; int64 throughout, as a
         # layer's buffer can exceed 2^31 elements (constexpr divisors: shifts / multiply-highs, no division)

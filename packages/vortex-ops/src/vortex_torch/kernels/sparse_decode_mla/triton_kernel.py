@@ -43,6 +43,7 @@ from .._split_kv import (
     precision_meta,
     split_count,
     split_token_range,
+    step_tokens,
 )
 from .._sync import dependent_launch_prologue, pdl_launch_options, release_fence
 from ..fp8 import Scale
@@ -108,12 +109,9 @@ def _mla_split_kernel(
     offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H] query heads of this program
     offs_v = tl.arange(0, DV_PAD)
     offs_r = tl.arange(0, DR_PAD)
-    offs_n = tl.arange(0, BLOCK_N)
     mask_h = offs_h < H
     mask_v = offs_v < DV
     mask_r = offs_r < DR
-    lane_blk = offs_n // BS  # as in sparse_decode's kernel: block of the step, token offset in it
-    lane_tok = offs_n % BS
 
     q_rows = q_ptr + row.to(tl.int64) * stride_qr + offs_h[:, None] * stride_qh  # [BLOCK_H, 1]
     q_nope = tl.load(q_rows + offs_v[None, :], mask=mask_h[:, None] & mask_v[None, :], other=0.0)
@@ -126,9 +124,7 @@ def _mla_split_kernel(
     acc = tl.zeros([BLOCK_H, DV_PAD], dtype=tl.float32)
 
     for step in range(lo, hi, BLOCK_N):
-        blk = step // BS + lane_blk  # lane i reads token step + i of the row's selection; the first is valid
-        tok_in_blk = step % BS + lane_tok
-        valid = blk * BS + tok_in_blk < hi  # [BLOCK_N]
+        blk, tok_in_blk, valid = step_tokens(step, hi, BS, BLOCK_N)  # token step + i; the first is valid
         # masked per block, not per token: as launched on sm_90 the per-token mask costs 200 bytes of spill
         block_id = tl.load(indices_ptr + row_start + blk, mask=blk * BS < hi, other=0).to(tl.int64)
         head = block_head(block_id, PAGE, BS, H_KV)

@@ -342,10 +342,10 @@ interpreter_only = pytest.mark.skipif(
 )
 
 
-def bench_case(geometry: str) -> Any:
+def bench_case(geometry: str, kv_dtype: torch.dtype = torch.bfloat16) -> Any:
     torch.manual_seed(0)
     cls = step_bench.MLACase if geometry == "mla" else step_bench.Case
-    return cls(CPU_CTX, CPU_BATCH, CPU_BUDGET, CPU_LAYERS, device="cpu")
+    return cls(CPU_CTX, CPU_BATCH, CPU_BUDGET, CPU_LAYERS, device="cpu", kv_dtype=kv_dtype)
 
 
 def replay(case: Any) -> tuple[Any, Any]:
@@ -417,11 +417,14 @@ def test_bench_case_decodes_as_the_reference_runtime(geometry: str) -> None:
 
 
 @interpreter_only
-def test_mla_sweep_launches_each_variant(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--mla --sweep attention``: every variant launches MLA attention with its tile, warps and split count
-    (the interpreter runs them; ``graph_us`` is swapped for one plain call per layer); none is recorded as
-    failed (a launch that raises is logged and recorded with ``us`` None)."""
-    case = bench_case("mla")
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_mla_sweep_launches_each_variant(kv_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--mla --sweep attention`` (bf16 or fp8 latents, ``--kv-dtype``): every variant launches MLA attention
+    with its tile, warps and split count (the interpreter runs them; ``graph_us`` is swapped for one plain call
+    per layer); none is recorded as failed (a launch that raises is logged and recorded with ``us`` None)."""
+    case = bench_case("mla", kv_dtype)
+    assert case.latent[0].dtype == kv_dtype and case.kv_elt == kv_dtype.itemsize
+    assert ("k_scale" in case.fields[0]) == (kv_dtype != torch.bfloat16)
     calls: list[int] = []
 
     def once(fns: list[Any]) -> float:

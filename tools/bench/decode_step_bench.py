@@ -34,7 +34,10 @@ amortised over 27 layers. Dense: FlashInfer's ``flashinfer.mla.BatchMLAPagedAtte
 latent buffers, planned and run as SGLang 0.5.17's ``FlashInferMLAAttnBackend`` does (token-level indices,
 ``ckv``/``kpe`` views of the latent); its failure is recorded in the row (``flashinfer_error``), the sparse
 numbers stay. Bytes: a latent row (576 x 2 B) per token is K and V at once. Every JSON row carries
-``geometry`` (``"gqa"`` / ``"mla"``) and ``flow``.
+``geometry`` (``"gqa"`` / ``"mla"``) and ``flow``. ``--mla --kv-dtype fp8_e4m3`` stores the latents in fp8
+(scales from ``[1]`` tensors, as in serving; what Vortex's MLA attention reads with fp8 latents) and asks
+FlashInfer's MLA decode for the same fp8 cache; SGLang 0.5.17's FlashInfer MLA backend decodes bf16, so a
+refusal is the row's ``flashinfer_error``, with the sparse numbers kept.
 
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
 layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants
@@ -331,19 +334,23 @@ class MLACase(PoolCase):
     sm_scale = (MLA_NOPE + MLA_ROPE) ** -0.5
 
     def __init__(self, ctx: int, batch: int, budget_tokens: int, layers: int,
-                 flow: tuple[str | None, str] = MLA_FLOW, device: str = "cuda") -> None:  # fmt: skip
+                 flow: tuple[str | None, str] = MLA_FLOW, device: str = "cuda",
+                 kv_dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
         from vortex_torch.engine.sgl.flow_spec import prepare_flow
         from vortex_torch.engine.sgl.mla_core import VortexMLADecodeCore
 
         dev, width = device, self.head_dim
         prepared = prepare_flow(flow_config(flow, budget_tokens), head_dim=width, group_size=MLA_HEADS,
-                                kv_dtype=torch.bfloat16, qk_rope_head_dim=MLA_ROPE)  # fmt: skip
+                                kv_dtype=kv_dtype, qk_rope_head_dim=MLA_ROPE)  # fmt: skip
         context_len = max(ctx, MLA_CONTEXT_LEN)
-        slots = self._build_pool(ctx, batch, layers, prepared, context_len, dev, torch.bfloat16)
-        self.latent = [torch.randn(slots, 1, width, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
+        slots = self._build_pool(ctx, batch, layers, prepared, context_len, dev, kv_dtype)
+        self.latent = [torch.randn(slots, 1, width, dtype=torch.bfloat16, device=dev).to(kv_dtype)
+                       for _ in range(layers)]  # fmt: skip
         self.core = VortexMLADecodeCore(self.prepared, self.layout, context_len=context_len, device=dev,
                                         kv_lora_rank=MLA_RANK)  # fmt: skip
-        self.fields = [{"k": self.latent[i], **self.aux.fields(i)} for i in range(layers)]
+        one = torch.ones(1, dtype=torch.float32, device=dev)
+        scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
+        self.fields = [{"k": self.latent[i], **self.aux.fields(i), **scales} for i in range(layers)]
         shape = (batch, MLA_HEADS, width)
         self.q = [torch.randn(shape, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
         self._build_step()
@@ -567,7 +574,8 @@ def mla_sweep_variants(case: MLACase, grid: tuple[tuple[int, ...], ...] = MLA_SW
                 wsp: SparseMLADecodeWorkspace = ws) -> None:
             launch(case.q[i], case.latent[i], p.sel_indptr, p.sel_indices, p.last_block_len, case.sm_scale, o, None,
                    s, page_size=PAGE, block_size=BS, v_head_dim=MLA_RANK, workspace=wsp, exact=False, tile_tokens=t,
-                   num_warps=w, num_stages=st)  # fmt: skip
+                   num_warps=w, num_stages=st, k_scale=case.fields[i].get("k_scale"),
+                   v_scale=case.fields[i].get("v_scale"))  # fmt: skip
 
         us = variant_us([lambda i=i: att(i) for i in range(L)], "MLA attention")
         out.append({"kind": "mla_attention", "splits": splits, "tile_tokens": tile, "warps": warps,
@@ -596,8 +604,6 @@ def main() -> int:
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
     args = ap.parse_args()
-    if args.mla and args.kv_dtype != "bfloat16":
-        ap.error("--mla measures a bf16 latent cache (SGLang 0.5.17 runs FlashInfer's MLA decode on bf16)")
     if args.mla and args.sweep is not None and args.sweep != ["attention"]:
         ap.error("--mla sweeps attention only: use --sweep attention (the indexer sweep times GQA variants)")
     cls: type[PoolCase] = MLACase if args.mla else Case
@@ -638,8 +644,8 @@ def measure(mla: bool, ctx: int, batch: int, budget: int, layers: int, flow: tup
             kv_dtype: torch.dtype, bw: float, sweep: list[str]) -> dict[str, Any]:  # fmt: skip
     """One case built and timed (its buffers freed on return), or its error."""
     try:
-        case: PoolCase = (MLACase(ctx, batch, budget, layers, flow=flow) if mla
-                          else Case(ctx, batch, budget, layers, flow=flow, kv_dtype=kv_dtype))  # fmt: skip
+        cls = MLACase if mla else Case
+        case: PoolCase = cls(ctx, batch, budget, layers, flow=flow, kv_dtype=kv_dtype)
         return run_case(case, budget, bw, sweep)
     except Exception as exc:
         return {"geometry": "mla" if mla else "gqa", "ctx": ctx, "batch": batch,

@@ -1,12 +1,14 @@
 """Registers, spills and shared memory of Vortex's decode kernels on an H100/H200 (sm_90), without a GPU.
 
+Triton's interpreter accepts a tile that the GPU cannot launch; this catches it on a CPU. A kernel that asks
+for more shared memory than sm_90 gives a block fails every launch, and one that spills registers to stack
+reads local memory in its inner loop.
+
 Each kernel launch is captured from its public entry point (called on small CPU tensors of the geometry's
-dtypes and strides, the launch recorded instead of run) and compiled through Triton's own argument binder
-(types, 16-byte alignment specialisation, constexprs, warps: what a launch on an H100/H200 compiles) down to a
-cubin (ptxas); ``cuobjdump`` reads the result. Compiling without the binder's alignment specialisation gives
-other numbers (e.g. 255 registers and spills instead of 128 registers for the GQA attention kernel). Triton's interpreter accepts a tile that the GPU cannot launch; this is what
-catches it on a CPU: a kernel that asks for more shared memory than an SM has fails every launch, and a
-kernel that spills registers to stack reads local memory in its inner loop.
+dtypes and strides; the launch is recorded instead of run) and compiled through Triton's own argument binder
+for sm_90 (types, 16-byte alignment specialisation, constexprs, warps: what a launch on an H100/H200 compiles)
+down to a cubin; ``cuobjdump`` reads the result. Compiling without the binder's alignment specialisation gives
+other numbers (255 registers and spills instead of 128 registers for the GQA attention kernel).
 
 usage: python tools/sm90_resources.py [--block-sizes 16 64 256] [--kinds gqa mla select] [--json PATH]
        python tools/sm90_resources.py --step gqa|mla [--ctx 32768] [--batch 16] [--budget 2048] [--flow NAME]
@@ -157,6 +159,7 @@ def step_launches(kind: str, ctx: int, batch: int, budget: int, flow: str | None
     bench = importlib.util.module_from_spec(spec)
     sys.modules["decode_step_bench"] = bench
     spec.loader.exec_module(bench)
+    # imported before the capture starts, so that their entry points' "can this run here" checks get switched
     import vortex_torch.engine.sgl.decode_core
     import vortex_torch.engine.sgl.mla_core  # noqa: F401
 
@@ -210,20 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {kernel} | {geometry} | {block_n} | {row['warps']} | {r['registers']} | {r['spill_stack']} | "
               f"{r['shared']} | {fits} |", flush=True)  # fmt: skip
 
-    header = "| kernel | geometry | BLOCK_N | warps | registers | spill stack B | shared B | launches |\n" + "|---|" * 8
+    header = "| kernel | geometry | BLOCK_N | warps | registers | spill stack B | shared B | launches |\n|" + "---|" * 8
     if args.step:
         plan, layer = step_launches(args.step, args.ctx, args.batch, args.budget, args.flow)
         print(f"{args.step} decode step ({args.flow or 'default flow'}), {args.ctx} x {args.batch}, budget "
               f"{args.budget}: {len(plan)} Triton "
               f"launch(es) per step (the plan), {len(layer)} per sparse layer\n")  # fmt: skip
-        print(header.replace("|---||---|", "|---|---|").replace("||", "|"))
+        print(header)
         for stage, launches in (("plan", plan), ("layer", layer)):
             for fn, a, kw in launches:
                 compiled, cx = compile_launch(fn, a, kw)
                 shown = " ".join(f"{k}={cx[k]}" for k in SHOWN if k in cx)
                 report(f"{stage}: {fn.__name__}", shown, compiled, cx.get("BLOCK_N", "-"))
     else:
-        print(header.replace("|---||---|", "|---|---|").replace("||", "|"))
+        print(header)
         for kernel, geometry, fn, a, kw in matrix_launches(args.kinds, args.block_sizes):
             compiled, cx = compile_launch(fn, a, kw)
             report(kernel, geometry, compiled, cx.get("BLOCK_N", "-"))

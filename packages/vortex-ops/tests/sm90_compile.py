@@ -4,7 +4,7 @@ The tests run this in a subprocess without ``TRITON_INTERPRET`` (the interpreter
 compiler rejects): ``python -c "import sys; sys.path.insert(0, TESTS_DIR); import sm90_compile; ..."``.
 One geometry (:data:`CONSTEXPRS`) and one argument-typing rule (:func:`signature`) for every kernel;
 :func:`resources` reads a compiled kernel's registers, spill stack and shared memory (``tools/sm90_resources.py``
-reports them for the launchers' own configurations).
+reports them for launches as the entry points make them).
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ SM90_MAX_SHARED = 232448
 
 
 def resources(compiled: Any) -> dict[str, int]:
-    """``{"registers", "spill_stack", "shared"}`` of a kernel from :func:`compile_sm90`: registers per thread and
-    stack bytes per thread (spills) from ``cuobjdump --dump-resource-usage`` of its cubin, and the dynamic
-    shared memory Triton launches it with (a launch fails above :data:`SM90_MAX_SHARED`)."""
+    """``{"registers", "spill_stack", "shared"}`` of a kernel compiled for sm_90 (``triton.compile``'s result,
+    e.g. :func:`compile_sm90`'s): registers per thread and stack bytes per thread (spills) from ``cuobjdump
+    --dump-resource-usage`` of its cubin, and the dynamic shared memory Triton launches it with (a launch fails
+    above :data:`SM90_MAX_SHARED`)."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")

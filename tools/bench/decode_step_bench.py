@@ -33,7 +33,7 @@ the absorbed queries ``[B, 16, 576]``, a ``vFlowMLA`` (default vortex-flows-cont
 amortised over 27 layers. Dense: FlashInfer's ``flashinfer.mla.BatchMLAPagedAttentionWrapper`` over the same
 latent buffers, planned and run as SGLang 0.5.17's ``FlashInferMLAAttnBackend`` does (token-level indices,
 ``ckv``/``kpe`` views of the latent); its failure is recorded in the row (``flashinfer_error``), the sparse
-numbers stay. Bytes: a latent row (576 x 2 B) per token is K and V at once. Every JSON row carries
+numbers stay. Bytes: a latent row (576 elements) per token is K and V at once. Every JSON row carries
 ``geometry`` (``"gqa"`` / ``"mla"``) and ``flow``. ``--mla --kv-dtype fp8_e4m3`` stores the latents in fp8
 (scales from ``[1]`` tensors, as in serving; what Vortex's MLA attention reads with fp8 latents) and asks
 FlashInfer's MLA decode for the same fp8 cache; SGLang 0.5.17's FlashInfer MLA backend decodes bf16, so a
@@ -229,6 +229,9 @@ class PoolCase:
         self.seq_lens = torch.full((batch,), ctx, device=dev, dtype=torch.int64)
         self.loc = self.req_to_token[self.rpi, ctx - 1].long()
         self.aux = AuxFieldStore(self.prepared, self.layout, slots, list(range(layers)), dev)
+        one = torch.ones(1, dtype=torch.float32, device=dev)
+        #: the fp8 cache's ``[1]`` scale tensors, as served (none for bf16): every layer copy's fields carry them
+        self.kv_scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
         return slots
 
     def _build_step(self) -> None:
@@ -303,10 +306,8 @@ class Case(PoolCase):
         slots = self._build_pool(ctx, batch, layers, prepared, context_len, dev, kv_dtype)
         self.k = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
         self.v = [torch.randn(slots, HKV, D, dtype=torch.bfloat16, device=dev).to(kv_dtype) for _ in range(layers)]
-        one = torch.ones(1, dtype=torch.float32, device=dev)
-        scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
         self.core = VortexDecodeCore(self.prepared, self.layout, context_len=context_len, device=dev)
-        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i), **scales} for i in range(layers)]
+        self.fields = [{"k": self.k[i], "v": self.v[i], **self.aux.fields(i), **self.kv_scales} for i in range(layers)]
         self.q = [torch.randn(batch * HKV, HQ // HKV, D, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
         self._build_step()
 
@@ -320,9 +321,9 @@ class Case(PoolCase):
 
 class MLACase(PoolCase):
     """:class:`Case` for an MLA model, DeepSeek-V2-Lite geometry: 16 query heads on one latent "KV head" of
-    ``kv_lora_rank + qk_rope_head_dim = 512 + 64`` (SGLang's ``MLATokenToKVPool``: one bf16 ``[num_slots, 1,
-    576]`` latent buffer per layer, the whole K and, in its first 512 columns, V), absorbed queries ``[batch,
-    16, 576]``, served by a ``vFlowMLA`` through :class:`VortexMLADecodeCore` (rows = requests; attention
+    ``kv_lora_rank + qk_rope_head_dim = 512 + 64`` (SGLang's ``MLATokenToKVPool``: one ``[num_slots, 1, 576]``
+    latent buffer per layer, bf16 or ``kv_dtype``'s fp8 with ``[1]`` scales, the whole K and, in its first 512
+    columns, V), absorbed queries ``[batch, 16, 576]``, served by a ``vFlowMLA`` through :class:`VortexMLADecodeCore` (rows = requests; attention
     returns ``[batch, 16, 512]``), as the vortex-sglang MLA backend drives it. ``flow`` as :class:`Case`
     (default: vortex-flows-contrib's ``rope_aware_block_sparse_mla``). ``tests/gpu/test_launch_count.py``
     counts the launches of this step for every MLA flow."""
@@ -348,9 +349,7 @@ class MLACase(PoolCase):
                        for _ in range(layers)]  # fmt: skip
         self.core = VortexMLADecodeCore(self.prepared, self.layout, context_len=context_len, device=dev,
                                         kv_lora_rank=MLA_RANK)  # fmt: skip
-        one = torch.ones(1, dtype=torch.float32, device=dev)
-        scales = {"k_scale": one, "v_scale": one} if kv_dtype != torch.bfloat16 else {}
-        self.fields = [{"k": self.latent[i], **self.aux.fields(i), **scales} for i in range(layers)]
+        self.fields = [{"k": self.latent[i], **self.aux.fields(i), **self.kv_scales} for i in range(layers)]
         shape = (batch, MLA_HEADS, width)
         self.q = [torch.randn(shape, dtype=torch.bfloat16, device=dev) for _ in range(layers)]
         self._build_step()
@@ -487,6 +486,11 @@ def variant_us(fns: list[Callable[[], object]], what: str) -> float | None:
         return None
 
 
+def split_variants(base: int) -> list[int]:
+    """The split counts an attention sweep times: the default ``base``, half and double it (at most 64)."""
+    return sorted({base, max(1, base // 2), min(64, base * 2)})
+
+
 def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     from vortex_torch.kernels.sparse_decode.triton_kernel import (
         SparseDecodeWorkspace,
@@ -499,23 +503,19 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     rows = case.batch * HKV
     o = torch.empty_like(case.q[0])
     base_splits = default_num_splits(rows, p.max_selected_per_row, BS, D, torch.device("cuda"))
-    attention_splits = {base_splits, max(1, base_splits // 2), min(64, base_splits * 2)} if "attention" in kinds else ()
-    for splits in sorted(attention_splits):
-        for tile in (32, 64, 128):
-            for warps in (4, 8):
-                for stages in (1, 2, 3):
-                    ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
+    splits_swept = split_variants(base_splits) if "attention" in kinds else []
+    for splits, tile, warps, stages in itertools.product(splits_swept, (32, 64, 128), (4, 8), (1, 2, 3)):
+        ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
 
-                    def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,
-                            wsp: SparseDecodeWorkspace = ws) -> None:
-                        launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len,
-                               D**-0.5, o, None, s, page_size=PAGE, block_size=BS, workspace=wsp, exact=False,
-                               tile_tokens=t, num_warps=w, num_stages=st, k_scale=case.fields[i].get("k_scale"),
-                               v_scale=case.fields[i].get("v_scale"))  # fmt: skip
+        def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,
+                wsp: SparseDecodeWorkspace = ws) -> None:
+            launch(case.q[i], case.k[i], case.v[i], p.sel_indptr, p.sel_indices, p.last_block_len, D**-0.5, o,
+                   None, s, page_size=PAGE, block_size=BS, workspace=wsp, exact=False, tile_tokens=t, num_warps=w,
+                   num_stages=st, k_scale=case.fields[i].get("k_scale"), v_scale=case.fields[i].get("v_scale"))  # fmt: skip
 
-                    us = variant_us([lambda i=i: att(i) for i in range(L)], "attention")
-                    out.append({"kind": "attention", "splits": splits, "tile_tokens": tile, "warps": warps,
-                                "stages": stages, "us": us})  # fmt: skip
+        us = variant_us([lambda i=i: att(i) for i in range(L)], "attention")
+        out.append({"kind": "attention", "splits": splits, "tile_tokens": tile, "warps": warps,
+                    "stages": stages, "us": us})  # fmt: skip
     # indexer variants: a fresh executor each (blocks per chunk are literals of the generated source)
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
@@ -567,7 +567,7 @@ def mla_sweep_variants(case: MLACase, grid: tuple[tuple[int, ...], ...] = MLA_SW
     dev = torch.device(case.device)
     o = torch.empty(b, MLA_HEADS, MLA_RANK, dtype=torch.bfloat16, device=dev)
     base = default_num_splits(b, MLA_HEADS, p.max_selected_per_row, BS, MLA_RANK, dev)
-    for splits, tile, warps, stages in itertools.product(sorted({base, max(1, base // 2), min(64, base * 2)}), *grid):
+    for splits, tile, warps, stages in itertools.product(split_variants(base), *grid):
         ws = SparseMLADecodeWorkspace.allocate(b, splits, MLA_HEADS, MLA_RANK, dev)
 
         def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,
@@ -593,7 +593,7 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", default=None, help=cases_help)
     ap.add_argument("--budget", type=int, default=2048, help="tokens attended per row (topk_val = budget/16 - 2)")
     ap.add_argument("--layers", type=int, default=4, help="pool copies rotated (fewer when they would not fit)")
-    mla_help = "DeepSeek-V2-Lite MLA geometry (16 heads, bf16 latent 512 + 64); dense: FlashInfer MLA decode"
+    mla_help = "DeepSeek-V2-Lite MLA geometry (16 heads, latent 512 + 64 in --kv-dtype); dense: FlashInfer MLA decode"
     ap.add_argument("--mla", action="store_true", help=mla_help)
     flow_help = f"an installed flow's registered name (default: the quick-start flow; --mla: {MLA_FLOW[1]})"
     ap.add_argument("--flow", default=None, help=flow_help)

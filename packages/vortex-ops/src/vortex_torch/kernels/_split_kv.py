@@ -1,7 +1,7 @@
 """What the split-KV sparse decode kernels (``sparse_decode`` for GQA, ``sparse_decode_mla``) share: the
 split-count rule and, beside it, the in-kernel cut of a row into split chunks and loop steps
-(:func:`split_token_range`, :func:`step_tokens`); the caller-owned split workspace; the launch arguments that do not depend on the
-kernel's math (precision constexprs, fp8 scale pointers).
+(:func:`split_token_range`, :func:`step_tokens`); the caller-owned split workspace; the launch arguments that
+do not depend on the kernel's math (precision constexprs, fp8 scale pointers).
 
 The kernels' math stays in their packages: their tiles differ. Both step through a row's selected tokens in
 tiles of ``tile_tokens`` (a power of two >= 16), whatever the block size: a tile holds several whole blocks or

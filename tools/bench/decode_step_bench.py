@@ -540,11 +540,11 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
 
     nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
     scores = [torch.randn(max(1, nnz), device="cuda") for _ in range(L)]
-    for warps, radix in itertools.product((2, 4, 8), (4, 1)):  # 4 or 1 bits decided per count pass
-        us = variant_us([lambda i=i, w=warps, rb=radix: select_blocks_triton(
+    for warps in (2, 4, 8):
+        us = variant_us([lambda i=i, w=warps: select_blocks_triton(
             scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
-            max_blocks_per_row=p.max_blocks_per_row, num_warps=w, radix_bits=rb) for i in range(L)], "select")  # fmt: skip
-        out.append({"kind": "select_only", "warps": warps, "radix_bits": radix, "us": us})
+            max_blocks_per_row=p.max_blocks_per_row, num_warps=w) for i in range(L)], "select")  # fmt: skip
+        out.append({"kind": "select_only", "warps": warps, "us": us})
     return out
 
 
@@ -554,8 +554,8 @@ MLA_SWEEP: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((16, 32, 
 
 def mla_sweep_variants(case: MLACase, grid: tuple[tuple[int, ...], ...] = MLA_SWEEP) -> list[dict[str, Any]]:
     """MLA attention tile variants over the case's selection (its default split count, half and double it;
-    times ``grid``: tiles of 16, 32 and 64 tokens; 4 or 8 warps; 1 or 2 stages): the defaults
-    (``sparse_decode_mla.triton_kernel.default_tile_tokens`` / ``DEFAULT_NUM_WARPS``) were never timed."""
+    times ``grid``: tiles of 16, 32 and 64 tokens; 4 or 8 warps; 1 or 2 stages), which chose the defaults
+    (``sparse_decode_mla.triton_kernel.default_tile_tokens`` / ``DEFAULT_NUM_WARPS`` / ``PROGRAMS_PER_SM``)."""
     from vortex_torch.kernels.sparse_decode_mla.triton_kernel import (
         SparseMLADecodeWorkspace,
         default_num_splits,

@@ -24,7 +24,7 @@ CONSTEXPRS: dict[str, Any] = dict(
     G=4, D=128, PAGE=16, BS=16, H_KV=8, G_PAD=16, D_PAD=128, H=16, DV=512, DR=64, BLOCK_H=16, HB=1, DV_PAD=512,
     DR_PAD=64, STORE_LSE=True, DOT_PRECISION="tf32", PV_PRECISION="tf32", P_FP32=False,
     MERGE=True, STORE_FINAL_LSE=False, KV_FP8=False, FENCE=True, PDL=False, APPROX=False, LOW_BIT=16,
-    SINGLE_TILE=True, BLOCK_N=128, GATHER=False, RADIX_BITS=4,
+    SINGLE_TILE=True, BLOCK_N=128, GATHER=False,
 )
 #: K/V (latent) buffers: bf16, or the fp8 type given to :func:`signature`
 KV_ARGS = ("k_ptr", "v_ptr", "lat_ptr")

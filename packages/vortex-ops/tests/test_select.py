@@ -227,33 +227,25 @@ def test_select_middle_approx_guarantee_exhaustive() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.3])
 @pytest.mark.parametrize("bos,eos", [(1, 2), (0, 1)])
-@pytest.mark.parametrize("radix_bits", [4, 1])
-def test_triton_matches_reference(
-    dtype: torch.dtype, tolerate_ratio: float, bos: int, eos: int, radix_bits: int
-) -> None:
-    """Both searches of an exact topK (4 bits per count pass, the default, and bit by bit) select what the
-    reference selects; approxTopK searches bit by bit either way."""
+def test_triton_matches_reference(dtype: torch.dtype, tolerate_ratio: float, bos: int, eos: int) -> None:
     for seed, kind in enumerate(["randn", "ties", "special", "near_equal"]):
         score, csr = _batch(EDGE_LENGTHS, kind, bos, eos, seed)
         score = score.to(dtype)
         want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
-        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, radix_bits=radix_bits)
+        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         if tolerate_ratio == 0.0:
             torch.testing.assert_close(got, _brute_force(score, *csr, bos, eos), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
-@pytest.mark.parametrize("radix_bits", [4, 1])
-def test_triton_multi_tile_path(tolerate_ratio: float, radix_bits: int) -> None:
+def test_triton_multi_tile_path(tolerate_ratio: float) -> None:
     """Rows longer than the tile: count passes and compaction loop over 16-wide tiles."""
     bos, eos = 1, 2
     for seed, kind in enumerate(["randn", "special", "ties"]):
         score, csr = _batch([0, 2, 15, 16, 17, 40, 77], kind, bos, eos, seed)
         want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
-        got = select_blocks_triton(
-            score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, tile_size=16, radix_bits=radix_bits
-        )
+        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, tile_size=16)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -355,8 +347,6 @@ def test_gpu_typical_size(tolerate_ratio: float, dtype: torch.dtype) -> None:
     got = select_blocks(*args, tolerate_ratio=tolerate_ratio, out=out, max_blocks_per_row=8192)
     want = select_blocks_reference(*args, tolerate_ratio=tolerate_ratio)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    # also the looped path for the long row, and the bitwise search
+    # also the looped path for the long row
     got_tiled = select_blocks_triton(*args, tolerate_ratio=tolerate_ratio, tile_size=1024)
     torch.testing.assert_close(got_tiled, want, rtol=0, atol=0)
-    got_bitwise = select_blocks_triton(*args, tolerate_ratio=tolerate_ratio, radix_bits=1, max_blocks_per_row=8192)
-    torch.testing.assert_close(got_bitwise, want, rtol=0, atol=0)

@@ -23,7 +23,7 @@ from .fp8 import Scale, is_fp8, scale_tensor
 MIN_ITERS_PER_SPLIT = 2  # a split shorter than this costs more in launch/merge than it gains
 MAX_SPLITS = 64
 MIN_TILE_TOKENS = 16  # tl.dot's smallest N and K
-PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep HBM busy
+PROGRAMS_PER_SM = 4  # GQA: enough resident programs per SM to keep HBM busy
 
 _W = TypeVar("_W", bound="SplitWorkspace")
 
@@ -42,14 +42,19 @@ def check_tile_tokens(tile_tokens: int) -> int:
 
 
 def split_count(
-    programs_per_split: int, max_blocks_per_row: int, block_size: int, tile_tokens: int, device: torch.device
+    programs_per_split: int,
+    max_blocks_per_row: int,
+    block_size: int,
+    tile_tokens: int,
+    device: torch.device,
+    programs_per_sm: int = PROGRAMS_PER_SM,
 ) -> int:
-    """Splits per row: enough programs to fill the GPU (``programs_per_split`` programs per split index: rows,
-    or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps of ``tile_tokens`` tokens.
-    On a GPU with at least one program per SM without splitting, none: a split then only adds the merge's
-    round trip through the workspace (H200, 256 rows of a 32k context, budget 2048, same tiles: 69.8 µs with 1
-    split, 73.1 with the 3 that filling 4 programs per SM gave, 76.4 with 6; a second sweep 71.1 / 74.2 / 78.1;
-    results/gpu/2026-12-04-decode-step-bench.json and -fused-2warps.json).
+    """Splits per row: enough programs to fill the GPU (``programs_per_sm`` per SM; ``programs_per_split``
+    programs per split index: rows, or rows x head blocks), but chunks of >= ``MIN_ITERS_PER_SPLIT`` loop steps
+    of ``tile_tokens`` tokens. On a GPU with at least one program per SM without splitting, none: a split then
+    only adds the merge's round trip through the workspace (H200, 256 rows of a 32k context, budget 2048, same
+    tiles: 69.8 µs with 1 split, 73.1 with the 3 that filling 4 programs per SM gave, 76.4 with 6; a second
+    sweep 71.1 / 74.2 / 78.1; results/gpu/2026-12-04-decode-step-bench.json and -fused-2warps.json).
 
     Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config.
     """
@@ -57,9 +62,10 @@ def split_count(
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         if programs_per_split >= num_sms:
             return 1
+        target = programs_per_sm * num_sms
     else:
-        num_sms = 2  # Triton interpreter: small, so that tests exercise the split + merge path
-    want = triton.cdiv(PROGRAMS_PER_SM * num_sms, max(programs_per_split, 1))
+        target = 8  # Triton interpreter: small, so that tests exercise the split + merge path
+    want = triton.cdiv(target, max(programs_per_split, 1))
     cap = triton.cdiv(max_blocks_per_row * block_size, MIN_ITERS_PER_SPLIT * tile_tokens)
     return int(max(1, min(want, cap, MAX_SPLITS)))
 

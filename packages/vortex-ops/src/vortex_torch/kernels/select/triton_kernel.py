@@ -1,20 +1,14 @@
 """Triton block selection (``topK`` / ``approxTopK``): one program per row, bitwise threshold search.
 
-It computes exactly what :mod:`.reference` defines: the same keys and the same output; ``approxTopK`` with the
-same search and stopping rule, an exact ``topK`` with a search that decides four bits per pass (2. below).
-Per row (program):
+It computes exactly what :mod:`.reference` defines (same keys, same search, same stopping rule, so the same
+output). Per row (program):
 
 1. load the row's middle scores ``[bos, n - eos)`` and map them to int32 order keys (``_order_key``);
 2. binary-search the threshold bin bit by bit, MSB first: one count pass ``#{key >= mid}`` per bit, at most
-   32 of them (16 for bf16, 19 for fp16 scores), stopping early as in the reference. An exact ``topK``
-   (``RADIX_BITS = 4``, the default) decides four bits per pass instead: one pass counts the keys at or above
-   each of the 16 thresholds ``lo ^ (v << (bit - 3))``, ``v = 0..15`` (in key order, since the bin's bits from
-   ``bit`` down are still 0 in the unsigned key), and the bin moves to the largest ``v`` whose count is still
-   ``>= k``, which is where four bitwise passes would have taken it. The bitwise search may stop earlier (when
-   ``#{key >= lo} == k``), but an exact selection does not depend on where it stops: it is the ``k`` largest
-   keys, ties at the ``k``-th broken by position, either way (test_select compares the two on tied and
-   random scores). ``approxTopK``'s stop (``k - c <= tol_k``) can fire between two bits of a group, so it keeps
-   the bitwise search;
+   32 of them (16 for bf16, 19 for fp16 scores), stopping early as in the reference. (A search deciding four
+   bits per pass, 16 thresholds counted at once, gave the same output but was 2.2x slower on the H200:
+   29.8 vs 13.8 us for 256 rows of 2048 blocks, 17.7 vs 10.5 us for 8 rows;
+   ``results/gpu/2026-12-05-decode-step-bench.json``, select_only rows; removed);
 3. stable compaction in position order: every position that is head/tail, above the bin, or one of the first
    ``owed`` bin elements, is written at ``out_start + exclusive_cumsum(selected)``.
 
@@ -98,32 +92,6 @@ def _count_ge_tiled(score_ptr, indices_ptr, row_start, n, mid_lo, mid_hi, mid, B
 
 
 @triton.jit
-def _bin_update(lo1, n_ge1, top1, c1, lo2, n_ge2, top2, c2):
-    """Combine of the 4-bit search's one reduction: (max, min, min, max)."""
-    return tl.maximum(lo1, lo2), tl.minimum(n_ge1, n_ge2), tl.minimum(top1, top2), tl.maximum(c1, c2)
-
-
-@triton.jit
-def _count_ge_16(keys, mids):
-    """``keys [BLOCK_N]``, ``mids [16]`` -> ``[16]``: ``#{keys >= mids[v]}`` for every ``v``, one reduction."""
-    return tl.sum((keys[None, :] >= mids[:, None]).to(tl.int32), axis=1)
-
-
-@triton.jit
-def _count_ge_16_tiled(score_ptr, indices_ptr, row_start, n, mid_lo, mid_hi, mids, BLOCK_N: tl.constexpr,
-                       GATHER: tl.constexpr):  # fmt: skip
-    """:func:`_count_ge_16` of a row longer than one tile, re-reading its scores tile by tile."""
-    cnt = tl.zeros([16], dtype=tl.int32)
-    start = tl.zeros([], dtype=tl.int32)
-    while start < n:
-        keys, _ = _tile_keys(score_ptr, indices_ptr, row_start, start + tl.arange(0, BLOCK_N), mid_lo, mid_hi,
-                             GATHER)  # fmt: skip
-        cnt += _count_ge_16(keys, mids)
-        start += BLOCK_N
-    return cnt
-
-
-@triton.jit
 def _compact_tile(
     keys, in_mid, pos, n, lo, top, owed, bin_before, out_before,
     dense_indices_ptr, row_start, out_ptr, out_start, budget,
@@ -163,7 +131,6 @@ def select_row(
     SINGLE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr,
-    RADIX_BITS: tl.constexpr = 4,  # bits an exact search decides per count pass: 4, or 1 (bit by bit)
 ):
     """Select one row's blocks (the whole algorithm of the module docstring) into ``out[out_start:+budget]``.
 
@@ -196,30 +163,7 @@ def select_row(
     # Once bits 31..LOW_BIT are decided the bin holds a single score value (a bf16/fp16 score widened to
     # fp32 has its low mantissa bits all 0, so its key's low bits are all 0 or all 1 by sign): the
     # remaining passes of the reference change neither c nor n_ge, and skipping them keeps its output.
-    if (not APPROX) and RADIX_BITS == 4:  # four bits per pass (bit = 31, 27, ..., 3; exact: c < k throughout)
-        v = tl.arange(0, 16)
-        while (bit >= LOW_BIT) & (k - c > 0) & (n_ge != k):
-            mids = lo ^ (v << (bit - 3))  # ascending; mids[0] == lo
-            if SINGLE_TILE:
-                cnts = _count_ge_16(keys, mids)
-            else:
-                cnts = _count_ge_16_tiled(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, mids,
-                                          BLOCK_N, GATHER)  # fmt: skip
-            # cnts is non-increasing in v; v = 0 (mids == lo) is skipped: it also counts the non-middle keys at
-            # INT32_MIN. up: thresholds the k-th largest key is still at or above (the largest, v*, is the new
-            # lo); the first threshold above them (v* + 1) bounds the bin from above. One reduction for all
-            # four, in the counts' own layout (comparing with `mids`, not `v`, needs no layout conversion).
-            up = (cnts >= k) & (mids != lo)
-            down = (cnts < k) & (mids != lo)
-            lo_v, n_ge_v, top_v, c_v = tl.reduce(
-                (tl.where(up, mids, _I32_MIN), tl.where(up, cnts, _I32_MAX), tl.where(down, mids - 1, _I32_MAX),
-                 tl.where(down, cnts, 0)), 0, _bin_update)  # fmt: skip
-            lo = tl.maximum(lo, lo_v)
-            n_ge = tl.minimum(n_ge, n_ge_v)
-            top = tl.minimum(top, top_v)
-            c = tl.maximum(c, c_v)
-            bit -= 4
-    while (bit >= LOW_BIT) & (k - c > tol_k) & (n_ge != k):  # bitwise (approxTopK, or RADIX_BITS == 1)
+    while (bit >= LOW_BIT) & (k - c > tol_k) & (n_ge != k):
         mid = lo ^ (one << bit)  # set bit `bit` of the unsigned key (bit 31: clear the sign bit)
         if SINGLE_TILE:
             cnt = tl.sum((keys >= mid).to(tl.int32), axis=0)
@@ -269,7 +213,6 @@ def _select_blocks_kernel(
     SINGLE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr,
-    RADIX_BITS: tl.constexpr,
     PDL: tl.constexpr,  # launched with programmatic dependent launch (wait for the previous kernel)
 ):
     dependent_launch_prologue(PDL)
@@ -279,7 +222,7 @@ def _select_blocks_kernel(
     select_row(
         score_ptr, dense_indices_ptr, out_ptr, row_start, tl.load(dense_indptr_ptr + row + 1) - row_start,
         out_start, tl.load(sel_indptr_ptr + row + 1) - out_start, bos, eos, tol_bits,
-        APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER, RADIX_BITS,
+        APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER,
     )  # fmt: skip
 
 
@@ -325,7 +268,6 @@ def select_blocks_triton(
     tile_size: int | None = None,
     gather: bool = False,
     num_warps: int | None = None,
-    radix_bits: int = 4,
     enable_pdl: bool = False,
 ) -> Tensor:
     """Select each row's blocks (see :mod:`.reference` for the exact semantics and the approx guarantee).
@@ -338,12 +280,9 @@ def select_blocks_triton(
     ``max_blocks_per_row`` (``>= max n_r``) picks the tile without reading ``dense_indptr`` on the host; with
     it and ``out`` given the call never syncs and can be captured in a CUDA graph. ``tile_size`` (a power of
     two) forces the looped multi-tile path, for tests. ``0 <= tolerate_ratio < 1``; 0 is exact ``topK``.
-    ``num_warps`` per row program: default ~16 keys per thread. ``radix_bits``: bits an exact search decides
-    per count pass, 4 or 1 (the output is the same; ``approxTopK`` always searches bit by bit).
+    ``num_warps`` per row program: default ~16 keys per thread.
     ``enable_pdl``: launch with Hopper programmatic dependent launch (sm_90+ only; an error elsewhere).
     """
-    if radix_bits not in (1, 4):
-        raise ValueError(f"radix_bits must be 1 or 4, got {radix_bits}")
     require_launchable(_select_blocks_kernel, score, "select_blocks_triton", "select_blocks_reference")
     approx, tol_bits = tolerance_bits(tolerate_ratio)
     if bos < 0 or eos < 0:
@@ -381,7 +320,7 @@ def select_blocks_triton(
     _select_blocks_kernel[(n_rows,)](
         flat, dense_indptr, dense_indices, sel_indptr, out, bos, eos, tol_bits,
         APPROX=approx, LOW_BIT=LOW_BIT[score.dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=gather,
-        RADIX_BITS=radix_bits, PDL=enable_pdl, num_warps=num_warps or _num_warps(block_n),
+        PDL=enable_pdl, num_warps=num_warps or _num_warps(block_n),
         **pdl_launch_options(enable_pdl, score.device, "select_blocks_triton"),
     )  # fmt: skip
     return out

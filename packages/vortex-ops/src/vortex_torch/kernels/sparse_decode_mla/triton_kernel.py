@@ -220,11 +220,18 @@ def default_tile_tokens(kv_lora_rank: int, exact: bool = False) -> int:
     return min(64, max(MIN_TILE_TOKENS, elems // next_pow2(kv_lora_rank, 16)))
 
 
-#: warps per program. At the default 64-token tile (kv_lora_rank 512, 16 heads per program, bf16) ptxas gives
-#: 200-236 registers and no spill at 4 warps, 124 at 8; fp8 latents spill ~390 bytes per thread at 4 warps,
-#: none at 8 (sm_90, Triton 3.6, ``tools/sm90_resources.py``). Not yet timed on a GPU:
-#: ``decode_step_bench --mla --sweep attention`` times 4 and 8.
-DEFAULT_NUM_WARPS = 4
+#: warps per program. At the default 64-token tile (kv_lora_rank 512, 16 heads per program) ptxas gives 124
+#: registers and no spill at 8 warps; at 4, bf16 latents take 200-236 and fp8 ones spill (488 bytes per thread)
+#: (sm_90, Triton 3.6, ``tools/sm90_resources.py``). Timed on the H200 (``decode_step_bench --mla --sweep
+#: attention``, 16 heads, budget 2048, 64-token tiles, 2 stages, best split count): bf16 32k x 16 30.9 us at 8
+#: warps, 31.1 at 4; 32k x 1 20.4 vs 21.9; fp8 32k x 16 34.9 vs 47.9 (results/gpu/2026-12-05-decode-step-bench-mla*.json).
+DEFAULT_NUM_WARPS = 8
+
+#: resident ``(row, head block, split)`` programs per SM the split rule aims for. An MLA program reads a whole
+#: ``[tile, 576]`` latent tile for 16 heads, so one per SM already keeps HBM busy, and more splits only add
+#: merge traffic: H200, 32k x 16, budget 2048, 8 warps, 64-token tiles: 30.9 us with 8 splits (~1 program per
+#: SM), 39.4 with 16 (the 4-per-SM rule's, capped), 54.9 with 32; fp8 34.9 / 43.6 / 61.4 (same files).
+PROGRAMS_PER_SM = 1
 
 
 def default_num_splits(
@@ -239,10 +246,11 @@ def default_num_splits(
     """Splits per row: enough ``(row, head block, split)`` programs to fill the GPU, chunks of >= 2 loop steps.
 
     Depends on shapes and the device only, so a fixed ``max_blocks_per_row`` gives a fixed launch config
-    (:func:`.._split_kv.split_count` with one program per row, head block and split).
+    (:func:`.._split_kv.split_count` with one program per row, head block and split, :data:`PROGRAMS_PER_SM`).
     """
     programs = max(num_rows, 1) * triton.cdiv(num_heads, head_block(num_heads))
-    return split_count(programs, max_blocks_per_row, block_size, default_tile_tokens(kv_lora_rank, exact), device)
+    tile = default_tile_tokens(kv_lora_rank, exact)
+    return split_count(programs, max_blocks_per_row, block_size, tile, device, programs_per_sm=PROGRAMS_PER_SM)
 
 
 class SparseMLADecodeWorkspace(SplitWorkspace):

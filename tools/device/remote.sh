@@ -347,8 +347,16 @@ LEFT=$((BUDGET - SECONDS - 20))
 [ $LEFT -ge 30 ] || die "only ${LEFT}s of the ${BUDGET}s budget left for the command"
 echo "[remote] running (limit ${LEFT}s): ${CMD[*]}"
 t=$SECONDS
-timeout --signal=INT --kill-after=15 "$LEFT" "${CMD[@]}"
+# In the background with a trap, so that a TERM/INT sent to this script (an outer `timeout`, the run tool's
+# limit) reaches the command: killing this shell alone left pytest running on, and on 2026-12-05 an overlap
+# suite cut by an outer `timeout 210` ran 6 minutes beside the next bench, sharing its GPU.
+timeout --signal=INT --kill-after=15 "$LEFT" "${CMD[@]}" &
+CHILD=$!
+trap 'echo "[remote] stopped from outside: interrupting the command"; kill -INT $CHILD 2>/dev/null' TERM INT
+wait $CHILD
 RC=$?
+while kill -0 $CHILD 2>/dev/null; do wait $CHILD; RC=$?; done  # a trap ends `wait` early: wait for the end
+trap - TERM INT
 [ $RC -eq 124 ] && echo "[remote] the command ran past ${LEFT}s and was interrupted"
 stage command $((SECONDS - t))
 finish

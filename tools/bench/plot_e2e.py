@@ -116,6 +116,7 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="parity (1.0)")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     pairs = sorted({(b, bud) for b, bud, _, _, _ in lines})
+    labels: list[tuple[int, float, str]] = []  # (ctx, ratio, color) of every point, labelled after the lines
     for batch, budget, overlap, pdl, tp in sorted(lines):
         pts = sorted(lines[(batch, budget, overlap, pdl, tp)])
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -125,10 +126,16 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
         )
         ax.plot(xs, ys, marker="^" if pdl else ("s" if overlap else "o"), linestyle=":" if overlap else "-",
                 color=color, alpha=0.6 if pdl else 1.0, label=label)  # fmt: skip
-        for x, y in pts:
-            ax.annotate(
-                f"{y:.2f}x", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
-            )
+        labels += [(x, y, color) for x, y in pts]
+    top = max([y for pts in lines.values() for _, y in pts] + [1.0])
+    gap = 0.045 * top * 1.15  # a label's height in data units (the y axis spans 0 .. top * 1.15)
+    for x in sorted({x for x, _, _ in labels}):
+        at_x = sorted((lab for lab in labels if lab[0] == x), key=lambda lab: lab[1])
+        floor = -gap
+        for _, y, color in at_x:  # bottom up, each label at least one label height above the one below
+            text_y = max(y, floor + gap)
+            floor = text_y
+            ax.annotate(f"{y:.2f}x", (x, y), xytext=(x * 1.06, text_y), fontsize=7, color=color, va="center")
     ctxs = sorted({r["ctx"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ctxs)
@@ -136,7 +143,6 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
     ax.minorticks_off()
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("decode tokens/s, Vortex / plain SGLang")
-    top = max([y for pts in lines.values() for _, y in pts] + [1.0])
     ax.set_ylim(0, top * 1.15)  # room above the highest label
     ax.margins(x=0.1)  # and beside the first and last context
     ax.set_title(title, fontsize=10)

@@ -130,7 +130,8 @@ class VortexConfig:
     exact_attention: bool = False
     #: launch each sparse layer's kernels (scoring, selection, Vortex's attention) with Hopper programmatic
     #: dependent launch, so that each is scheduled while the previous one finishes (sm_90+ GPUs only; an error
-    #: elsewhere, and with impl_backend="reference"). Off by default until measured end to end
+    #: elsewhere, and with impl_backend="reference"). Off by default: no measurable gain on the H200
+    #: (results/gpu/2026-12-05-gpu-runs.md)
     enable_pdl: bool = False
 
     def __post_init__(self) -> None:

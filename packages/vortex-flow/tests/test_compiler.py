@@ -337,6 +337,36 @@ def test_quickstart_indexer_launches(pool: Pool, cache_dir: str, fuse: bool) -> 
     assert [g.kind for g in tri.groups] == ["fused", "select"]
 
 
+def test_per_row_values_are_computed_before_the_chunk_loop(pool: Pool, cache_dir: str) -> None:
+    """The quick-start flow's query mean is the same for every chunk of a row: the scoring function loads and
+    reduces it once, before its chunk loop (inside, every chunk re-read the queries), and still selects what the
+    reference selects (``compare``); the centroid load and the dot product stay in the loop."""
+    flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
+    tri = compare(trace_flow(flow, pool.geometry), pool, cache_dir)
+    fn = tri.kernels[0].lines
+    loop = next(i for i, line in enumerate(fn) if line.strip().startswith("for chunk in range("))
+    before, inside = "\n".join(fn[:loop]), "\n".join(fn[loop:])
+    assert "tl.load(in" in before and "tl.sum(" in before  # the query load and its mean over heads
+    assert "BLK3" in inside and "tl.load(" in inside and "tl.load(in" not in before.split("tl.sum(")[1]
+
+
+def test_a_line_reading_the_chunk_stays_in_the_loop() -> None:
+    """``_hoist`` moves a node's lines only when none reads a chunk-loop name or a value computed in the loop."""
+    from vortex_torch.flow.compiler.codegen import _hoist
+    from vortex_torch.flow.compiler.emitter import Emitter
+
+    for lines, moved in [
+        (["t1 = tl.load(in0 + row * 4)", "t2 = t1 * 2.0"], True),
+        (["t1 = tl.load(in0 + row * 4)", "t2 = t1 + p"], False),  # reads the chunk's positions
+        (["t2 = t9 * 2.0"], False),  # t9 was computed in the loop
+        (["tl.store(out + row, t1)"], False),  # not an assignment
+    ]:
+        e = Emitter("ragged")
+        e.body = ["t9 = tl.load(in1 + BLK3)", *lines]
+        _hoist(e, 1, set())
+        assert (e.hoisted == lines and e.body == ["t9 = tl.load(in1 + BLK3)"]) if moved else not e.hoisted, lines
+
+
 @pytest.mark.parametrize("fuse", [False, True], ids=["select-apart", "select-fused"])
 @pytest.mark.parametrize("num_warps", [1, 2, 4])
 @pytest.mark.parametrize("block_chunk", [2, 0], ids=["chunk2", "chunk-default"])

@@ -4,6 +4,8 @@ lowerings of its ops (:mod:`.lowerings`, keyed by op class; :mod:`.emitter` says
 
 from __future__ import annotations
 
+import re
+
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.graph import OpNode
 from vortex_torch.abs.vtensor import vTensor
@@ -35,7 +37,9 @@ def fused_kernel(
     outputs other kernels read."""
     mode = "ragged" if group.ragged else "batched"
     e = Emitter(mode, kv)
+    hoisted_vars: set[str] = set()
     for node in group.nodes:
+        first_line = len(e.body)
         xs = []
         for t in node.inputs:
             tile = e.tiles.get(t.tensor_id)
@@ -57,6 +61,8 @@ def fused_kernel(
             continue
         assert tile is not None
         e.tiles[node.output.tensor_id] = tile
+        if mode == "ragged" and node.writes is None and tile.s == "1":
+            _hoist(e, first_line, hoisted_vars)
         if node.output.tensor_id in stored:
             arg = f"out{node.output.tensor_id}"
             e.args.append(KernelArg(arg, f"buffer:{node.output.tensor_id}", node.output))
@@ -65,6 +71,33 @@ def fused_kernel(
     if e.deferred:  # a Save may overwrite what a Load of this program read
         e.barrier_before_overwrite(e.deferred_ptrs, tail)
     return _finish(name, e, tail + [line for lines in e.deferred.values() for line in lines])
+
+
+#: names a ragged group's chunk loop defines (``_finish``): a line that reads one must stay in the loop
+_CHUNK_NAMES = re.compile(r"\b(chunk|p|valid|rag|blk|VALID3|RAG3|BLK3)\b")
+_TMP = re.compile(r"\bt\d+\b")
+_ASSIGN = re.compile(r"^(t\d+) = (.*)$")
+
+
+def _hoist(e: Emitter, first_line: int, hoisted_vars: set[str]) -> None:
+    """Move a per-row node's lines (``e.body[first_line:]``) before a ragged group's chunk loop, when every
+    line is an assignment ``tN = ...`` that reads no chunk-loop name and no ``tN`` computed in the loop.
+
+    A per-row value (the mean query, a scaled query) is the same for every chunk; inside the loop each chunk
+    re-loaded and re-reduced it: for MLA's ``[16, 576]`` absorbed queries that was 4x the bytes of the 8
+    centroids a chunk scores. Conservative: any other line shape keeps the node in the loop."""
+    lines = e.body[first_line:]
+    defined: list[str] = []
+    for line in lines:
+        m = _ASSIGN.match(line)
+        if m is None or _CHUNK_NAMES.search(m.group(2)):
+            return
+        if any(v not in hoisted_vars and v not in defined for v in _TMP.findall(m.group(2))):
+            return
+        defined.append(m.group(1))
+    del e.body[first_line:]
+    e.hoisted += lines
+    hoisted_vars.update(defined)
 
 
 def cache_kernel(
@@ -191,7 +224,7 @@ def _finish(name: str, e: Emitter, tail: list[str], *, decode_cache: bool | str 
         "RAG3 = rag[:, None, None]",
         "BLK3 = blk[:, None, None]",
     ]
-    lines = head + ["    " + x for x in e.pre]
+    lines = head + ["    " + x for x in e.pre + e.hoisted]
     lines.append("    for chunk in range(c_lo, tl.cdiv(n, BS), c_step):")
     lines += ["        " + x for x in chunk + e.body + tail]
     return KernelSource(name=name, args=e.args, lines=lines, ragged=True)

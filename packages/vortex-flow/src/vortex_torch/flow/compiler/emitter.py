@@ -107,6 +107,8 @@ class Emitter:
         self.kv = kv
         self.pre: list[str] = []
         self.body: list[str] = []
+        #: a ragged group's per-row lines, run once before its chunk loop (``codegen._hoist``)
+        self.hoisted: list[str] = []
         self.args: list[KernelArg] = []
         self.tiles: dict[int, Tile] = {}
         self.loaded: set[str] = set()  # pointers this kernel has read

@@ -439,6 +439,24 @@ def test_mla_sweep_launches_each_variant(kv_dtype: torch.dtype, monkeypatch: pyt
     assert calls == [case.layers] * len(rows)
 
 
+@pytest.mark.parametrize("geometry", ["gqa", "mla"])
+def test_indexer_sweep_runs_each_variant(geometry: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--sweep indexer`` (GQA, and MLA too): every scoring variant (default chunk, half and double it, warps,
+    programs per SM, the selection fused) and the selection alone run and are recorded, none failed, and the
+    case's own executor is put back afterwards (the interpreter runs them; ``graph_us`` is one plain call)."""
+    case = bench_case(geometry)
+    own = case.core.executor
+    monkeypatch.setattr(step_bench, "graph_us", lambda fns: [f() for f in fns] and 1.0)
+    rows = step_bench.indexer_sweep(case)
+    scoring = [r for r in rows if r["kind"] == "indexer"]
+    default = own.launch_config()[0]
+    assert {r["block_chunk"] for r in scoring} == {0, default // 2, 2 * default}
+    assert [r["fuse_selection"] for r in scoring].count(True) == 1
+    assert [r["warps"] for r in rows if r["kind"] == "select_only"] == [2, 4, 8]
+    assert all(r["us"] == 1.0 for r in rows), [r for r in rows if r["us"] != 1.0]
+    assert case.core.executor is own
+
+
 class FakeFlashInferMLA:
     """``flashinfer.mla`` whose ``BatchMLAPagedAttentionWrapper`` computes what FlashInfer 0.6.15's docstrings
     say the real one does (plan: CSR of pages of ``page_size`` tokens per request; run: softmax over ``(q_nope

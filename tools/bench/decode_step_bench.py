@@ -41,7 +41,7 @@ refusal is the row's ``flashinfer_error``, with the sparse numbers kept.
 
 Every timed call rotates over ``--layers`` copies of the pool (different K/V/summary buffers, as successive
 layers are), so no layer finds its data in L2. ``--sweep`` also times attention and/or indexer tile variants
-(both when none is named; with ``--mla``, ``--sweep attention`` times MLA attention tiles and warps).
+(both when none is named; with ``--mla`` the attention variants are MLA attention's tiles, warps and splits).
 Writes JSON (``--out``, rewritten after every case) and prints a markdown table.
 """
 
@@ -419,7 +419,7 @@ def dense_flashinfer_mla(case: MLACase, fi_mla: Any = None) -> list[Callable[[],
 
 def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[str, Any]:
     """Times ``case`` (see the module docstring) -> one JSON row; ``sweep``: also its tile variants
-    (:func:`sweep_variants`, or :func:`mla_sweep_variants` for an :class:`MLACase`)."""
+    (:func:`attention_sweep` or, for an :class:`MLACase`, :func:`mla_sweep_variants`; :func:`indexer_sweep`)."""
     layers = case.layers
     res: dict[str, Any] = {"geometry": case.geometry, "flow": case.prepared.config.module_name,
                            "ctx": case.ctx, "batch": case.batch, "budget_tokens": budget,
@@ -473,7 +473,11 @@ def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[s
     res["step_over_floor"] = res["step_us"] / res["floor_us"]
     res["step_over_copy_floor"] = res["step_us"] / res["floor_copy_us"]
     if sweep:
-        res["sweep"] = sweep_variants(case, sweep) if isinstance(case, Case) else mla_sweep_variants(case)
+        res["sweep"] = []
+        if "attention" in sweep:
+            res["sweep"] += attention_sweep(case) if isinstance(case, Case) else mla_sweep_variants(case)
+        if "indexer" in sweep:
+            res["sweep"] += indexer_sweep(case)
     return res
 
 
@@ -491,7 +495,9 @@ def split_variants(base: int) -> list[int]:
     return sorted({base, max(1, base // 2), min(64, base * 2)})
 
 
-def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
+def attention_sweep(case: Case) -> list[dict[str, Any]]:
+    """GQA attention variants over the case's selection: split counts (:func:`split_variants`) x tiles of 32,
+    64 and 128 tokens x 4 or 8 warps x 1-3 stages."""
     from vortex_torch.kernels.sparse_decode.triton_kernel import (
         SparseDecodeWorkspace,
         default_num_splits,
@@ -503,8 +509,7 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
     rows = case.batch * HKV
     o = torch.empty_like(case.q[0])
     base_splits = default_num_splits(rows, p.max_selected_per_row, BS, D, torch.device("cuda"))
-    splits_swept = split_variants(base_splits) if "attention" in kinds else []
-    for splits, tile, warps, stages in itertools.product(splits_swept, (32, 64, 128), (4, 8), (1, 2, 3)):
+    for splits, tile, warps, stages in itertools.product(split_variants(base_splits), (32, 64, 128), (4, 8), (1, 2, 3)):
         ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
 
         def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,
@@ -516,18 +521,31 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
         us = variant_us([lambda i=i: att(i) for i in range(L)], "attention")
         out.append({"kind": "attention", "splits": splits, "tile_tokens": tile, "warps": warps,
                     "stages": stages, "us": us})  # fmt: skip
-    # indexer variants: a fresh executor each (blocks per chunk are literals of the generated source)
+    return out
+
+
+def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
+    """The scoring kernel's variants (GQA or MLA): blocks per chunk (0: the executor's default; half and double
+    it; a literal of the generated source, so a fresh executor each) x warps x resident programs per SM, the
+    selection apart, and
+    the default fused with the selection; then the selection kernel alone (``select_only``) at 2, 4 and 8
+    warps: how much of the indexer is the top-k search."""
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
+    out: list[dict[str, Any]] = []
+    p, L = case.plan, case.layers
+    rows = case.batch * case.num_kv_heads
     core = case.core
     saved = core.executor, core.indexer_plan
-    indexer_variants = itertools.product((64,), (4, 8), (8, 16), (False, True)) if "indexer" in kinds else ()
-    for chunk, warps, pps, fuse in indexer_variants:
+    d = core.executor.launch_config()[0]  # the default blocks per chunk (64 for the quick start, 8 for MLA's)
+    chunks = (0, *(c for c in (d // 2, 2 * d) if c))
+    variants = [*itertools.product(chunks, (4, 8), (4, 8, 16), (False,)), (0, 8, 8, True)]
+    for chunk, warps, pps, fuse in variants:
         try:
             core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
                                            num_warps=warps, programs_per_sm=pps,
                                            fuse_selection=fuse)  # fmt: skip
-            core.indexer_plan = core.executor.plan(rows, p.max_blocks_per_row, "cuda")
+            core.indexer_plan = core.executor.plan(rows, p.max_blocks_per_row, case.device)
             us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
         except Exception as exc:  # the executor's build fails too, not only its launch: not variant_us
             us = None
@@ -535,11 +553,10 @@ def sweep_variants(case: Case, kinds: list[str]) -> list[dict[str, Any]]:
         out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
                     "fuse_selection": fuse, "us": us})  # fmt: skip
     core.executor, core.indexer_plan = saved
-    # the selection alone (its own launch, random fp32 scores): how much of the indexer is the top-k search
     from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
 
     nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
-    scores = [torch.randn(max(1, nnz), device="cuda") for _ in range(L)]
+    scores = [torch.randn(max(1, nnz), device=case.device) for _ in range(L)]
     for warps in (2, 4, 8):
         us = variant_us([lambda i=i, w=warps: select_blocks_triton(
             scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
@@ -604,8 +621,6 @@ def main() -> int:
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
     args = ap.parse_args()
-    if args.mla and args.sweep is not None and args.sweep != ["attention"]:
-        ap.error("--mla sweeps attention only: use --sweep attention (the indexer sweep times GQA variants)")
     cls: type[PoolCase] = MLACase if args.mla else Case
     flow = (None, args.flow) if args.flow else MLA_FLOW if args.mla else (FLOW, "custom_sparse_attention")
     t0 = time.time()

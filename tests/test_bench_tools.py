@@ -5,6 +5,7 @@ its dense MLA baseline attends every token."""
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import shutil
@@ -194,6 +195,83 @@ def test_decode_time_excludes_prefill_and_prompts_depend_on_the_case_only() -> N
     assert [c[2] for c in eng.calls] == [2, 9, 1, 65]  # prefill, warm-up, t(1), t(steps + 1)
     assert decode_bench.prompt_ids(4096, 3, 64) == decode_bench.prompt_ids(4096, 3, 64)
     assert len(decode_bench.prompt_ids(4096, 3, 64)[0]) == 4096 - 64 - 8
+
+
+def _trace(path: Path, kernels: list[tuple[str, float]]) -> None:
+    """A chrome trace as torch.profiler writes it (gzip): one complete kernel event per ``(name, dur)``, plus a
+    CPU op and a memcpy that are not kernels."""
+    events: list[dict[str, Any]] = [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "dur": 500.0},
+                                    {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "dur": 70.0}]  # fmt: skip
+    events += [{"ph": "X", "cat": "kernel", "name": n, "dur": d, "ts": i} for i, (n, d) in enumerate(kernels)]
+    with gzip.open(path, "wt") as fh:
+        json.dump({"traceEvents": events}, fh)
+
+
+def test_gpu_trace_sums_kernels_by_name(tmp_path: Path) -> None:
+    """Kernels (and only kernels) summed by their name without template arguments, costliest first, the tail
+    summed in one row, per step too; a file that is no trace is an error naming it."""
+    import gpu_trace
+
+    path = tmp_path / "x.trace.json.gz"
+    fi = "flashinfer::BatchDecodeWithPagedKVCacheKernel<128, 8, (PosEncodingMode)0>"
+    _trace(path, [(fi, 6.0), ("indexer", 4.0), ("_select_blocks_kernel", 3.0), (fi, 6.0), ("indexer", 4.0),
+                  ("nvjet_tst", 1.0)])  # fmt: skip
+    got = gpu_trace.kernel_summary(gpu_trace.load_trace(str(path)), steps=2, top=2)
+    assert got["kernel_us_per_step"] == 12.0 and got["launches_per_step"] == 3.0
+    assert [(r["name"], r["launches"], r["us_per_step"]) for r in got["kernels"]] == [
+        ("flashinfer::BatchDecodeWithPagedKVCacheKernel", 2, 6.0), ("indexer", 2, 4.0),
+        ("(others: 2 kernels)", 2, 2.0)]  # fmt: skip
+    assert gpu_trace.newest_trace(str(tmp_path), 0.0) == str(path)
+    assert gpu_trace.main([str(path), "--steps", "2"]) == 0
+    bad = tmp_path / "bad.trace.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.trace\.json: not a readable chrome trace"):
+        gpu_trace.load_trace(str(bad))
+    assert gpu_trace.main([str(bad)]) == 2
+
+
+class ProfilingEngine(FakeEngine):
+    """A :class:`FakeEngine` with SGLang's ``start_profile`` / ``stop_profile``: stopping writes a trace of one
+    kernel launch per decode step run while profiling into the requested ``output_dir``."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.profiling: dict[str, Any] | None = None
+
+    def start_profile(self, output_dir: str, activities: list[str]) -> None:
+        assert activities == ["GPU"]
+        self.profiling = {"dir": output_dir, "from": len(self.calls)}
+
+    def stop_profile(self) -> None:
+        assert self.profiling is not None
+        new = sum(c[2] for c in self.calls[self.profiling["from"]:])
+        _trace(Path(self.profiling["dir"]) / "p.trace.json.gz", [("indexer", 5.0)] * new)
+        self.profiling = None
+
+
+def test_profiled_case_records_kernels_per_step(tmp_path: Path) -> None:
+    """``--profile-steps``: after the timed runs, that many more decode steps under the engine's profiler; the
+    trace it wrote is summed into the record's ``profile``; an engine whose profiler fails keeps its tok/s."""
+    clock = Clock()
+    rec = decode_bench.run_case(ProfilingEngine(clock), 4096, 2, 64, clock, profile_steps=4,
+                                profile_dir=str(tmp_path / "t"))  # fmt: skip
+    assert "tok_per_s" in rec and rec["profile"]["trace"] == "p.trace.json.gz"
+    assert rec["profile"]["kernels"] == [{"name": "indexer", "launches": 5, "us": 25.0, "us_per_step": 6.25}]
+    rec = decode_bench.run_case(FakeEngine(clock), 4096, 2, 64, clock, profile_steps=4, profile_dir=str(tmp_path))
+    assert "tok_per_s" in rec and "start_profile" in rec["profile"]["error"]
+
+
+def test_report_lists_profiled_cases(tmp_path: Path) -> None:
+    """The printed report has one row per profiled case: its kernel time and launches per step, the costliest
+    kernels, or why its profile failed."""
+    clock = Clock()
+    ok = decode_bench.run_case(ProfilingEngine(clock), 2048, 1, 8, clock, profile_steps=2,
+                               profile_dir=str(tmp_path))  # fmt: skip
+    res = {"gpu": "G", "date": "d", "kernels": [], "e2e": [],
+           "engines": {"vortex512": [ok, {**ok, "profile": {"error": "no trace"}}]}}  # fmt: skip
+    text = decode_bench.report(res)
+    assert "| vortex512 | 2048 | 1 | 7.5 | 1.5 | indexer 7.5 |" in text
+    assert "| vortex512 | 2048 | 1 | profile failed: no trace | | |" in text
 
 
 def run_engines(plan: list[str], budgets: list[int], cases: list[tuple[int, int]], optional: list[tuple[int, int]],

@@ -19,6 +19,10 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
    ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
    prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill.
 
+``--profile-steps N``: after each case, N more decode steps under SGLang's own profiler (``Engine.start_profile``,
+GPU activity); the trace's kernels summed by name (:mod:`gpu_trace`) are the case's ``profile``: launches and us per
+step of every kernel, so plain SGLang's step and Vortex's can be compared kernel by kernel.
+
 Time: ``--max-minutes`` (or ``--budget-s``) bounds the run. Engines and cases that would not fit are skipped and
 recorded with the reason (:class:`TimeGuard`); ``--optional-cases`` (e.g. 128k x 4) run only where they fit on
 every remaining engine. Each case logs a progress line, and the JSON (``--out``, ``--e2e-out``) is rewritten
@@ -326,12 +330,19 @@ def prompt_ids(ctx: int, batch: int, steps: int, vocab: int = 31000) -> list[lis
     return [[rng.randint(3, vocab) for _ in range(ctx - steps - 8)] for _ in range(batch)]
 
 
-def run_case(engine: Any, ctx: int, batch: int, steps: int, clock: Callable[[], float] = time.time) -> dict[str, Any]:
+def run_case(
+    engine: Any, ctx: int, batch: int, steps: int, clock: Callable[[], float] = time.time, profile_steps: int = 0,
+    profile_dir: str = "",
+) -> dict[str, Any]:
     """Decode tokens/s of one case on a running engine, prefill excluded.
 
     The radix cache is on: ``generate`` with 2 new tokens prefills the prompts (and caches them), a short run
     warms this batch size up, then ``t(1)`` and ``t(steps + 1)`` both re-use the cached prompts (one token
     re-computed), so ``batch * steps / (t(steps + 1) - t(1))`` is decode alone.
+
+    ``profile_steps``: afterwards, ``profile_steps`` more decode steps under SGLang's profiler (GPU activity,
+    traces under ``profile_dir``), summed per kernel (:func:`gpu_trace.kernel_summary`) as the record's
+    ``profile`` (the cached prompt's one-token extend is in the trace too).
     """
     prompts = prompt_ids(ctx, batch, steps)
 
@@ -345,8 +356,40 @@ def run_case(engine: Any, ctx: int, batch: int, steps: int, clock: Callable[[], 
     run(min(steps, 8) + 1)  # a few decode steps more at this batch size (graph replay, plan buffers)
     t1 = run(1)
     tn = run(steps + 1)
-    return {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3), "one_s": round(t1, 3),
-            "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
+    rec = {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3), "one_s": round(t1, 3),
+           "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
+    if profile_steps:
+        rec["profile"] = profile_case(engine, lambda: run(profile_steps + 1), profile_steps, profile_dir, clock)
+    return rec
+
+
+def profile_case(
+    engine: Any, decode: Callable[[], float], steps: int, directory: str, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
+    """``decode()`` (``steps`` decode steps) under SGLang's profiler, GPU activity only; the kernels of the trace
+    it writes into ``directory``, summed by name (or ``{"error": ...}``: a failed profile does not fail the
+    case)."""
+    from gpu_trace import kernel_summary, load_trace, newest_trace
+
+    os.makedirs(directory, exist_ok=True)
+    since = clock()
+    try:
+        engine.start_profile(output_dir=directory, activities=["GPU"])
+        decode()
+        engine.stop_profile()
+        path = None
+        for _ in range(30):  # the scheduler process writes the trace as it stops
+            path = newest_trace(directory, since - 1)
+            if path:
+                break
+            time.sleep(1)
+        if path is None:
+            return {"error": f"no trace written under {directory}"}
+        summary = kernel_summary(load_trace(path), steps)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    summary["trace"] = os.path.basename(path)
+    return summary
 
 
 def engine_kwargs(
@@ -371,6 +414,7 @@ def engine_cases(
     make_engine: Callable[[], Any], name: str, cases: list[tuple[int, int]], optional: list[tuple[int, int]],
     steps: int, guard: TimeGuard, *, engines_after: int, out: list[dict[str, Any]],
     progress: Callable[[str, dict[str, Any]], None], clock: Callable[[], float] = time.time,
+    profile_steps: int = 0, profile_dir: str = "",
 ) -> None:
     """One engine (``make_engine()``) over its cases, each record appended to ``out`` as soon as it exists
     (``progress`` is called after every one: the caller writes the JSON, so a timeout still leaves data).
@@ -401,7 +445,8 @@ def engine_cases(
             else:
                 t = clock()
                 try:
-                    rec = run_case(engine, ctx, batch, steps, clock)
+                    rec = run_case(engine, ctx, batch, steps, clock, profile_steps,
+                                   os.path.join(profile_dir, f"{name}-{ctx}x{batch}"))  # fmt: skip
                 except Exception as exc:
                     rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:800]}
                 guard.record_case((ctx, batch), clock() - t)
@@ -582,11 +627,18 @@ def main() -> None:
     p.add_argument("--dummy-layers", type=int, default=0,
                    help="serve --model's config with this many layers and random weights (load_format=dummy)")
     p.add_argument("--e2e-out", help="also write the e2e rows here (list of {ctx, batch, budget_tokens, ...})")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after each case, profile this many more decode steps with SGLang's profiler and record the "
+                        "GPU kernels per step (name, launches, us) as the case's 'profile' (0: off)")  # fmt: skip
+    p.add_argument("--profile-dir", default=os.path.join(os.environ.get("VORTEX_OUT", "/tmp"), "traces"),
+                   help="where the traces go (default $VORTEX_OUT/traces)")
     p.add_argument("--flow", help="an installed flow's registered name for the Vortex engines (default: the quick-start "
                    f"flow; for an MLA model, {MLA_FLOW})")  # fmt: skip
     p.add_argument("--tp-size", type=positive_int, default=1,
                    help="SGLang tensor parallelism of every engine, plain and Vortex (N > 1 needs N GPUs)")  # fmt: skip
     args = p.parse_args()
+    if args.profile_steps < 0:
+        p.error(f"--profile-steps must be >= 0, got {args.profile_steps}")
     try:
         given_cases, optional = parse_cases(args.cases, "--cases"), parse_cases(args.optional_cases, "--optional-cases")
     except ValueError as exc:
@@ -703,7 +755,8 @@ def main() -> None:
 
             result["engines"][name] = []
             engine_cases(make_engine, name, engine_cases_list, optional, args.steps, guard,
-                         engines_after=len(plan) - 1 - i, out=result["engines"][name], progress=progress)  # fmt: skip
+                         engines_after=len(plan) - 1 - i, out=result["engines"][name], progress=progress,
+                         profile_steps=args.profile_steps, profile_dir=args.profile_dir)  # fmt: skip
     result["complete"] = True
     save()
     print(report(result))
@@ -744,6 +797,18 @@ def report(res: dict[str, Any]) -> str:
                          f"{b or '-'} | {speed} |")
     elif res["engines"]:
         lines += ["", "engines: " + json.dumps(res["engines"])[:2000]]
+    profiled = [(name, r) for name, recs in res["engines"].items() for r in recs if "profile" in r]
+    if profiled:
+        lines += ["", "GPU kernels per decode step (--profile-steps; the five costliest, us per step):", "",
+                  "| engine | ctx | batch | kernel us / step | launches / step | costliest |", "|---|---|---|---|---|---|"]
+        for name, r in profiled:
+            pr = r["profile"]
+            if "error" in pr:
+                lines.append(f"| {name} | {r['ctx']} | {r['batch']} | profile failed: {pr['error'][:80]} | | |")
+                continue
+            top = "; ".join(f"{k['name'][:40]} {k['us_per_step']}" for k in pr["kernels"][:5])
+            lines.append(f"| {name} | {r['ctx']} | {r['batch']} | {pr['kernel_us_per_step']} | "
+                         f"{pr['launches_per_step']} | {top} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -526,10 +526,9 @@ def attention_sweep(case: Case) -> list[dict[str, Any]]:
 
 def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
     """The scoring kernel's variants (GQA or MLA): blocks per chunk (0: the executor's default; half and double
-    it; a literal of the generated source, so a fresh executor each) x warps x resident programs per SM, the
-    selection apart, and
-    the default fused with the selection; then the selection kernel alone (``select_only``) at 2, 4 and 8
-    warps: how much of the indexer is the top-k search."""
+    it; a literal of the generated source, so a fresh executor each) x warps x resident programs per SM with the
+    selection apart, and the default with the selection fused; then the selection kernel alone
+    (``select_only``) at 2, 4 and 8 warps: how much of the indexer is the top-k search."""
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
     out: list[dict[str, Any]] = []

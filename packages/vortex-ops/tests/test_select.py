@@ -238,6 +238,21 @@ def test_triton_matches_reference(dtype: torch.dtype, tolerate_ratio: float, bos
             torch.testing.assert_close(got, _brute_force(score, *csr, bos, eos), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
+def test_rows_searched_in_the_tile_of_their_length(dtype: torch.dtype, tolerate_ratio: float) -> None:
+    """A launch sized for 4096-block rows (``max_blocks_per_row``, as the decode path sizes it by the longest
+    context) searches each row in the smallest register tile that holds it: <= 512 blocks, <= 2048, or the full
+    4096. Rows on either side of each tier's edge, in one launch, select what the reference selects."""
+    bos, eos = 1, 1
+    for seed, kind in enumerate(["randn", "ties"]):
+        score, csr = _batch([3, 512, 513, 1500, 2048, 2049, 4096, 40], kind, bos, eos, seed)
+        score = score.to(dtype)
+        want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
+        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, max_blocks_per_row=4096)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
 def test_triton_multi_tile_path(tolerate_ratio: float) -> None:
     """Rows longer than the tile: count passes and compaction loop over 16-wide tiles."""

@@ -19,8 +19,12 @@ never overflows. The bin ``[lo, hi)`` of the reference is kept as ``[lo, top]`` 
 that ``hi = 2**32`` needs no 33rd bit.
 
 Tiling: when the longest row fits one power-of-two tile (``<= MAX_SINGLE_TILE``), the keys stay in
-registers for all count passes (``SINGLE_TILE``). Longer rows loop over ``BLOCK_N`` tiles in each pass (the
-re-reads hit L2) and carry running counts through the compaction.
+registers for all count passes (``SINGLE_TILE``). ``BLOCK_N`` is sized by the longest row a launch may see (the
+decode path fixes it from the context length, for CUDA graphs), so each row is searched in the smallest of three
+register tiles that holds it: ``SMALL_TILE`` (512) blocks, ``BLOCK_N / 2``, or ``BLOCK_N``; a count pass then
+costs what the row's length needs, not what the longest context would (a 2k-token row at block 16 is 128 keys,
+searched in a 512-wide tile rather than the 4096-wide one of a 40k-token context). Longer rows loop over
+``BLOCK_N`` tiles in each pass (the re-reads hit L2) and carry running counts through the compaction.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ LOW_BIT = {torch.float32: 0, torch.float16: 13, torch.bfloat16: 16}
 
 _I32_MIN: tl.constexpr = tl.constexpr(-2147483648)
 _I32_MAX: tl.constexpr = tl.constexpr(2147483647)
+#: a row of at most this many blocks is searched in a register tile of its own size, not the launch's
+#: BLOCK_N (sized by the longest row the batch may have): the count passes' work follows the row's length
+SMALL_TILE: tl.constexpr = tl.constexpr(512)
 
 
 @triton.jit
@@ -149,15 +156,63 @@ def select_row(
     else:
         tol_k = 0
 
-    offs = tl.arange(0, BLOCK_N)
-    if SINGLE_TILE:
-        keys, in_mid = _tile_keys(score_ptr, dense_indices_ptr, row_start, offs, mid_lo, mid_hi, GATHER)
+    if SINGLE_TILE:  # keys in registers, in the smallest tier that holds the row (the work follows n)
+        if n <= SMALL_TILE:
+            _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
+                                 mid_lo, mid_hi, LOW_BIT, min(SMALL_TILE, BLOCK_N), GATHER)  # fmt: skip
+        elif n <= BLOCK_N // 2:
+            _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
+                                 mid_lo, mid_hi, LOW_BIT, BLOCK_N // 2, GATHER)  # fmt: skip
+        else:
+            _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
+                                 mid_lo, mid_hi, LOW_BIT, BLOCK_N, GATHER)  # fmt: skip
+    else:
+        lo, top, c = _threshold(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k, LOW_BIT,
+                                False, BLOCK_N, GATHER)  # fmt: skip
+        # -- stable compaction in position order, tile by tile
+        offs = tl.arange(0, BLOCK_N)
+        bin_before = tl.zeros([], dtype=tl.int32)
+        out_before = tl.zeros([], dtype=tl.int32)
+        start = tl.zeros([], dtype=tl.int32)
+        while start < n:
+            pos = start + offs
+            keys_t, in_mid_t = _tile_keys(score_ptr, dense_indices_ptr, row_start, pos, mid_lo, mid_hi, GATHER)
+            bin_before, out_before = _compact_tile(
+                keys_t, in_mid_t, pos, n, lo, top, k - c, bin_before, out_before,
+                dense_indices_ptr, row_start, out_ptr, out_start, budget,
+            )  # fmt: skip
+            start += BLOCK_N
 
-    # -- threshold search: bin [lo, top] holds the k-th largest key; c = #{key > top}; n_ge = #{key >= lo}
+
+@triton.jit
+def _select_in_registers(
+    score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k, mid_lo, mid_hi,
+    LOW_BIT: tl.constexpr, TILE: tl.constexpr, GATHER: tl.constexpr,
+):  # fmt: skip
+    """A row of ``n <= TILE`` blocks: its keys loaded once into a ``TILE``-wide register tile, the threshold
+    search over them, then the compaction."""
+    offs = tl.arange(0, TILE)
+    keys, in_mid = _tile_keys(score_ptr, dense_indices_ptr, row_start, offs, mid_lo, mid_hi, GATHER)
+    lo, top, c = _threshold(keys, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k, LOW_BIT, True, TILE,
+                            GATHER)  # fmt: skip
+    _compact_tile(
+        keys, in_mid, offs, n, lo, top, k - c, tl.zeros([], dtype=tl.int32), tl.zeros([], dtype=tl.int32),
+        dense_indices_ptr, row_start, out_ptr, out_start, budget,
+    )  # fmt: skip
+
+
+@triton.jit
+def _threshold(
+    keys_or_scores, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k,
+    LOW_BIT: tl.constexpr, IN_REGISTERS: tl.constexpr, BLOCK_N: tl.constexpr, GATHER: tl.constexpr,
+):  # fmt: skip
+    """The threshold search (module docstring, 2.) -> ``(lo, top, c)``: the bin ``[lo, top]`` holds the k-th
+    largest middle key and ``c = #{key > top}``. ``keys_or_scores``: the row's keys ``[BLOCK_N]`` when
+    ``IN_REGISTERS``, else the score pointer, re-read tile by tile in every count pass."""
     lo = tl.full([], _I32_MIN, tl.int32)
     top = tl.full([], _I32_MAX, tl.int32)
     c = tl.zeros([], dtype=tl.int32)
-    n_ge = tl.maximum(mid_hi - mid_lo, 0)
+    n_ge = tl.maximum(mid_hi - mid_lo, 0)  # n_ge = #{key >= lo}
     bit = tl.full([], 31, tl.int32)
     one = tl.full([], 1, tl.int32)
     # Once bits 31..LOW_BIT are decided the bin holds a single score value (a bf16/fp16 score widened to
@@ -165,10 +220,10 @@ def select_row(
     # remaining passes of the reference change neither c nor n_ge, and skipping them keeps its output.
     while (bit >= LOW_BIT) & (k - c > tol_k) & (n_ge != k):
         mid = lo ^ (one << bit)  # set bit `bit` of the unsigned key (bit 31: clear the sign bit)
-        if SINGLE_TILE:
-            cnt = tl.sum((keys >= mid).to(tl.int32), axis=0)
+        if IN_REGISTERS:
+            cnt = tl.sum((keys_or_scores >= mid).to(tl.int32), axis=0)
         else:
-            cnt = _count_ge_tiled(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N,
+            cnt = _count_ge_tiled(keys_or_scores, dense_indices_ptr, row_start, n, mid_lo, mid_hi, mid, BLOCK_N,
                                   GATHER)  # fmt: skip
         upper = cnt >= k  # the k-th largest is in the upper half
         top = tl.where(upper, top, mid - 1)  # mid > INT32_MIN, no overflow
@@ -176,26 +231,7 @@ def select_row(
         lo = tl.where(upper, mid, lo)
         n_ge = tl.where(upper, cnt, n_ge)
         bit -= 1
-    owed = k - c
-
-    # -- stable compaction in position order
-    bin_before = tl.zeros([], dtype=tl.int32)
-    out_before = tl.zeros([], dtype=tl.int32)
-    if SINGLE_TILE:
-        _compact_tile(
-            keys, in_mid, offs, n, lo, top, owed, bin_before, out_before,
-            dense_indices_ptr, row_start, out_ptr, out_start, budget,
-        )  # fmt: skip
-    else:
-        start = tl.zeros([], dtype=tl.int32)
-        while start < n:
-            pos = start + offs
-            keys_t, in_mid_t = _tile_keys(score_ptr, dense_indices_ptr, row_start, pos, mid_lo, mid_hi, GATHER)
-            bin_before, out_before = _compact_tile(
-                keys_t, in_mid_t, pos, n, lo, top, owed, bin_before, out_before,
-                dense_indices_ptr, row_start, out_ptr, out_start, budget,
-            )  # fmt: skip
-            start += BLOCK_N
+    return lo, top, c
 
 
 @triton.jit

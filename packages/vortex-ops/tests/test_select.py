@@ -254,6 +254,19 @@ def test_rows_searched_in_the_tile_of_their_length(dtype: torch.dtype, tolerate_
 
 
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
+def test_looped_tiling_keeps_short_rows_in_registers(tolerate_ratio: float) -> None:
+    """With the looped tiling (1024-key loop tile), rows up to one tile are searched in registers (512, or the
+    whole tile) and only longer ones loop; rows on both sides of each edge, in one launch, select what the
+    reference selects."""
+    bos, eos = 1, 1
+    for seed, kind in enumerate(["randn", "ties"]):
+        score, csr = _batch([3, 512, 513, 1024, 1025, 3000, 40], kind, bos, eos, seed)
+        want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
+        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, tile_size=1024)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
 def test_triton_multi_tile_path(tolerate_ratio: float) -> None:
     """Rows longer than the tile: count passes and compaction loop over 16-wide tiles."""
     bos, eos = 1, 2

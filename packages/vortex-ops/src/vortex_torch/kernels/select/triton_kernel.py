@@ -23,8 +23,10 @@ registers for all count passes (``SINGLE_TILE``). ``BLOCK_N`` is sized by the lo
 decode path fixes it from the context length, for CUDA graphs), so each row is searched in the smallest of three
 register tiles that holds it: ``SMALL_TILE`` (512) blocks, ``BLOCK_N / 2``, or ``BLOCK_N``; a count pass then
 costs what the row's length needs, not what the longest context would (a 2k-token row at block 16 is 128 keys,
-searched in a 512-wide tile rather than the 4096-wide one of a 40k-token context). Longer rows loop over
-``BLOCK_N`` tiles in each pass (the re-reads hit L2) and carry running counts through the compaction.
+searched in a 512-wide tile rather than the 4096-wide one of a 40k-token context). When the longest row does
+not fit one tile, ``BLOCK_N`` is the loop tile: rows up to it are still searched in registers, and only longer
+ones loop over ``BLOCK_N`` tiles in each pass (the re-reads hit L2), carrying running counts through the
+compaction.
 """
 
 from __future__ import annotations
@@ -156,17 +158,18 @@ def select_row(
     else:
         tol_k = 0
 
-    if SINGLE_TILE:  # keys in registers, in the smallest tier that holds the row (the work follows n)
-        if n <= SMALL_TILE:
-            _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
-                                 mid_lo, mid_hi, LOW_BIT, min(SMALL_TILE, BLOCK_N), GATHER)  # fmt: skip
-        elif n <= BLOCK_N // 2:
-            _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
-                                 mid_lo, mid_hi, LOW_BIT, BLOCK_N // 2, GATHER)  # fmt: skip
-        else:
-            _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
-                                 mid_lo, mid_hi, LOW_BIT, BLOCK_N, GATHER)  # fmt: skip
-    else:
+    # keys in registers, in the smallest tier that holds the row (the work follows n); with the looped tiling
+    # only a row longer than one loop tile re-reads its scores in every count pass
+    if n <= min(SMALL_TILE, BLOCK_N):
+        _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
+                             mid_lo, mid_hi, LOW_BIT, min(SMALL_TILE, BLOCK_N), GATHER)  # fmt: skip
+    elif n <= BLOCK_N // 2:
+        _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
+                             mid_lo, mid_hi, LOW_BIT, BLOCK_N // 2, GATHER)  # fmt: skip
+    elif n <= BLOCK_N:  # every row, with SINGLE_TILE (the launch's tile holds the longest)
+        _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
+                             mid_lo, mid_hi, LOW_BIT, BLOCK_N, GATHER)  # fmt: skip
+    elif not SINGLE_TILE:  # (a constexpr: SINGLE_TILE kernels are compiled without the looped path)
         lo, top, c = _threshold(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k, LOW_BIT,
                                 False, BLOCK_N, GATHER)  # fmt: skip
         # -- stable compaction in position order, tile by tile

@@ -175,7 +175,7 @@ def step_launches(kind: str, ctx: int, batch: int, budget: int, flow: str | None
 
 
 #: constexprs shown for a captured launch (``--step``): the tiling and the geometry
-SHOWN = ("G", "D", "H", "DV", "BS", "BS0", "BLOCK_N", "BLOCK_H", "SINGLE_TILE", "RADIX_BITS", "CACHE", "MERGE")
+SHOWN = ("G", "D", "H", "DV", "BS", "BS0", "BLOCK_N", "BLOCK_H", "SINGLE_TILE", "CACHE", "MERGE")
 
 
 def main(argv: list[str] | None = None) -> int:

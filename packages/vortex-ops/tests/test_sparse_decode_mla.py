@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -192,6 +193,20 @@ def test_default_tiles() -> None:
     cpu = torch.device("cpu")  # 2 fake SMs: 8 programs wanted, chunks of >= 2 steps
     assert tk.default_num_splits(1, 16, 8, 16, 512, cpu) == 1  # 128 tokens = 2 steps of 64
     assert tk.default_num_splits(1, 16, 8, 16, 512, cpu, exact=True) == 4  # 8 steps of 16
+
+
+def test_split_rule_on_an_h200(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU of 132 SMs (an H200, faked), budget 2048 at block 16 (128 blocks per row): MLA aims at about one
+    program per SM (16 rows: 9 splits, the sweep's best was 8; 1 row: capped at 16, chunks of 2 steps), GQA at
+    4 (8 rows: capped at 8; 256 rows fill the GPU unsplit) -- results/gpu/2026-12-05-decode-step-bench-mla.json."""
+    from vortex_torch.kernels.sparse_decode import triton_kernel as gqa
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: SimpleNamespace(multi_processor_count=132))
+    gpu = torch.device("cuda")
+    assert tk.default_num_splits(16, 16, 128, 16, 512, gpu) == 9
+    assert tk.default_num_splits(1, 16, 128, 16, 512, gpu) == 16
+    assert gqa.default_num_splits(8, 128, 16, 128, gpu) == 8
+    assert gqa.default_num_splits(256, 128, 16, 128, gpu) == 1
 
 
 def test_bad_inputs_name_the_problem() -> None:

@@ -536,9 +536,10 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
     rows = case.batch * case.num_kv_heads
     core = case.core
     saved = core.executor, core.indexer_plan
-    d = core.executor.launch_config()[0]  # the default blocks per chunk (64 for the quick start, 8 for MLA's)
+    d, warps_d = core.executor.launch_config()  # the default chunk (64 for the quick start, 8 for MLA's), warps
     chunks = (0, *(c for c in (d // 2, 2 * d) if c))
-    variants = [*itertools.product(chunks, (4, 8), (4, 8, 16), (False,)), (0, 8, 8, True)]
+    fused = (0, warps_d, core.executor.programs_per_sm, True)  # the defaults, the selection fused
+    variants = [*itertools.product(chunks, (4, 8), (4, 8, 16), (False,)), fused]
     for chunk, warps, pps, fuse in variants:
         try:
             core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,

@@ -79,8 +79,8 @@ def newest_trace(directory: str, since: float) -> str | None:
         for f in files:
             if f.endswith((".trace.json.gz", ".trace.json")):
                 p = os.path.join(root, f)
-                if os.path.getmtime(p) >= since:
-                    found.append((os.path.getmtime(p), p))
+                if (mtime := os.path.getmtime(p)) >= since:
+                    found.append((mtime, p))
     return max(found)[1] if found else None
 
 

@@ -240,29 +240,28 @@ def test_triton_matches_reference(dtype: torch.dtype, tolerate_ratio: float, bos
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
-def test_rows_searched_in_the_tile_of_their_length(dtype: torch.dtype, tolerate_ratio: float) -> None:
-    """A launch sized for 4096-block rows (``max_blocks_per_row``, as the decode path sizes it by the longest
-    context) searches each row in the smallest register tile that holds it: <= 512 blocks, <= 2048, or the full
-    4096. Rows on either side of each tier's edge, in one launch, select what the reference selects."""
-    bos, eos = 1, 1
-    for seed, kind in enumerate(["randn", "ties"]):
-        score, csr = _batch([3, 512, 513, 1500, 2048, 2049, 4096, 40], kind, bos, eos, seed)
-        score = score.to(dtype)
-        want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
-        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, max_blocks_per_row=4096)
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
-def test_looped_tiling_keeps_short_rows_in_registers(tolerate_ratio: float) -> None:
-    """With the looped tiling (1024-key loop tile), rows up to one tile are searched in registers (512, or the
-    whole tile) and only longer ones loop; rows on both sides of each edge, in one launch, select what the
+@pytest.mark.parametrize(
+    "lengths,tiling",
+    [
+        ([3, 512, 513, 1500, 2048, 2049, 4096, 40], {"max_blocks_per_row": 4096}),
+        ([3, 512, 513, 1024, 1025, 3000, 40], {"tile_size": 1024}),
+    ],
+    ids=["register-tile-4096", "loop-tile-1024"],
+)
+def test_rows_searched_in_the_tile_of_their_length(
+    dtype: torch.dtype, tolerate_ratio: float, lengths: list[int], tiling: dict[str, int]
+) -> None:
+    """A launch's tile is sized by the longest row it may see (``max_blocks_per_row``, as the decode path sizes
+    it by the longest context), yet each row is searched in the smallest register tile that holds it: <= 512
+    blocks, half the tile, or the tile. With the looped tiling (a 1024-key loop tile) rows up to one tile stay
+    in registers too and only longer ones loop. Rows on both sides of every edge, in one launch, select what the
     reference selects."""
     bos, eos = 1, 1
     for seed, kind in enumerate(["randn", "ties"]):
-        score, csr = _batch([3, 512, 513, 1024, 1025, 3000, 40], kind, bos, eos, seed)
+        score, csr = _batch(lengths, kind, bos, eos, seed)
+        score = score.to(dtype)
         want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
-        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, tile_size=1024)
+        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, **tiling)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 

@@ -247,6 +247,24 @@ SAN_RACECHECK=(packages/vortex-ops/tests/test_select.py packages/vortex-ops/test
                packages/vortex-ops/tests/test_token_table.py packages/vortex-flow/tests/test_compiler.py -m "not slow"
                -k "triton_matches_reference or multi_tile or test_matches_reference or split_counts or triton_and_reference or compiled_equals_reference or cuda_graph")
 
+run_limited() {  # LIMIT_S CMD...: CMD under `timeout` (SIGINT at LIMIT_S, so pytest still writes junit.xml;
+    # SIGKILL 15 s later); returns its exit code. `timeout` puts CMD in a process group of its own (SGLang's
+    # subprocesses go with it), out of reach of a signal sent to this script's group: it runs in the background
+    # and a trap passes a TERM/INT sent to this script (an outer `timeout`, the run tool's limit) on to it.
+    # Killing this shell alone left pytest running: on 2026-12-05 an overlap suite cut by an outer
+    # `timeout 210` ran 6 minutes beside the next bench, sharing its GPU.
+    local limit=$1 child rc
+    shift
+    timeout --signal=INT --kill-after=15 "$limit" "$@" &
+    child=$!
+    trap "echo '[remote] stopped from outside: interrupting the command'; kill -INT $child 2>/dev/null" TERM INT
+    wait "$child"
+    rc=$?
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done  # a trap ends `wait` early
+    trap - TERM INT
+    return $rc
+}
+
 sanitize_tool() {  # TOOL LIMIT_S PYTEST_ARGS...: one compute-sanitizer run; writes $OUT/sanitize-TOOL.{txt,xml}
     local tool=$1 limit=$2 t=$SECONDS rc
     shift 2
@@ -256,8 +274,10 @@ sanitize_tool() {  # TOOL LIMIT_S PYTEST_ARGS...: one compute-sanitizer run; wri
                --error-exitcode 86 "$PY" -m pytest -q -ra -p no:cacheprovider -o junit_family=xunit2
                --junitxml="$OUT/sanitize-$tool.xml" "$@")
     echo "[remote] sanitize $tool (limit ${limit}s): ${cmd[*]}"
-    env ${envs[@]+"${envs[@]}"} timeout --signal=INT --kill-after=15 "$limit" "${cmd[@]}" 2>&1 | tee "$log"
-    rc=${PIPESTATUS[0]}
+    # into the log, not through `| tee`: a pipeline would put the command out of reach of run_limited's trap
+    run_limited "$limit" env ${envs[@]+"${envs[@]}"} "${cmd[@]}" > "$log" 2>&1
+    rc=$?
+    cat "$log"
     "$PY" - "$tool" "$rc" "$((SECONDS - t))" "$limit" "$log" "$OUT" "${envs[*]:-} ${cmd[*]}" <<'PY'
 import os, re, sys
 import xml.etree.ElementTree as ET
@@ -329,8 +349,7 @@ if [ "$SUB" = sanitize ]; then
     finish
 fi
 
-# 4b. The sub-command, under what is left of the budget (SIGINT first so pytest still writes junit.xml;
-#    timeout puts it in its own process group, so SGLang's subprocesses go with it).
+# 4b. The sub-command, under what is left of the budget (run_limited).
 case "$SUB" in
     suite) CMD=("$PY" -m pytest -m gpu -ra -p no:cacheprovider -o junit_family=xunit2 --junitxml="$OUT/junit.xml" "$@") ;;
     bench)
@@ -347,16 +366,8 @@ LEFT=$((BUDGET - SECONDS - 20))
 [ $LEFT -ge 30 ] || die "only ${LEFT}s of the ${BUDGET}s budget left for the command"
 echo "[remote] running (limit ${LEFT}s): ${CMD[*]}"
 t=$SECONDS
-# In the background with a trap, so that a TERM/INT sent to this script (an outer `timeout`, the run tool's
-# limit) reaches the command: killing this shell alone left pytest running on, and on 2026-12-05 an overlap
-# suite cut by an outer `timeout 210` ran 6 minutes beside the next bench, sharing its GPU.
-timeout --signal=INT --kill-after=15 "$LEFT" "${CMD[@]}" &
-CHILD=$!
-trap 'echo "[remote] stopped from outside: interrupting the command"; kill -INT $CHILD 2>/dev/null' TERM INT
-wait $CHILD
+run_limited "$LEFT" "${CMD[@]}"
 RC=$?
-while kill -0 $CHILD 2>/dev/null; do wait $CHILD; RC=$?; done  # a trap ends `wait` early: wait for the end
-trap - TERM INT
 [ $RC -eq 124 ] && echo "[remote] the command ran past ${LEFT}s and was interrupted"
 stage command $((SECONDS - t))
 finish

@@ -127,8 +127,8 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
         ax.plot(xs, ys, marker="^" if pdl else ("s" if overlap else "o"), linestyle=":" if overlap else "-",
                 color=color, alpha=0.6 if pdl else 1.0, label=label)  # fmt: skip
         labels += [(x, y, color) for x, y in pts]
-    top = max([y for pts in lines.values() for _, y in pts] + [1.0])
-    gap = 0.045 * top * 1.15  # a label's height in data units (the y axis spans 0 .. top * 1.15)
+    y_max = 1.15 * max([y for pts in lines.values() for _, y in pts] + [1.0])  # room above the highest label
+    gap = 0.045 * y_max  # a label's height in data units
     for x in sorted({x for x, _, _ in labels}):
         at_x = sorted((lab for lab in labels if lab[0] == x), key=lambda lab: lab[1])
         floor = -gap
@@ -143,7 +143,7 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
     ax.minorticks_off()
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("decode tokens/s, Vortex / plain SGLang")
-    ax.set_ylim(0, top * 1.15)  # room above the highest label
+    ax.set_ylim(0, y_max)
     ax.margins(x=0.1)  # and beside the first and last context
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)

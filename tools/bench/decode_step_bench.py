@@ -528,7 +528,8 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
     """The scoring kernel's variants (GQA or MLA): blocks per chunk (0: the executor's default; half and double
     it; a literal of the generated source, so a fresh executor each) x warps x resident programs per SM with the
     selection apart, and the default with the selection fused; then the selection kernel alone
-    (``select_only``) at 2, 4 and 8 warps: how much of the indexer is the top-k search."""
+    (``select_only``) at 2, 4 and 8 warps bit by bit, and at 4 and 8 warps two bits per count pass
+    (``bits_per_pass``): how much of the indexer is the top-k search, and whether the paired search pays."""
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
     out: list[dict[str, Any]] = []
@@ -557,11 +558,12 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
 
     nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
     scores = [torch.randn(max(1, nnz), device=case.device) for _ in range(L)]
-    for warps in (2, 4, 8):
-        us = variant_us([lambda i=i, w=warps: select_blocks_triton(
+    for warps, bits in (*((w, 1) for w in (2, 4, 8)), (4, 2), (8, 2)):
+        us = variant_us([lambda i=i, w=warps, b=bits: select_blocks_triton(
             scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
-            max_blocks_per_row=p.max_blocks_per_row, num_warps=w) for i in range(L)], "select")  # fmt: skip
-        out.append({"kind": "select_only", "warps": warps, "us": us})
+            max_blocks_per_row=p.max_blocks_per_row, num_warps=w, bits_per_pass=b) for i in range(L)],
+            "select")  # fmt: skip
+        out.append({"kind": "select_only", "warps": warps, "bits_per_pass": bits, "us": us})
     return out
 
 

@@ -227,12 +227,19 @@ def test_select_middle_approx_guarantee_exhaustive() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.3])
 @pytest.mark.parametrize("bos,eos", [(1, 2), (0, 1)])
-def test_triton_matches_reference(dtype: torch.dtype, tolerate_ratio: float, bos: int, eos: int) -> None:
+@pytest.mark.parametrize("bits_per_pass", [1, 2])
+def test_triton_matches_reference(
+    dtype: torch.dtype, tolerate_ratio: float, bos: int, eos: int, bits_per_pass: int
+) -> None:
+    """Bit for bit the reference, bit by bit or two bits per count pass (fp16 keys leave an odd number of bits
+    to decide: 19, the last one bitwise); approx searches bit by bit either way."""
     for seed, kind in enumerate(["randn", "ties", "special", "near_equal"]):
         score, csr = _batch(EDGE_LENGTHS, kind, bos, eos, seed)
         score = score.to(dtype)
         want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
-        got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
+        got = select_blocks_triton(
+            score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, bits_per_pass=bits_per_pass
+        )
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         if tolerate_ratio == 0.0:
             torch.testing.assert_close(got, _brute_force(score, *csr, bos, eos), rtol=0, atol=0)
@@ -263,6 +270,31 @@ def test_rows_searched_in_the_tile_of_their_length(
         want = select_blocks_reference(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio)
         got = select_blocks_triton(score, *csr, bos, eos, tolerate_ratio=tolerate_ratio, **tiling)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+        if tolerate_ratio == 0.0:  # two bits per pass: 10-bit int32 counters up to 512 keys, 21-bit int64 above
+            got2 = select_blocks_triton(score, *csr, bos, eos, bits_per_pass=2, **tiling)
+            torch.testing.assert_close(got2, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [512, 514, 4096])
+def test_two_bits_per_pass_counts_a_full_tile(n: int) -> None:
+    """Every key counted at a pass's thresholds (scores a few ulps apart, no bos/eos): each packed field reaches
+    the tile's size (512 in the int32 tile's 10 bits, 4096 in an int64 one's 21) without spilling into the
+    next; and scores differing only in their lowest bits (the search's last pairs decide them)."""
+    dense_indptr = _indptr([n]).to(DEVICE)
+    dense_indices = torch.arange(n, dtype=torch.int32, device=DEVICE)
+    ulps = (torch.arange(n) % 4).to(torch.int32)
+    for k in (1, n // 2, n - 1):
+        sel_indptr = selection_indptr(torch.tensor([k], dtype=torch.int32)).to(DEVICE)
+        csr = (dense_indptr, dense_indices, sel_indptr)
+        # scores a few ulps apart: over 1.0 (unsigned key 0xBF800000) the top bit pair is 10, over 3.0
+        # (0xC0400000) it is 11 and bits 23-22 are 01, so each of the three packed fields sums every key in
+        # some pass, and a field cut short moves the bin off the largest ulps (equal scores would hide it: a
+        # wrong bin then still keeps the first k positions, as ties do)
+        for base in (1.0, 3.0):
+            score = (torch.full((n,), base).view(torch.int32) + ulps).view(torch.float32).to(DEVICE)
+            want = select_blocks_reference(score, *csr, 0, 0)
+            got = select_blocks_triton(score, *csr, 0, 0, bits_per_pass=2, max_blocks_per_row=n)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("tolerate_ratio", [0.0, 0.25])
@@ -303,6 +335,8 @@ def test_invalid_arguments() -> None:
             fn(score, *csr, 1, 1, tolerate_ratio=-0.1)
     with pytest.raises(TypeError):
         select_blocks_triton(score, csr[0].long(), csr[1], csr[2], 1, 1)
+    with pytest.raises(ValueError, match="bits_per_pass must be 1 or 2"):
+        select_blocks_triton(score, *csr, 1, 1, bits_per_pass=4)
 
 
 # -- approxTopK guarantee, adversarial inputs ----------------------------------------------------------------
@@ -377,3 +411,6 @@ def test_gpu_typical_size(tolerate_ratio: float, dtype: torch.dtype) -> None:
     # also the looped path for the long row
     got_tiled = select_blocks_triton(*args, tolerate_ratio=tolerate_ratio, tile_size=1024)
     torch.testing.assert_close(got_tiled, want, rtol=0, atol=0)
+    # and two bits per count pass (exact only: approx searches bit by bit whatever it is asked)
+    got_pairs = select_blocks_triton(*args, tolerate_ratio=tolerate_ratio, max_blocks_per_row=8192, bits_per_pass=2)
+    torch.testing.assert_close(got_pairs, want, rtol=0, atol=0)

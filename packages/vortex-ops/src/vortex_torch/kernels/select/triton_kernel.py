@@ -8,7 +8,13 @@ output). Per row (program):
    32 of them (16 for bf16, 19 for fp16 scores), stopping early as in the reference. (A search deciding four
    bits per pass, 16 thresholds counted at once, gave the same output but was 2.2x slower on the H200:
    29.8 vs 13.8 us for 256 rows of 2048 blocks, 17.7 vs 10.5 us for 8 rows;
-   ``results/gpu/2026-12-05-decode-step-bench.json``, select_only rows; removed);
+   ``results/gpu/2026-12-05-decode-step-bench.json``, select_only rows; removed). ``bits_per_pass=2`` (an
+   exact ``topK`` whose row is in registers; not the default until timed) decides two bits per count pass with
+   ONE reduction: the three counts ``#{key >= m}`` at the pass's thresholds are packed into one integer per
+   key (10-bit fields in int32 for a tile of at most 512 keys, 21-bit fields in int64 above) and summed once,
+   so the search makes half the CTA-wide reductions of the bitwise one at ~3x its (register-only) compares.
+   It ends where two bitwise passes would have (:func:`_threshold_pairs`); an exact selection does not
+   depend on where the search stops, so the output is the same;
 3. stable compaction in position order: every position that is head/tail, above the bin, or one of the first
    ``owed`` bin elements, is written at ``out_start + exclusive_cumsum(selected)``.
 
@@ -140,6 +146,7 @@ def select_row(
     SINGLE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr,
+    PAIRS: tl.constexpr = False,  # exact search only (never with APPROX): two bits per count pass
 ):
     """Select one row's blocks (the whole algorithm of the module docstring) into ``out[out_start:+budget]``.
 
@@ -162,13 +169,13 @@ def select_row(
     # only a row longer than one loop tile re-reads its scores in every count pass
     if n <= min(SMALL_TILE, BLOCK_N):
         _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
-                             mid_lo, mid_hi, LOW_BIT, min(SMALL_TILE, BLOCK_N), GATHER)  # fmt: skip
+                             mid_lo, mid_hi, LOW_BIT, min(SMALL_TILE, BLOCK_N), GATHER, PAIRS)  # fmt: skip
     elif n <= BLOCK_N // 2:
         _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
-                             mid_lo, mid_hi, LOW_BIT, BLOCK_N // 2, GATHER)  # fmt: skip
+                             mid_lo, mid_hi, LOW_BIT, BLOCK_N // 2, GATHER, PAIRS)  # fmt: skip
     elif n <= BLOCK_N:  # every row, with SINGLE_TILE (the launch's tile holds the longest)
         _select_in_registers(score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k,
-                             mid_lo, mid_hi, LOW_BIT, BLOCK_N, GATHER)  # fmt: skip
+                             mid_lo, mid_hi, LOW_BIT, BLOCK_N, GATHER, PAIRS)  # fmt: skip
     elif not SINGLE_TILE:  # (a constexpr: SINGLE_TILE kernels are compiled without the looped path)
         lo, top, c = _threshold(score_ptr, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k, LOW_BIT,
                                 False, BLOCK_N, GATHER)  # fmt: skip
@@ -190,14 +197,14 @@ def select_row(
 @triton.jit
 def _select_in_registers(
     score_ptr, dense_indices_ptr, out_ptr, row_start, n, out_start, budget, k, tol_k, mid_lo, mid_hi,
-    LOW_BIT: tl.constexpr, TILE: tl.constexpr, GATHER: tl.constexpr,
+    LOW_BIT: tl.constexpr, TILE: tl.constexpr, GATHER: tl.constexpr, PAIRS: tl.constexpr,
 ):  # fmt: skip
     """A row of ``n <= TILE`` blocks: its keys loaded once into a ``TILE``-wide register tile, the threshold
     search over them, then the compaction."""
     offs = tl.arange(0, TILE)
     keys, in_mid = _tile_keys(score_ptr, dense_indices_ptr, row_start, offs, mid_lo, mid_hi, GATHER)
     lo, top, c = _threshold(keys, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k, LOW_BIT, True, TILE,
-                            GATHER)  # fmt: skip
+                            GATHER, PAIRS)  # fmt: skip
     _compact_tile(
         keys, in_mid, offs, n, lo, top, k - c, tl.zeros([], dtype=tl.int32), tl.zeros([], dtype=tl.int32),
         dense_indices_ptr, row_start, out_ptr, out_start, budget,
@@ -205,19 +212,63 @@ def _select_in_registers(
 
 
 @triton.jit
+def _count_ge_3(keys, m1, m2, m3, BLOCK_N: tl.constexpr):
+    """``(#{keys >= m1}, #{keys >= m2}, #{keys >= m3})`` of ``keys [BLOCK_N]`` with one reduction: each key's
+    three 0/1 counts packed into one integer's fields (10 bits each in int32 while ``BLOCK_N <= 512``: a
+    count is at most 512 < 2**10; 21 bits each in int64 above), summed once, unpacked."""
+    if BLOCK_N <= 512:
+        packed = (keys >= m1).to(tl.int32) + ((keys >= m2).to(tl.int32) << 10) + ((keys >= m3).to(tl.int32) << 20)
+        s = tl.sum(packed, axis=0)
+        return s & 1023, (s >> 10) & 1023, s >> 20
+    else:
+        packed64 = (
+            (keys >= m1).to(tl.int64) + ((keys >= m2).to(tl.int64) << 21) + ((keys >= m3).to(tl.int64) << 42)
+        )
+        s64 = tl.sum(packed64, axis=0)
+        return (s64 & 0x1FFFFF).to(tl.int32), ((s64 >> 21) & 0x1FFFFF).to(tl.int32), (s64 >> 42).to(tl.int32)
+
+
+@triton.jit
+def _threshold_pairs(keys, k, lo, top, c, n_ge, bit, LOW_BIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Exact search only: the bitwise search's state ``(lo, top, c, n_ge, bit)`` advanced two bits per count
+    pass while two bits are left above ``LOW_BIT``, to exactly where two bitwise passes take it: with the bin's
+    bits ``bit`` and ``bit - 1`` still 0 in the unsigned key, its thresholds ``m1 < m2 < m3`` set ``01``,
+    ``10``, ``11`` there; the bitwise search first halves at ``m2``, then at ``m3`` (upper half) or ``m1``.
+    The ``n_ge == k`` stop is only checked every second bit: passes past it leave an exact selection as it is
+    (module docstring, 2.)."""
+    one = tl.full([], 1, tl.int32)
+    while (bit - 1 >= LOW_BIT) & (n_ge != k):
+        m2 = lo ^ (one << bit)
+        m1 = lo ^ (one << (bit - 1))
+        m3 = m2 ^ (one << (bit - 1))
+        cnt1, cnt2, cnt3 = _count_ge_3(keys, m1, m2, m3, BLOCK_N)
+        up1, up2, up3 = cnt1 >= k, cnt2 >= k, cnt3 >= k  # up3 implies up2 implies up1
+        top = tl.where(up3, top, tl.where(up2, m3 - 1, tl.where(up1, m2 - 1, m1 - 1)))
+        c = tl.where(up3, c, tl.where(up2, cnt3, tl.where(up1, cnt2, cnt1)))
+        lo = tl.where(up3, m3, tl.where(up2, m2, tl.where(up1, m1, lo)))
+        n_ge = tl.where(up3, cnt3, tl.where(up2, cnt2, tl.where(up1, cnt1, n_ge)))
+        bit -= 2
+    return lo, top, c, n_ge, bit
+
+
+@triton.jit
 def _threshold(
     keys_or_scores, dense_indices_ptr, row_start, n, mid_lo, mid_hi, k, tol_k,
     LOW_BIT: tl.constexpr, IN_REGISTERS: tl.constexpr, BLOCK_N: tl.constexpr, GATHER: tl.constexpr,
+    PAIRS: tl.constexpr = False,
 ):  # fmt: skip
     """The threshold search (module docstring, 2.) -> ``(lo, top, c)``: the bin ``[lo, top]`` holds the k-th
     largest middle key and ``c = #{key > top}``. ``keys_or_scores``: the row's keys ``[BLOCK_N]`` when
-    ``IN_REGISTERS``, else the score pointer, re-read tile by tile in every count pass."""
+    ``IN_REGISTERS``, else the score pointer, re-read tile by tile in every count pass. ``PAIRS`` (exact
+    search, keys in registers): two bits per count pass (:func:`_threshold_pairs`), the last odd bit bitwise."""
     lo = tl.full([], _I32_MIN, tl.int32)
     top = tl.full([], _I32_MAX, tl.int32)
     c = tl.zeros([], dtype=tl.int32)
     n_ge = tl.maximum(mid_hi - mid_lo, 0)  # n_ge = #{key >= lo}
     bit = tl.full([], 31, tl.int32)
     one = tl.full([], 1, tl.int32)
+    if PAIRS:
+        lo, top, c, n_ge, bit = _threshold_pairs(keys_or_scores, k, lo, top, c, n_ge, bit, LOW_BIT, BLOCK_N)
     # Once bits 31..LOW_BIT are decided the bin holds a single score value (a bf16/fp16 score widened to
     # fp32 has its low mantissa bits all 0, so its key's low bits are all 0 or all 1 by sign): the
     # remaining passes of the reference change neither c nor n_ge, and skipping them keeps its output.
@@ -252,6 +303,7 @@ def _select_blocks_kernel(
     SINGLE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr,
+    PAIRS: tl.constexpr,  # two bits per count pass (exact search only)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (wait for the previous kernel)
 ):
     dependent_launch_prologue(PDL)
@@ -261,7 +313,7 @@ def _select_blocks_kernel(
     select_row(
         score_ptr, dense_indices_ptr, out_ptr, row_start, tl.load(dense_indptr_ptr + row + 1) - row_start,
         out_start, tl.load(sel_indptr_ptr + row + 1) - out_start, bos, eos, tol_bits,
-        APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER,
+        APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER, PAIRS,
     )  # fmt: skip
 
 
@@ -307,6 +359,7 @@ def select_blocks_triton(
     tile_size: int | None = None,
     gather: bool = False,
     num_warps: int | None = None,
+    bits_per_pass: int = 1,
     enable_pdl: bool = False,
 ) -> Tensor:
     """Select each row's blocks (see :mod:`.reference` for the exact semantics and the approx guarantee).
@@ -319,11 +372,15 @@ def select_blocks_triton(
     ``max_blocks_per_row`` (``>= max n_r``) picks the tile without reading ``dense_indptr`` on the host; with
     it and ``out`` given the call never syncs and can be captured in a CUDA graph. ``tile_size`` (a power of
     two) forces the looped multi-tile path, for tests. ``0 <= tolerate_ratio < 1``; 0 is exact ``topK``.
-    ``num_warps`` per row program: default ~16 keys per thread.
+    ``num_warps`` per row program: default ~16 keys per thread. ``bits_per_pass``: 1 (bit by bit, the
+    default) or 2 (two bits per count pass for an exact ``topK`` of a row in registers; the same output, not yet
+    timed on a GPU; ``approxTopK`` and rows longer than one register tile search bit by bit either way).
     ``enable_pdl``: launch with Hopper programmatic dependent launch (sm_90+ only; an error elsewhere).
     """
     require_launchable(_select_blocks_kernel, score, "select_blocks_triton", "select_blocks_reference")
     approx, tol_bits = tolerance_bits(tolerate_ratio)
+    if bits_per_pass not in (1, 2):
+        raise ValueError(f"bits_per_pass must be 1 or 2, got {bits_per_pass!r}")
     if bos < 0 or eos < 0:
         raise ValueError(f"bos={bos} and eos={eos} must be >= 0")
     if score.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -359,7 +416,7 @@ def select_blocks_triton(
     _select_blocks_kernel[(n_rows,)](
         flat, dense_indptr, dense_indices, sel_indptr, out, bos, eos, tol_bits,
         APPROX=approx, LOW_BIT=LOW_BIT[score.dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=gather,
-        PDL=enable_pdl, num_warps=num_warps or _num_warps(block_n),
+        PAIRS=bits_per_pass == 2 and not approx, PDL=enable_pdl, num_warps=num_warps or _num_warps(block_n),
         **pdl_launch_options(enable_pdl, score.device, "select_blocks_triton"),
     )  # fmt: skip
     return out

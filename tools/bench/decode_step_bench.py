@@ -527,7 +527,8 @@ def attention_sweep(case: Case) -> list[dict[str, Any]]:
 def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
     """The scoring kernel's variants (GQA or MLA): blocks per chunk (0: the executor's default; half and double
     it; a literal of the generated source, so a fresh executor each) x warps x resident programs per SM with the
-    selection apart, and the default with the selection fused; then the selection kernel alone
+    selection apart, the default with the selection fused, the default and twice its chunk with the block ids
+    prefetched (``prefetch_indices``); then the selection kernel alone
     (``select_only``) at 2, 4 and 8 warps bit by bit, and at 4 and 8 warps two bits per count pass
     (``bits_per_pass``): how much of the indexer is the top-k search, and whether the paired search pays."""
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
@@ -539,20 +540,23 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
     saved = core.executor, core.indexer_plan
     d, warps_d = core.executor.launch_config()  # the default chunk (64 for the quick start, 8 for MLA's), warps
     chunks = (0, *(c for c in (d // 2, 2 * d) if c))
-    fused = (0, warps_d, core.executor.programs_per_sm, True)  # the defaults, the selection fused
-    variants = [*itertools.product(chunks, (4, 8), (4, 8, 16), (False,)), fused]
-    for chunk, warps, pps, fuse in variants:
+    pps_d = core.executor.programs_per_sm
+    fused = (0, warps_d, pps_d, True, False)  # the defaults, the selection fused
+    # the defaults with the next chunk's block ids loaded one iteration ahead, and that at twice the chunk
+    prefetched = [(c, warps_d, pps_d, False, True) for c in (0, 2 * d)]
+    variants = [*itertools.product(chunks, (4, 8), (4, 8, 16), (False,), (False,)), fused, *prefetched]
+    for chunk, warps, pps, fuse, prefetch in variants:
         try:
             core.executor = TritonExecutor(core.prepared.traced, case.layout, block_chunk=chunk,
                                            num_warps=warps, programs_per_sm=pps,
-                                           fuse_selection=fuse)  # fmt: skip
+                                           fuse_selection=fuse, prefetch_indices=prefetch)  # fmt: skip
             core.indexer_plan = core.executor.plan(rows, p.max_blocks_per_row, case.device)
             us = graph_us([lambda i=i: core.select(case.q[i], case.fields[i], p) for i in range(L)])
         except Exception as exc:  # the executor's build fails too, not only its launch: not variant_us
             us = None
             log(f"  indexer variant failed: {type(exc).__name__}: {str(exc)[:100]}")
         out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
-                    "fuse_selection": fuse, "us": us})  # fmt: skip
+                    "fuse_selection": fuse, "prefetch_indices": prefetch, "us": us})  # fmt: skip
     core.executor, core.indexer_plan = saved
     from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
 

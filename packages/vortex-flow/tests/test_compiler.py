@@ -68,8 +68,9 @@ class Config:
 
 
 CONFIGS = {
-    "d24g3b4": Config("d24g3b4", 4, 8, 24, 3, 2, torch.float32, (1, 6, 23, 50)),
-    "d16g2b8bf16": Config("d16g2b8bf16", 8, 16, 16, 2, 2, torch.bfloat16, (1, 9, 60, 100)),
+    # the last request's last block is full: a decode step whose newest token completes it (folded cache update)
+    "d24g3b4": Config("d24g3b4", 4, 8, 24, 3, 2, torch.float32, (1, 6, 23, 50, 32)),
+    "d16g2b8bf16": Config("d16g2b8bf16", 8, 16, 16, 2, 2, torch.bfloat16, (1, 9, 60, 100, 64)),
 }
 
 
@@ -220,12 +221,16 @@ def _select(ex: Any, pool: Pool, q: torch.Tensor, fields: dict[str, torch.Tensor
     return out.tolist()
 
 
-def compare(traced: TracedFlow, pool: Pool, cache_dir: str, *, fuse_selection: bool = False) -> TritonExecutor:
+def compare(
+    traced: TracedFlow, pool: Pool, cache_dir: str, *, fuse_selection: bool = False, prefetch_indices: bool = False,
+    block_chunk: int = BLOCK_CHUNK,
+) -> TritonExecutor:  # fmt: skip
     """Run both executors on the same inputs and assert the compiled one reproduces the reference."""
     ref = ReferenceExecutor(traced, pool.layout)
     tri = TritonExecutor(
-        traced, pool.layout, block_chunk=BLOCK_CHUNK, cache_dir=cache_dir, fuse_selection=fuse_selection
-    )
+        traced, pool.layout, block_chunk=block_chunk, cache_dir=cache_dir, fuse_selection=fuse_selection,
+        prefetch_indices=prefetch_indices,
+    )  # fmt: skip
     want = pool.fields(traced.fields)
     got = _clone(want)
     ref.run_cache(want, pool.block_ids)
@@ -246,18 +251,17 @@ def compare(traced: TracedFlow, pool: Pool, cache_dir: str, *, fuse_selection: b
 
 
 def _decode_slots(pool: Pool) -> torch.Tensor:
-    """One new token slot per request, as a decode step has: the last slot of the request's last full block
-    (it completes that block), or, for a request shorter than a block, its first slot (completes nothing)."""
-    bs, heads = pool.layout.block_size, pool.layout.num_kv_heads
+    """One new token slot per request, as a decode step has: the slot of the request's newest token, the last
+    of its last block. It completes that block when the block is full, else nothing (a decode step's completed
+    block is always its row's last: the scoring launch folds the update into the program of the row's last
+    chunk)."""
+    heads = pool.layout.num_kv_heads
     ptr, ids = pool.dense.indptr.tolist(), pool.dense.indices.cpu()
     last_len = pool.dense.last_block_len.cpu()
     slots = []
     for r in range(0, pool.dense.num_rows, heads):
-        lo, hi = ptr[r], ptr[r + 1]
-        full = hi - 1 if int(last_len[r]) == bs else hi - 2
-        blk = ids[full if full >= lo else lo].reshape(1)
-        first = pool.layout.block_token_slots(blk)[0, 0]
-        slots.append(int(first) + (bs - 1 if full >= lo else 0))
+        blk = ids[ptr[r + 1] - 1].reshape(1)
+        slots.append(int(pool.layout.block_token_slots(blk)[0, 0]) + int(last_len[r]) - 1)
     return torch.tensor(slots, dtype=torch.int64, device=pool.dense.indptr.device)
 
 
@@ -284,10 +288,28 @@ def check_folded_cache_update(
     assert out.tolist() == sel_ref, f"folded decode cache update: selections differ\n{tri.source}"
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["ids-in-loop", "ids-prefetched"])
 @pytest.mark.parametrize("flow_name", sorted(FLOWS))
-def test_compiled_equals_reference(flow_name: str, pool: Pool, cache_dir: str) -> None:
+def test_compiled_equals_reference(flow_name: str, pool: Pool, cache_dir: str, prefetch: bool) -> None:
+    """Every test flow, compiled, does what the reference runtime does; with ``prefetch_indices`` too, at a
+    chunk of 2 blocks (so that a program's chunk loop runs several iterations and carries the look-ahead)."""
     traced = trace_flow(FLOWS[flow_name](), pool.geometry)
-    compare(traced, pool, cache_dir)
+    if prefetch:
+        compare(traced, pool, cache_dir, prefetch_indices=True, block_chunk=2)
+    else:
+        compare(traced, pool, cache_dir)
+
+
+def test_prefetched_ids_leave_one_load_per_iteration(pool: Pool, cache_dir: str) -> None:
+    """With ``prefetch_indices`` the chunk loop loads the NEXT chunk's block ids (carried into the next
+    iteration), not this chunk's: the first chunk's ids are loaded before the loop."""
+    flow = build_vflow("custom_sparse_attention", str(REPO / "examples" / "custom_sparse_attention.py"))
+    fn = compare(trace_flow(flow, pool.geometry), pool, cache_dir, prefetch_indices=True, block_chunk=2).kernels[0].lines
+    loop = next(i for i, line in enumerate(fn) if line.strip().startswith("for chunk in range("))
+    before, inside = "\n".join(fn[:loop]), "\n".join(fn[loop:])
+    assert "blk_next = tl.load(indices + (start + p_next)" in before
+    assert "blk = blk_next.to(tl.int64)" in inside and "tl.load(indices + rag" not in inside
+    assert inside.index("blk_next = tl.load(") < inside.index("BLK3 * ")  # issued before the summaries' load
 
 
 def test_every_op_is_exercised(pool: Pool) -> None:
@@ -370,8 +392,9 @@ def test_a_line_reading_the_chunk_stays_in_the_loop() -> None:
 @pytest.mark.parametrize("fuse", [False, True], ids=["select-apart", "select-fused"])
 @pytest.mark.parametrize("num_warps", [1, 2, 4])
 @pytest.mark.parametrize("block_chunk", [2, 0], ids=["chunk2", "chunk-default"])
+@pytest.mark.parametrize("prefetch", [False, True], ids=["ids-in-loop", "ids-prefetched"])
 def test_indexer_with_static_bounds_and_a_shared_workspace(
-    pool: Pool, cache_dir: str, num_warps: int, fuse: bool, block_chunk: int
+    pool: Pool, cache_dir: str, num_warps: int, fuse: bool, block_chunk: int, prefetch: bool
 ) -> None:
     """As the decode path calls it: a static ``max_blocks_per_row`` above every row's length (a wider selection
     tile than the rows need), one caller-owned workspace reused by successive launches (its counters must be
@@ -383,7 +406,7 @@ def test_indexer_with_static_bounds_and_a_shared_workspace(
     ref = ReferenceExecutor(traced, pool.layout)
     tri = TritonExecutor(
         traced, pool.layout, block_chunk=block_chunk, num_warps=num_warps, cache_dir=cache_dir,
-        fuse_selection=fuse,
+        fuse_selection=fuse, prefetch_indices=prefetch,
     )  # fmt: skip
     fields = pool.fields(traced.fields)
     ref.run_cache(fields, pool.block_ids)

@@ -31,10 +31,12 @@ def emit_op(e: Emitter, node: OpNode, xs: list[Tile]) -> Tile | None:
 
 
 def fused_kernel(
-    name: str, group: KernelGroup, external: dict[int, str], stored: set[int], kv: KVLayout
-) -> KernelSource:
+    name: str, group: KernelGroup, external: dict[int, str], stored: set[int], kv: KVLayout, *,
+    prefetch_indices: bool = False,
+) -> KernelSource:  # fmt: skip
     """A ``Schedule.FUSED`` group. ``external`` maps input tensor ids to "entry:<name>" or "buffer"; ``stored`` are the
-    outputs other kernels read."""
+    outputs other kernels read. ``prefetch_indices``: a ragged group's chunk loop loads the next chunk's block ids
+    one iteration ahead (:func:`_finish`)."""
     mode = "ragged" if group.ragged else "batched"
     e = Emitter(mode, kv)
     hoisted_vars: set[str] = set()
@@ -70,11 +72,13 @@ def fused_kernel(
     tail: list[str] = []
     if e.deferred:  # a Save may overwrite what a Load of this program read
         e.barrier_before_overwrite(e.deferred_ptrs, tail)
-    return _finish(name, e, tail + [line for lines in e.deferred.values() for line in lines])
+    return _finish(
+        name, e, tail + [line for lines in e.deferred.values() for line in lines], prefetch_indices=prefetch_indices
+    )
 
 
 #: names a ragged group's chunk loop defines (``_finish``): a line that reads one must stay in the loop
-_CHUNK_NAMES = re.compile(r"\b(chunk|p|valid|rag|blk|VALID3|RAG3|BLK3)\b")
+_CHUNK_NAMES = re.compile(r"\b(chunk|p|valid|rag|blk|p_next|blk_next|VALID3|RAG3|BLK3)\b")
 _TMP = re.compile(r"\bt\d+\b")
 _ASSIGN = re.compile(r"^(t\d+) = (.*)$")
 
@@ -166,10 +170,17 @@ def cache_kernel(
 GROUP_PARAMS = "row, start, n, c_lo, c_step, indptr, indices"
 
 
-def _finish(name: str, e: Emitter, tail: list[str], *, decode_cache: bool | str = False) -> KernelSource:
+def _finish(
+    name: str, e: Emitter, tail: list[str], *, decode_cache: bool | str = False, prefetch_indices: bool = False
+) -> KernelSource:
     """Indexer groups become device functions of :data:`GROUP_PARAMS` (the indexer kernel calls them); a
     ragged group loops over chunks ``c_lo, c_lo + c_step, ...`` of ``BS`` blocks of row ``row``. Cache
-    kernels are whole kernels, except the one-slot decode update (``decode_cache == "row"``)."""
+    kernels are whole kernels, except the one-slot decode update (``decode_cache == "row"``).
+
+    ``prefetch_indices``: the chunk loop loads the NEXT chunk's block ids (``blk_next``, carried by the loop)
+    before the loads of this one's summaries, so an iteration waits on one memory round trip, not two (ids,
+    then the summaries at them); Triton does not pipeline this loop by itself (its loads feed no ``tl.dot``).
+    The last iteration's look-ahead is masked off past the row."""
     params = ", ".join(a.name for a in e.args)
     if e.mode == "cache" and decode_cache == "row":
         kvl = e.kv
@@ -215,16 +226,28 @@ def _finish(name: str, e: Emitter, tail: list[str], *, decode_cache: bool | str 
     if e.mode == "batched":
         lines = head + ["    " + x for x in e.pre + e.body + tail]
         return KernelSource(name=name, args=e.args, lines=lines, ragged=False)
+    if prefetch_indices:
+        ids = [
+            "blk = blk_next.to(tl.int64)",
+            "p_next = p + c_step * BS",
+            "blk_next = tl.load(indices + (start + p_next).to(tl.int64), mask=p_next < n, other=0)",
+        ]
+        before = [
+            "p_next = c_lo * BS + tl.arange(0, BS)",
+            "blk_next = tl.load(indices + (start + p_next).to(tl.int64), mask=p_next < n, other=0)",
+        ]
+    else:
+        ids, before = ["blk = tl.load(indices + rag, mask=valid, other=0).to(tl.int64)"], []
     chunk = [
         "p = chunk * BS + tl.arange(0, BS)",
         "valid = p < n",
         "rag = (start + p).to(tl.int64)",
-        "blk = tl.load(indices + rag, mask=valid, other=0).to(tl.int64)",
+        *ids,
         "VALID3 = valid[:, None, None]",
         "RAG3 = rag[:, None, None]",
         "BLK3 = blk[:, None, None]",
     ]
-    lines = head + ["    " + x for x in e.pre + e.hoisted]
+    lines = head + ["    " + x for x in e.pre + e.hoisted + before]
     lines.append("    for chunk in range(c_lo, tl.cdiv(n, BS), c_step):")
     lines += ["        " + x for x in chunk + e.body + tail]
     return KernelSource(name=name, args=e.args, lines=lines, ragged=True)

@@ -71,7 +71,9 @@ class TritonExecutor(FlowExecutor):
     largest tile stays within ``TILE_BUDGET`` elements: ``chunks``); ``cache_chunk`` the same for
     ``forward_cache``. ``num_warps`` (0: the measured default, :meth:`launch_config`), ``programs_per_sm`` and
     ``num_stages`` tune the indexer launch. ``enable_pdl``: launch the scoring and the selection kernels with
-    Hopper programmatic dependent launch (sm_90+; see :func:`vortex_torch.kernels._sync.pdl_launch_options`)."""
+    Hopper programmatic dependent launch (sm_90+; see :func:`vortex_torch.kernels._sync.pdl_launch_options`).
+    ``prefetch_indices``: the scoring loops load the next chunk's block ids one iteration ahead (same results;
+    off until timed on a GPU)."""
 
     needs_row_index = False
 
@@ -88,8 +90,11 @@ class TritonExecutor(FlowExecutor):
         num_stages: int | None = None,
         fuse_selection: bool = False,
         enable_pdl: bool = False,
+        prefetch_indices: bool = False,
     ) -> None:
         super().__init__(traced, layout)
+        #: scoring loops load the next chunk's block ids one iteration ahead (codegen ``_finish``; not yet timed)
+        self.prefetch_indices = prefetch_indices
         #: scoring and selection kernels are launched with programmatic dependent launch (sm_90+)
         self.enable_pdl = enable_pdl
         #: warps per program of the indexer kernel (0: the measured default, :meth:`launch_config`)
@@ -133,7 +138,9 @@ class TritonExecutor(FlowExecutor):
                     for n in g.nodes
                     for t in n.inputs
                 }
-                self.kernels.append(fused_kernel(name, g, external, self.stored, kv))
+                self.kernels.append(
+                    fused_kernel(name, g, external, self.stored, kv, prefetch_indices=prefetch_indices)
+                )
             else:
                 t = g.nodes[0].inputs[0]
                 self.kernels.append(

@@ -626,3 +626,11 @@ def test_mla_rows_have_the_gqa_rows_shape_and_a_dense_failure_is_recorded(monkey
                               "cases": [rows["mla"], {"ctx": 8192, "batch": 16, "error": "boom"}]})  # fmt: skip
     assert "DeepSeek-V2-Lite MLA geometry" in text and "rope_aware_block_sparse_mla" in text
     assert f"| {CPU_CTX} x {CPU_BATCH} | - (0) |" in text and "| 8192 x 16 | error: boom |" in text
+
+
+def test_split_variants_spread_wider_when_the_gpu_is_underfilled() -> None:
+    """Half / default / double, but at few short rows (8 rows x 2 splits on 132 SMs) 1x-8x the default."""
+    assert step_bench.split_variants(4) == [2, 4, 8]
+    assert step_bench.split_variants(1, 256, 132) == [1, 2]
+    assert step_bench.split_variants(2, 8, 132) == [2, 4, 8, 16]
+    assert step_bench.split_variants(16, 8, 132) == [16, 32, 64]

@@ -490,8 +490,12 @@ def variant_us(fns: list[Callable[[], object]], what: str) -> float | None:
         return None
 
 
-def split_variants(base: int) -> list[int]:
-    """The split counts an attention sweep times: the default ``base``, half and double it (at most 64)."""
+def split_variants(base: int, programs_per_split: int = 0, num_sms: int = 0) -> list[int]:
+    """The split counts an attention sweep times: the default ``base``, half and double it (at most 64). When
+    the default leaves most SMs without a program (``programs_per_split * base < num_sms``: few short rows, as
+    at batch 1 and a 2k context), 4x and 8x it instead of half: splits of one loop step each, spread wider."""
+    if programs_per_split * base < num_sms:
+        return sorted({min(64, base * f) for f in (1, 2, 4, 8)})
     return sorted({base, max(1, base // 2), min(64, base * 2)})
 
 
@@ -509,7 +513,9 @@ def attention_sweep(case: Case) -> list[dict[str, Any]]:
     rows = case.batch * HKV
     o = torch.empty_like(case.q[0])
     base_splits = default_num_splits(rows, p.max_selected_per_row, BS, D, torch.device("cuda"))
-    for splits, tile, warps, stages in itertools.product(split_variants(base_splits), (32, 64, 128), (4, 8), (1, 2, 3)):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 0
+    for splits, tile, warps, stages in itertools.product(split_variants(base_splits, rows, sms), (32, 64, 128), (4, 8),
+                                                         (1, 2, 3)):  # fmt: skip
         ws = SparseDecodeWorkspace.allocate(rows, splits, HQ // HKV, D, "cuda")
 
         def att(i: int, s: int = splits, t: int = tile, w: int = warps, st: int = stages,

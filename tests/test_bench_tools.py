@@ -532,7 +532,7 @@ def test_indexer_sweep_runs_each_variant(geometry: str, monkeypatch: pytest.Monk
     assert [r["fuse_selection"] for r in scoring].count(True) == 1
     assert [r["block_chunk"] for r in scoring if r["prefetch_indices"]] == [0, 2 * default]
     only = [(r["warps"], r["bits_per_pass"]) for r in rows if r["kind"] == "select_only"]
-    assert only == [(2, 1), (4, 1), (8, 1), (4, 2), (8, 2)]
+    assert only == [(2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2)]
     assert all(r["us"] == 1.0 for r in rows), [r for r in rows if r["us"] != 1.0]
     assert case.core.executor is own
 

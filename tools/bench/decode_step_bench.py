@@ -535,7 +535,7 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
     it; a literal of the generated source, so a fresh executor each) x warps x resident programs per SM with the
     selection apart, the default with the selection fused, the default and twice its chunk with the block ids
     prefetched (``prefetch_indices``); then the selection kernel alone
-    (``select_only``) at 2, 4 and 8 warps bit by bit, and at 4 and 8 warps two bits per count pass
+    (``select_only``) at 2, 4, 8 and 16 warps bit by bit, and at 4, 8 and 16 warps two bits per count pass
     (``bits_per_pass``): how much of the indexer is the top-k search, and whether the paired search pays."""
     from vortex_torch.flow.compiler.triton_executor import TritonExecutor
 
@@ -568,7 +568,7 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
 
     nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
     scores = [torch.randn(max(1, nnz), device=case.device) for _ in range(L)]
-    for warps, bits in (*((w, 1) for w in (2, 4, 8)), (4, 2), (8, 2)):
+    for warps, bits in (*((w, 1) for w in (2, 4, 8, 16)), *((w, 2) for w in (4, 8, 16))):
         us = variant_us([lambda i=i, w=warps, b=bits: select_blocks_triton(
             scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
             max_blocks_per_row=p.max_blocks_per_row, num_warps=w, bits_per_pass=b) for i in range(L)],
@@ -627,8 +627,8 @@ def main() -> int:
     flow_help = f"an installed flow's registered name (default: the quick-start flow; --mla: {MLA_FLOW[1]})"
     ap.add_argument("--flow", default=None, help=flow_help)
     ap.add_argument("--sweep", nargs="*", choices=["attention", "indexer"], default=None,
-                    help="also time attention and/or indexer tile variants (32k x 32/16/1 only; both when none "
-                    "is named; --mla: attention only)")  # fmt: skip
+                    help="also time attention and/or indexer tile variants (32k x 32/16/1 and 2k x 1; the "
+                    "indexer's at 128k x 32 too; both when none is named)")  # fmt: skip
     ap.add_argument("--kv-dtype", choices=list(KV_DTYPES), default="bfloat16",
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
@@ -654,6 +654,10 @@ def main() -> int:
         # most (2k x 1: is the selection fused into scoring cheaper there?)
         swept = args.sweep is not None and ((ctx == 32768 and batch in (32, 16, 1)) or (ctx, batch) == (2048, 1))
         sweep = (args.sweep or ["attention", "indexer"]) if swept else []
+        # 128k x 32: the indexer only (8192 keys a row: the selection's default 16 warps fit one program per SM,
+        # so 256 rows take two waves; do 8 warps, two per SM, do better?)
+        if args.sweep is not None and (ctx, batch) == (131072, 32) and "indexer" in (args.sweep or ["indexer"]):
+            sweep = ["indexer"]
         rec = measure(args.mla, ctx, batch, args.budget, layers, flow, KV_DTYPES[args.kv_dtype], bw, sweep)
         log(json.dumps({k: v for k, v in rec.items() if k != "sweep"}))
         result["cases"].append(rec)

@@ -5,8 +5,13 @@ that defines a ``@triton.jit`` kernel is imported, which is why it lives here an
 """
 
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# tests/tool_loader.py: the one loader of repository scripts (tools/) that test files of tests/ and tests/gpu/ import
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -6,28 +6,19 @@ its dense MLA baseline attends every token."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 bench = load_tool(ROOT / "tools" / "bench" / "flows_bench.py")

@@ -4,29 +4,18 @@ machine only)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load() -> ModuleType:
-    path = ROOT / "tools" / "bench" / "ncu_step.py"
-    spec = importlib.util.spec_from_file_location("ncu_step", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ncu_step = _load()
+ncu_step = load_tool(ROOT / "tools" / "bench" / "ncu_step.py")
 
 HEADER = ['"ID"', '"Process ID"', '"Kernel Name"', '"Block Size"', '"Grid Size"', '"gpu__time_duration.sum"',
           '"dram__bytes_read.sum"', '"dram__throughput.avg.pct_of_peak_sustained_elapsed"',
@@ -98,12 +87,21 @@ def test_raw_csv_rows_skip_notes_and_units() -> None:
     assert ncu_step.read_raw_csv("==PROF== nothing profiled\n") == []
 
 
+def run_with_fake_ncu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counts: dict[str, int], args: list[str], fail: bool = False
+) -> tuple[int, Path]:
+    """``ncu_step.main(args)`` with :func:`fake_ncu` first on PATH -> (exit code, the output folder)."""
+    monkeypatch.setenv("PATH", f"{fake_ncu(tmp_path, counts, fail)}:/usr/bin:/bin")
+    out = tmp_path / "out"
+    return ncu_step.main([*args, "--out-dir", str(out)]), out
+
+
 def test_end_to_end_with_a_fake_ncu_labels_phases_and_writes_the_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", f"{fake_ncu(tmp_path, {'plan': 1, 'sparse': 3, 'dense': 2})}:/usr/bin:/bin")
-    out = tmp_path / "out"
-    assert ncu_step.main(["--cases", "2048x1", "--budget", "512", "--out-dir", str(out)]) == 0
+    counts = {"plan": 1, "sparse": 3, "dense": 2}
+    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, counts, ["--cases", "2048x1", "--budget", "512"])
+    assert rc == 0
     argv = json.loads((tmp_path / "argv.json").read_text())
     child = argv[argv.index("--child"):]
     assert child[:2] == ["--child", "2048x1"] and child[child.index("--budget") + 1] == "512"
@@ -120,9 +118,8 @@ def test_end_to_end_with_a_fake_ncu_labels_phases_and_writes_the_summary(
 def test_a_kernel_count_other_than_the_childs_leaves_phases_unknown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", f"{fake_ncu(tmp_path, {'plan': 1, 'sparse': 2, 'dense': 2})}:/usr/bin:/bin")
-    out = tmp_path / "out"
-    assert ncu_step.main(["--cases", "32768x32", "--out-dir", str(out)]) == 0
+    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, {"plan": 1, "sparse": 2, "dense": 2}, ["--cases", "32768x32"])
+    assert rc == 0
     (case,) = json.loads((out / "ncu.json").read_text())
     assert not case["phases_ok"] and {k["phase"] for k in case["kernels"]} == {"?"}
     assert "phases unknown" in (out / "ncu-summary.md").read_text()
@@ -131,9 +128,8 @@ def test_a_kernel_count_other_than_the_childs_leaves_phases_unknown(
 def test_a_failed_profile_is_the_cases_error_and_the_exit_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", f"{fake_ncu(tmp_path, {}, fail=True)}:/usr/bin:/bin")
-    out = tmp_path / "out"
-    assert ncu_step.main(["--cases", "2048x1", "--out-dir", str(out)]) == 1
+    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, {}, ["--cases", "2048x1"], fail=True)
+    assert rc == 1
     md = (out / "ncu-summary.md").read_text()
     assert "error: RuntimeError: ncu exited 1" in md and "profiling failed" in md
 

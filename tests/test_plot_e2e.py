@@ -3,25 +3,14 @@ vortex_tok_s) in, a PNG out; bad input is one line on stderr naming the key, exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 plot_e2e = load_tool(ROOT / "tools" / "bench" / "plot_e2e.py")

@@ -7,7 +7,6 @@ with NVLink multicast kept off in the environment the engines inherit. ``main()`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,27 +15,17 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "bench" / "sglang_decode_bench.py"
 #: Qwen3-8B's attention geometry (tools/device/mk_tiny.py --preset qwen3-8b), as the bench's model
 QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 1, "num_attention_heads": 32,
             "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 4096, "max_position_embeddings": 40960}  # fmt: skip
-
-
-def load_tool(path: Path, name: str) -> ModuleType:
-    """The tool as a module (as tests/test_bench_tools.py loads it; under its own name here)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 bench = load_tool(TOOL, "sglang_decode_bench_under_tp_test")

@@ -27,8 +27,6 @@ that fails to build is reported with its error. Small shapes (2048 tokens x batc
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CTX, BATCH, BUDGET_TOKENS = 2048, 2, 512  # 128 blocks per row, 32 selected
@@ -64,13 +63,7 @@ FLOWS = GQA_FLOWS + MLA_FLOWS
 
 
 def load_bench() -> ModuleType:
-    path = ROOT / "tools" / "bench" / "decode_step_bench.py"
-    spec = importlib.util.spec_from_file_location("decode_step_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(ROOT / "tools" / "bench" / "decode_step_bench.py")
 
 
 @dataclass

@@ -38,9 +38,9 @@ KERNELS = [("plan_kernel", 4000.0, 1e5), ("indexer", 50000.0, 1.34e8), ("_select
            ("MergeStatesKernel", 5000.0, 1e6)]  # fmt: skip
 
 
-def fake_ncu(tmp_path: Path, counts: dict[str, int], fail: bool = False) -> Path:
-    """An ``ncu`` on PATH: profiling writes the report and the child's launch counts; ``--import`` prints the
-    canned raw CSV or a details page."""
+def fake_ncu(tmp_path: Path, launched: dict[str, list[str]], fail: bool = False) -> Path:
+    """An ``ncu`` on PATH: profiling writes the report and what the child would record (the Triton kernels it
+    ``launched`` per phase); ``--import`` prints the canned raw CSV or a details page."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (tmp_path / "raw.csv").write_text(raw_csv(KERNELS))
@@ -59,7 +59,7 @@ def fake_ncu(tmp_path: Path, counts: dict[str, int], fail: bool = False) -> Path
             print("==ERROR== profiling failed", file=sys.stderr)
             sys.exit(1)
         open(a[a.index("--export") + 1], "w").write("report")
-        json.dump({counts!r}, open(a[a.index("--counts") + 1], "w"))
+        json.dump({launched!r}, open(a[a.index("--counts") + 1], "w"))
         with open({str(tmp_path / "argv.json")!r}, "w") as fh:
             json.dump(a, fh)
     """))
@@ -88,10 +88,11 @@ def test_raw_csv_rows_skip_notes_and_units() -> None:
 
 
 def run_with_fake_ncu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counts: dict[str, int], args: list[str], fail: bool = False
-) -> tuple[int, Path]:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launched: dict[str, list[str]], args: list[str],
+    fail: bool = False,
+) -> tuple[int, Path]:  # fmt: skip
     """``ncu_step.main(args)`` with :func:`fake_ncu` first on PATH -> (exit code, the output folder)."""
-    monkeypatch.setenv("PATH", f"{fake_ncu(tmp_path, counts, fail)}:/usr/bin:/bin")
+    monkeypatch.setenv("PATH", f"{fake_ncu(tmp_path, launched, fail)}:/usr/bin:/bin")
     out = tmp_path / "out"
     return ncu_step.main([*args, "--out-dir", str(out)]), out
 
@@ -99,8 +100,8 @@ def run_with_fake_ncu(
 def test_end_to_end_with_a_fake_ncu_labels_phases_and_writes_the_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counts = {"plan": 1, "sparse": 3, "dense": 2}
-    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, counts, ["--cases", "2048x1", "--budget", "512"])
+    launched = {"plan": ["plan_kernel"], "sparse": ["indexer", "_select_blocks_kernel", "_split_kernel"], "dense": []}
+    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, launched, ["--cases", "2048x1", "--budget", "512"])
     assert rc == 0
     argv = json.loads((tmp_path / "argv.json").read_text())
     child = argv[argv.index("--child"):]
@@ -115,10 +116,10 @@ def test_end_to_end_with_a_fake_ncu_labels_phases_and_writes_the_summary(
     assert "BatchDecodeWithPagedKVCacheKernel" in (out / "ncu-raw.csv").read_text()
 
 
-def test_a_kernel_count_other_than_the_childs_leaves_phases_unknown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, {"plan": 1, "sparse": 2, "dense": 2}, ["--cases", "32768x32"])
+def test_kernels_other_than_the_childs_leave_phases_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ncu's third kernel is not the child's second sparse one (a launch the child did not see in between)."""
+    launched = {"plan": ["plan_kernel"], "sparse": ["indexer", "_split_kernel"], "dense": []}
+    rc, out = run_with_fake_ncu(tmp_path, monkeypatch, launched, ["--cases", "32768x32"])
     assert rc == 0
     (case,) = json.loads((out / "ncu.json").read_text())
     assert not case["phases_ok"] and {k["phase"] for k in case["kernels"]} == {"?"}
@@ -151,3 +152,12 @@ def test_no_ncu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setattr(ncu_step, "find_ncu", lambda: None)
     assert ncu_step.main(["--cases", "2048x1"]) == 2
     assert "ncu (Nsight Compute) not found" in capsys.readouterr().err
+
+
+def test_phases_need_the_childs_kernels_first_and_a_dense_one_after() -> None:
+    rows = [{"kernel": k} for k in ("plan_kernel", "indexer", "BatchDecode")]
+    assert ncu_step.assign_phases(rows, {"plan": ["plan_kernel"], "sparse": ["indexer"]})
+    assert [r["phase"] for r in rows] == ["plan", "sparse", "dense"]
+    assert not ncu_step.assign_phases(rows[:2], {"plan": ["plan_kernel"], "sparse": ["indexer"]})  # no dense kernel
+    assert not ncu_step.assign_phases(rows, {"plan": ["indexer"], "sparse": []})
+    assert {r["phase"] for r in rows} == {"?"}

@@ -20,9 +20,11 @@ Writes into ``--out-dir`` (default ``$VORTEX_OUT`` or ``.``):
 * ``ncu.json``: the same rows; ``ncu-raw.csv``: every metric ncu collected (``--page raw``), all cases;
 * ``ncu-details.txt``: ncu's own per-kernel report (``--page details``), all cases.
 
-The phase of a kernel comes from its position: the child counts the launches of each phase with the torch
-profiler (``decode_step_bench.launches``) and writes them beside the report; if ncu saw another number of
-kernels, the phases are left as ``?`` and the summary says so.
+The phase of a kernel comes from its position: the child records the Triton kernels it launches in the plan
+and sparse phases by name (every Vortex kernel is a Triton kernel; ncu names a Triton kernel after its function)
+and writes them beside the report; ncu's first kernels must carry those names, in that order, and every later
+one is dense FlashInfer's. Otherwise the phases are left as ``?`` and the summary says so. (The torch profiler,
+which ``decode_step_bench`` counts launches with, is not used here: it would subscribe to CUPTI beside ncu.)
 """
 
 from __future__ import annotations
@@ -139,13 +141,16 @@ def kernel_row(raw: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def assign_phases(rows: list[dict[str, Any]], counts: dict[str, int]) -> bool:
-    """Label ``rows`` (in launch order) with their phase from the child's launch counts; False (labels ``?``)
-    when ncu saw another number of kernels than the child launched."""
-    expected = [p for p in PHASES for _ in range(int(counts.get(p, 0)))]
-    ok = len(expected) == len(rows)
+def assign_phases(rows: list[dict[str, Any]], launched: dict[str, list[str]]) -> bool:
+    """Label ``rows`` (in launch order) with their phase: the first ones must be the Triton kernels the child
+    ``launched`` in the plan and sparse phases (by name, in order), the rest (at least one) are dense; False
+    (every label ``?``) when they are not."""
+    expected = [(p, name) for p in PHASES[:2] for name in launched.get(p, [])]
+    ok = len(rows) > len(expected) and all(
+        rows[i]["kernel"] == name for i, (_p, name) in enumerate(expected)
+    )
     for i, r in enumerate(rows):
-        r["phase"] = expected[i] if ok else "?"
+        r["phase"] = "?" if not ok else expected[i][0] if i < len(expected) else "dense"
     return ok
 
 
@@ -159,7 +164,8 @@ def summary_md(cases: list[dict[str, Any]]) -> str:
             out += [f"error: {c['error']}", ""]
             continue
         if not c["phases_ok"]:
-            out += [f"(ncu saw {len(c['kernels'])} kernels, the child launched {c['counts']}: phases unknown)", ""]
+            out += [f"(ncu's kernels {[r['kernel'] for r in c['kernels']]} do not start with the Triton kernels the "
+                    f"child launched, {c['launched']}, then dense ones: phases unknown)", ""]
         out.append("| phase | kernel | grid | block | regs | us | DRAM read MB | GB/s | DRAM % | SM % | occupancy % | top stalls |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in c["kernels"]:
@@ -178,6 +184,7 @@ def summary_md(cases: list[dict[str, Any]]) -> str:
 def child(args: argparse.Namespace) -> int:
     import decode_step_bench as bench
     import torch
+    from triton.runtime.jit import JITFunction
 
     ctx, batch = parse_case(args.child)
     cls = bench.MLACase if args.mla else bench.Case
@@ -185,19 +192,29 @@ def child(args: argparse.Namespace) -> int:
     case = cls(ctx, batch, args.budget, 1, flow=flow, kv_dtype=bench.KV_DTYPES[args.kv_dtype])
     dense = case.dense_steps()
     phases = {"plan": [case.plan_step], "sparse": [lambda: case.layer(0)], "dense": dense}
-    counts = {p: sum(bench.launches(fn) for fn in fns) for p, fns in phases.items()}  # also warms (JIT) them all
-    for fns in phases.values():
+    for fns in phases.values():  # JIT and warm every kernel first
         for fn in fns:
             fn()
     torch.cuda.synchronize()
+    launched: dict[str, list[str]] = {p: [] for p in PHASES}
+    run = JITFunction.run
+
+    def recording(self: Any, *a: Any, **kw: Any) -> Any:
+        launched[phase].append(self.__name__)
+        return run(self, *a, **kw)
+
+    JITFunction.run = recording  # type: ignore[method-assign]
     torch.cuda.profiler.start()
-    for p in PHASES:
-        for fn in phases[p]:
-            fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
+    try:
+        for phase in PHASES:
+            for fn in phases[phase]:
+                fn()
+        torch.cuda.synchronize()
+    finally:
+        torch.cuda.profiler.stop()
+        JITFunction.run = run  # type: ignore[method-assign]
     with open(args.counts, "w") as fh:
-        json.dump(counts, fh)
+        json.dump(launched, fh)
     return 0
 
 
@@ -255,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             details.append(f"######## {title}\n{det}")
             rec["kernels"] = [kernel_row(r) for r in read_raw_csv(raw)]
             with open(counts_path) as fh:
-                rec["counts"] = json.load(fh)
-            rec["phases_ok"] = assign_phases(rec["kernels"], rec["counts"])
+                rec["launched"] = json.load(fh)
+            rec["phases_ok"] = assign_phases(rec["kernels"], rec["launched"])
         except Exception as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"[:800]
         results.append(rec)

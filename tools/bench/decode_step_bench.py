@@ -655,7 +655,7 @@ def main() -> int:
         swept = args.sweep is not None and ((ctx == 32768 and batch in (32, 16, 1)) or (ctx, batch) == (2048, 1))
         sweep = (args.sweep or ["attention", "indexer"]) if swept else []
         # 128k x 32: the indexer only (8192 keys a row: the selection's default 16 warps fit one program per SM,
-        # so 256 rows take two waves; do 8 warps, two per SM, do better?)
+        # so 256 rows take two waves; the select_only rows show what fewer warps cost: 8 spill on sm_90)
         if args.sweep is not None and (ctx, batch) == (131072, 32) and "indexer" in (args.sweep or ["indexer"]):
             sweep = ["indexer"]
         rec = measure(args.mla, ctx, batch, args.budget, layers, flow, KV_DTYPES[args.kv_dtype], bw, sweep)

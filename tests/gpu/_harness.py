@@ -283,3 +283,65 @@ def assert_replays_clean(records: list[dict[str, Any]], what: str, dump_steps: i
     assert worst_aux < 2e-2, f"{what}: aux fields differ from forward_cache recomputed on the host"
     assert worst_o < 2e-2, f"{what}: sparse attention output differs from the reference over the same blocks"
     assert exact >= 0.9 * total, f"{what}: too many rows differ (even if within the tie tolerance)"
+
+
+# -- SGLang HTTP servers ------------------------------------------------------------------------------------------
+SERVER_STARTUP_S = 420
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def http_server(log: Path, vortex: dict[str, Any] | None, mem_fraction: float = 0.5) -> Iterator[str]:
+    """``python -m sglang.launch_server`` on the tiny model (FlashInfer, page 16), with ``--vortex-config
+    <vortex>`` unless None (plain SGLang); yields its base URL once ``/health_generate`` answers, and stops the
+    whole process group afterwards (its log's tail printed). Fails the test if it exits or is not healthy
+    within :data:`SERVER_STARTUP_S`."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "sglang.launch_server", "--model-path", tiny_model(), "--host", "127.0.0.1",
+        "--port", str(port), "--attention-backend", "flashinfer", "--page-size", "16",
+        "--cuda-graph-max-bs-decode", "4", "--mem-fraction-static", str(mem_fraction),
+        *(["--vortex-config", json.dumps(vortex)] if vortex is not None else []),
+    ]  # fmt: skip
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + SERVER_STARTUP_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"launch_server exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/health_generate", timeout=30) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"launch_server not healthy after {SERVER_STARTUP_S}s:\n{log.read_text()[-6000:]}")
+            time.sleep(2)
+        yield base
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        except Exception:
+            os.killpg(proc.pid, signal.SIGKILL)
+        print(log.read_text()[-3000:])

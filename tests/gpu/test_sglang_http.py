@@ -4,12 +4,6 @@ with Vortex's backend, and a client cannot change the flow through the request b
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vortex_gpu_harness import QUICKSTART_VORTEX, skip_reason, tiny_model
+from vortex_gpu_harness import QUICKSTART_VORTEX, http_server, skip_reason
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,14 +19,7 @@ pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason())),
 ]
 
-STARTUP_S = 420
 LONG_PROMPT = " ".join(f"item {i} is a {'red' if i % 3 else 'blue'} box near the door." for i in range(200))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
@@ -45,41 +32,10 @@ def post(url: str, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    port = free_port()
     log = tmp_path_factory.mktemp("http") / "server.log"
     cfg = {**QUICKSTART_VORTEX, "topk_val": 4}  # 6-block budget: long prompts are sparse
-    cmd = [
-        sys.executable, "-m", "sglang.launch_server", "--model-path", tiny_model(), "--host", "127.0.0.1",
-        "--port", str(port), "--attention-backend", "flashinfer", "--page-size", "16",
-        "--cuda-graph-max-bs-decode", "4", "--mem-fraction-static", "0.5", "--vortex-config", json.dumps(cfg),
-    ]  # fmt: skip
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"launch_server exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health_generate", timeout=30) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"launch_server not healthy after {STARTUP_S}s:\n{log.read_text()[-6000:]}")
-            time.sleep(2)
+    with http_server(log, cfg) as base:
         yield base, log
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-        except Exception:
-            os.killpg(proc.pid, signal.SIGKILL)
-        print(log.read_text()[-3000:])
 
 
 def completion(base: str, prompt: str, **extra: Any) -> dict[str, Any]:

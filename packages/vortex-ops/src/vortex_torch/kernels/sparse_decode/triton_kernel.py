@@ -68,54 +68,19 @@ _TILE_ELEMS_EXACT = 8192  # the same with fp32 p (tf32x3 p @ v): 64 x 128 at D =
 
 
 @triton.jit
-def _split_kernel(
-    q_ptr,  # [R, G, D]
-    k_ptr,  # [num_slots, H_kv, D], last dim contiguous
-    v_ptr,  # [num_slots, H_kv, D], last dim contiguous
-    indptr_ptr,  # [R + 1]
-    indices_ptr,  # [nnz]
-    last_len_ptr,  # [R]
-    o_ptr,  # [R, S, G, D]: partial outputs (S > 1, fp32) or the final output (S == 1, q.dtype)
-    lse_ptr,  # [R, S, G] fp32, natural log
-    final_o_ptr,  # [R, G, D] q.dtype: the merged output (MERGE only)
-    final_lse_ptr,  # [R, G] fp32 (MERGE and STORE_FINAL_LSE only)
-    counter_ptr,  # [R] int32, all 0 between launches: splits of a row done so far (MERGE only)
-    k_scale_ptr,  # [1] fp32 (KV_FP8 only): key = stored * k_scale
-    v_scale_ptr,  # [1] fp32 (KV_FP8 only): value = stored * v_scale
-    qk_scale,  # sm_scale * log2(e)
-    num_splits,
-    stride_qr, stride_qg, stride_qd,
-    stride_ks, stride_kh,  # slot and head strides of k (elements); d stride is 1
-    stride_vs, stride_vh,
-    stride_or, stride_os, stride_og, stride_od,
-    stride_lr, stride_ls, stride_lg,
-    stride_fr, stride_fg, stride_fd,  # final_o
-    stride_flr, stride_flg,  # final_lse
-    G: tl.constexpr,
-    D: tl.constexpr,
-    PAGE: tl.constexpr,  # page_size (token slots per page)
-    BS: tl.constexpr,  # block_size, divides PAGE
-    H_KV: tl.constexpr,  # KV heads of the pool
-    G_PAD: tl.constexpr,  # next_pow2(G), at least 16 (tl.dot's minimum M)
-    D_PAD: tl.constexpr,  # next_pow2(D), at least 16
-    BLOCK_N: tl.constexpr,  # tokens per loop step: a power of two >= 16 (several whole blocks or part of one)
-    STORE_LSE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no silent tf32), ignored for 16-bit
-    PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
-    P_FP32: tl.constexpr,  # keep p fp32 through p @ v (exact); False: round p to v's dtype (flash attention)
-    MERGE: tl.constexpr,  # the row's last split to finish merges all splits (one launch in all)
-    FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
-    STORE_FINAL_LSE: tl.constexpr,
-    KV_FP8: tl.constexpr,  # K/V are fp8: widen each tile to q's dtype, apply k_scale / v_scale
-    PDL: tl.constexpr = False,  # launched with programmatic dependent launch (wait for the previous kernel)
-):
-    dependent_launch_prologue(PDL)
-    row = tl.program_id(0)
-    split = tl.program_id(1)
-
-    row_start = tl.load(indptr_ptr + row).to(tl.int32)
-    num_blocks = tl.load(indptr_ptr + row + 1).to(tl.int32) - row_start
-    last_len = tl.load(last_len_ptr + row).to(tl.int32)
+def attend_split(
+    q_ptr, k_ptr, v_ptr, indices_ptr, row, row_start, num_blocks, last_len, split, num_splits, o_ptr, lse_ptr,
+    k_scale_ptr, v_scale_ptr, qk_scale, stride_qr, stride_qg, stride_qd, stride_ks, stride_kh, stride_vs, stride_vh,
+    stride_or, stride_os, stride_og, stride_od, stride_lr, stride_ls, stride_lg,
+    G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BS: tl.constexpr, H_KV: tl.constexpr,
+    G_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr, STORE_LSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PV_PRECISION: tl.constexpr, P_FP32: tl.constexpr, KV_FP8: tl.constexpr,
+):  # fmt: skip
+    """Split ``split`` of ``num_splits`` of row ``row``: the online softmax over its chunk of the row's selected
+    tokens (``num_blocks`` block ids at ``indices_ptr + row_start``, the last holding ``last_len`` tokens),
+    written to ``o_ptr``/``lse_ptr`` at ``(row, split)`` (the strides and constexprs of :func:`_split_kernel`).
+    A device function, so that a fused indexer's last program can attend its row after selecting it
+    (``vortex_torch.flow.compiler``; there with one split, writing the final output)."""
     # This split's tokens [lo, hi) of the row's selection; an empty chunk writes (o = 0, lse = -inf).
     lo, hi = split_token_range(num_blocks, last_len, split, num_splits, BS, BLOCK_N)
 
@@ -182,6 +147,63 @@ def _split_kernel(
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2)  # [G_PAD]
         lse_row = lse_ptr + row.to(tl.int64) * stride_lr + split * stride_ls
         tl.store(lse_row + offs_g * stride_lg, lse, mask=mask_g)
+
+
+@triton.jit
+def _split_kernel(
+    q_ptr,  # [R, G, D]
+    k_ptr,  # [num_slots, H_kv, D], last dim contiguous
+    v_ptr,  # [num_slots, H_kv, D], last dim contiguous
+    indptr_ptr,  # [R + 1]
+    indices_ptr,  # [nnz]
+    last_len_ptr,  # [R]
+    o_ptr,  # [R, S, G, D]: partial outputs (S > 1, fp32) or the final output (S == 1, q.dtype)
+    lse_ptr,  # [R, S, G] fp32, natural log
+    final_o_ptr,  # [R, G, D] q.dtype: the merged output (MERGE only)
+    final_lse_ptr,  # [R, G] fp32 (MERGE and STORE_FINAL_LSE only)
+    counter_ptr,  # [R] int32, all 0 between launches: splits of a row done so far (MERGE only)
+    k_scale_ptr,  # [1] fp32 (KV_FP8 only): key = stored * k_scale
+    v_scale_ptr,  # [1] fp32 (KV_FP8 only): value = stored * v_scale
+    qk_scale,  # sm_scale * log2(e)
+    num_splits,
+    stride_qr, stride_qg, stride_qd,
+    stride_ks, stride_kh,  # slot and head strides of k (elements); d stride is 1
+    stride_vs, stride_vh,
+    stride_or, stride_os, stride_og, stride_od,
+    stride_lr, stride_ls, stride_lg,
+    stride_fr, stride_fg, stride_fd,  # final_o
+    stride_flr, stride_flg,  # final_lse
+    G: tl.constexpr,
+    D: tl.constexpr,
+    PAGE: tl.constexpr,  # page_size (token slots per page)
+    BS: tl.constexpr,  # block_size, divides PAGE
+    H_KV: tl.constexpr,  # KV heads of the pool
+    G_PAD: tl.constexpr,  # next_pow2(G), at least 16 (tl.dot's minimum M)
+    D_PAD: tl.constexpr,  # next_pow2(D), at least 16
+    BLOCK_N: tl.constexpr,  # tokens per loop step: a power of two >= 16 (several whole blocks or part of one)
+    STORE_LSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no silent tf32), ignored for 16-bit
+    PV_PRECISION: tl.constexpr,  # p @ v in fp32: "ieee" for fp32 inputs, else "tf32x3" (exact v, ~fp32 p)
+    P_FP32: tl.constexpr,  # keep p fp32 through p @ v (exact); False: round p to v's dtype (flash attention)
+    MERGE: tl.constexpr,  # the row's last split to finish merges all splits (one launch in all)
+    FENCE: tl.constexpr,  # a per-thread gpu fence before the hand-off (False in the interpreter)
+    STORE_FINAL_LSE: tl.constexpr,
+    KV_FP8: tl.constexpr,  # K/V are fp8: widen each tile to q's dtype, apply k_scale / v_scale
+    PDL: tl.constexpr = False,  # launched with programmatic dependent launch (wait for the previous kernel)
+):
+    dependent_launch_prologue(PDL)
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+
+    row_start = tl.load(indptr_ptr + row).to(tl.int32)
+    num_blocks = tl.load(indptr_ptr + row + 1).to(tl.int32) - row_start
+    last_len = tl.load(last_len_ptr + row).to(tl.int32)
+    attend_split(
+        q_ptr, k_ptr, v_ptr, indices_ptr, row, row_start, num_blocks, last_len, split, num_splits, o_ptr, lse_ptr,
+        k_scale_ptr, v_scale_ptr, qk_scale, stride_qr, stride_qg, stride_qd, stride_ks, stride_kh, stride_vs,
+        stride_vh, stride_or, stride_os, stride_og, stride_od, stride_lr, stride_ls, stride_lg,
+        G, D, PAGE, BS, H_KV, G_PAD, D_PAD, BLOCK_N, STORE_LSE, DOT_PRECISION, PV_PRECISION, P_FP32, KV_FP8,
+    )  # fmt: skip
     if MERGE:
         # Split-KV merge without a second launch: every program of the row counts itself in; the last one
         # (its acquire sees every earlier release, CUTLASS's semaphore pattern: barrier, then one gpu-scope

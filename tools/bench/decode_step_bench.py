@@ -445,6 +445,8 @@ def run_case(case: PoolCase, budget: int, bw: float, sweep: list[str]) -> dict[s
         res[key] = graph_us([lambda i=i: case.attend(i) for i in range(layers)])
     case.core.exact_attention = False
     res["step_us"] = res["layer_us"] + res["plan_us"] / case.e2e_layers
+    if case.geometry == "gqa":  # the whole layer as one launch (TritonExecutor(fuse_attention=True))
+        res.update(fused_layer(case))
     if torch.cuda.get_device_capability()[0] >= 9:  # the same layer, each kernel launched with PDL
         case.core.enable_pdl = True
         res["layer_pdl_launches"] = launches(lambda: case.layer(0))
@@ -488,6 +490,27 @@ def variant_us(fns: list[Callable[[], object]], what: str) -> float | None:
     except Exception as exc:
         log(f"  {what} variant failed: {type(exc).__name__}: {str(exc)[:100]}")
         return None
+
+
+def fused_layer(case: PoolCase) -> dict[str, Any]:
+    """The sparse layer with attention fused into the indexer launch (the row's selecting program attends it,
+    one split): its launches and time (``layer_fused_launches`` / ``layer_fused_us``), or its error. Opt-in
+    until measured: for few short rows, where three dependent launches cost more than their work."""
+    from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+
+    core = case.core
+    saved = core.executor, core.indexer_plan
+    try:
+        core.executor = TritonExecutor(core.prepared.traced, case.layout, fuse_attention=True)
+        core.indexer_plan = core.executor.plan(case.batch * case.num_kv_heads, case.plan.max_blocks_per_row,
+                                               case.device)  # fmt: skip
+        return {"layer_fused_launches": launches(lambda: case.layer(0)),
+                "layer_fused_us": graph_us([lambda i=i: case.layer(i) for i in range(case.layers)])}  # fmt: skip
+    except Exception as exc:
+        log(f"  fused layer failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return {"layer_fused_error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        core.executor, core.indexer_plan = saved
 
 
 def split_variants(base: int, programs_per_split: int = 0, num_sms: int = 0) -> list[int]:
@@ -698,8 +721,8 @@ def report(res: dict[str, Any]) -> str:
              "floor = bytes / the best of those and dense FlashInfer's own rate)",
              "", "| ctx x batch | dense FlashInfer us (GB/s) | sparse step us | speedup | floor us | step/floor | "
              "step/copy floor | plan us (per step) | cache apart | indexer (cache folded) | attention (exact) | "
-             "launches/layer | step us with PDL (speedup) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "launches/layer | step us with PDL (speedup) | layer us in one launch (fused attention) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in res["cases"]:
         if "error" in r:
             lines.append(f"| {r['ctx']} x {r['batch']} | error: {r['error'][:100]} |")
@@ -712,7 +735,7 @@ def report(res: dict[str, Any]) -> str:
             f"{r.get('step_over_copy_floor', 0):.2f} | "
             f"{f(r['plan_us'])} | {f(r['cache_us'])} | {f(r['indexer_us'])} | {f(r['attention_us'])} "
             f"({f(r['attention_exact_us'])}) | {r['layer_launches']} (+{r['plan_launches']}/step) | "
-            f"{f(r.get('step_pdl_us'))} ({'-' if sp_pdl is None else f'{sp_pdl:.2f}x'}) |"
+            f"{f(r.get('step_pdl_us'))} ({'-' if sp_pdl is None else f'{sp_pdl:.2f}x'}) | {f(r.get('layer_fused_us'))} |"
         )
     return "\n".join(lines)
 

@@ -33,9 +33,10 @@ from vortex_torch.flow import build_vflow
 from vortex_torch.flow.compiler.base import SelectionSpec
 from vortex_torch.flow.compiler.reference import ReferenceExecutor
 from vortex_torch.flow.compiler.schedule import CompileError
-from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+from vortex_torch.flow.compiler.triton_executor import FusedAttention, TritonExecutor
 from vortex_torch.flow.trace import TracedFlow, trace_flow
 from vortex_torch.kernels.select import default_budget, selection_indptr
+from vortex_torch.kernels.sparse_decode import sparse_decode_attention_reference
 
 _spec = importlib.util.spec_from_file_location(
     "flows_for_tests", Path(__file__).with_name("flows_for_tests.py")
@@ -310,6 +311,40 @@ def test_prefetched_ids_leave_one_load_per_iteration(pool: Pool, cache_dir: str)
     assert "blk_next = tl.load(indices + (start + p_next)" in before
     assert "blk = blk_next.to(tl.int64)" in inside and "tl.load(indices + rag" not in inside
     assert inside.index("blk_next = tl.load(") < inside.index("BLK3 * ")  # issued before the summaries' load
+
+
+# every shape of indexer kernel: a parallel stage handing off, scoring copied rows too (centroid, approx and
+# state save a probe or state) or not (dead: no Save, copied rows only selected), a standalone first group
+# (dim0), topK of a cache field with no scoring (field_score)
+@pytest.mark.parametrize("flow_name", ["centroid", "approx", "state", "dead", "dim0", "field_score"])
+@pytest.mark.parametrize("block_chunk", [2, 0], ids=["chunk2", "chunk-default"])
+def test_fused_attention_is_selection_then_sparse_attention(
+    flow_name: str, block_chunk: int, pool: Pool, cache_dir: str
+) -> None:
+    """``fuse_attention``: one launch selects what the reference selects and attends every row over that
+    selection as the sparse attention reference does (rows copied whole, one-block rows, partial last blocks
+    and rows past the budget in the pool), into ``attention.out``."""
+    traced = trace_flow(FLOWS[flow_name](), pool.geometry)
+    ref = ReferenceExecutor(traced, pool.layout)
+    tri = TritonExecutor(traced, pool.layout, block_chunk=block_chunk, cache_dir=cache_dir, fuse_attention=True)
+    assert tri.indexer_launches == 1 and "_vx_attend_split(" in tri.source
+    fields = pool.fields(traced.fields)
+    ref.run_cache(fields, pool.block_ids)
+    q = pool.qs[0]
+    want_sel = _select(ref, pool, q, _clone(fields))
+    o = torch.full_like(q, float("nan"))  # every row must be written
+    sel = torch.full((pool.selection.total,), -1, dtype=torch.int32, device=q.device)
+    att = FusedAttention(k=fields["k"], v=fields["v"], last_block_len=pool.dense.last_block_len, out=o, sm_scale=0.3)
+    tri.run(q, _clone(fields), pool.dense, pool.selection, sel, attention=att)
+    assert sel.tolist() == want_sel
+    want_o = sparse_decode_attention_reference(
+        q, fields["k"], fields["v"], pool.selection.sel_indptr, sel, pool.dense.last_block_len,
+        page_size=pool.layout.page_size, block_size=pool.layout.block_size, sm_scale=0.3,
+    )  # fmt: skip
+    tol = 1e-4 if q.dtype == torch.float32 else 2e-2  # bf16: p rounded to bf16 before p @ v, as FlashInfer does
+    torch.testing.assert_close(o.float(), want_o.float(), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="fuse_attention"):  # the launch needs its attention arguments
+        tri.run(q, _clone(fields), pool.dense, pool.selection, sel)
 
 
 def test_every_op_is_exercised(pool: Pool) -> None:

@@ -111,6 +111,31 @@ def test_core_matches_reference_runtime(
     check_replay_catches_bad_selections(records[0])
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter path (CPU tensors through Triton kernels)")
+def test_core_with_attention_fused_into_the_indexer_matches_reference_runtime(tmp_path: Path) -> None:
+    """An executor built with ``fuse_attention``: ``decode_layer`` is one launch (scoring with the folded cache
+    update, selection, attention) and gives what the oracle gives, over several decode steps."""
+    from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+
+    sc = Scenario("torch", "triton", [9, 35], tmp_path)
+    sc.core.executor = TritonExecutor(sc.core.prepared.traced, sc.layout, fuse_attention=True,
+                                      cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    sc.prefill()
+    buffers = sc.core.allocate_buffers(8)
+    for step in range(2):
+        loc, seq_lens, rows = sc.next_inputs()
+        plan = sc.core.plan(sc.pool.req_to_token, rows, seq_lens, buffers=buffers)
+        inputs = sc.layer_inputs()
+        ref = sc.reference_step(inputs)
+        for layer, (q, k, v) in enumerate(inputs):
+            sc.pool.write(layer, loc, k, v)
+            if layer in sc.sparse_layers:
+                o = sc.core.decode_layer(q.reshape(-1, GROUP, DIM), sc.fields(layer), plan, None, new_locs=loc)
+                sc.check(step, layer, plan, o, ref[layer], ties=False)
+    assert sc.sparse_rows > 0, "the test must exercise real sparsity"
+
+
 @pytest.mark.parametrize("kind", pool_kinds())
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize(

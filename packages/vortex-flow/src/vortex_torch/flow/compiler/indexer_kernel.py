@@ -47,6 +47,26 @@ from .emitter import KernelArg, KernelSource
 KERNEL_PARAMS = "indptr, indices, sel_indptr, counter, sel_out, bos, eos, tol_bits, locs"
 #: its constexprs (set per launch by the executor)
 KERNEL_CONSTEXPRS = ("FENCE", "BS0", "APPROX", "LOW_BIT", "SINGLE_TILE", "BLOCK_N", "GATHER", "CACHE", "PDL")
+#: the parameters a kernel that also attends (``attention``) takes after the groups' pointers: the queries
+#: ``[R, G, D]``, SGLang's K/V buffers ``[num_slots, H_kv, D]``, the rows' last-block lengths ``[R]``, the output
+#: ``[R, G, D]``, the fp8 scales (``[1]``, or any pointer for 16-bit K/V), the softmax scale (log2 units) and the
+#: strides (the last dims contiguous)
+ATTENTION_PARAMS = (
+    "att_q, att_k, att_v, att_last_len, att_o, att_k_scale, att_v_scale, att_qk_scale, "
+    "att_sqr, att_sqg, att_ks, att_kh, att_vs, att_vh, att_or, att_og"
+)
+#: and their constexprs: ``sparse_decode.triton_kernel.kernel_constexprs``' names, prefixed ``ATT_``
+ATTENTION_CONSTEXPRS = (
+    "ATT_G", "ATT_D", "ATT_PAGE", "ATT_BS", "ATT_H_KV", "ATT_G_PAD", "ATT_D_PAD", "ATT_BLOCK_N",
+    "ATT_DOT_PRECISION", "ATT_PV_PRECISION", "ATT_P_FP32", "ATT_KV_FP8",
+)  # fmt: skip
+#: attention of the row this program selected, over its selection (one split, the final output)
+ATTEND = (
+    "_vx_attend_split(att_q, att_k, att_v, sel_out, row, sel_start, budget, tl.load(att_last_len + row), 0, 1, "
+    "att_o, att_o, att_k_scale, att_v_scale, att_qk_scale, att_sqr, att_sqg, 1, att_ks, att_kh, att_vs, att_vh, "
+    "att_or, 0, att_og, 1, 0, 0, 0, ATT_G, ATT_D, ATT_PAGE, ATT_BS, ATT_H_KV, ATT_G_PAD, ATT_D_PAD, "
+    "ATT_BLOCK_N, False, ATT_DOT_PRECISION, ATT_PV_PRECISION, ATT_P_FP32, ATT_KV_FP8)"
+)
 
 
 @dataclass
@@ -84,6 +104,7 @@ def indexer_kernel(
     fuse_selection: bool,
     cache_row: KernelSource | None = None,
     kv_heads: int = 1,
+    attention: bool = False,
 ) -> IndexerKernel:
     """The kernel over ``groups`` (device functions, in order; ``chunks[i]`` blocks per chunk of group ``i``; the
     parallel stage's chunk is the kernel's constexpr ``BS0``, at most ``chunks[0]``)
@@ -92,7 +113,11 @@ def indexer_kernel(
     scored. ``fuse_selection``: the row's last program also selects (one launch in all); otherwise the kernel
     only scores and the selection is a launch of its own. ``cache_row``: the flow's one-slot decode
     ``forward_cache`` (:func:`.codegen.cache_kernel` with ``row``), run under the ``CACHE`` constexpr for the
-    new token of each row (``kv_heads`` rows per request)."""
+    new token of each row (``kv_heads`` rows per request). ``attention`` (with ``fuse_selection``): the program
+    that selects a row then attends it over its selection, one split, writing the final output
+    (:data:`ATTEND`): the whole sparse layer in one launch."""
+    if attention and not fuse_selection:
+        raise ValueError("attention in the indexer kernel needs the selection there too (fuse_selection)")
     # the kernel's parameters: one per distinct source (a group's own names may clash: x_ptr, y_ptr, ...)
     args: dict[str, KernelArg] = {}
     name_of: dict[str, str] = {}
@@ -126,10 +151,14 @@ def indexer_kernel(
     ]
     # `live`: whether this row is scored at all (a row copied whole needs no score, unless scoring writes state)
     live = "(budget < n)" if skip_dense else "(n > 0)"
-    select = (
+    select_call = (
         f"_vx_select_row({score_name}, indices, sel_out, start, n, sel_start, budget, bos, eos, tol_bits, "
         "APPROX, LOW_BIT, SINGLE_TILE, BLOCK_N, GATHER)"
     )
+    # with attention, a line of its own per statement: `select` is emitted at several indentations
+    finish = [select_call, "tl.debug_barrier()  # the selection's stores before its loads", ATTEND] if attention else [
+        select_call
+    ]
     serial = [_call(g, nm, bs, row_serial=True) for g, nm, bs in zip(groups, names, chunks, strict=True)]
     if parallel:
         body += ["num_splits = tl.num_programs(1)", "nchunks = tl.cdiv(n, BS0)"]
@@ -160,20 +189,25 @@ def indexer_kernel(
         for call in rest:
             body += [f"        {call}", "        tl.debug_barrier()"]
         if fuse_selection:
-            body.append(f"        {select}")
+            body += [f"        {x}" for x in finish]
             if skip_dense:  # copied rows: one program writes the copy
-                body += ["if (budget >= n) & (split == 0):", f"    {select}"]
+                body += ["if (budget >= n) & (split == 0):", *(f"    {x}" for x in finish)]
+            elif attention:  # an empty row (n == 0) is not live: its output is still written (zeros)
+                body += ["if (n == 0) & (split == 0):", f"    {ATTEND}"]
     elif not groups:  # topK of a cache field: only the selection
-        body.append(select if fuse_selection else "pass  # not launched: the selection kernel reads the field")
+        body += finish if fuse_selection else ["pass  # not launched: the selection kernel reads the field"]
     else:
         body.append(f"if {live}:")
         for call in serial:
             body += [f"    {call}", "    tl.debug_barrier()"]
         if fuse_selection:
-            body.append(f"    {select}")
+            body += [f"    {x}" for x in finish]
             if skip_dense:
-                body += ["else:", f"    {select}"]
-    constexprs = ", ".join(f"{c}: tl.constexpr" for c in KERNEL_CONSTEXPRS)
+                body += ["else:", *(f"    {x}" for x in finish)]
+            elif attention:
+                body += ["else:", f"    {ATTEND}"]
+    constexprs = ", ".join(f"{c}: tl.constexpr" for c in KERNEL_CONSTEXPRS + (ATTENTION_CONSTEXPRS if attention else ()))
+    params += f", {ATTENTION_PARAMS}" if attention else ""
     lines = ["@triton.jit", f"def {name}({KERNEL_PARAMS}, {params}, {constexprs}):"]
     lines += ["    " + x for x in body]
     return IndexerKernel(

@@ -15,6 +15,7 @@ import torch
 from vortex_torch import indexer as ix
 from vortex_torch.abs.formats import FORMAT
 from vortex_torch.abs.layout import DenseBlocks, PoolLayout
+from vortex_torch.kernels._split_kv import fp8_scale_args, log2_scale
 from vortex_torch.kernels._sync import pdl_launch_options
 from vortex_torch.kernels.select.triton_kernel import (
     LOW_BIT,
@@ -49,6 +50,26 @@ class TritonIndexerPlan(IndexerPlan):
     buffers: dict[int, torch.Tensor]
 
 
+@dataclass
+class FusedAttention:
+    """What an executor built with ``fuse_attention`` needs to attend each row in the indexer launch too:
+    SGLang's ``k`` / ``v`` buffers ``[num_slots, H_kv, D]`` (last dim contiguous), the rows' last-block lengths
+    ``last_block_len [R]`` int32 (the plan's), the output ``out [R, G, D]`` (contiguous, q's dtype) and the
+    softmax scale; an fp8 cache's ``[1]`` fp32 ``k_scale`` / ``v_scale``; ``exact`` and ``tile_tokens`` as
+    :func:`vortex_torch.kernels.sparse_decode.sparse_decode_attention` takes them. The output is that kernel's
+    with one split over the row's selection (``run``'s ``out``)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    last_block_len: torch.Tensor
+    out: torch.Tensor
+    sm_scale: float
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+    exact: bool = False
+    tile_tokens: int | None = None
+
+
 def default_cache_dir() -> str:
     return os.environ.get(
         "VORTEX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vortex")
@@ -73,7 +94,10 @@ class TritonExecutor(FlowExecutor):
     ``num_stages`` tune the indexer launch. ``enable_pdl``: launch the scoring and the selection kernels with
     Hopper programmatic dependent launch (sm_90+; see :func:`vortex_torch.kernels._sync.pdl_launch_options`).
     ``prefetch_indices``: the scoring loops load the next chunk's block ids one iteration ahead (same results;
-    off until timed on a GPU)."""
+    off until timed on a GPU). ``fuse_attention`` (implies ``fuse_selection``): the program that selects a row
+    also attends it, one split over its selection: the whole sparse layer is one launch (``run``'s
+    ``attention``; for few short rows, where three dependent launches cost more than their work; off until
+    timed)."""
 
     needs_row_index = False
 
@@ -91,8 +115,12 @@ class TritonExecutor(FlowExecutor):
         fuse_selection: bool = False,
         enable_pdl: bool = False,
         prefetch_indices: bool = False,
+        fuse_attention: bool = False,
     ) -> None:
         super().__init__(traced, layout)
+        #: the row's selecting program also attends it (one launch per sparse layer; ``run``'s ``attention``)
+        self.fuse_attention = fuse_attention
+        fuse_selection = fuse_selection or fuse_attention
         #: scoring loops load the next chunk's block ids one iteration ahead (codegen ``_finish``; not yet timed)
         self.prefetch_indices = prefetch_indices
         #: scoring and selection kernels are launched with programmatic dependent launch (sm_90+)
@@ -171,6 +199,7 @@ class TritonExecutor(FlowExecutor):
         self.indexer = indexer_kernel(
             "indexer", self.kernels, self.chunks[:-1], score_arg=score_arg, skip_dense=not self.stateful,
             fuse_selection=fuse_selection, cache_row=self.cache_row, kv_heads=layout.num_kv_heads,
+            attention=fuse_attention,
         )  # fmt: skip
         #: position of the scores among the kernel's pointer arguments (what a separate selection reads)
         self._score_arg_index = [a.name for a in self.indexer.args].index(self.indexer.score_arg)
@@ -203,6 +232,11 @@ class TritonExecutor(FlowExecutor):
             "from vortex_torch.kernels._sync import release_fence as _vx_release_fence",
             "from vortex_torch.kernels.fp8 import store_cast as _vx_store_cast",
             "from vortex_torch.kernels.select.triton_kernel import select_row as _vx_select_row",
+            *(
+                ["from vortex_torch.kernels.sparse_decode.triton_kernel import attend_split as _vx_attend_split"]
+                if self.fuse_attention
+                else []
+            ),
             "",
         ]
         for k in [*self.kernels, self.cache_row, self.indexer, self.cache_kernel, self.cache_kernel_decode]:
@@ -319,11 +353,16 @@ class TritonExecutor(FlowExecutor):
         *,
         plan: IndexerPlan | None = None,
         new_locs: torch.Tensor | None = None,
+        attention: FusedAttention | None = None,
     ) -> None:
         """The scoring kernel (:mod:`.indexer_kernel`), then the selection kernel, or both in one launch with
         ``fuse_selection``. A ``plan`` from :meth:`plan` makes the call sync-free and allocation-free (CUDA
         graphs). ``new_locs [R / H_kv]``: the decode step's new token slots (K/V written); the scoring kernel
-        first summarises the blocks they complete (only when :attr:`folds_cache_update`)."""
+        first summarises the blocks they complete (only when :attr:`folds_cache_update`). ``attention``
+        (required exactly when built with ``fuse_attention``): the same launch attends every row over its
+        selection into ``attention.out`` (``q [R, G, D]`` is the queries)."""
+        if (attention is None) == self.fuse_attention:
+            raise ValueError("attention= is what an executor built with fuse_attention=True needs (and only it)")
         if new_locs is not None and not self.folds_cache_update:
             raise ValueError(
                 "new_locs given, but this flow's decode cache update is not folded into scoring "
@@ -359,10 +398,11 @@ class TritonExecutor(FlowExecutor):
         block_n, single = select_tiling(max_n, warps)
         splits = self.num_splits(rows, max_n, q.device, chunk)
         kernel = getattr(self.module, self.indexer.name)
+        att_args, att_meta = self._attention_args(q, attention) if attention is not None else ([], {})
         if self.fuse_selection or self.kernels:
             kernel[(rows, splits)](
                 dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
-                tol_bits, dense.indptr if new_locs is None else new_locs, *args, APPROX=approx,
+                tol_bits, dense.indptr if new_locs is None else new_locs, *args, *att_args, **att_meta, APPROX=approx,
                 LOW_BIT=LOW_BIT[score_dtype], SINGLE_TILE=single, BLOCK_N=block_n, GATHER=self.score_field is not None,
                 CACHE=new_locs is not None, BS0=max(1, chunk), FENCE=q.is_cuda, PDL=self.enable_pdl,
                 num_warps=warps, **({} if self.num_stages is None else {"num_stages": self.num_stages}),
@@ -377,6 +417,22 @@ class TritonExecutor(FlowExecutor):
                 tolerate_ratio=self.tolerate_ratio, out=out, max_blocks_per_row=max_n,
                 gather=self.score_field is not None, enable_pdl=self.enable_pdl,
             )  # fmt: skip
+
+    def _attention_args(self, q: torch.Tensor, att: FusedAttention) -> tuple[list[Any], dict[str, Any]]:
+        """The indexer kernel's attention parameters and constexprs (``indexer_kernel.ATTENTION_PARAMS``)."""
+        from vortex_torch.kernels.sparse_decode.triton_kernel import kernel_constexprs
+
+        rows, group, dim = q.shape
+        k, v, o = att.k, att.v, att.out
+        if k.dim() != 3 or v.dim() != 3 or k.stride(2) != 1 or v.stride(2) != 1:
+            raise ValueError("attention.k / .v must be [num_slots, H_kv, D] buffers with contiguous rows")
+        if tuple(o.shape) != (rows, group, dim) or not o.is_contiguous() or o.dtype != q.dtype:
+            raise ValueError(f"attention.out must be a contiguous {q.dtype} [{rows}, {group}, {dim}] tensor")
+        kv_fp8, k_scale, v_scale = fp8_scale_args(k.dtype, att.k_scale, att.v_scale, att.last_block_len, "fp8 K/V")
+        cx = kernel_constexprs(group, dim, self.layout, q.dtype, kv_fp8, att.exact, att.tile_tokens)
+        args = [q, k, v, att.last_block_len, o, k_scale, v_scale, log2_scale(att.sm_scale), q.stride(0), q.stride(1),
+                k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1)]  # fmt: skip
+        return args, {f"ATT_{name}": value for name, value in cx.items()}
 
     def run_cache(self, fields: dict[str, torch.Tensor], block_ids: torch.Tensor) -> None:
         if self.cache_kernel is None or block_ids.numel() == 0:

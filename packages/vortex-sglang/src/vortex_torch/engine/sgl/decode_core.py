@@ -212,10 +212,12 @@ class VortexDecodeCore:
         fields: dict[str, torch.Tensor],
         plan: DecodePlan,
         new_locs: torch.Tensor | None = None,
+        attention: Any = None,
     ) -> torch.Tensor:
         """Indexer + selection: ``q_rows [R, G, D]`` -> ``plan.sel_indices`` (first ``sel_indptr[R]`` valid).
         ``new_locs [B]`` (only when ``executor.folds_cache_update``): the step's new token slots, whose completed
-        blocks the scoring launch summarises first."""
+        blocks the scoring launch summarises first. ``attention`` (a ``FusedAttention``, only for an executor
+        built with ``fuse_attention``): the same launch attends too (:meth:`decode_layer`)."""
         from vortex_torch.flow.compiler.base import SelectionSpec
 
         spec = SelectionSpec(sel_indptr=plan.sel_indptr, bos=self.bos, eos=self.eos)
@@ -225,7 +227,8 @@ class VortexDecodeCore:
         # (an eager batch above the graph buffers' size: ``run`` gives it scratch of its own)
         # the interpreter's segment ops need each entry's row and position (a host sync: eager paths only)
         dense = plan.dense_blocks_with_row_index() if self.executor.needs_row_index else plan.dense_blocks()
-        self.executor.run(q_rows, fields, dense, spec, plan.sel_indices, plan=iplan, new_locs=new_locs)
+        extra = {} if attention is None else {"attention": attention}
+        self.executor.run(q_rows, fields, dense, spec, plan.sel_indices, plan=iplan, new_locs=new_locs, **extra)
         return plan.sel_indices
 
     def attend(
@@ -286,6 +289,21 @@ class VortexDecodeCore:
         fold = new_locs is not None and self.executor.folds_cache_update
         if new_locs is not None and not fold:
             self.update_cache(fields, new_locs)
+        if attend is None and getattr(self.executor, "fuse_attention", False):
+            # the executor attends in its own launch: the whole layer is one kernel (TritonExecutor). GQA
+            # attention only: a subclass that attends otherwise (MLA) must not take this path
+            if type(self).attend is not VortexDecodeCore.attend:
+                raise RuntimeError(f"{type(self).__name__} attends with a kernel of its own: no fuse_attention")
+            from vortex_torch.flow.compiler.triton_executor import FusedAttention
+
+            out = torch.empty_like(q_rows)
+            fused = FusedAttention(
+                k=fields["k"], v=fields["v"], last_block_len=plan.last_block_len, out=out,
+                sm_scale=sm_scale if sm_scale is not None else q_rows.shape[-1] ** -0.5,
+                k_scale=fields.get("k_scale"), v_scale=fields.get("v_scale"), exact=self.exact_attention,
+            )  # fmt: skip
+            self.select(q_rows, fields, plan, new_locs=new_locs if fold else None, attention=fused)
+            return out
         self.select(q_rows, fields, plan, new_locs=new_locs if fold else None)
         if attend is not None:
             return attend(q_rows, fields, plan)

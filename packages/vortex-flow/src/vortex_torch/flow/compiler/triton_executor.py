@@ -23,6 +23,8 @@ from vortex_torch.kernels.select.triton_kernel import (
     select_tiling,
     tolerance_bits,
 )
+from vortex_torch.kernels.sparse_decode.reference import check_inputs
+from vortex_torch.kernels.sparse_decode.triton_kernel import check_kv_rows, kernel_constexprs
 
 from ..trace import TracedFlow
 from .base import FlowExecutor, IndexerPlan, SelectionSpec, kv_scale
@@ -398,7 +400,9 @@ class TritonExecutor(FlowExecutor):
         block_n, single = select_tiling(max_n, warps)
         splits = self.num_splits(rows, max_n, q.device, chunk)
         kernel = getattr(self.module, self.indexer.name)
-        att_args, att_meta = self._attention_args(q, attention) if attention is not None else ([], {})
+        att_args, att_meta = (
+            self._attention_args(q, attention, selection, out) if attention is not None else ([], {})
+        )
         if self.fuse_selection or self.kernels:
             kernel[(rows, splits)](
                 dense.indptr, dense.indices, selection.sel_indptr, ws.counter, out, selection.bos, selection.eos,
@@ -418,16 +422,19 @@ class TritonExecutor(FlowExecutor):
                 gather=self.score_field is not None, enable_pdl=self.enable_pdl,
             )  # fmt: skip
 
-    def _attention_args(self, q: torch.Tensor, att: FusedAttention) -> tuple[list[Any], dict[str, Any]]:
-        """The indexer kernel's attention parameters and constexprs (``indexer_kernel.ATTENTION_PARAMS``)."""
-        from vortex_torch.kernels.sparse_decode.triton_kernel import kernel_constexprs
-
-        rows, group, dim = q.shape
+    def _attention_args(
+        self, q: torch.Tensor, att: FusedAttention, selection: SelectionSpec, sel_out: torch.Tensor
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The indexer kernel's attention parameters and constexprs (``indexer_kernel.ATTENTION_PARAMS``), after
+        the checks the sparse attention kernel makes of the same inputs (the selection is ``sel_out``, written
+        by the same launch)."""
         k, v, o = att.k, att.v, att.out
-        if k.dim() != 3 or v.dim() != 3 or k.stride(2) != 1 or v.stride(2) != 1:
-            raise ValueError("attention.k / .v must be [num_slots, H_kv, D] buffers with contiguous rows")
-        if tuple(o.shape) != (rows, group, dim) or not o.is_contiguous() or o.dtype != q.dtype:
-            raise ValueError(f"attention.out must be a contiguous {q.dtype} [{rows}, {group}, {dim}] tensor")
+        check_inputs(q, k, v, selection.sel_indptr, sel_out, att.last_block_len, o, self.layout.page_size,
+                     self.layout.block_size)  # fmt: skip
+        check_kv_rows(k, v)
+        if not o.is_contiguous():  # written at row * stride(0) + g * stride(1) + d
+            raise ValueError(f"attention.out must be contiguous, got strides {o.stride()}")
+        group, dim = q.shape[1], q.shape[2]
         kv_fp8, k_scale, v_scale = fp8_scale_args(k.dtype, att.k_scale, att.v_scale, att.last_block_len, "fp8 K/V")
         cx = kernel_constexprs(group, dim, self.layout, q.dtype, kv_fp8, att.exact, att.tile_tokens)
         args = [q, k, v, att.last_block_len, o, k_scale, v_scale, log2_scale(att.sm_scale), q.stride(0), q.stride(1),

@@ -294,6 +294,15 @@ class SparseDecodeWorkspace(SplitWorkspace):
         return cls._new(max_rows, max_splits, group, head_dim, device, counters_per_row=1)
 
 
+def check_kv_rows(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """The kernels address a token's head row as ``slot * stride(0) + head * stride(1)`` plus a contiguous D."""
+    if k_cache.stride(2) != 1 or v_cache.stride(2) != 1:
+        raise ValueError(
+            "k_cache/v_cache need a contiguous last (D) dim, "
+            f"got strides {k_cache.stride()} and {v_cache.stride()}"
+        )
+
+
 def kernel_constexprs(
     group: int,
     head_dim: int,
@@ -352,11 +361,7 @@ def launch(
     layout = PoolLayout(page_size=page_size, block_size=block_size, num_kv_heads=k_cache.shape[1])
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-    if k_cache.stride(2) != 1 or v_cache.stride(2) != 1:
-        raise ValueError(
-            "k_cache/v_cache need a contiguous last (D) dim, "
-            f"got strides {k_cache.stride()} and {v_cache.stride()}"
-        )
+    check_kv_rows(k_cache, v_cache)
     kv_fp8, k_scale_arg, v_scale_arg = fp8_scale_args(k_cache.dtype, k_scale, v_scale, indptr, "fp8 K/V")
     meta = dict(
         **kernel_constexprs(group, head_dim, layout, q.dtype, kv_fp8, exact, tile_tokens), FENCE=q.is_cuda,

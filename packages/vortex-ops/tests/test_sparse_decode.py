@@ -655,3 +655,23 @@ def test_fp8_kernels_compile_for_sm90() -> None:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("compiled ") == 8
+
+
+@pytest.mark.parametrize("kv_fp8", [False, True])
+@pytest.mark.parametrize("q_dtype", [torch.bfloat16, torch.float32])
+def test_kernel_constexprs_are_the_ones_a_fused_indexer_passes_through(q_dtype: torch.dtype, kv_fp8: bool) -> None:
+    """``ATTEND_CONSTEXPRS`` names what ``kernel_constexprs`` sets (vortex-flow's fused indexer declares and
+    forwards them under these names): the same set, whatever the dtypes, and each a constexpr of attend_split."""
+    import inspect
+
+    from vortex_torch.abs.layout import PoolLayout
+    from vortex_torch.kernels.sparse_decode.triton_kernel import (
+        ATTEND_CONSTEXPRS,
+        attend_split,
+        kernel_constexprs,
+    )
+
+    cx = kernel_constexprs(4, 128, PoolLayout(page_size=16, block_size=16, num_kv_heads=8), q_dtype, kv_fp8, False)
+    assert set(cx) == set(ATTEND_CONSTEXPRS) and len(ATTEND_CONSTEXPRS) == len(set(ATTEND_CONSTEXPRS))
+    params = inspect.signature(attend_split.fn).parameters.values()  # a JITFunction or, here, its interpreter twin
+    assert set(ATTEND_CONSTEXPRS) <= {p.name for p in params if str(p.annotation).endswith("constexpr")}

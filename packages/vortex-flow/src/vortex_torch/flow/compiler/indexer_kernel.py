@@ -40,6 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vortex_torch.kernels.sparse_decode.triton_kernel import ATTEND_CONSTEXPRS
+
 from .codegen import GROUP_PARAMS
 from .emitter import KernelArg, KernelSource
 
@@ -55,17 +57,13 @@ ATTENTION_PARAMS = (
     "att_q, att_k, att_v, att_last_len, att_o, att_k_scale, att_v_scale, att_qk_scale, "
     "att_sqr, att_sqg, att_ks, att_kh, att_vs, att_vh, att_or, att_og"
 )
-#: and their constexprs: ``sparse_decode.triton_kernel.kernel_constexprs``' names, prefixed ``ATT_``
-ATTENTION_CONSTEXPRS = (
-    "ATT_G", "ATT_D", "ATT_PAGE", "ATT_BS", "ATT_H_KV", "ATT_G_PAD", "ATT_D_PAD", "ATT_BLOCK_N",
-    "ATT_DOT_PRECISION", "ATT_PV_PRECISION", "ATT_P_FP32", "ATT_KV_FP8",
-)  # fmt: skip
+#: and their constexprs: the attention kernel's (``sparse_decode.triton_kernel.kernel_constexprs``), prefixed
+ATTENTION_CONSTEXPRS = tuple(f"ATT_{name}" for name in ATTEND_CONSTEXPRS)
 #: attention of the row this program selected, over its selection (one split, the final output)
 ATTEND = (
     "_vx_attend_split(att_q, att_k, att_v, sel_out, row, sel_start, budget, tl.load(att_last_len + row), 0, 1, "
     "att_o, att_o, att_k_scale, att_v_scale, att_qk_scale, att_sqr, att_sqg, 1, att_ks, att_kh, att_vs, att_vh, "
-    "att_or, 0, att_og, 1, 0, 0, 0, ATT_G, ATT_D, ATT_PAGE, ATT_BS, ATT_H_KV, ATT_G_PAD, ATT_D_PAD, "
-    "ATT_BLOCK_N, False, ATT_DOT_PRECISION, ATT_PV_PRECISION, ATT_P_FP32, ATT_KV_FP8)"
+    "att_or, 0, att_og, 1, 0, 0, 0, STORE_LSE=False, " + ", ".join(f"{n}=ATT_{n}" for n in ATTEND_CONSTEXPRS) + ")"
 )
 
 

@@ -294,6 +294,14 @@ class SparseDecodeWorkspace(SplitWorkspace):
         return cls._new(max_rows, max_splits, group, head_dim, device, counters_per_row=1)
 
 
+#: the constexprs :func:`kernel_constexprs` sets: :func:`attend_split`'s besides ``STORE_LSE`` (the caller's).
+#: A fused indexer (``vortex_torch.flow.compiler``) passes them through under these names.
+ATTEND_CONSTEXPRS = (
+    "G", "D", "PAGE", "BS", "H_KV", "G_PAD", "D_PAD", "BLOCK_N", "DOT_PRECISION", "PV_PRECISION", "P_FP32",
+    "KV_FP8",
+)  # fmt: skip
+
+
 def check_kv_rows(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     """The kernels address a token's head row as ``slot * stride(0) + head * stride(1)`` plus a contiguous D."""
     if k_cache.stride(2) != 1 or v_cache.stride(2) != 1:

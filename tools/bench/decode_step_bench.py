@@ -639,7 +639,8 @@ GQA_CASES = ["32768x32", "32768x8", "32768x1", "131072x32"]
 MLA_CASES = ["32768x16", "8192x16", "32768x1"]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what tests/test_device_plan.py checks the GPU plan's arguments with)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cases_help = f"CTXxBATCH (default {' '.join(GQA_CASES)}; --mla: {' '.join(MLA_CASES)})"
     ap.add_argument("--cases", nargs="+", default=None, help=cases_help)
@@ -655,7 +656,12 @@ def main() -> int:
     ap.add_argument("--kv-dtype", choices=list(KV_DTYPES), default="bfloat16",
                     help="K/V storage (SGLang's --kv-cache-dtype); fp8 halves the K/V bytes of both paths")
     ap.add_argument("--out", default=os.path.join(os.environ.get("VORTEX_OUT", "."), "decode_step_bench.json"))
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
     cls: type[PoolCase] = MLACase if args.mla else Case
     flow = (None, args.flow) if args.flow else MLA_FLOW if args.mla else (FLOW, "custom_sparse_attention")
     t0 = time.time()

@@ -90,13 +90,18 @@ def dense_flashinfer_step(
     return lambda: wrapper.run(q, (k_pages, v_pages))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what tests/test_device_plan.py checks the GPU plan's arguments with)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--ctx", type=int, default=32768)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--budget", type=int, default=2048)
     ap.add_argument("--out", default="flows_bench.json")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     from vortex_torch.abs import Geometry, PoolLayout
     from vortex_torch.abs.layout import DenseBlocks

@@ -219,7 +219,8 @@ def child(args: argparse.Namespace) -> int:
 
 
 # -- the parent: a child per case under ncu, then the reports read back -------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what tests/test_device_plan.py checks the GPU plan's arguments with)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", nargs="+", default=["32768x32", "2048x1"], help="CTXxBATCH (default 32768x32 2048x1)")
     ap.add_argument("--budget", type=int, default=2048, help="tokens attended per row (default 2048)")
@@ -230,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=240, help="seconds per case (default 240)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--counts", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
         cases = [parse_case(s) for s in args.cases]

@@ -599,7 +599,8 @@ def dummy_model(src: str, cfg: dict[str, Any], layers: int, min_context: int, pa
     return model
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what tests/test_device_plan.py checks the GPU plan's arguments with)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models_dir = os.environ.get("VORTEX_MODELS_DIR", "/tmp/models")
     p.add_argument("--model", default=os.path.join(models_dir, "qwen3-8b-l4"))
@@ -636,7 +637,12 @@ def main() -> None:
                    f"flow; for an MLA model, {MLA_FLOW})")  # fmt: skip
     p.add_argument("--tp-size", type=positive_int, default=1,
                    help="SGLang tensor parallelism of every engine, plain and Vortex (N > 1 needs N GPUs)")  # fmt: skip
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
+    args = p.parse_args(argv)
     if args.profile_steps < 0:
         p.error(f"--profile-steps must be >= 0, got {args.profile_steps}")
     try:

@@ -1,0 +1,127 @@
+"""tools/device/plan.py on a CPU: every step's sub-commands are ones remote.sh and the benches accept (a typo in a
+flag would otherwise first show on the GPU, after minutes of device time), and a step run through a fake
+remote.sh packs what each sub-command wrote into two files, skips what no longer fits and says so."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tool_loader import load_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "tools" / "device" / "plan.py"
+plan = load_tool(PLAN, "device_plan")
+
+SUBS = [(step, sub) for step, subs in plan.STEPS.items() for sub in subs]
+IDS = [f"{step}-{sub.name}" for step, sub in SUBS]
+
+
+def remote_models() -> list[str]:
+    """The model name patterns remote.sh's VORTEX_MODELS case statement builds."""
+    text = (ROOT / "tools" / "device" / "remote.sh").read_text()
+    block = text[text.index('case "$m" in') : text.index("esac", text.index('case "$m" in'))]
+    return [p.strip() for line in re.findall(r"^\s*([\w|*\"-]+)\)", block, re.M) for p in line.split("|")]
+
+
+@pytest.mark.parametrize(("step", "sub"), SUBS, ids=IDS)
+def test_sub_command_is_one_remote_sh_runs(step: str, sub: Any, tmp_path: Path) -> None:
+    args = sub.argv(tmp_path, 300)
+    kind = args[0]
+    assert kind in ("suite", "bench", "sanitize"), f"{step}/{sub.name}: remote.sh has no sub-command {kind!r}"
+    assert not any("{" in a for a in args), f"a placeholder left in {args}"
+    if kind == "suite":
+        paths = [a for a in args[1:] if not a.startswith("-")]
+        assert paths
+        for p in paths:
+            assert (ROOT / p).exists(), f"{step}/{sub.name}: no {p}"
+    if kind == "bench":
+        tool = ROOT / "tools" / "bench" / f"{args[1]}.py"
+        assert tool.is_file()
+        parsed = load_tool(tool).build_parser().parse_args(args[2:])  # exits 2 on an unknown flag or bad value
+        for spec in getattr(parsed, "cases", None) or []:
+            assert re.fullmatch(r"\d+x\d+", spec), spec
+        if "--model" in args:  # the model is one this sub-command has remote.sh build
+            model = Path(args[args.index("--model") + 1]).name
+            assert model in sub.models.split(","), (model, sub.models)
+    patterns = remote_models()
+    for model in sub.models.split(","):
+        assert any(re.fullmatch(p.strip('"').replace("*", r"\d+"), model) for p in patterns), (model, patterns)
+
+
+def test_budgets_fit_a_call() -> None:
+    for step, subs in plan.STEPS.items():
+        for sub in subs:
+            assert 30 <= sub.min_s <= sub.cap_s <= 600 - plan.RESERVE_S, (step, sub.name)
+    assert plan.budget_for(plan.STEPS["layer"][0], 600) == plan.STEPS["layer"][0].cap_s
+    assert plan.budget_for(plan.STEPS["layer"][0], plan.STEPS["layer"][0].min_s + plan.RESERVE_S - 1) is None
+
+
+FAKE_REMOTE = """#!/usr/bin/env bash
+# stands in for remote.sh: records what it was given, writes what remote.sh writes
+echo "$VORTEX_MODELS $VORTEX_BUDGET_S $VORTEX_REV $*" > "$OUT/args.txt"
+printf '# GPU run: %s\\n\\n- result: rc=%s; fake\\n' "$1" "${FAKE_RC:-0}" > "$OUT/result.md"
+echo '{"ok": 1}' > "$OUT/data.json"
+[ "$1" = big ] && head -c 9000000 /dev/zero > "$OUT/trace.json"
+exit "${FAKE_RC:-0}"
+"""
+
+
+def test_step_through_a_fake_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "remote.sh"
+    fake.write_text(FAKE_REMOTE)
+    out, work = tmp_path / "out", tmp_path / "work"
+    monkeypatch.setitem(plan.STEPS, "t", [plan.sub("a", "suite x --o {out}/r.json", 20, 10, "tiny"),
+                                          plan.sub("b", "big --m {minutes}", 600, 30),
+                                          plan.sub("c", "bench y", 200, 110)])  # fmt: skip
+    rc = plan.run_step("t", 120, out, ["bash", str(fake)], "abc1234", work)
+    assert rc == 1  # c is skipped
+    assert sorted(p.name for p in out.iterdir()) == ["plan-t.md", "plan-t.tgz"]  # two files come back
+    # each sub-command got its budget, its models, the rev, its own OUT
+    assert (work / "t" / "a" / "args.txt").read_text().split() == ["tiny", "20", "abc1234", "suite", "x", "--o",
+                                                                  f"{work}/t/a/r.json"]  # fmt: skip
+    b = (work / "t" / "b" / "args.txt").read_text().split()
+    assert b[0] == "none" and int(b[1]) in (120 - plan.RESERVE_S - 1, 120 - plan.RESERVE_S - 2)  # what is left
+    assert b[3:] == ["big", "--m", "1.0"]  # (budget - 60) / 60 minutes, at least 1
+    assert not (work / "t" / "c").exists()
+    md = (out / "plan-t.md").read_text()
+    assert "## a: exit 0" in md and "## b: exit 0" in md and "## c: skipped" in md
+    assert "- result: rc=0; fake" in md
+    assert "b/trace.json (9000000 bytes)" in md  # over 8 MB: named, not packed
+    with tarfile.open(out / "plan-t.tgz") as tar:
+        names = sorted(tar.getnames())
+    assert "t/a/data.json" in names and "t/b/result.md" in names and "t/b/trace.json" not in names
+
+
+def test_a_failing_sub_command_is_reported_and_the_rest_still_runs(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    fake = tmp_path / "remote.sh"
+    fake.write_text(FAKE_REMOTE)
+    monkeypatch.setenv("FAKE_RC", "3")
+    monkeypatch.setitem(plan.STEPS, "t", [plan.sub("a", "suite x", 60, 30), plan.sub("b", "suite y", 60, 30)])
+    rc = plan.run_step("t", 200, tmp_path / "out", ["bash", str(fake)], "r", tmp_path / "work")
+    assert rc == 1
+    md = (tmp_path / "out" / "plan-t.md").read_text()
+    assert "## a: exit 3" in md and "## b: exit 3" in md
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PLAN), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_dry_run_list_and_bad_input() -> None:
+    dry = run_cli("layer", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [s.name for s in plan.STEPS["layer"]]
+    assert "VORTEX_BUDGET_S=200 bash tools/device/remote.sh suite packages/vortex-ops/tests" in lines[0]
+    listed = run_cli("list")
+    assert listed.returncode == 0 and [ln.split(":")[0] for ln in listed.stdout.splitlines()] == list(plan.STEPS)
+    for bad, says in ((["nope"], "unknown step 'nope'"), (["layer", "--budget-s", "900"], "--budget-s 900")):
+        proc = run_cli(*bad)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr

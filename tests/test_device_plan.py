@@ -33,13 +33,15 @@ def remote_models() -> list[str]:
 def test_sub_command_is_one_remote_sh_runs(step: str, sub: Any, tmp_path: Path) -> None:
     args = sub.argv(tmp_path, 300)
     kind = args[0]
-    assert kind in ("suite", "bench", "sanitize"), f"{step}/{sub.name}: remote.sh has no sub-command {kind!r}"
+    assert kind in ("suite", "bench", "py", "sanitize"), f"{step}/{sub.name}: remote.sh has no sub-command {kind!r}"
     assert not any("{" in a for a in args), f"a placeholder left in {args}"
     if kind == "suite":
         paths = [a for a in args[1:] if not a.startswith("-")]
         assert paths
         for p in paths:
             assert (ROOT / p).exists(), f"{step}/{sub.name}: no {p}"
+    if kind == "py":
+        assert (ROOT / args[1]).is_file(), args[1]
     if kind == "bench":
         tool = ROOT / "tools" / "bench" / f"{args[1]}.py"
         assert tool.is_file()

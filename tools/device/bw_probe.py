@@ -56,11 +56,9 @@ def main() -> None:
             ids = ids.to(torch.int32)
             t = bench.graph_us([partial(torch.index_select, s, 0, ids)])
             print(f"index_select {2 * row} B rows {order}: {t:.1f} us, {nbytes / t / 1e3:.0f} GB/s read")
-            for bs in (32, 64, 128):
+            for bs in (4096 // row, 8192 // row, 16384 // row):  # 8-32 KiB a tile: 32-128 rows of 256 B, 4-16 of 2 KiB
                 for w in (2, 4, 8):
                     for progs in (sms * 8, sms * 16):
-                        if bs * row > 16384:
-                            continue
                         t = bench.graph_us([launch(_gather_dot, (progs,), s, ids, q, out, rows, ROW=row, BS=bs,
                                                    num_warps=w)])  # fmt: skip
                         print(f"gather_dot {2 * row} B rows {order} BS {bs} warps {w} progs {progs}: {t:.1f} us, "

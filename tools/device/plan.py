@@ -18,7 +18,8 @@ machine skips SGLang's and FlashInfer's JIT):
 
 - ``layer``: the kernel suite, then the one-layer GQA bench at budget 2048 with the indexer sweep (it decides
   the opt-in defaults: ``prefetch_indices``, ``bits_per_pass``, ``layer_fused_us``) and at the e2e budget 512;
-- ``layer2``: the attention sweep at 32k x 32 and at 2k x 1 (budget 512), and the MLA bench, bf16 and fp8;
+- ``layer2``: the HBM probes (``bw_probe.py``: is a 2 KiB row gather, all KV heads of a page, faster than
+  256 B rows?), the attention sweep at 32k x 32 and at 2k x 1 (budget 512), and the MLA bench, bf16 and fp8;
 - ``ncu``: Nsight Compute over one decode step (``tools/bench/ncu_step.py``), GQA, budget 512, MLA, fp8 MLA;
 - ``e2e``: 36 layers of Qwen3-8B geometry end to end, overlap off, budgets 512 and 2048, with per-step profiles;
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
@@ -95,6 +96,7 @@ STEPS: dict[str, list[Sub]] = {
         sub("gqa512", f"{STEP} --budget 512 --cases 2048x1 2048x16 8192x1 32768x1 --out {{out}}/step.json", 150, 60),
     ],
     "layer2": [
+        sub("bw", "py tools/device/bw_probe.py", 120, 45),  # 256 B vs 2 KiB row gathers: the summaries' layout
         sub("att", f"{STEP} --cases 32768x32 --sweep attention --out {{out}}/step.json", 150, 70),
         sub("att512", f"{STEP} --budget 512 --cases 2048x1 --sweep attention --out {{out}}/step.json", 120, 60),
         sub("mla", f"{STEP} --mla --cases 32768x16 8192x16 32768x1 --out {{out}}/step.json", 150, 60),

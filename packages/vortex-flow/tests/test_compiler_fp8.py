@@ -252,23 +252,28 @@ def _signature(args: list, kv: torch.dtype, aux: torch.dtype) -> dict[str, str]:
     return sig
 
 
-def test_fp8_generated_kernels_compile_for_sm90(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kv", "aux"),
+    [(torch.float8_e4m3fn, torch.bfloat16), (torch.float8_e5m2, torch.float32), (torch.bfloat16, torch.float8_e4m3fn),
+     (torch.float8_e4m3fn, torch.float8_e5m2)],
+    ids=["kv_e4m3-aux_bf16", "kv_e5m2-aux_f32", "kv_bf16-aux_e4m3", "kv_e4m3-aux_e5m2"],
+)  # fmt: skip
+def test_fp8_generated_kernels_compile_for_sm90(kv: torch.dtype, aux: torch.dtype, tmp_path: Path) -> None:
     """Generated kernels with fp8 K/V (scale loads) and fp8 aux fields (``store_cast``'s compile-time branch),
-    lowered to a cubin for an H100 without a GPU."""
+    lowered to a cubin for an H100 without a GPU (one dtype pair a test, so that pytest-xdist's workers share
+    the minutes it takes)."""
     import json
     import os
     import subprocess
 
     pytest.importorskip("triton.backends.nvidia.compiler")
     jobs: dict[str, dict[str, dict[str, str]]] = {}
-    for kv, aux in ((torch.float8_e4m3fn, torch.bfloat16), (torch.float8_e5m2, torch.float32),
-                    (torch.bfloat16, torch.float8_e4m3fn), (torch.float8_e4m3fn, torch.float8_e5m2)):  # fmt: skip
-        geo = Geometry(block_size=16, head_dim=24, group_size=3, dtype=aux, kv_dtype=kv)
-        for name in ("centroid", "heads", "subblock", "state"):
-            ex = TritonExecutor(trace_flow(FLOWS[name](), geo), PoolLayout(16, 16, 2), cache_dir=str(tmp_path))
-            kernels = {k.name: _signature(k.args, kv, aux) for k in (ex.indexer, ex.cache_kernel, ex.cache_kernel_decode)
-                       if k is not None}  # fmt: skip
-            jobs.setdefault(ex.source_path, {}).update(kernels)
+    geo = Geometry(block_size=16, head_dim=24, group_size=3, dtype=aux, kv_dtype=kv)
+    for name in ("centroid", "heads", "subblock", "state"):
+        ex = TritonExecutor(trace_flow(FLOWS[name](), geo), PoolLayout(16, 16, 2), cache_dir=str(tmp_path))
+        kernels = {k.name: _signature(k.args, kv, aux) for k in (ex.indexer, ex.cache_kernel, ex.cache_kernel_decode)
+                   if k is not None}  # fmt: skip
+        jobs.setdefault(ex.source_path, {}).update(kernels)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
     proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90, json.dumps(jobs)], env=env, capture_output=True,

@@ -85,6 +85,34 @@ class BackendScenario(Scenario):
         self.backend.forward_extend(q, k, v, layer_stub(layer, self.kv_scales), fb)
 
 
+def glue_backend(sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overlap: bool = False) -> Any:
+    """``VortexBackendMixin`` on :class:`StandInParent`, set up by its own constructor for ``sc``'s pool and flow
+    (a model runner stand-in with RadixAttention-like layers: what the setup scans for the fp8 scales)."""
+    from vortex_torch.engine.sgl import backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
+
+    class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
+        pass
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList()
+    for i in range(LAYERS):
+        attn = torch.nn.Module()
+        attn.__dict__.update(vars(layer_stub(i, sc.kv_scales)))
+        model.layers.append(attn)
+    runner = SimpleNamespace(
+        token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
+        model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
+        device="cpu", sliding_window_size=None, model=model,
+        server_args=SimpleNamespace(disable_overlap_schedule=not overlap),
+    )  # fmt: skip
+    backend = GlueBackend(runner, vortex_config=VortexConfig(**{**sc.prepared.config.__dict__}))
+    assert backend.vortex_backend and sc.pool.pool.vortex_aux is backend.vortex_aux
+    sc.backend = backend
+    return backend
+
+
 @pytest.mark.parametrize(
     ("kv_dtype", "overlap"),
     [(torch.float32, False), (torch.float8_e4m3fn, False), (torch.float32, True)],
@@ -100,33 +128,12 @@ def test_backend_mixin_matches_reference_runtime(
     ``req_to_token``) is launched by the metadata hook, before the graph replay, instead of inside it."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
-    from vortex_torch.engine.sgl import backend as backend_mod
     from vortex_torch.engine.sgl.debug_dump import DUMP_ENV, load_records, replay
 
-    monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
     monkeypatch.setenv(DUMP_ENV, str(tmp_path / "dump"))
-
-    class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
-        pass
-
     sc = BackendScenario("sglang", "reference", [5, 17, 30, 41], tmp_path, kv_dtype=kv_dtype)
-    model = torch.nn.Module()
-    model.layers = torch.nn.ModuleList()
-    for i in range(LAYERS):  # RadixAttention-like modules: what the setup scans for the scales
-        attn = torch.nn.Module()
-        attn.__dict__.update(vars(layer_stub(i, sc.kv_scales)))
-        model.layers.append(attn)
-    runner = SimpleNamespace(
-        token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
-        model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
-        device="cpu", sliding_window_size=None, model=model,
-        server_args=SimpleNamespace(disable_overlap_schedule=not overlap),
-    )  # fmt: skip
-    cfg = VortexConfig(**{**sc.prepared.config.__dict__})
-    backend = GlueBackend(runner, vortex_config=cfg)
-    assert backend.vortex_backend and sc.pool.pool.vortex_aux is backend.vortex_aux
+    backend = glue_backend(sc, monkeypatch, overlap=overlap)
     assert backend.vortex_core.max_blocks_per_row == CTX // sc.layout.block_size
-    sc.backend = backend
     sc.prefill()
     if graph:
         backend.init_cuda_graph_state(8, 8)
@@ -170,6 +177,38 @@ def test_backend_mixin_matches_reference_runtime(
         for rec in records:
             report = replay(rec)
             assert report.ok and report.rows_exact == report.rows, report
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter path (CPU tensors through Triton kernels)")
+def test_backend_takes_the_fused_layer_of_an_executor_built_for_it(
+    sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode core whose executor attends inside its scoring launch (``TritonExecutor(fuse_attention=True)``)
+    is driven by the backend as that one launch: ``forward_decode`` hands the core no attention of its own
+    (it did, and the executor refused the call), and the output is the oracle's."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from vortex_torch.flow.compiler.triton_executor import TritonExecutor
+
+    sc = BackendScenario("sglang", "triton", [9, 35], tmp_path)
+    backend = glue_backend(sc, monkeypatch)
+    core = backend.vortex_core
+    core.executor = TritonExecutor(core.prepared.traced, core.layout, fuse_attention=True,
+                                   cache_dir=str(tmp_path / "fused"))  # fmt: skip
+    sc.prefill()
+    for step in range(2):
+        loc, seq_lens, rows = sc.next_inputs()
+        fb = SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=len(rows), req_pool_indices=rows,
+                             seq_lens=seq_lens, out_cache_loc=loc)  # fmt: skip
+        backend.init_forward_metadata(fb)
+        inputs = sc.layer_inputs()
+        ref = sc.reference_step(inputs)
+        for layer, (q, k, v) in enumerate(inputs):
+            o = backend.forward_decode(q.reshape(len(rows), -1), k, v, layer_stub(layer), fb)
+            if layer in sc.sparse_layers:
+                sc.check(step, layer, backend.vortex_plan, o, ref[layer], ties=False)
+    assert sc.sparse_rows > 0
 
 
 def test_backend_refuses_what_it_cannot_run(

@@ -36,7 +36,7 @@ from vortex_torch.kernels.fp8 import is_fp8
 from .aux_store import AuxFieldStore
 from .config import VortexConfig
 from .debug_dump import DecodeDumper
-from .decode_core import VortexDecodeCore, make_budget_fn
+from .decode_core import AttendFn, VortexDecodeCore, make_budget_fn
 from .errors import VortexSGLangError
 from .flashinfer_decode import FlashInferSparseDecode
 from .flow_spec import PreparedFlow, prepare_flow
@@ -218,11 +218,13 @@ class VortexBackendMixin:
         """Budgets computed on the host for this step (None: the device planner computes them)."""
         return None
 
-    def _vortex_attend(
-        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, layer: Any
-    ) -> torch.Tensor:
-        """Attention over the step's selection: Vortex's Triton kernel (the FlashInfer backend overrides)."""
-        return self.vortex_core.attend(q_rows, fields, plan, layer.scaling)
+    def _vortex_attend_fn(
+        self, layer: Any
+    ) -> AttendFn | None:
+        """The attention over the step's selection for ``layer``, or None: the decode core's own (Vortex's Triton
+        kernel after the selection, or, for an executor built with ``fuse_attention``, inside the scoring launch
+        itself). The FlashInfer backend's ``exact_attention`` mode returns FlashInfer's decode here."""
+        return None
 
     def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None) -> None:
         """Per batch, on the host: only remember what the first sparse layer plans from (decode), or launch the
@@ -316,7 +318,7 @@ class VortexBackendMixin:
             fields,
             plan,
             layer.scaling,
-            attend=lambda q_, f_, p_: self._vortex_attend(q_, f_, p_, layer),
+            attend=self._vortex_attend_fn(layer),
             new_locs=loc,  # the cache update of the blocks this step completes (folded into scoring)
         )
         if self._vortex_dumper is not None:
@@ -385,12 +387,13 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
         seq_cpu = seq_cpu[:bs] if seq_cpu is not None else forward_batch.seq_lens[:bs].cpu()
         return self.vortex_fi.begin_step(seq_cpu, graph=graph)
 
-    def _vortex_attend(
-        self, q_rows: torch.Tensor, fields: dict[str, torch.Tensor], plan: DecodePlan, layer: Any
-    ) -> torch.Tensor:
-        if self.vortex_fi is None:
-            return super()._vortex_attend(q_rows, fields, plan, layer)
-        return self.vortex_fi.attend(q_rows, fields["k"], fields["v"], plan, layer)
+    def _vortex_attend_fn(
+        self, layer: Any
+    ) -> AttendFn | None:
+        fi = self.vortex_fi
+        if fi is None:
+            return super()._vortex_attend_fn(layer)
+        return lambda q_rows, fields, plan: fi.attend(q_rows, fields["k"], fields["v"], plan, layer)
 
 
 class VortexTritonBackend(VortexBackendMixin, TritonAttnBackend):

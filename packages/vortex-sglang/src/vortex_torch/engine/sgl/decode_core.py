@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("vortex_torch.engine.sgl")
 
 
+
+#: an attention over a step's selection, in place of the decode core's own: ``(q_rows [R, G, D], fields, plan) ->
+#: out [R, G, D]`` (the FlashInfer backend's ``exact_attention`` mode: FlashInfer's decode over the selection)
+AttendFn = Callable[[torch.Tensor, dict[str, torch.Tensor], DecodePlan], torch.Tensor]
+
+
 def make_executor(
     prepared: PreparedFlow,
     layout: PoolLayout,
@@ -271,7 +277,7 @@ class VortexDecodeCore:
         fields: dict[str, torch.Tensor],
         plan: DecodePlan,
         sm_scale: float | None,
-        attend: Callable[[torch.Tensor, dict[str, torch.Tensor], DecodePlan], torch.Tensor] | None = None,
+        attend: AttendFn | None = None,
         *,
         new_locs: torch.Tensor | None = None,
     ) -> torch.Tensor:

@@ -127,3 +127,34 @@ def test_cli_dry_run_list_and_bad_input() -> None:
     for bad, says in ((["nope"], "unknown step 'nope'"), (["layer", "--budget-s", "900"], "--budget-s 900")):
         proc = run_cli(*bad)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_signal_from_outside_reaches_the_sub_command_and_starts_no_other(tmp_path: Path) -> None:
+    """The run tool's limit (TERM): remote.sh gets it (so it stops its own command and writes its summary),
+    and the step starts nothing after it but still packs and summarises."""
+    import os
+    import signal
+    import time
+
+    fake = tmp_path / "remote.sh"
+    fake.write_text('trap \'echo stopped > "$OUT/stopped.txt"; exit 130\' TERM\n'
+                    'echo "# r" > "$OUT/result.md"; touch "$OUT/started"; while :; do sleep 0.1; done\n')  # fmt: skip
+    out, work = tmp_path / "out", tmp_path / "work"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+              "from tool_loader import load_tool\n"
+              f"plan = load_tool(__import__('pathlib').Path({str(PLAN)!r}), 'device_plan')\n"
+              "plan.STEPS['t'] = [plan.sub('a', 'suite x', 60, 30), plan.sub('b', 'suite y', 60, 30)]\n"
+              f"sys.exit(plan.run_step('t', 200, __import__('pathlib').Path({str(out)!r}), ['bash', {str(fake)!r}], "
+              f"'r', __import__('pathlib').Path({str(work)!r})))\n")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (work / "t" / "a" / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1, stderr
+    assert (work / "t" / "a" / "stopped.txt").exists()  # remote.sh got the signal
+    assert not (work / "t" / "b").exists()
+    md = (out / "plan-t.md").read_text()
+    assert "## a: exit 130" in md and f"## b: not started (signal {int(signal.SIGTERM)} from outside)" in md

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,20 +169,27 @@ def run_step(step: str, budget_s: int, out: Path, remote: list[str], rev: str, w
     """Run ``step``'s sub-commands (remote.sh is ``remote``); returns 0 when every one ran and exited 0."""
     t0 = time.monotonic()
     work = work_root / step
-    subprocess.run(["rm", "-rf", str(work)], check=False)
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out.mkdir(parents=True, exist_ok=True)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"# GPU plan step `{step}` (rev {rev}, {date})", ""]
     failed = False  # a sub-command skipped or not exiting 0
     child: subprocess.Popen[bytes] | None = None
+    stopped: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:  # the run tool's limit: let remote.sh stop its command
+        stopped.append(signum)
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sub in STEPS[step]:
+        if stopped:  # no new sub-command after a signal from outside
+            lines += [f"## {sub.name}: not started (signal {stopped[0]} from outside)", ""]
+            failed = True
+            pack(step, work, out, lines)
+            continue
         left = budget_s - (time.monotonic() - t0)
         budget = budget_for(sub, left)
         sub_out = work / sub.name

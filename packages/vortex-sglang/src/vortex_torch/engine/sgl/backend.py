@@ -218,9 +218,7 @@ class VortexBackendMixin:
         """Budgets computed on the host for this step (None: the device planner computes them)."""
         return None
 
-    def _vortex_attend_fn(
-        self, layer: Any
-    ) -> AttendFn | None:
+    def _vortex_attend_fn(self, layer: Any) -> AttendFn | None:
         """The attention over the step's selection for ``layer``, or None: the decode core's own (Vortex's Triton
         kernel after the selection, or, for an executor built with ``fuse_attention``, inside the scoring launch
         itself). The FlashInfer backend's ``exact_attention`` mode returns FlashInfer's decode here."""
@@ -387,9 +385,7 @@ class VortexFlashInferBackend(VortexBackendMixin, FlashInferAttnBackend):
         seq_cpu = seq_cpu[:bs] if seq_cpu is not None else forward_batch.seq_lens[:bs].cpu()
         return self.vortex_fi.begin_step(seq_cpu, graph=graph)
 
-    def _vortex_attend_fn(
-        self, layer: Any
-    ) -> AttendFn | None:
+    def _vortex_attend_fn(self, layer: Any) -> AttendFn | None:
         fi = self.vortex_fi
         if fi is None:
             return super()._vortex_attend_fn(layer)

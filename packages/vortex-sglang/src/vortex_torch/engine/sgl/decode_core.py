@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
-
-
 #: an attention over a step's selection, in place of the decode core's own: ``(q_rows [R, G, D], fields, plan) ->
 #: out [R, G, D]`` (the FlashInfer backend's ``exact_attention`` mode: FlashInfer's decode over the selection)
 AttendFn = Callable[[torch.Tensor, dict[str, torch.Tensor], DecodePlan], torch.Tensor]

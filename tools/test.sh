@@ -18,7 +18,7 @@ echo "== mypy (packages/*/src; settings in pyproject.toml)"
 "$py" -m mypy || failed+=(mypy)
 
 # Without CUDA: the gpu tests deselected, the rest on one worker per core (pytest-xdist, at most 8; on a
-# 2-core machine 15.5 min in one process, 9.7 with two workers). With CUDA in one process: GPU tests start
+# 2-core machine 15.5 min in one process, 7.6-8.9 with two, 2026-12-05). With CUDA in one process: GPU tests start
 # SGLang engines, one GPU's worth each. Arguments of yours come after ours, so `-n 0` runs in one process.
 opts=()
 if ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then

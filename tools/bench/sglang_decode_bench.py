@@ -14,7 +14,8 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
 2. **Engines**: ``sgl.Engine`` with flashinfer, plain and with Vortex (the quick start's VortexConfig, one engine
    per budget), with SGLang's overlap scheduler off or on (``--engines plain vortex plain:overlap
    vortex:overlap``), and Vortex's kernels launched with programmatic dependent launch (``vortex:pdl``,
-   ``vortex:overlap:pdl``: ``VortexConfig(enable_pdl=True)``, sm_90+). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
+   ``vortex:overlap:pdl``: ``VortexConfig(enable_pdl=True)``, sm_90+), and dense decode below a length
+   (``vortex:dense8192``: ``VortexConfig(sparse_decode_threshold=8192)``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
    (2-4 min cold, ~30 s warm) is paid once. Per case the same prompts (random ids, seeded by the case), greedy,
    ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
    prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill.
@@ -73,6 +74,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -482,8 +484,9 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     for key, recs in eng.items():
         if not key.startswith("vortex"):
             continue
-        budget = int(key.split(":")[0][len("vortex"):])
-        overlap, pdl = ":overlap" in key, key.endswith(":pdl")
+        kind, *modes = key.split(":")
+        budget = int(kind[len("vortex"):])
+        overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_threshold(modes)
         plain = by_case("plain" + (":overlap" if overlap else ""))
         plain_off = by_case("plain")
         for r in recs:
@@ -491,6 +494,7 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             case = (r["ctx"], r["batch"])
             rows.append({"ctx": r["ctx"], "batch": r["batch"], "budget_tokens": budget, "overlap": overlap, "pdl": pdl,
+                         "sparse_decode_threshold": threshold,
                          "plain_tok_s": plain.get(case, {}).get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
                          "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"), "tp_size": tp_size,
                          "gpu": result.get("gpu"), "date": result.get("date")})  # fmt: skip
@@ -555,6 +559,11 @@ def vortex_base(flow: str | None, mla: bool) -> dict[str, Any]:
     return VORTEX if name is None else {**VORTEX, "module_path": None, "module_name": name}
 
 
+def dense_threshold(modes: list[str]) -> int:
+    """The ``sparse_decode_threshold`` of an engine spec's modes (``denseN``: N tokens), 0 without one."""
+    return next((int(m[len("dense"):]) for m in modes if m.startswith("dense")), 0)
+
+
 def engine_plan(
     engines: list[str], budgets: list[int], base: dict[str, Any] = VORTEX
 ) -> list[tuple[str, dict[str, Any] | None, bool]]:
@@ -564,17 +573,25 @@ def engine_plan(
     for spec in engines:
         kind, *modes = spec.split(":")
         allowed = ("overlap", "pdl") if kind == "vortex" else ("overlap",)
-        if kind not in ("plain", "vortex") or any(m not in allowed for m in modes) or len(set(modes)) < len(modes):
+        dense = [m for m in modes if kind == "vortex" and re.fullmatch(r"dense[1-9][0-9]*", m)]
+        if (
+            kind not in ("plain", "vortex")
+            or any(m not in allowed and m not in dense for m in modes)
+            or len(set(modes)) < len(modes)
+            or len(dense) > 1
+        ):
             raise SystemExit(
                 f"--engines: unknown {spec!r} (plain, plain:overlap, vortex, vortex:overlap, vortex:pdl, "
-                "vortex:overlap:pdl)"
+                "vortex:overlap:pdl; a vortex engine may add :denseN, VortexConfig(sparse_decode_threshold=N))"
             )
-        overlap, pdl = "overlap" in modes, "pdl" in modes
+        overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_threshold(modes)
         for budget in budgets if kind == "vortex" else [0]:
             vcfg = None if kind == "plain" else {**base, "topk_val": budget // 16 - 2, "enable_pdl": pdl}
+            if vcfg is not None and threshold:
+                vcfg["sparse_decode_threshold"] = threshold
             name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "") + (
                 ":pdl" if pdl else ""
-            )
+            ) + (f":dense{threshold}" if threshold else "")
             plan.append((name, vcfg, overlap))
     return plan
 

@@ -85,9 +85,12 @@ class BackendScenario(Scenario):
         self.backend.forward_extend(q, k, v, layer_stub(layer, self.kv_scales), fb)
 
 
-def glue_backend(sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overlap: bool = False) -> Any:
+def glue_backend(
+    sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overlap: bool = False, **config: Any
+) -> Any:
     """``VortexBackendMixin`` on :class:`StandInParent`, set up by its own constructor for ``sc``'s pool and flow
-    (a model runner stand-in with RadixAttention-like layers: what the setup scans for the fp8 scales)."""
+    (a model runner stand-in with RadixAttention-like layers: what the setup scans for the fp8 scales);
+    ``config``: VortexConfig fields changed from the scenario's."""
     from vortex_torch.engine.sgl import backend as backend_mod
 
     monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
@@ -107,7 +110,7 @@ def glue_backend(sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overla
         device="cpu", sliding_window_size=None, model=model,
         server_args=SimpleNamespace(disable_overlap_schedule=not overlap),
     )  # fmt: skip
-    backend = GlueBackend(runner, vortex_config=VortexConfig(**{**sc.prepared.config.__dict__}))
+    backend = GlueBackend(runner, vortex_config=VortexConfig(**{**sc.prepared.config.__dict__, **config}))
     assert backend.vortex_backend and sc.pool.pool.vortex_aux is backend.vortex_aux
     sc.backend = backend
     return backend
@@ -232,3 +235,130 @@ def test_backend_refuses_what_it_cannot_run(
     with pytest.raises(VortexSGLangError, match="sliding-window"):
         GlueBackend(runner, vortex_config=cfg)
     assert LAYERS == 3
+
+
+DENSE_STEPS = 6  # decode steps below sparse_decode_threshold: every request completes a block in them
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph-entry-points"])
+def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summaries_whole(
+    sgl: Any, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sparse_decode_threshold``: while every request is shorter, every layer decodes with the parent (SGLang's
+    dense kernels) and Vortex only summarises the blocks each token completes; the first step with a longer
+    request decodes sparsely and selects exactly what the reference runtime selects, so no block completed
+    during the dense steps is missing its summary. Through the CUDA-graph entry points the step's graph variant
+    is the dense one only when dense graphs were captured (``vortex_dense_graphs``, set by the capture hook)."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from vortex_torch.engine.sgl.backend import DENSE_GRAPH_LABEL
+
+    prompts = [5, 17, 30]
+    sc = BackendScenario("sglang", "reference", prompts, tmp_path)
+    threshold = max(*prompts, 2 * PAGE + 11) + 1 + DENSE_STEPS  # prefill adds a request of 2 pages + 11 tokens
+    backend = glue_backend(sc, monkeypatch, sparse_decode_threshold=threshold)
+    sc.prefill()
+    if graph:
+        backend.init_cuda_graph_state(8, 8)
+        backend.vortex_dense_graphs = True
+    completed = 0
+    for step in range(DENSE_STEPS + 3):
+        loc, seq_lens, rows = sc.next_inputs()
+        completed += int((seq_lens % sc.layout.block_size == 0).sum())
+        fb = SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=len(rows), req_pool_indices=rows,
+                             seq_lens=seq_lens, seq_lens_cpu=seq_lens.cpu(), out_cache_loc=loc)  # fmt: skip
+        if graph:
+            backend.init_forward_metadata_out_graph(fb)
+        else:
+            backend.init_forward_metadata(fb)
+        dense = step < DENSE_STEPS
+        assert int(seq_lens.max()) < threshold if dense else int(seq_lens.max()) >= threshold
+        assert backend.vortex_dense_step == dense and backend.vortex_plan is None
+        assert backend.vortex_graph_label() == (DENSE_GRAPH_LABEL if dense else None)
+        inputs = sc.layer_inputs()
+        ref = sc.reference_step(inputs)
+        backend.calls.clear()
+        for layer, (q, k, v) in enumerate(inputs):
+            o = backend.forward_decode(q.reshape(len(rows), -1), k, v, layer_stub(layer), fb)
+            if dense or layer not in sc.sparse_layers:
+                assert backend.calls[-1] == ("dense_decode", layer)
+            else:
+                sc.check(step, layer, backend.vortex_plan, o, ref[layer], ties=False)
+        if dense:
+            assert backend.vortex_plan is None  # no plan was built
+    assert completed >= len(sc.rows) and sc.sparse_rows > 0
+
+    if graph:  # graphs captured without the dense variant (no capture hook): every replay stays sparse
+        backend.vortex_dense_graphs = False
+        fb.seq_lens_cpu = torch.ones_like(fb.seq_lens_cpu)
+        backend.init_forward_metadata_out_graph(fb)
+        assert not backend.vortex_dense_step and backend.vortex_graph_label() is None
+
+
+def test_sparse_decode_threshold_without_host_lengths_decodes_sparsely_and_says_so(
+    sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decode batch without ``seq_lens_cpu`` cannot be judged without a GPU read: the step stays sparse and the
+    backend warns once that the threshold is not applied."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    sc = BackendScenario("sglang", "reference", [5, 17], tmp_path)
+    backend = glue_backend(sc, monkeypatch, sparse_decode_threshold=10_000)
+    sc.prefill()
+    for _ in range(2):
+        loc, seq_lens, rows = sc.next_inputs()
+        fb = SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=len(rows), req_pool_indices=rows,
+                             seq_lens=seq_lens, seq_lens_cpu=None, out_cache_loc=loc)  # fmt: skip
+        with caplog.at_level("WARNING", logger="vortex_torch.engine.sgl"):
+            backend.init_forward_metadata(fb)
+        assert not backend.vortex_dense_step
+    warnings = [r for r in caplog.records if "sparse_decode_threshold=10000 is not applied" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
+    sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plugin hooks 7 and 8 on a stand-in runner with SGLang's real ``ShapeKey``: with a threshold every batch
+    size is captured twice, the dense graphs under ``variant_label="vortex-dense"`` (kept apart from a LoRA
+    label); replay-prep then makes the key name the dense graph exactly when the step is short. Without a
+    threshold the hooks change nothing."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.model_executor.runner.shape_key import ShapeKey
+
+    from vortex_torch.engine.sgl import plugin
+
+    def make_key(runner: Any, size: int, label: str | None = None) -> Any:
+        key = ShapeKey(size=size, variant_label=label)
+        return plugin._after_make_graph_key(key, runner, size, None, label) or key
+
+    def batch(bs: int, length: int) -> Any:
+        lens = torch.full((bs,), length)
+        return SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=bs, req_pool_indices=torch.ones(bs, dtype=torch.long),
+                               seq_lens=lens, seq_lens_cpu=lens, out_cache_loc=torch.zeros(bs, dtype=torch.long))  # fmt: skip
+
+    def capture_one_stream(runner: Any) -> None:  # SGLang's loop: replay-prep, then the key, per batch size
+        for bs in (2, 1):
+            runner.attn_backend.init_forward_metadata_out_graph(batch(bs, 1), in_capture=True)
+            runner.graphs[make_key(runner, bs)] = runner.attn_backend.vortex_dense_step
+
+    for threshold in (0, 64):
+        sc = BackendScenario("sglang", "reference", [5], tmp_path / str(threshold))
+        backend = glue_backend(sc, monkeypatch, sparse_decode_threshold=threshold)
+        backend.init_cuda_graph_state(4, 4)
+        runner = SimpleNamespace(attn_backend=backend, graphs={})
+        plugin._around_capture_one_stream(capture_one_stream, runner)
+        assert backend.vortex_capture_dense is None
+        if threshold == 0:
+            assert runner.graphs == {ShapeKey(size=2): False, ShapeKey(size=1): False}
+            assert not backend.vortex_dense_graphs
+            continue
+        assert backend.vortex_dense_graphs
+        assert runner.graphs == {
+            ShapeKey(size=2): False, ShapeKey(size=1): False,
+            ShapeKey(size=2, variant_label="vortex-dense"): True, ShapeKey(size=1, variant_label="vortex-dense"): True,
+        }  # fmt: skip
+        for length, dense in ((threshold - 1, True), (threshold, False)):
+            backend.init_forward_metadata_out_graph(batch(2, length))
+            assert runner.graphs[make_key(runner, 2)] is dense
+            assert make_key(runner, 2, "lora").variant_label == ("lora+vortex-dense" if dense else "lora")

@@ -44,6 +44,9 @@ from .planner import DecodePlan, DecodePlanBuffers, count_completed_blocks
 
 log = logging.getLogger("vortex_torch.engine.sgl")
 
+#: the ``ShapeKey.variant_label`` of the dense decode graphs (``sparse_decode_threshold``)
+DENSE_GRAPH_LABEL = "vortex-dense"
+
 
 class VortexBackendMixin:
     """Sparse decode on top of an SGLang attention backend (put it first in the bases).
@@ -91,6 +94,16 @@ class VortexBackendMixin:
         server_args = getattr(runner, "server_args", None)
         self._vortex_overlap = not bool(getattr(server_args, "disable_overlap_schedule", True))
         self._vortex_logit_cap_checked: set[int] = set()
+        #: VortexConfig.sparse_decode_threshold: decode steps whose requests are all shorter decode densely
+        self.vortex_dense_threshold = int(self.vortex_core.config.sparse_decode_threshold)
+        #: this step decodes densely (every layer the parent's; Vortex only updates the block summaries)
+        self.vortex_dense_step = False
+        #: the mode being captured into a CUDA graph (True: dense), set by the graph runner hook
+        #: (plugin.capture_decode_graphs); None outside capture
+        self.vortex_capture_dense: bool | None = None
+        #: dense decode graphs were captured beside the sparse ones (a dense step may replay one)
+        self.vortex_dense_graphs = False
+        self._vortex_warned_no_host_lens = False
 
     def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
         pool = self.token_to_kv_pool
@@ -224,17 +237,51 @@ class VortexBackendMixin:
         itself). The FlashInfer backend's ``exact_attention`` mode returns FlashInfer's decode here."""
         return None
 
-    def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None) -> None:
-        """Per batch, on the host: only remember what the first sparse layer plans from (decode), or launch the
-        plan now, before the graph replay (:meth:`_vortex_plan_before_replay`)."""
+    def _vortex_begin_batch(
+        self, forward_batch: Any, buffers: DecodePlanBuffers | None, *, in_capture: bool = False
+    ) -> None:
+        """Per batch, on the host: decide whether the step decodes densely (:meth:`_vortex_short_step`), then
+        only remember what the first sparse layer plans from (decode), or launch the plan now, before the graph
+        replay (:meth:`_vortex_plan_before_replay`)."""
         self.vortex_plan = None
         self._vortex_pending = None
+        self.vortex_dense_step = False
         if not forward_batch.forward_mode.is_decode():
+            return
+        if in_capture:  # the capture hook says which graph this is; None: no hook, the sparse graph only
+            self.vortex_dense_step = bool(self.vortex_capture_dense)
+        elif buffers is None or self.vortex_dense_graphs:  # eager, or a dense graph to replay
+            self.vortex_dense_step = self._vortex_short_step(forward_batch)
+        if self.vortex_dense_step:
             return
         if self._vortex_plan_before_replay():
             self.vortex_plan = self._vortex_plan_for(forward_batch, buffers)
         else:
             self._vortex_pending = (forward_batch, buffers)
+
+    def _vortex_short_step(self, forward_batch: Any) -> bool:
+        """Every request of the decode batch is shorter than ``sparse_decode_threshold`` tokens, read from the
+        host copy of the lengths SGLang keeps (``seq_lens_cpu``; CUDA-graph padding rows hold 1): no sync."""
+        threshold = self.vortex_dense_threshold
+        if threshold <= 0:
+            return False
+        seq_cpu = getattr(forward_batch, "seq_lens_cpu", None)
+        if seq_cpu is None:
+            if not self._vortex_warned_no_host_lens:
+                self._vortex_warned_no_host_lens = True
+                log.warning(
+                    "sparse_decode_threshold=%d is not applied: SGLang gave this decode batch no host copy of its "
+                    "lengths (seq_lens_cpu), and reading them from the GPU would stall every step; such steps "
+                    "decode sparsely", threshold,
+                )  # fmt: skip
+            return False
+        bs = int(forward_batch.batch_size)
+        return bs > 0 and int(seq_cpu[:bs].max()) < threshold
+
+    def vortex_graph_label(self) -> str | None:
+        """The CUDA-graph variant this decode step replays (None: the sparse graph, SGLang's key unchanged;
+        ``"vortex-dense"``: the dense one). Read by the graph runner hook after replay-prep."""
+        return DENSE_GRAPH_LABEL if self.vortex_dense_step else None
 
     def _vortex_plan_before_replay(self) -> bool:
         """Whether the step's plan is made here, in the replay-prep hook, rather than by the first sparse layer
@@ -267,15 +314,27 @@ class VortexBackendMixin:
     def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
         self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
         if self.vortex_buffers is None:
-            self.vortex_plan, self._vortex_pending = None, None
+            self.vortex_plan, self._vortex_pending, self.vortex_dense_step = None, None, False
             return
-        self._vortex_begin_batch(forward_batch, self.vortex_buffers)
+        self._vortex_begin_batch(forward_batch, self.vortex_buffers, in_capture=in_capture)
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _vortex_sparse(self, layer: Any) -> bool:
         return self.vortex_core.prepared.is_sparse(int(layer.layer_id)) and not getattr(
             layer, "is_cross_attention", False
         )
+
+    def _vortex_dense_decode(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
+        save_kv_cache: bool, **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """The parent's decode; in a dense step (``sparse_decode_threshold``) a sparse layer then summarises the
+        blocks this token completes (one launch, completion decided on the GPU), so that the summaries are
+        whole when a later step decodes sparsely."""
+        o = self._vortex_parent().forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+        if self.vortex_dense_step and k is not None and self._vortex_sparse(layer):
+            self.vortex_core.update_cache(self._vortex_fields(layer), forward_batch.out_cache_loc)
+        return o
 
     def _vortex_step_plan(self, layer: Any) -> DecodePlan | None:
         """The step's plan when ``layer`` decodes sparsely (None: the parent backend decodes it). The plan is
@@ -301,9 +360,7 @@ class VortexBackendMixin:
     ) -> torch.Tensor:  # fmt: skip
         plan = self._vortex_step_plan(layer)
         if plan is None:
-            return self._vortex_parent().forward_decode(
-                q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
-            )
+            return self._vortex_dense_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         loc = forward_batch.out_cache_loc
         if k is not None and save_kv_cache:
             self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v, layer.k_scale, layer.v_scale)

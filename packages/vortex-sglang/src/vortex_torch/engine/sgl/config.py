@@ -133,6 +133,13 @@ class VortexConfig:
     #: elsewhere, and with impl_backend="reference"). Off by default: no measurable gain on the H200
     #: (results/gpu/2026-12-05-gpu-runs.md)
     enable_pdl: bool = False
+    #: decode steps in which every request is shorter than this many tokens run plain SGLang's dense attention
+    #: in every layer (the base backend's kernels; Vortex only keeps the block summaries up to date), as SGLang's
+    #: double sparsity does with ``--ds-sparse-decode-threshold``: below some length a sparse step reads fewer
+    #: bytes but costs more than a dense one. The choice is made per step on the host, from the lengths SGLang
+    #: already holds there, between two CUDA graphs captured per batch size (dense and sparse). 0 (default):
+    #: every step sparse, the original project's behaviour
+    sparse_decode_threshold: int = 0
 
     def __post_init__(self) -> None:
         if self.layers_skip is None:
@@ -263,6 +270,8 @@ class VortexConfig:
                 "enable_pdl", "launches Vortex's Triton kernels; impl_backend='reference' has none. Set one of them "
                 "back (enable_pdl=False or impl_backend='triton')"
             )  # fmt: skip
+        check_int(VortexConfigError, "sparse_decode_threshold", self.sparse_decode_threshold, 0,
+                  "0 (every decode step sparse) or a length in tokens below which a step decodes densely")  # fmt: skip
         if not isinstance(self.use_tensor_core, bool):
             raise VortexConfigError(
                 "use_tensor_core", f"must be True or False (compatibility only: accepted, never read), got "

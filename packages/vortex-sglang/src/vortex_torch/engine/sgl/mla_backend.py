@@ -90,9 +90,7 @@ class VortexMLABackendMixin(VortexBackendMixin):
     ) -> torch.Tensor:  # fmt: skip
         plan = self._vortex_step_plan(layer)
         if plan is None:
-            return self._vortex_parent().forward_decode(
-                q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs
-            )
+            return self._vortex_dense_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         q_rope, k_rope = kwargs.get("q_rope"), kwargs.get("k_rope")
         loc = forward_batch.out_cache_loc
         if k is not None and save_kv_cache:

@@ -23,12 +23,20 @@ The hooks (all inactive unless a ``VortexConfig`` was given, i.e. ``server_args.
  5    ``pool_configurator.DefaultPoolConfigurator._compute_cell_size``                 AFTER  + aux bytes per token
                                                                                               (MLA: one latent head)
  6    ``models.utils.enable_fused_set_kv_buffer``                                      AROUND ``False`` under Vortex
+ 7    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._capture_one_stream``    AROUND with sparse_decode_threshold:
+                                                                                              captures every batch size
+                                                                                              twice, sparse then dense
+ 8    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._make_graph_key``        AFTER  the dense graphs' keys get
+                                                                                              variant "vortex-dense"
 ==== =============================================================================== ====== ===============================
 
 Hook 4 stands for the map's "swap ``ATTENTION_BACKENDS['flashinfer'|'triton']``": the function is the only
 reader of that dict for full-attention backends, and hooking it keeps :func:`register` import-free (swapping
 the dict entries would import the attention registry, and with it most of SGLang, inside ``register``).
 The aux fields need no pool subclass (map hook 7): they live beside the pool (:mod:`.aux_store`).
+Hooks 7 and 8 (module paths under ``sglang.srt.model_executor``) act only for a Vortex backend with
+``sparse_decode_threshold > 0``: the step's graph is chosen in replay-prep, where the backend decides from the
+host copy of the lengths whether the step is dense, just before the runner builds the key it replays.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ PLUGIN_NAME = "vortex"
 DISTRIBUTION = "vortex-sglang"
 
 _SA = "sglang.srt.server_args.ServerArgs"
+_DGR = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner"
 TARGETS = {
     "add_cli_args": f"{_SA}.add_cli_args",
     "from_cli_args": f"{_SA}.from_cli_args",
@@ -64,6 +73,8 @@ TARGETS = {
     ),
     "cell_size": "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
     "fused_set_kv": "sglang.srt.models.utils.enable_fused_set_kv_buffer",
+    "graph_capture": f"{_DGR}._capture_one_stream",
+    "graph_key": f"{_DGR}._make_graph_key",
 }
 
 
@@ -245,6 +256,44 @@ def _around_enable_fused_set_kv_buffer(
     return original(forward_batch, *a, **k)
 
 
+# -- hooks 7 and 8: dense decode graphs (VortexConfig.sparse_decode_threshold) -------------------------------------
+def _dense_capable_backend(runner: Any) -> Any:
+    """The runner's attention backend when it is a Vortex backend with a sparse-decode threshold, else None."""
+    backend = getattr(runner, "attn_backend", None)
+    if getattr(backend, "vortex_backend", False) and getattr(backend, "vortex_dense_threshold", 0) > 0:
+        return backend
+    return None
+
+
+def _around_capture_one_stream(original: Callable[..., Any], runner: Any, *args: Any, **kwargs: Any) -> Any:
+    backend = _dense_capable_backend(runner)
+    if backend is None:
+        return original(runner, *args, **kwargs)
+    try:
+        for dense in (False, True):
+            backend.vortex_capture_dense = dense
+            log.info(
+                "Vortex: capturing the %s decode graphs (sparse_decode_threshold=%d: steps whose requests are all "
+                "shorter replay the dense ones)", "dense" if dense else "sparse", backend.vortex_dense_threshold,
+            )  # fmt: skip
+            original(runner, *args, **kwargs)
+        backend.vortex_dense_graphs = True
+    finally:
+        backend.vortex_capture_dense = None
+    return None
+
+
+def _after_make_graph_key(key: Any, runner: Any, *a: Any, **k: Any) -> Any:
+    backend = _dense_capable_backend(runner)
+    label = None if backend is None else backend.vortex_graph_label()
+    if label is None:
+        return None  # SGLang's own key
+    import dataclasses
+
+    old = key.variant_label
+    return dataclasses.replace(key, variant_label=label if old is None else f"{old}+{label}")
+
+
 # -- registration --------------------------------------------------------------------------------------------------
 _HOOKS: list[tuple[str, Callable[..., Any], str]] = [
     (TARGETS["add_cli_args"], _after_add_cli_args, "AFTER"),
@@ -253,6 +302,8 @@ _HOOKS: list[tuple[str, Callable[..., Any], str]] = [
     (TARGETS["attention_backend"], _around_build_attention_backend, "AROUND"),
     (TARGETS["cell_size"], _after_compute_cell_size, "AFTER"),
     (TARGETS["fused_set_kv"], _around_enable_fused_set_kv_buffer, "AROUND"),
+    (TARGETS["graph_capture"], _around_capture_one_stream, "AROUND"),
+    (TARGETS["graph_key"], _after_make_graph_key, "AFTER"),
 ]
 
 _lock = threading.RLock()

@@ -48,6 +48,8 @@ def test_sub_command_is_one_remote_sh_runs(step: str, sub: Any, tmp_path: Path) 
         parsed = load_tool(tool).build_parser().parse_args(args[2:])  # exits 2 on an unknown flag or bad value
         for spec in getattr(parsed, "cases", None) or []:
             assert re.fullmatch(r"\d+x\d+", spec), spec
+        if getattr(parsed, "engines", None):  # engine specs are checked by the bench's main, before any GPU work
+            load_tool(tool).engine_plan(parsed.engines, parsed.budgets)
         if "--model" in args:  # the model is one this sub-command has remote.sh build
             model = Path(args[args.index("--model") + 1]).name
             assert model in sub.models.split(","), (model, sub.models)

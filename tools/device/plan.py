@@ -22,6 +22,7 @@ machine skips SGLang's and FlashInfer's JIT):
   256 B rows?), the attention sweep at 32k x 32 and at 2k x 1 (budget 512), and the MLA bench, bf16 and fp8;
 - ``ncu``: Nsight Compute over one decode step (``tools/bench/ncu_step.py``), GQA, budget 512, MLA, fp8 MLA;
 - ``e2e``: 36 layers of Qwen3-8B geometry end to end, overlap off, budgets 512 and 2048, with per-step profiles;
+- ``e2e-dense``: the same, budget 512, with ``sparse_decode_threshold=16384`` (2k and 8k steps dense, 32k sparse);
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
 - ``engines``, ``engines2``: the SGLang engine suites (quick start, dense equivalence, sparse, HTTP; MLA, fp8 and
   ``vortex eval``);
@@ -112,6 +113,10 @@ STEPS: dict[str, list[Sub]] = {
     "e2e": [
         sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 32768x1 32768x16 --engines plain vortex "
             f"--budgets 512 2048 --steps 32 --profile-steps 8 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
+    ],
+    "e2e-dense": [
+        sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 32768x1 32768x16 --engines plain "
+            f"vortex:dense16384 --budgets 512 --steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
     ],
     "overlap": [
         sub("suite", "suite tests/gpu/test_sglang_overlap.py -q -rf", 420, 200, "tiny"),

@@ -86,16 +86,17 @@ class BackendScenario(Scenario):
 
 
 def glue_backend(
-    sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overlap: bool = False, **config: Any
+    sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overlap: bool = False, parent: type = StandInParent,
+    **config: Any,
 ) -> Any:
     """``VortexBackendMixin`` on :class:`StandInParent`, set up by its own constructor for ``sc``'s pool and flow
     (a model runner stand-in with RadixAttention-like layers: what the setup scans for the fp8 scales);
-    ``config``: VortexConfig fields changed from the scenario's."""
+    ``config``: VortexConfig fields changed from the scenario's; ``parent``: a StandInParent subclass."""
     from vortex_torch.engine.sgl import backend as backend_mod
 
     monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
 
-    class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
+    class GlueBackend(backend_mod.VortexBackendMixin, parent):  # type: ignore[valid-type,misc]
         pass
 
     model = torch.nn.Module()
@@ -316,13 +317,29 @@ def test_sparse_decode_threshold_without_host_lengths_decodes_sparsely_and_says_
     assert len(warnings) == 1
 
 
+class WrapperParent(StandInParent):
+    """As SGLang's FlashInfer backends: every capture of a batch size builds new decode wrappers, stored per
+    size, and replay-prep plans the wrappers stored for the batch's size."""
+
+    def __init__(self, model_runner: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model_runner, *args, **kwargs)
+        self.decode_cuda_graph_metadata: dict[int, object] = {}
+        self.planned: object = None
+
+    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
+        if in_capture:
+            self.decode_cuda_graph_metadata[forward_batch.batch_size] = object()
+        self.planned = self.decode_cuda_graph_metadata[forward_batch.batch_size]
+
+
 def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
     sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Plugin hooks 7 and 8 on a stand-in runner with SGLang's real ``ShapeKey``: with a threshold every batch
     size is captured twice, the dense graphs under ``variant_label="vortex-dense"`` (kept apart from a LoRA
-    label); replay-prep then makes the key name the dense graph exactly when the step is short. Without a
-    threshold the hooks change nothing."""
+    label); replay-prep then makes the key name the dense graph exactly when the step is short, and plans the
+    wrappers that graph was captured with (a parent that, like SGLang's FlashInfer backends, builds new ones
+    per capture). Without a threshold the hooks change nothing."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
     from sglang.srt.model_executor.runner.shape_key import ShapeKey
 
@@ -339,14 +356,16 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
 
     def capture_one_stream(runner: Any) -> None:  # SGLang's loop: replay-prep, then the key, per batch size
         for bs in (2, 1):
-            runner.attn_backend.init_forward_metadata_out_graph(batch(bs, 1), in_capture=True)
-            runner.graphs[make_key(runner, bs)] = runner.attn_backend.vortex_dense_step
+            backend = runner.attn_backend
+            backend.init_forward_metadata_out_graph(batch(bs, 1), in_capture=True)
+            runner.graphs[make_key(runner, bs)] = backend.vortex_dense_step
+            runner.wrappers[make_key(runner, bs)] = backend.planned  # what the graph's kernels were captured with
 
     for threshold in (0, 64):
         sc = BackendScenario("sglang", "reference", [5], tmp_path / str(threshold))
-        backend = glue_backend(sc, monkeypatch, sparse_decode_threshold=threshold)
+        backend = glue_backend(sc, monkeypatch, parent=WrapperParent, sparse_decode_threshold=threshold)
         backend.init_cuda_graph_state(4, 4)
-        runner = SimpleNamespace(attn_backend=backend, graphs={})
+        runner = SimpleNamespace(attn_backend=backend, graphs={}, wrappers={})
         plugin._around_capture_one_stream(capture_one_stream, runner)
         assert backend.vortex_capture_dense is None
         if threshold == 0:
@@ -358,7 +377,9 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
             ShapeKey(size=2): False, ShapeKey(size=1): False,
             ShapeKey(size=2, variant_label="vortex-dense"): True, ShapeKey(size=1, variant_label="vortex-dense"): True,
         }  # fmt: skip
-        for length, dense in ((threshold - 1, True), (threshold, False)):
+        assert len({id(w) for w in runner.wrappers.values()}) == 4  # each graph its own wrappers
+        for length, dense in ((threshold - 1, True), (threshold, False), (threshold - 1, True)):
             backend.init_forward_metadata_out_graph(batch(2, length))
             assert runner.graphs[make_key(runner, 2)] is dense
+            assert backend.planned is runner.wrappers[make_key(runner, 2)]  # the replayed graph's own, re-planned
             assert make_key(runner, 2, "lora").variant_label == ("lora+vortex-dense" if dense else "lora")

@@ -57,6 +57,8 @@ class VortexBackendMixin:
     """
 
     vortex_backend: ClassVar[bool] = True
+    #: the parent's per-batch-size CUDA-graph state kept apart for the dense graphs (_vortex_use_graph_state)
+    _vortex_graph_state_attrs: ClassVar[tuple[str, ...]] = ("decode_cuda_graph_metadata",)
     token_to_kv_pool: Any
     req_to_token_pool: Any
 
@@ -104,6 +106,8 @@ class VortexBackendMixin:
         #: dense decode graphs were captured beside the sparse ones (a dense step may replay one)
         self.vortex_dense_graphs = False
         self._vortex_warned_no_host_lens = False
+        #: attribute -> {dense: the parent's per-batch-size graph state for those graphs}
+        self._vortex_graph_states: dict[str, dict[bool, Any]] = {}
 
     def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
         pool = self.token_to_kv_pool
@@ -237,27 +241,43 @@ class VortexBackendMixin:
         itself). The FlashInfer backend's ``exact_attention`` mode returns FlashInfer's decode here."""
         return None
 
-    def _vortex_begin_batch(
-        self, forward_batch: Any, buffers: DecodePlanBuffers | None, *, in_capture: bool = False
-    ) -> None:
-        """Per batch, on the host: decide whether the step decodes densely (:meth:`_vortex_short_step`), then
-        only remember what the first sparse layer plans from (decode), or launch the plan now, before the graph
-        replay (:meth:`_vortex_plan_before_replay`)."""
+    def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None, dense: bool) -> None:
+        """Per batch, on the host: record whether the step decodes densely (:meth:`_vortex_dense_mode`); for a
+        sparse decode step only remember what the first sparse layer plans from, or launch the plan now, before
+        the graph replay (:meth:`_vortex_plan_before_replay`)."""
         self.vortex_plan = None
         self._vortex_pending = None
-        self.vortex_dense_step = False
-        if not forward_batch.forward_mode.is_decode():
-            return
-        if in_capture:  # the capture hook says which graph this is; None: no hook, the sparse graph only
-            self.vortex_dense_step = bool(self.vortex_capture_dense)
-        elif buffers is None or self.vortex_dense_graphs:  # eager, or a dense graph to replay
-            self.vortex_dense_step = self._vortex_short_step(forward_batch)
-        if self.vortex_dense_step:
+        self.vortex_dense_step = dense
+        if dense or not forward_batch.forward_mode.is_decode():
             return
         if self._vortex_plan_before_replay():
             self.vortex_plan = self._vortex_plan_for(forward_batch, buffers)
         else:
             self._vortex_pending = (forward_batch, buffers)
+
+    def _vortex_dense_mode(self, forward_batch: Any, *, graph: bool, in_capture: bool = False) -> bool:
+        """Whether this decode batch runs densely: in a capture, the graph being captured (the capture hook's
+        ``vortex_capture_dense``; None, no hook: the sparse graph only); at a graph replay, a short step
+        (:meth:`_vortex_short_step`) when dense graphs were captured; eager, a short step."""
+        if not forward_batch.forward_mode.is_decode():
+            return False
+        if in_capture:
+            return bool(self.vortex_capture_dense)
+        if graph and not self.vortex_dense_graphs:
+            return False
+        return self._vortex_short_step(forward_batch)
+
+    def _vortex_use_graph_state(self, dense: bool) -> None:
+        """Point the parent's per-batch-size CUDA-graph state (``_vortex_graph_state_attrs``) at the dense or the
+        sparse graphs' own copy. SGLang's FlashInfer backends build new decode wrappers for a batch size at every
+        capture and plan, at replay, the ones stored for that size: a dense graph captured after the sparse one
+        of the same size would otherwise leave the sparse graph's wrappers (its dense ``layers_skip`` layers) never
+        planned again."""
+        for attr in self._vortex_graph_state_attrs:
+            if not hasattr(self, attr):
+                continue
+            copies = self._vortex_graph_states.setdefault(attr, {False: getattr(self, attr)})
+            setattr(self, attr, copies.setdefault(dense, {}))
 
     def _vortex_short_step(self, forward_batch: Any) -> bool:
         """Every request of the decode batch is shorter than ``sparse_decode_threshold`` tokens, read from the
@@ -298,7 +318,7 @@ class VortexBackendMixin:
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self._vortex_parent().init_forward_metadata(forward_batch)
-        self._vortex_begin_batch(forward_batch, None)
+        self._vortex_begin_batch(forward_batch, None, self._vortex_dense_mode(forward_batch, graph=False))
         if forward_batch.forward_mode.is_decode() and self._vortex_dumper is not None:
             self._vortex_dumper.next_step()  # eager decode steps only: graph replays cannot be dumped
 
@@ -312,11 +332,14 @@ class VortexBackendMixin:
         log.info("Vortex CUDA-graph plan buffers: %.1f MiB", self.vortex_buffers.nbytes / 2**20)
 
     def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
-        self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
         if self.vortex_buffers is None:
+            self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
             self.vortex_plan, self._vortex_pending, self.vortex_dense_step = None, None, False
             return
-        self._vortex_begin_batch(forward_batch, self.vortex_buffers, in_capture=in_capture)
+        dense = self._vortex_dense_mode(forward_batch, graph=True, in_capture=in_capture)
+        self._vortex_use_graph_state(dense)  # before the parent captures or plans into it
+        self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
+        self._vortex_begin_batch(forward_batch, self.vortex_buffers, dense)
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _vortex_sparse(self, layer: Any) -> bool:

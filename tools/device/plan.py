@@ -24,8 +24,8 @@ machine skips SGLang's and FlashInfer's JIT):
 - ``e2e``: 36 layers of Qwen3-8B geometry end to end, overlap off, budgets 512 and 2048, with per-step profiles;
 - ``e2e-dense``: the same, budget 512, with ``sparse_decode_threshold=16384`` (2k and 8k steps dense, 32k sparse);
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
-- ``engines``, ``engines2``: the SGLang engine suites (quick start, dense equivalence, sparse, HTTP; MLA, fp8 and
-  ``vortex eval``);
+- ``engines``, ``engines-eq``, ``engines-sparse``, ``engines2``: the SGLang engine suites (quick start and HTTP;
+  dense equivalence; sparse; MLA, fp8 and ``vortex eval``);
 - ``mla-e2e``: 27 layers of DeepSeek-V2-Lite geometry end to end;
 - ``extra``: compute-sanitizer over the kernel tests, then the contrib flows bench;
 - ``tp-suite``, ``tp-bench``: tensor parallelism, on the 2-GPU kind (``"kind": "nvidia-h200-x2"``).
@@ -123,9 +123,17 @@ STEPS: dict[str, list[Sub]] = {
         sub("e2e", f"{E2E} {QWEN36} --cases 32768x16 2048x1 2048x16 8192x16 --engines plain:overlap vortex:overlap "
             f"--budgets 512 --steps 32 {E2E_OUT}", 580, 150, "qwen3-8b-l1"),
     ],
+    # the four engine suites took more than one call on 2026-12-05 (H100, cold: the quick start's script alone
+    # 355 s with SGLang's and FlashInfer's first JIT; results/gpu/2026-12-05-h100-runs.md): three calls
     "engines": [
-        sub("suite", "suite tests/gpu/test_sglang_quickstart.py tests/gpu/test_sglang_dense_equivalence.py "
-            "tests/gpu/test_sglang_sparse.py tests/gpu/test_sglang_http.py -q -rf", 580, 240, "tiny"),
+        sub("suite", "suite tests/gpu/test_sglang_quickstart.py tests/gpu/test_sglang_http.py -q -rf", 580, 240,
+            "tiny"),
+    ],
+    "engines-eq": [
+        sub("suite", "suite tests/gpu/test_sglang_dense_equivalence.py -q -rf", 580, 240, "tiny"),
+    ],
+    "engines-sparse": [
+        sub("suite", "suite tests/gpu/test_sglang_sparse.py -q -rf", 580, 240, "tiny"),
     ],
     "engines2": [
         sub("suite", "suite tests/gpu/test_sglang_mla.py tests/gpu/test_sglang_fp8.py tests/gpu/test_vortex_eval.py "

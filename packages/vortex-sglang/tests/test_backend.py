@@ -246,13 +246,14 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
     sgl: Any, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``sparse_decode_threshold``: while every request is shorter, every layer decodes with the parent (SGLang's
-    dense kernels) and Vortex only summarises the blocks each token completes; the first step with a longer
+    dense kernels), and Vortex only summarises the blocks the step completes, on the steps where a request
+    completes one (``DENSE_CACHE``; ``DENSE`` steps launch nothing of Vortex's); the first step with a longer
     request decodes sparsely and selects exactly what the reference runtime selects, so no block completed
     during the dense steps is missing its summary. Through the CUDA-graph entry points the step's graph variant
-    is the dense one only when dense graphs were captured (``vortex_dense_graphs``, set by the capture hook)."""
+    is a dense one only when dense graphs were captured (``vortex_dense_graphs``, set by the capture hook)."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
-    from vortex_torch.engine.sgl.backend import DENSE_GRAPH_LABEL
+    from vortex_torch.engine.sgl.step_modes import DENSE, DENSE_CACHE, GRAPH_LABELS, SPARSE
 
     prompts = [5, 17, 30]
     sc = BackendScenario("sglang", "reference", prompts, tmp_path)
@@ -262,10 +263,15 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
     if graph:
         backend.init_cuda_graph_state(8, 8)
         backend.vortex_dense_graphs = True
-    completed = 0
+    updates: list[int] = []
+    update_cache = backend.vortex_core.update_cache
+    monkeypatch.setattr(backend.vortex_core, "update_cache",
+                        lambda fields, loc, count=None: (updates.append(count), update_cache(fields, loc, count)))  # fmt: skip
+    completed, modes = 0, []
     for step in range(DENSE_STEPS + 3):
         loc, seq_lens, rows = sc.next_inputs()
-        completed += int((seq_lens % sc.layout.block_size == 0).sum())
+        completes = int((seq_lens % sc.layout.block_size == 0).sum())
+        completed += completes
         fb = SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=len(rows), req_pool_indices=rows,
                              seq_lens=seq_lens, seq_lens_cpu=seq_lens.cpu(), out_cache_loc=loc)  # fmt: skip
         if graph:
@@ -274,11 +280,14 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
             backend.init_forward_metadata(fb)
         dense = step < DENSE_STEPS
         assert int(seq_lens.max()) < threshold if dense else int(seq_lens.max()) >= threshold
-        assert backend.vortex_dense_step == dense and backend.vortex_plan is None
-        assert backend.vortex_graph_label() == (DENSE_GRAPH_LABEL if dense else None)
+        mode = (DENSE_CACHE if completes else DENSE) if dense else SPARSE
+        assert backend.vortex_step_mode == mode and backend.vortex_dense_step == dense and backend.vortex_plan is None
+        assert backend.vortex_graph_label() == GRAPH_LABELS[mode]
+        modes.append(mode)
         inputs = sc.layer_inputs()
         ref = sc.reference_step(inputs)
         backend.calls.clear()
+        updates.clear()
         for layer, (q, k, v) in enumerate(inputs):
             o = backend.forward_decode(q.reshape(len(rows), -1), k, v, layer_stub(layer), fb)
             if dense or layer not in sc.sparse_layers:
@@ -287,7 +296,10 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
                 sc.check(step, layer, backend.vortex_plan, o, ref[layer], ties=False)
         if dense:
             assert backend.vortex_plan is None  # no plan was built
+            # one decode cache update per flow layer when a request completes a block, else none
+            assert updates == ([None] * len(sc.sparse_layers) if mode == DENSE_CACHE else [])
     assert completed >= len(sc.rows) and sc.sparse_rows > 0
+    assert {DENSE, DENSE_CACHE} <= set(modes)
 
     if graph:  # graphs captured without the dense variant (no capture hook): every replay stays sparse
         backend.vortex_dense_graphs = False
@@ -336,14 +348,15 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
     sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Plugin hooks 7 and 8 on a stand-in runner with SGLang's real ``ShapeKey``: with a threshold every batch
-    size is captured twice, the dense graphs under ``variant_label="vortex-dense"`` (kept apart from a LoRA
-    label); replay-prep then makes the key name the dense graph exactly when the step is short, and plans the
-    wrappers that graph was captured with (a parent that, like SGLang's FlashInfer backends, builds new ones
-    per capture). Without a threshold the hooks change nothing."""
+    size is captured once per step mode, the dense modes' graphs under their ``variant_label`` (kept apart from
+    a LoRA label); replay-prep then makes the key name the step's mode's graph, and plans the wrappers that
+    graph was captured with (a parent that, like SGLang's FlashInfer backends, builds new ones per capture).
+    Without a threshold the hooks change nothing."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
     from sglang.srt.model_executor.runner.shape_key import ShapeKey
 
     from vortex_torch.engine.sgl import plugin
+    from vortex_torch.engine.sgl.step_modes import DENSE, DENSE_CACHE, GRAPH_LABELS, SPARSE, STEP_MODES
 
     def make_key(runner: Any, size: int, label: str | None = None) -> Any:
         key = ShapeKey(size=size, variant_label=label)
@@ -358,7 +371,7 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
         for bs in (2, 1):
             backend = runner.attn_backend
             backend.init_forward_metadata_out_graph(batch(bs, 1), in_capture=True)
-            runner.graphs[make_key(runner, bs)] = backend.vortex_dense_step
+            runner.graphs[make_key(runner, bs)] = backend.vortex_step_mode
             runner.wrappers[make_key(runner, bs)] = backend.planned  # what the graph's kernels were captured with
 
     for threshold in (0, 64):
@@ -367,19 +380,36 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
         backend.init_cuda_graph_state(4, 4)
         runner = SimpleNamespace(attn_backend=backend, graphs={}, wrappers={})
         plugin._around_capture_one_stream(capture_one_stream, runner)
-        assert backend.vortex_capture_dense is None
+        assert backend.vortex_capture_mode is None
         if threshold == 0:
-            assert runner.graphs == {ShapeKey(size=2): False, ShapeKey(size=1): False}
+            assert runner.graphs == {ShapeKey(size=2): SPARSE, ShapeKey(size=1): SPARSE}
             assert not backend.vortex_dense_graphs
             continue
         assert backend.vortex_dense_graphs
         assert runner.graphs == {
-            ShapeKey(size=2): False, ShapeKey(size=1): False,
-            ShapeKey(size=2, variant_label="vortex-dense"): True, ShapeKey(size=1, variant_label="vortex-dense"): True,
-        }  # fmt: skip
-        assert len({id(w) for w in runner.wrappers.values()}) == 4  # each graph its own wrappers
-        for length, dense in ((threshold - 1, True), (threshold, False), (threshold - 1, True)):
+            ShapeKey(size=bs, variant_label=GRAPH_LABELS[mode]): mode for mode in STEP_MODES for bs in (1, 2)
+        }
+        assert len({id(w) for w in runner.wrappers.values()}) == 6  # each graph its own wrappers
+        block = backend.vortex_core.layout.block_size
+        # threshold 64: 61 tokens (no block completes), 60 (the new token ends block 15), 64 (not below it)
+        for length, mode in ((threshold - 3, DENSE), (threshold - block, DENSE_CACHE), (threshold, SPARSE),
+                             (threshold - 3, DENSE)):  # fmt: skip
             backend.init_forward_metadata_out_graph(batch(2, length))
-            assert runner.graphs[make_key(runner, 2)] is dense
+            assert runner.graphs[make_key(runner, 2)] == mode
             assert backend.planned is runner.wrappers[make_key(runner, 2)]  # the replayed graph's own, re-planned
-            assert make_key(runner, 2, "lora").variant_label == ("lora+vortex-dense" if dense else "lora")
+            label = GRAPH_LABELS[mode]
+            assert make_key(runner, 2, "lora").variant_label == ("lora" if label is None else f"lora+{label}")
+
+
+def test_host_step_mode() -> None:
+    """A step is dense when every request (padding rows: length 1) is below the threshold, and updates the
+    cache when one of them just completed a block (a length that is a multiple of the block size)."""
+    from vortex_torch.engine.sgl.step_modes import DENSE, DENSE_CACHE, SPARSE, host_step_mode
+
+    lens = torch.tensor([5, 17, 30, 1, 1])  # 3 requests, 2 padding rows
+    assert host_step_mode(lens, 3, 31, 4) == DENSE
+    assert host_step_mode(lens, 3, 30, 4) == SPARSE  # 30 is not below 30
+    assert host_step_mode(lens, 3, 0, 4) == SPARSE  # no threshold
+    assert host_step_mode(torch.tensor([5, 16, 30]), 3, 31, 4) == DENSE_CACHE  # token 16 ends block 3
+    assert host_step_mode(torch.tensor([5, 16, 30]), 1, 31, 4) == DENSE  # the batch is row 0 only
+    assert host_step_mode(lens, 5, 31, 1) == DENSE_CACHE  # block size 1: every token completes a block

@@ -41,11 +41,9 @@ from .errors import VortexSGLangError
 from .flashinfer_decode import FlashInferSparseDecode
 from .flow_spec import PreparedFlow, prepare_flow
 from .planner import DecodePlan, DecodePlanBuffers, count_completed_blocks
+from .step_modes import DENSE_CACHE, GRAPH_LABELS, SPARSE, host_step_mode
 
 log = logging.getLogger("vortex_torch.engine.sgl")
-
-#: the ``ShapeKey.variant_label`` of the dense decode graphs (``sparse_decode_threshold``)
-DENSE_GRAPH_LABEL = "vortex-dense"
 
 
 class VortexBackendMixin:
@@ -57,7 +55,7 @@ class VortexBackendMixin:
     """
 
     vortex_backend: ClassVar[bool] = True
-    #: the parent's per-batch-size CUDA-graph state kept apart for the dense graphs (_vortex_use_graph_state)
+    #: the parent's per-batch-size CUDA-graph state kept apart per step mode (_vortex_use_graph_state)
     _vortex_graph_state_attrs: ClassVar[tuple[str, ...]] = ("decode_cuda_graph_metadata",)
     token_to_kv_pool: Any
     req_to_token_pool: Any
@@ -98,16 +96,17 @@ class VortexBackendMixin:
         self._vortex_logit_cap_checked: set[int] = set()
         #: VortexConfig.sparse_decode_threshold: decode steps whose requests are all shorter decode densely
         self.vortex_dense_threshold = int(self.vortex_core.config.sparse_decode_threshold)
-        #: this step decodes densely (every layer the parent's; Vortex only updates the block summaries)
-        self.vortex_dense_step = False
-        #: the mode being captured into a CUDA graph (True: dense), set by the graph runner hook
-        #: (plugin.capture_decode_graphs); None outside capture
-        self.vortex_capture_dense: bool | None = None
-        #: dense decode graphs were captured beside the sparse ones (a dense step may replay one)
+        #: this step's mode (:mod:`.step_modes`): sparse, or dense (every layer the parent's) with or without
+        #: the cache update of the blocks it completes
+        self.vortex_step_mode = SPARSE
+        #: the mode being captured into a CUDA graph, set by the graph runner hook (plugin hook 7); None outside
+        #: capture
+        self.vortex_capture_mode: str | None = None
+        #: the dense modes' graphs were captured beside the sparse ones (a dense step may replay one)
         self.vortex_dense_graphs = False
         self._vortex_warned_no_host_lens = False
-        #: attribute -> {dense: the parent's per-batch-size graph state for those graphs}
-        self._vortex_graph_states: dict[str, dict[bool, Any]] = {}
+        #: attribute -> {step mode: the parent's per-batch-size graph state for that mode's graphs}
+        self._vortex_graph_states: dict[str, dict[str, Any]] = {}
 
     def _vortex_setup(self, runner: Any, config: VortexConfig) -> None:
         pool = self.token_to_kv_pool
@@ -241,50 +240,36 @@ class VortexBackendMixin:
         itself). The FlashInfer backend's ``exact_attention`` mode returns FlashInfer's decode here."""
         return None
 
-    def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None, dense: bool) -> None:
-        """Per batch, on the host: record whether the step decodes densely (:meth:`_vortex_dense_mode`); for a
-        sparse decode step only remember what the first sparse layer plans from, or launch the plan now, before
-        the graph replay (:meth:`_vortex_plan_before_replay`)."""
+    @property
+    def vortex_dense_step(self) -> bool:
+        """This decode step runs the parent's decode in every layer (``sparse_decode_threshold``)."""
+        return self.vortex_step_mode != SPARSE
+
+    def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None, mode: str) -> None:
+        """Per batch, on the host: record the step's mode (:meth:`_vortex_mode_of`); for a sparse decode step
+        only remember what the first sparse layer plans from, or launch the plan now, before the graph replay
+        (:meth:`_vortex_plan_before_replay`)."""
         self.vortex_plan = None
         self._vortex_pending = None
-        self.vortex_dense_step = dense
-        if dense or not forward_batch.forward_mode.is_decode():
+        self.vortex_step_mode = mode
+        if mode != SPARSE or not forward_batch.forward_mode.is_decode():
             return
         if self._vortex_plan_before_replay():
             self.vortex_plan = self._vortex_plan_for(forward_batch, buffers)
         else:
             self._vortex_pending = (forward_batch, buffers)
 
-    def _vortex_dense_mode(self, forward_batch: Any, *, graph: bool, in_capture: bool = False) -> bool:
-        """Whether this decode batch runs densely: in a capture, the graph being captured (the capture hook's
-        ``vortex_capture_dense``; None, no hook: the sparse graph only); at a graph replay, a short step
-        (:meth:`_vortex_short_step`) when dense graphs were captured; eager, a short step."""
-        if not forward_batch.forward_mode.is_decode():
-            return False
+    def _vortex_mode_of(self, forward_batch: Any, *, graph: bool, in_capture: bool = False) -> str:
+        """The batch's step mode: in a capture, the graph being captured (the capture hook's
+        ``vortex_capture_mode``; None, no hook: the sparse graph only); at a graph replay, when the dense graphs
+        were captured, and eager, :func:`.step_modes.host_step_mode` of the host copy of the lengths SGLang
+        keeps (``seq_lens_cpu``: no sync). Without that copy a step stays sparse, with one warning."""
+        if not forward_batch.forward_mode.is_decode() or self.vortex_dense_threshold <= 0:
+            return SPARSE
         if in_capture:
-            return bool(self.vortex_capture_dense)
+            return self.vortex_capture_mode or SPARSE
         if graph and not self.vortex_dense_graphs:
-            return False
-        return self._vortex_short_step(forward_batch)
-
-    def _vortex_use_graph_state(self, dense: bool) -> None:
-        """Point the parent's per-batch-size CUDA-graph state (``_vortex_graph_state_attrs``) at the dense or the
-        sparse graphs' own copy. SGLang's FlashInfer backends build new decode wrappers for a batch size at every
-        capture and plan, at replay, the ones stored for that size: a dense graph captured after the sparse one
-        of the same size would otherwise leave the sparse graph's wrappers (its dense ``layers_skip`` layers) never
-        planned again."""
-        for attr in self._vortex_graph_state_attrs:
-            if not hasattr(self, attr):
-                continue
-            copies = self._vortex_graph_states.setdefault(attr, {False: getattr(self, attr)})
-            setattr(self, attr, copies.setdefault(dense, {}))
-
-    def _vortex_short_step(self, forward_batch: Any) -> bool:
-        """Every request of the decode batch is shorter than ``sparse_decode_threshold`` tokens, read from the
-        host copy of the lengths SGLang keeps (``seq_lens_cpu``; CUDA-graph padding rows hold 1): no sync."""
-        threshold = self.vortex_dense_threshold
-        if threshold <= 0:
-            return False
+            return SPARSE
         seq_cpu = getattr(forward_batch, "seq_lens_cpu", None)
         if seq_cpu is None:
             if not self._vortex_warned_no_host_lens:
@@ -292,16 +277,29 @@ class VortexBackendMixin:
                 log.warning(
                     "sparse_decode_threshold=%d is not applied: SGLang gave this decode batch no host copy of its "
                     "lengths (seq_lens_cpu), and reading them from the GPU would stall every step; such steps "
-                    "decode sparsely", threshold,
+                    "decode sparsely", self.vortex_dense_threshold,
                 )  # fmt: skip
-            return False
-        bs = int(forward_batch.batch_size)
-        return bs > 0 and int(seq_cpu[:bs].max()) < threshold
+            return SPARSE
+        return host_step_mode(
+            seq_cpu, int(forward_batch.batch_size), self.vortex_dense_threshold, self.vortex_core.layout.block_size
+        )
+
+    def _vortex_use_graph_state(self, mode: str) -> None:
+        """Point the parent's per-batch-size CUDA-graph state (``_vortex_graph_state_attrs``) at the step mode's
+        own copy. SGLang's FlashInfer backends build new decode wrappers for a batch size at every capture and
+        plan, at replay, the ones stored for that size: a dense graph captured after the sparse one of the same
+        size would otherwise leave the sparse graph's wrappers (its dense ``layers_skip`` layers) never planned
+        again."""
+        for attr in self._vortex_graph_state_attrs:
+            if not hasattr(self, attr):
+                continue
+            copies = self._vortex_graph_states.setdefault(attr, {SPARSE: getattr(self, attr)})
+            setattr(self, attr, copies.setdefault(mode, {}))
 
     def vortex_graph_label(self) -> str | None:
-        """The CUDA-graph variant this decode step replays (None: the sparse graph, SGLang's key unchanged;
-        ``"vortex-dense"``: the dense one). Read by the graph runner hook after replay-prep."""
-        return DENSE_GRAPH_LABEL if self.vortex_dense_step else None
+        """The ``ShapeKey.variant_label`` of the CUDA graphs of this step's mode (None: the sparse graphs,
+        SGLang's key unchanged). Read by the graph runner hook after replay-prep."""
+        return GRAPH_LABELS[self.vortex_step_mode]
 
     def _vortex_plan_before_replay(self) -> bool:
         """Whether the step's plan is made here, in the replay-prep hook, rather than by the first sparse layer
@@ -318,7 +316,7 @@ class VortexBackendMixin:
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self._vortex_parent().init_forward_metadata(forward_batch)
-        self._vortex_begin_batch(forward_batch, None, self._vortex_dense_mode(forward_batch, graph=False))
+        self._vortex_begin_batch(forward_batch, None, self._vortex_mode_of(forward_batch, graph=False))
         if forward_batch.forward_mode.is_decode() and self._vortex_dumper is not None:
             self._vortex_dumper.next_step()  # eager decode steps only: graph replays cannot be dumped
 
@@ -334,12 +332,12 @@ class VortexBackendMixin:
     def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
         if self.vortex_buffers is None:
             self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
-            self.vortex_plan, self._vortex_pending, self.vortex_dense_step = None, None, False
+            self.vortex_plan, self._vortex_pending, self.vortex_step_mode = None, None, SPARSE
             return
-        dense = self._vortex_dense_mode(forward_batch, graph=True, in_capture=in_capture)
-        self._vortex_use_graph_state(dense)  # before the parent captures or plans into it
+        mode = self._vortex_mode_of(forward_batch, graph=True, in_capture=in_capture)
+        self._vortex_use_graph_state(mode)  # before the parent captures or plans into it
         self._vortex_parent().init_forward_metadata_out_graph(forward_batch, in_capture)
-        self._vortex_begin_batch(forward_batch, self.vortex_buffers, dense)
+        self._vortex_begin_batch(forward_batch, self.vortex_buffers, mode)
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _vortex_sparse(self, layer: Any) -> bool:
@@ -351,11 +349,11 @@ class VortexBackendMixin:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
         save_kv_cache: bool, **kwargs: Any,
     ) -> torch.Tensor:  # fmt: skip
-        """The parent's decode; in a dense step (``sparse_decode_threshold``) a sparse layer then summarises the
-        blocks this token completes (one launch, completion decided on the GPU), so that the summaries are
-        whole when a later step decodes sparsely."""
+        """The parent's decode; in a dense step in which a request completes a block (``DENSE_CACHE``) a flow
+        layer then summarises the completed blocks (one launch, which finds them on the GPU), so that the
+        summaries are whole when a later step decodes sparsely."""
         o = self._vortex_parent().forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
-        if self.vortex_dense_step and k is not None and self._vortex_sparse(layer):
+        if self.vortex_step_mode == DENSE_CACHE and k is not None and self._vortex_sparse(layer):
             self.vortex_core.update_cache(self._vortex_fields(layer), forward_batch.out_cache_loc)
         return o
 

@@ -137,8 +137,8 @@ class VortexConfig:
     #: in every layer (the base backend's kernels; Vortex only keeps the block summaries up to date), as SGLang's
     #: double sparsity does with ``--ds-sparse-decode-threshold``: below some length a sparse step reads fewer
     #: bytes but costs more than a dense one. The choice is made per step on the host, from the lengths SGLang
-    #: already holds there, between two CUDA graphs captured per batch size (dense and sparse). 0 (default):
-    #: every step sparse, the original project's behaviour
+    #: already holds there, between CUDA graphs captured per batch size and step mode (:mod:`.step_modes`). 0
+    #: (default): every step sparse, the original project's behaviour
     sparse_decode_threshold: int = 0
 
     def __post_init__(self) -> None:

@@ -25,9 +25,9 @@ The hooks (all inactive unless a ``VortexConfig`` was given, i.e. ``server_args.
  6    ``models.utils.enable_fused_set_kv_buffer``                                      AROUND ``False`` under Vortex
  7    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._capture_one_stream``    AROUND with sparse_decode_threshold:
                                                                                               captures every batch size
-                                                                                              twice, sparse then dense
- 8    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._make_graph_key``        AFTER  the dense graphs' keys get
-                                                                                              variant "vortex-dense"
+                                                                                              once per step mode
+ 8    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._make_graph_key``        AFTER  dense modes' keys get their
+                                                                                              variant label
 ==== =============================================================================== ====== ===============================
 
 Hook 4 stands for the map's "swap ``ATTENTION_BACKENDS['flashinfer'|'triton']``": the function is the only
@@ -35,8 +35,8 @@ reader of that dict for full-attention backends, and hooking it keeps :func:`reg
 the dict entries would import the attention registry, and with it most of SGLang, inside ``register``).
 The aux fields need no pool subclass (map hook 7): they live beside the pool (:mod:`.aux_store`).
 Hooks 7 and 8 (module paths under ``sglang.srt.model_executor``) act only for a Vortex backend with
-``sparse_decode_threshold > 0``: the step's graph is chosen in replay-prep, where the backend decides from the
-host copy of the lengths whether the step is dense, just before the runner builds the key it replays.
+``sparse_decode_threshold > 0``: the step's graph is chosen in replay-prep, where the backend decides its mode
+from the host copy of the lengths (:mod:`.step_modes`), just before the runner builds the key it replays.
 """
 
 from __future__ import annotations
@@ -269,17 +269,19 @@ def _around_capture_one_stream(original: Callable[..., Any], runner: Any, *args:
     backend = _dense_capable_backend(runner)
     if backend is None:
         return original(runner, *args, **kwargs)
+    from .step_modes import STEP_MODES
+
     try:
-        for dense in (False, True):
-            backend.vortex_capture_dense = dense
+        for mode in STEP_MODES:
+            backend.vortex_capture_mode = mode
             log.info(
                 "Vortex: capturing the %s decode graphs (sparse_decode_threshold=%d: steps whose requests are all "
-                "shorter replay the dense ones)", "dense" if dense else "sparse", backend.vortex_dense_threshold,
+                "shorter replay a dense one)", mode, backend.vortex_dense_threshold,
             )  # fmt: skip
             original(runner, *args, **kwargs)
         backend.vortex_dense_graphs = True
     finally:
-        backend.vortex_capture_dense = None
+        backend.vortex_capture_mode = None
     return None
 
 

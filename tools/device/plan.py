@@ -24,8 +24,8 @@ machine skips SGLang's and FlashInfer's JIT):
 - ``e2e``: 36 layers of Qwen3-8B geometry end to end, overlap off, budgets 512 and 2048, with per-step profiles;
 - ``e2e-dense``: 2k and 8k cases, budget 512, with ``sparse_decode_threshold=16384`` (every step dense);
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
-- ``engines``, ``engines-eq``, ``engines-sparse``, ``engines2``: the SGLang engine suites (quick start and HTTP;
-  dense equivalence; sparse; MLA, fp8 and ``vortex eval``);
+- ``engines``, ``engines-eq``, ``engines-sparse``, ``engines2``, ``eval``: the SGLang engine suites (quick start
+  and HTTP; dense equivalence; sparse; MLA and fp8; ``vortex eval``);
 - ``mla-e2e``: 27 layers of DeepSeek-V2-Lite geometry end to end;
 - ``extra``: compute-sanitizer over the kernel tests, then the contrib flows bench;
 - ``tp-suite``, ``tp-bench``: tensor parallelism, on the 2-GPU kind (``"kind": "nvidia-h200-x2"``).
@@ -138,8 +138,10 @@ STEPS: dict[str, list[Sub]] = {
         sub("suite", "suite tests/gpu/test_sglang_sparse.py -q -rf", 580, 240, "tiny"),
     ],
     "engines2": [
-        sub("suite", "suite tests/gpu/test_sglang_mla.py tests/gpu/test_sglang_fp8.py tests/gpu/test_vortex_eval.py "
-            "-q -rf", 580, 240, "tiny"),
+        sub("suite", "suite tests/gpu/test_sglang_mla.py tests/gpu/test_sglang_fp8.py -q -rf", 580, 240, "tiny"),
+    ],
+    "eval": [  # vortex eval: a transformers model on cuda and three SGLang servers (est. 5-8 min warm)
+        sub("suite", "suite tests/gpu/test_vortex_eval.py -q -rf", 580, 240, "tiny"),
     ],
     "mla-e2e": [
         sub("e2e", f"{E2E} {DSV2} --cases 8192x1 8192x16 32768x1 32768x16 --engines plain vortex --budgets 512 "

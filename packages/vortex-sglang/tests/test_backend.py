@@ -362,10 +362,11 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
         key = ShapeKey(size=size, variant_label=label)
         return plugin._after_make_graph_key(key, runner, size, None, label) or key
 
-    def batch(bs: int, length: int) -> Any:
-        lens = torch.full((bs,), length)
+    def batch(bs: int, length: int, padding: int = 0) -> Any:  # as SGLang's replay view: padding rows hold 1
+        lens = torch.tensor([length] * (bs - padding) + [1] * padding)
         return SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=bs, req_pool_indices=torch.ones(bs, dtype=torch.long),
-                               seq_lens=lens, seq_lens_cpu=lens, out_cache_loc=torch.zeros(bs, dtype=torch.long))  # fmt: skip
+                               seq_lens=lens, seq_lens_cpu=lens, out_cache_loc=torch.zeros(bs, dtype=torch.long),
+                               num_padding=padding)  # fmt: skip
 
     def capture_one_stream(runner: Any) -> None:  # SGLang's loop: replay-prep, then the key, per batch size
         for bs in (2, 1):
@@ -392,9 +393,9 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
         assert len({id(w) for w in runner.wrappers.values()}) == 6  # each graph its own wrappers
         block = backend.vortex_core.layout.block_size
         # threshold 64: 61 tokens (no block completes), 60 (the new token ends block 15), 64 (not below it)
-        for length, mode in ((threshold - 3, DENSE), (threshold - block, DENSE_CACHE), (threshold, SPARSE),
-                             (threshold - 3, DENSE)):  # fmt: skip
-            backend.init_forward_metadata_out_graph(batch(2, length))
+        for length, mode, padding in ((threshold - 3, DENSE, 0), (threshold - block, DENSE_CACHE, 0),
+                                      (threshold, SPARSE, 1), (threshold - 3, DENSE, 1)):  # fmt: skip
+            backend.init_forward_metadata_out_graph(batch(2, length, padding))
             assert runner.graphs[make_key(runner, 2)] == mode
             assert backend.planned is runner.wrappers[make_key(runner, 2)]  # the replayed graph's own, re-planned
             label = GRAPH_LABELS[mode]

@@ -280,9 +280,9 @@ class VortexBackendMixin:
                     "decode sparsely", self.vortex_dense_threshold,
                 )  # fmt: skip
             return SPARSE
-        return host_step_mode(
-            seq_cpu, int(forward_batch.batch_size), self.vortex_dense_threshold, self.vortex_core.layout.block_size
-        )
+        # the batch's own requests: a CUDA-graph replay pads the batch with ``num_padding`` rows of length 1
+        rows = int(forward_batch.batch_size) - int(getattr(forward_batch, "num_padding", 0) or 0)
+        return host_step_mode(seq_cpu, rows, self.vortex_dense_threshold, self.vortex_core.layout.block_size)
 
     def _vortex_use_graph_state(self, mode: str) -> None:
         """Point the parent's per-batch-size CUDA-graph state (``_vortex_graph_state_attrs``) at the step mode's

@@ -23,7 +23,7 @@ GRAPH_LABELS: dict[str, str | None] = {SPARSE: None, DENSE: "vortex-dense", DENS
 
 def host_step_mode(seq_lens_cpu: torch.Tensor, batch_size: int, threshold: int, block_size: int) -> str:
     """The mode of a decode step whose requests have lengths ``seq_lens_cpu[:batch_size]`` (host int tensor, the
-    step's new token included; CUDA-graph padding rows hold 1): :data:`SPARSE` unless every length is below
+    step's new token included; the batch's own requests, not CUDA-graph padding): :data:`SPARSE` unless every length is below
     ``threshold``; then :data:`DENSE_CACHE` when some length is a multiple of ``block_size`` (the new token is
     the last of its block, whose summary is written now), else :data:`DENSE`."""
     lens = seq_lens_cpu[:batch_size]

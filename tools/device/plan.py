@@ -21,7 +21,8 @@ machine skips SGLang's and FlashInfer's JIT):
 - ``layer2``: the HBM probes (``bw_probe.py``: is a 2 KiB row gather, all KV heads of a page, faster than
   256 B rows?), the attention sweep at 32k x 32 and at 2k x 1 (budget 512), and the MLA bench, bf16 and fp8;
 - ``ncu``: Nsight Compute over one decode step (``tools/bench/ncu_step.py``), GQA, budget 512, MLA, fp8 MLA;
-- ``e2e``: 36 layers of Qwen3-8B geometry end to end, overlap off, budgets 512 and 2048, with per-step profiles;
+- ``e2e``, ``e2e-2048``: 36 layers of Qwen3-8B geometry end to end, overlap off, budget 512 (with per-step
+  profiles), then budget 2048;
 - ``e2e-dense``: 2k and 8k cases, budget 512, with ``sparse_decode_threshold=16384`` (every step dense);
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
 - ``engines``, ``engines-eq``, ``engines-sparse``, ``engines2``, ``eval``: the SGLang engine suites (quick start
@@ -110,9 +111,15 @@ STEPS: dict[str, list[Sub]] = {
         sub("ncumla", f"{NCU} --mla --cases 32768x16 --out-dir {{out}}", 100, 50),
         sub("ncumla8", f"{NCU} --mla --kv-dtype fp8_e4m3 --cases 32768x16 --out-dir {{out}}", 100, 50),
     ],
+    # one Vortex engine per call: on a cold H100 the plain engine alone (start, first prefill's JIT, six cases)
+    # took 370 s (results/gpu/2026-12-05-h100-runs.md)
     "e2e": [
         sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 32768x1 32768x16 --engines plain vortex "
-            f"--budgets 512 2048 --steps 32 --profile-steps 8 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
+            f"--budgets 512 --steps 32 --profile-steps 8 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
+    ],
+    "e2e-2048": [
+        sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 32768x1 32768x16 --engines plain vortex --budgets 2048 "
+            f"--steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
     ],
     # short contexts only (every step dense): on a cold H100 the plain engine's start, first prefill (JIT) and
     # 32k x 16 case alone took 370 s (results/gpu/2026-12-05-h100-runs.md); the 32k steps are `e2e`'s

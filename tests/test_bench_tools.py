@@ -313,10 +313,10 @@ def test_pdl_engines_are_vortex_engines_with_enable_pdl_compared_to_the_same_pla
         ("plain:overlap", None, True), ("vortex512:overlap:pdl", True, True),
     ]  # fmt: skip
     dense = decode_bench.engine_plan(["vortex:dense8192", "vortex:overlap:pdl:dense4096"], [512])
-    assert [(n, c["sparse_decode_threshold"], c["enable_pdl"], o) for n, c, o in dense] == [
+    assert [(n, c["sparse_decode_min_tokens"], c["enable_pdl"], o) for n, c, o in dense] == [
         ("vortex512:dense8192", 8192, False, False), ("vortex512:overlap:pdl:dense4096", 4096, True, True),
     ]  # fmt: skip
-    assert "sparse_decode_threshold" not in engines[1][1]  # the quick start's config, untouched
+    assert "sparse_decode_min_tokens" not in engines[1][1]  # the quick start's config, untouched
     for bad in ("plain:pdl", "vortex:pdl:pdl", "vortex:pdl:fast", "plain:dense4096", "vortex:dense", "vortex:dense0",
                 "vortex:dense4096:dense8192", "vortex:dense-1"):  # fmt: skip
         with pytest.raises(SystemExit, match=f"unknown {bad!r}"):
@@ -324,9 +324,9 @@ def test_pdl_engines_are_vortex_engines_with_enable_pdl_compared_to_the_same_pla
     result, _ = run_engines(["plain", "vortex:pdl", "plain:overlap", "vortex:overlap:pdl"], [512], [(2048, 1)], [], 60)
     rows = {(r["overlap"], r["pdl"]): r for r in decode_bench.e2e_rows(result)}
     assert set(rows) == {(False, True), (True, True)}
-    assert {r["sparse_decode_threshold"] for r in rows.values()} == {0}
+    assert {r["sparse_decode_min_tokens"] for r in rows.values()} == {0}
     dense_run, _ = run_engines(["plain", "vortex", "vortex:dense8192"], [512], [(2048, 1)], [], 60)
-    by_threshold = {r["sparse_decode_threshold"]: r for r in decode_bench.e2e_rows(dense_run)}
+    by_threshold = {r["sparse_decode_min_tokens"]: r for r in decode_bench.e2e_rows(dense_run)}
     assert set(by_threshold) == {0, 8192}  # both against the same plain engine
     assert {r["plain_tok_s"] for r in by_threshold.values()} == {dense_run["engines"]["plain"][0]["tok_per_s"]}
     assert by_threshold[8192]["vortex_tok_s"] == dense_run["engines"]["vortex512:dense8192"][0]["tok_per_s"]

@@ -68,7 +68,7 @@ def test_pdl_rows_are_cases_of_their_own(tmp_path: Path, capsys: pytest.CaptureF
     tp2 = [{**r, "tp_size": 2} for r in rows()]  # a tp 2 run of the same cases: lines of their own
     assert plot_e2e.main([write(tmp_path / "d.json", rows() + tp2), "--out", str(out)]) == 0
     assert "10 points" in capsys.readouterr().out
-    dense = [{**r, "sparse_decode_threshold": 8192} for r in rows()]  # a vortex:dense8192 engine: its own line
+    dense = [{**r, "sparse_decode_min_tokens": 8192} for r in rows()]  # a vortex:dense8192 engine: its own line
     assert plot_e2e.main([write(tmp_path / "e.json", rows() + dense), "--out", str(out)]) == 0
     assert "10 points" in capsys.readouterr().out
 
@@ -95,7 +95,7 @@ def test_a_missing_key_is_one_line_naming_it(
         ([{**rows()[0], "overlap": "no"}], "key 'overlap' must be true or false"),
         ([{**rows()[0], "pdl": 1}], "key 'pdl' must be true or false"),
         ([{**rows()[0], "tp_size": 0}], "key 'tp_size' must be a positive integer"),
-        ([{**rows()[0], "sparse_decode_threshold": True}], "key 'sparse_decode_threshold' must be an integer >= 0"),
+        ([{**rows()[0], "sparse_decode_min_tokens": True}], "key 'sparse_decode_min_tokens' must be an integer >= 0"),
         ([{**rows()[0], "plain_tok_s": -1}], "key 'plain_tok_s' must be a positive number or null"),
         ([{**rows()[0], "vortex_tok_s": None}], "nothing to plot"),
     ],

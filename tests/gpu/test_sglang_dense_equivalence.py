@@ -18,11 +18,11 @@ Settings:
   identical up to a divergence at such a near-tie of the reference, with log-probs close before it.
 * ``bf16-flashinfer-pdl``: the quick start's path with ``enable_pdl=True`` (every Vortex kernel launched with
   programmatic dependent launch, inside SGLang's decode CUDA graph; sm_90+): the same bar as ``bf16-flashinfer``.
-* ``bf16-flashinfer-dense-below``: the quick start's path with ``sparse_decode_threshold=DENSE_BELOW``, between
-  the longest prompt and its end: the batches of ``mixed`` and ``small`` decode their first steps densely (the
-  dense CUDA graph, or eagerly), then sparsely; ``prefix`` never leaves the dense steps. The same bar as
-  ``bf16-flashinfer``, and ``prefix`` must be token-identical to plain SGLang with log-probs equal to 1e-3
-  (dense steps run plain SGLang's kernels).
+* ``bf16-flashinfer-dense-below``: the quick start's path with ``sparse_decode_min_tokens=MIN_TOKENS``: the
+  batch of ``small`` (2500 tokens in all, 3 more per step) decodes its first 13 steps densely from the dense CUDA
+  graphs, then sparsely; ``mixed`` (3653 tokens) decodes sparsely and eagerly throughout; ``prefix`` (1224) never
+  leaves the dense steps. The same bar as ``bf16-flashinfer``, and ``prefix`` must be token-identical to plain
+  SGLang with log-probs equal to 1e-3 (dense steps run plain SGLang's kernels).
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ class Setting:
     logprob_atol: float
     exact_attention: bool = False
     enable_pdl: bool = False
-    sparse_decode_threshold: int = 0
+    sparse_decode_min_tokens: int = 0
 
 
-#: a length the batches of ``mixed`` and ``small`` cross while decoding (longest prompt 1500, MAX_NEW tokens more)
-DENSE_BELOW = 1510
+#: a total the batch of ``small`` crosses while decoding (prompts of 300 + 700 + 1500 tokens, MAX_NEW more each)
+MIN_TOKENS = 2540
 
 SETTINGS = {
     "bf16-flashinfer-exact": Setting("flashinfer", "bfloat16", strict=True, logprob_atol=1e-3, exact_attention=True),
@@ -72,7 +72,7 @@ SETTINGS = {
     "bf16-triton": Setting("triton", "bfloat16", strict=False, logprob_atol=0.15),
     "bf16-flashinfer-pdl": Setting("flashinfer", "bfloat16", strict=False, logprob_atol=0.15, enable_pdl=True),
     "bf16-flashinfer-dense-below": Setting("flashinfer", "bfloat16", strict=False, logprob_atol=0.15,
-                                           sparse_decode_threshold=DENSE_BELOW),
+                                           sparse_decode_min_tokens=MIN_TOKENS),
 }  # fmt: skip
 
 
@@ -93,7 +93,7 @@ def run(setting: Setting, vortex: bool) -> dict[str, list[Gen]]:
         kwargs["vortex"] = {
             **FULL_BUDGET_VORTEX, "attention_backend": setting.backend, "dtype": setting.dtype,
             "exact_attention": setting.exact_attention, "enable_pdl": setting.enable_pdl,
-            "sparse_decode_threshold": setting.sparse_decode_threshold,
+            "sparse_decode_min_tokens": setting.sparse_decode_min_tokens,
         }  # fmt: skip
     else:
         kwargs["disable_prefill_cuda_graph"] = True  # the same prefill path as under Vortex
@@ -134,10 +134,10 @@ def test_prefix_cache_hit(name: str) -> None:
 
 
 def test_dense_steps_are_plain_sglang() -> None:
-    """Every step of ``prefix`` (1224 + MAX_NEW tokens) is below the threshold: plain SGLang's kernels in plain
-    SGLang's order (the dense CUDA graph, or eager), so its tokens are plain SGLang's exactly."""
+    """Every step of ``prefix`` (1224 + MAX_NEW tokens) holds fewer than MIN_TOKENS tokens: plain SGLang's
+    kernels in plain SGLang's order (the dense CUDA graph), so its tokens are plain SGLang's exactly."""
     plain, dense = _RUNS.get("bf16-flashinfer-dense-below/plain"), _RUNS.get("bf16-flashinfer-dense-below/vortex")
     (ref,), (got,) = plain["prefix"], dense["prefix"]
-    assert len(ref.tokens) + 1224 < DENSE_BELOW
+    assert len(ref.tokens) + 1224 < MIN_TOKENS
     assert got.tokens == ref.tokens
     assert max(abs(a - b) for a, b in zip(ref.logprobs, got.logprobs, strict=True)) <= 1e-3

@@ -6,7 +6,7 @@ The model is ``$VORTEX_TINY_MLA_MODEL`` when set, else built here once (CPU init
 * full budget (every block of every row selected) => greedy tokens equal plain SGLang's, on ``triton`` and
   ``flashinfer`` (up to near-ties: Vortex's MLA kernel keeps softmax weights fp32, the base kernels do not);
 * sparse budget, CUDA graph == eager (the in-graph plan and cache update replay correctly);
-* ``sparse_decode_threshold`` crossed while decoding (dense steps, then full budget) => plain SGLang's tokens;
+* ``sparse_decode_min_tokens`` crossed while decoding (dense steps, then full budget) => plain SGLang's tokens;
 * sparse budget, SGLang == the CPU reference runtime: the same checkpoint greedy-decoded by Hugging Face through
   absorbed MLA over ``MLAReferenceRuntime`` with the same flow and budget (``greedy_generate_mla``) gives the same
   tokens (up to near-ties), i.e. the selections SGLang made are the reference's.
@@ -78,13 +78,13 @@ def test_sparse_cuda_graph_equals_eager(mla_model: str, backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["triton", "flashinfer"])
 def test_dense_steps_below_the_threshold_then_sparse(mla_model: str, backend: str) -> None:
-    """``sparse_decode_threshold`` on SGLang's MLA paths: the batch's first steps (every request below 1508
-    tokens) run SGLang's own MLA decode from their own CUDA graphs (three per batch size, the FlashInfer MLA
-    wrappers kept per step mode), the rest Vortex's at full budget: greedy tokens as plain SGLang's."""
-    batch = prompts(LENGTHS[:4], seed=5)  # 37, 300, 700, 1500 tokens, MAX_NEW more: the batch crosses 1508
+    """``sparse_decode_min_tokens`` on SGLang's MLA paths: the batch's first 8 steps (below 2570 tokens in all)
+    run SGLang's own MLA decode from their own CUDA graphs (three per batch size, the FlashInfer MLA wrappers
+    kept per step mode), the rest Vortex's at full budget: greedy tokens as plain SGLang's."""
+    batch = prompts(LENGTHS[:4], seed=5)  # 2537 tokens in all, 4 more per step: the batch crosses 2570
     plain = run(mla_model, backend, None, batch)
-    crossing = run(mla_model, backend, {**FULL, "sparse_decode_threshold": 1508}, batch)
-    assert_all_close(plain, crossing, f"MLA dense below 1508 then full budget vs plain SGLang ({backend})")
+    crossing = run(mla_model, backend, {**FULL, "sparse_decode_min_tokens": 2570}, batch)
+    assert_all_close(plain, crossing, f"MLA dense below 2570 tokens then full budget vs plain SGLang ({backend})")
 
 
 def test_sparse_sglang_equals_reference_runtime(mla_model: str) -> None:

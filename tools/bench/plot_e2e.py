@@ -4,13 +4,13 @@
     python tools/bench/plot_e2e.py a.json b.json --merged-out results/gpu/<date>-e2e-decode.json --out ...
 
 Input: one or more JSON files, each a list of rows ``{ctx, batch, budget_tokens, overlap, plain_tok_s,
-vortex_tok_s}`` and optionally ``pdl``, ``tp_size`` and ``sparse_decode_threshold`` (what ``tools/bench/sglang_decode_bench.py --e2e-out``
+vortex_tok_s}`` and optionally ``pdl``, ``tp_size`` and ``sparse_decode_min_tokens`` (what ``tools/bench/sglang_decode_bench.py --e2e-out``
 writes; a row without them is a plain-launch, tp 1, always-sparse one; other keys are ignored, ``gpu`` and ``date`` are used for the title when
 present). Several files are concatenated (the e2e matrix runs as two
 GPU calls); ``--merged-out`` writes the concatenation. A row whose throughputs are missing (a case skipped for
 time, an engine that failed) is left out of the plot and counted on stdout.
 
-Output: a PNG with one line per (batch, budget, overlap, pdl, tp_size, sparse_decode_threshold), context on a log2 axis, a dashed line at 1.0 (parity),
+Output: a PNG with one line per (batch, budget, overlap, pdl, tp_size, sparse_decode_min_tokens), context on a log2 axis, a dashed line at 1.0 (parity),
 each point labelled with its ratio; title with the date (``--date``, else the rows' ``date``, else the first
 file name's ``YYYY-MM-DD``) and the device (``--device``, else the rows' ``gpu``).
 
@@ -68,14 +68,14 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
                 v = row[key]
                 if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
                     raise InputError(f"{where}: key '{key}' must be a positive number or null, got {v!r}")
-            dense = row.get("sparse_decode_threshold", 0)
+            dense = row.get("sparse_decode_min_tokens", 0)
             if not isinstance(dense, int) or isinstance(dense, bool) or dense < 0:
-                raise InputError(f"{where}: key 'sparse_decode_threshold' must be an integer >= 0, got {dense!r}")
+                raise InputError(f"{where}: key 'sparse_decode_min_tokens' must be an integer >= 0, got {dense!r}")
             case = (*(row[k] for k in ("ctx", "batch", "budget_tokens", "overlap")), row.get("pdl", False), tp, dense)
             if case in seen:
                 raise InputError(
                     f"{where}: the same case (ctx, batch, budget_tokens, overlap, pdl, tp_size, "
-                    f"sparse_decode_threshold) = {case} as "
+                    f"sparse_decode_min_tokens) = {case} as "
                     f"{seen[case]}"
                 )
             seen[case] = where
@@ -115,7 +115,7 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
     for r in rows:
         if r["plain_tok_s"] and r["vortex_tok_s"]:
             key = (r["batch"], r["budget_tokens"], r["overlap"], r.get("pdl", False), r.get("tp_size", 1),
-                   r.get("sparse_decode_threshold", 0))  # fmt: skip
+                   r.get("sparse_decode_min_tokens", 0))  # fmt: skip
             lines.setdefault(key, []).append((r["ctx"], r["vortex_tok_s"] / r["plain_tok_s"]))
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="parity (1.0)")

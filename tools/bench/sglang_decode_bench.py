@@ -15,7 +15,7 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
    per budget), with SGLang's overlap scheduler off or on (``--engines plain vortex plain:overlap
    vortex:overlap``), and Vortex's kernels launched with programmatic dependent launch (``vortex:pdl``,
    ``vortex:overlap:pdl``: ``VortexConfig(enable_pdl=True)``, sm_90+), and dense decode below a length
-   (``vortex:dense8192``: ``VortexConfig(sparse_decode_threshold=8192)``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
+   (``vortex:dense8192``: ``VortexConfig(sparse_decode_min_tokens=8192)``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
    (2-4 min cold, ~30 s warm) is paid once. Per case the same prompts (random ids, seeded by the case), greedy,
    ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
    prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill.
@@ -494,7 +494,7 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             case = (r["ctx"], r["batch"])
             rows.append({"ctx": r["ctx"], "batch": r["batch"], "budget_tokens": budget, "overlap": overlap, "pdl": pdl,
-                         "sparse_decode_threshold": threshold,
+                         "sparse_decode_min_tokens": threshold,
                          "plain_tok_s": plain.get(case, {}).get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
                          "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"), "tp_size": tp_size,
                          "gpu": result.get("gpu"), "date": result.get("date")})  # fmt: skip
@@ -560,7 +560,7 @@ def vortex_base(flow: str | None, mla: bool) -> dict[str, Any]:
 
 
 def dense_threshold(modes: list[str]) -> int:
-    """The ``sparse_decode_threshold`` of an engine spec's modes (``denseN``: N tokens), 0 without one."""
+    """The ``sparse_decode_min_tokens`` of an engine spec's modes (``denseN``: N tokens), 0 without one."""
     return next((int(m[len("dense"):]) for m in modes if m.startswith("dense")), 0)
 
 
@@ -582,13 +582,13 @@ def engine_plan(
         ):
             raise SystemExit(
                 f"--engines: unknown {spec!r} (plain, plain:overlap, vortex, vortex:overlap, vortex:pdl, "
-                "vortex:overlap:pdl; a vortex engine may add :denseN, VortexConfig(sparse_decode_threshold=N))"
+                "vortex:overlap:pdl; a vortex engine may add :denseN, VortexConfig(sparse_decode_min_tokens=N))"
             )
         overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_threshold(modes)
         for budget in budgets if kind == "vortex" else [0]:
             vcfg = None if kind == "plain" else {**base, "topk_val": budget // 16 - 2, "enable_pdl": pdl}
             if vcfg is not None and threshold:
-                vcfg["sparse_decode_threshold"] = threshold
+                vcfg["sparse_decode_min_tokens"] = threshold
             name = ("plain" if vcfg is None else f"vortex{budget}") + (":overlap" if overlap else "") + (
                 ":pdl" if pdl else ""
             ) + (f":dense{threshold}" if threshold else "")

@@ -23,7 +23,7 @@ machine skips SGLang's and FlashInfer's JIT):
 - ``ncu``: Nsight Compute over one decode step (``tools/bench/ncu_step.py``), GQA, budget 512, MLA, fp8 MLA;
 - ``e2e``, ``e2e-2048``: 36 layers of Qwen3-8B geometry end to end, overlap off, budget 512 (with per-step
   profiles), then budget 2048;
-- ``e2e-dense``: 2k and 8k cases, budget 512, with ``sparse_decode_threshold=16384`` (every step dense);
+- ``e2e-dense``: 2k and 8k cases, budget 512, ``sparse_decode_min_tokens=32768`` (batch 1 dense, 16 sparse);
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
 - ``engines``, ``engines-eq``, ``engines-sparse``, ``engines2``, ``eval``: the SGLang engine suites (quick start
   and HTTP; dense equivalence; sparse; MLA and fp8; ``vortex eval``);
@@ -121,10 +121,10 @@ STEPS: dict[str, list[Sub]] = {
         sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 32768x1 32768x16 --engines plain vortex --budgets 2048 "
             f"--steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
     ],
-    # short contexts only (every step dense): on a cold H100 the plain engine's start, first prefill (JIT) and
+    # short contexts only: on a cold H100 the plain engine's start, first prefill (JIT) and
     # 32k x 16 case alone took 370 s (results/gpu/2026-12-05-h100-runs.md); the 32k steps are `e2e`'s
     "e2e-dense": [
-        sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 --engines plain vortex:dense16384 "
+        sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 --engines plain vortex:dense32768 "
             f"--budgets 512 --steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
     ],
     "overlap": [

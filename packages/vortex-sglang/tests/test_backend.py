@@ -238,18 +238,18 @@ def test_backend_refuses_what_it_cannot_run(
     assert LAYERS == 3
 
 
-DENSE_STEPS = 6  # decode steps below sparse_decode_threshold: every request completes a block in them
+DENSE_STEPS = 6  # decode steps below sparse_decode_min_tokens: every request completes a block in them
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph-entry-points"])
-def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summaries_whole(
+def test_steps_below_the_sparse_decode_min_tokens_are_dense_and_keep_the_summaries_whole(
     sgl: Any, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``sparse_decode_threshold``: while every request is shorter, every layer decodes with the parent (SGLang's
-    dense kernels), and Vortex only summarises the blocks the step completes, on the steps where a request
-    completes one (``DENSE_CACHE``; ``DENSE`` steps launch nothing of Vortex's); the first step with a longer
-    request decodes sparsely and selects exactly what the reference runtime selects, so no block completed
-    during the dense steps is missing its summary. Through the CUDA-graph entry points the step's graph variant
+    """``sparse_decode_min_tokens``: while the requests hold fewer tokens in all, every layer decodes with the
+    parent (SGLang's dense kernels), and Vortex only summarises the blocks the step completes, on the steps where
+    a request completes one (``DENSE_CACHE``; ``DENSE`` steps launch nothing of Vortex's); the first step past
+    it decodes sparsely and selects exactly what the reference runtime selects, so no block completed during
+    the dense steps is missing its summary. Through the CUDA-graph entry points the step's graph variant
     is a dense one only when dense graphs were captured (``vortex_dense_graphs``, set by the capture hook)."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
@@ -257,8 +257,9 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
 
     prompts = [5, 17, 30]
     sc = BackendScenario("sglang", "reference", prompts, tmp_path)
-    threshold = max(*prompts, 2 * PAGE + 11) + 1 + DENSE_STEPS  # prefill adds a request of 2 pages + 11 tokens
-    backend = glue_backend(sc, monkeypatch, sparse_decode_threshold=threshold)
+    # prefill adds a request of 2 pages + 11 tokens; each step adds one token to each of the 4 requests
+    min_tokens = sum(prompts) + 2 * PAGE + 11 + 4 * DENSE_STEPS + 1
+    backend = glue_backend(sc, monkeypatch, sparse_decode_min_tokens=min_tokens)
     sc.prefill()
     if graph:
         backend.init_cuda_graph_state(8, 8)
@@ -279,7 +280,7 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
         else:
             backend.init_forward_metadata(fb)
         dense = step < DENSE_STEPS
-        assert int(seq_lens.max()) < threshold if dense else int(seq_lens.max()) >= threshold
+        assert int(seq_lens.sum()) < min_tokens if dense else int(seq_lens.sum()) >= min_tokens
         mode = (DENSE_CACHE if completes else DENSE) if dense else SPARSE
         assert backend.vortex_step_mode == mode and backend.vortex_dense_step == dense and backend.vortex_plan is None
         assert backend.vortex_graph_label() == GRAPH_LABELS[mode]
@@ -308,15 +309,15 @@ def test_steps_below_the_sparse_decode_threshold_are_dense_and_keep_the_summarie
         assert not backend.vortex_dense_step and backend.vortex_graph_label() is None
 
 
-def test_sparse_decode_threshold_without_host_lengths_decodes_sparsely_and_says_so(
+def test_sparse_decode_min_tokens_without_host_lengths_decodes_sparsely_and_says_so(
     sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A decode batch without ``seq_lens_cpu`` cannot be judged without a GPU read: the step stays sparse and the
-    backend warns once that the threshold is not applied."""
+    backend warns once that ``sparse_decode_min_tokens`` is not applied."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     sc = BackendScenario("sglang", "reference", [5, 17], tmp_path)
-    backend = glue_backend(sc, monkeypatch, sparse_decode_threshold=10_000)
+    backend = glue_backend(sc, monkeypatch, sparse_decode_min_tokens=10_000)
     sc.prefill()
     for _ in range(2):
         loc, seq_lens, rows = sc.next_inputs()
@@ -325,7 +326,7 @@ def test_sparse_decode_threshold_without_host_lengths_decodes_sparsely_and_says_
         with caplog.at_level("WARNING", logger="vortex_torch.engine.sgl"):
             backend.init_forward_metadata(fb)
         assert not backend.vortex_dense_step
-    warnings = [r for r in caplog.records if "sparse_decode_threshold=10000 is not applied" in r.getMessage()]
+    warnings = [r for r in caplog.records if "sparse_decode_min_tokens=10000 is not applied" in r.getMessage()]
     assert len(warnings) == 1
 
 
@@ -347,11 +348,11 @@ class WrapperParent(StandInParent):
 def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
     sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Plugin hooks 7 and 8 on a stand-in runner with SGLang's real ``ShapeKey``: with a threshold every batch
+    """Plugin hooks 7 and 8 on a stand-in runner with SGLang's real ``ShapeKey``: with a minimum every batch
     size is captured once per step mode, the dense modes' graphs under their ``variant_label`` (kept apart from
     a LoRA label); replay-prep then makes the key name the step's mode's graph, and plans the wrappers that
     graph was captured with (a parent that, like SGLang's FlashInfer backends, builds new ones per capture).
-    Without a threshold the hooks change nothing."""
+    Without one the hooks change nothing."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
     from sglang.srt.model_executor.runner.shape_key import ShapeKey
 
@@ -362,8 +363,9 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
         key = ShapeKey(size=size, variant_label=label)
         return plugin._after_make_graph_key(key, runner, size, None, label) or key
 
-    def batch(bs: int, length: int, padding: int = 0) -> Any:  # as SGLang's replay view: padding rows hold 1
-        lens = torch.tensor([length] * (bs - padding) + [1] * padding)
+    def batch(bs: int, lengths: list[int]) -> Any:  # as SGLang's replay view: bs - len(lengths) padding rows of 1
+        padding = bs - len(lengths)
+        lens = torch.tensor(lengths + [1] * padding)
         return SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=bs, req_pool_indices=torch.ones(bs, dtype=torch.long),
                                seq_lens=lens, seq_lens_cpu=lens, out_cache_loc=torch.zeros(bs, dtype=torch.long),
                                num_padding=padding)  # fmt: skip
@@ -371,18 +373,18 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
     def capture_one_stream(runner: Any) -> None:  # SGLang's loop: replay-prep, then the key, per batch size
         for bs in (2, 1):
             backend = runner.attn_backend
-            backend.init_forward_metadata_out_graph(batch(bs, 1), in_capture=True)
+            backend.init_forward_metadata_out_graph(batch(bs, [1] * bs), in_capture=True)
             runner.graphs[make_key(runner, bs)] = backend.vortex_step_mode
             runner.wrappers[make_key(runner, bs)] = backend.planned  # what the graph's kernels were captured with
 
-    for threshold in (0, 64):
-        sc = BackendScenario("sglang", "reference", [5], tmp_path / str(threshold))
-        backend = glue_backend(sc, monkeypatch, parent=WrapperParent, sparse_decode_threshold=threshold)
+    for min_tokens in (0, 64):
+        sc = BackendScenario("sglang", "reference", [5], tmp_path / str(min_tokens))
+        backend = glue_backend(sc, monkeypatch, parent=WrapperParent, sparse_decode_min_tokens=min_tokens)
         backend.init_cuda_graph_state(4, 4)
         runner = SimpleNamespace(attn_backend=backend, graphs={}, wrappers={})
         plugin._around_capture_one_stream(capture_one_stream, runner)
         assert backend.vortex_capture_mode is None
-        if threshold == 0:
+        if min_tokens == 0:
             assert runner.graphs == {ShapeKey(size=2): SPARSE, ShapeKey(size=1): SPARSE}
             assert not backend.vortex_dense_graphs
             continue
@@ -391,11 +393,11 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
             ShapeKey(size=bs, variant_label=GRAPH_LABELS[mode]): mode for mode in STEP_MODES for bs in (1, 2)
         }
         assert len({id(w) for w in runner.wrappers.values()}) == 6  # each graph its own wrappers
-        block = backend.vortex_core.layout.block_size
-        # threshold 64: 61 tokens (no block completes), 60 (the new token ends block 15), 64 (not below it)
-        for length, mode, padding in ((threshold - 3, DENSE, 0), (threshold - block, DENSE_CACHE, 0),
-                                      (threshold, SPARSE, 1), (threshold - 3, DENSE, 1)):  # fmt: skip
-            backend.init_forward_metadata_out_graph(batch(2, length, padding))
+        assert backend.vortex_core.layout.block_size == 4
+        # 64 tokens in all: 58 (no block completes), 57 (28: the new token ends block 7), 64 (not below), and 63
+        # with a padding row (64 if the padding counted)
+        for lengths, mode in (([29, 29], DENSE), ([28, 29], DENSE_CACHE), ([64], SPARSE), ([63], DENSE)):
+            backend.init_forward_metadata_out_graph(batch(2, lengths))
             assert runner.graphs[make_key(runner, 2)] == mode
             assert backend.planned is runner.wrappers[make_key(runner, 2)]  # the replayed graph's own, re-planned
             label = GRAPH_LABELS[mode]
@@ -403,14 +405,16 @@ def test_graph_hooks_capture_a_dense_variant_and_key_each_step_by_its_mode(
 
 
 def test_host_step_mode() -> None:
-    """A step is dense when every request (padding rows: length 1) is below the threshold, and updates the
-    cache when one of them just completed a block (a length that is a multiple of the block size)."""
+    """A step is dense when the batch's requests (not its padding rows) hold fewer tokens in all than
+    ``min_tokens``, and updates the cache when one of them just completed a block (a length that is a multiple
+    of the block size)."""
     from vortex_torch.engine.sgl.step_modes import DENSE, DENSE_CACHE, SPARSE, host_step_mode
 
-    lens = torch.tensor([5, 17, 30, 1, 1])  # 3 requests, 2 padding rows
-    assert host_step_mode(lens, 3, 31, 4) == DENSE
-    assert host_step_mode(lens, 3, 30, 4) == SPARSE  # 30 is not below 30
-    assert host_step_mode(lens, 3, 0, 4) == SPARSE  # no threshold
-    assert host_step_mode(torch.tensor([5, 16, 30]), 3, 31, 4) == DENSE_CACHE  # token 16 ends block 3
-    assert host_step_mode(torch.tensor([5, 16, 30]), 1, 31, 4) == DENSE  # the batch is row 0 only
-    assert host_step_mode(lens, 5, 31, 1) == DENSE_CACHE  # block size 1: every token completes a block
+    lens = torch.tensor([5, 17, 30, 1, 1])  # 3 requests (52 tokens), 2 padding rows
+    assert host_step_mode(lens, 3, 53, 4) == DENSE
+    assert host_step_mode(lens, 3, 52, 4) == SPARSE  # 52 is not below 52
+    assert host_step_mode(lens, 3, 0, 4) == SPARSE  # no minimum: always sparse
+    assert host_step_mode(torch.tensor([5, 16, 30]), 3, 53, 4) == DENSE_CACHE  # token 16 ends block 3
+    assert host_step_mode(torch.tensor([5, 16, 30]), 1, 53, 4) == DENSE  # the batch is row 0 only
+    assert host_step_mode(torch.tensor([40, 40]), 2, 53, 4) == SPARSE  # each short, together not
+    assert host_step_mode(lens, 5, 60, 1) == DENSE_CACHE  # block size 1: every token completes a block

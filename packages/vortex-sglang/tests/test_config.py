@@ -84,9 +84,9 @@ def test_defaults_are_the_originals() -> None:
         ({"use_tensor_core": 1}, "use_tensor_core"),
         ({"enable_pdl": 1}, "enable_pdl"),
         ({"enable_pdl": True, "impl_backend": "reference"}, "enable_pdl"),  # no Triton kernels to launch
-        ({"sparse_decode_threshold": -1}, "sparse_decode_threshold"),
-        ({"sparse_decode_threshold": True}, "sparse_decode_threshold"),  # a bool is not a length
-        ({"sparse_decode_threshold": 4096.0}, "sparse_decode_threshold"),
+        ({"sparse_decode_min_tokens": -1}, "sparse_decode_min_tokens"),
+        ({"sparse_decode_min_tokens": True}, "sparse_decode_min_tokens"),  # a bool is not a length
+        ({"sparse_decode_min_tokens": 4096.0}, "sparse_decode_min_tokens"),
         # upper bounds: budgets and lengths are int32 on the device
         ({"topk_val": INT32_MAX + 1}, "topk_val"),
         ({"topk_val": INT32_MAX - 1}, "topk_val"),  # + bos + eos overflows
@@ -255,7 +255,7 @@ CHANGES: dict[str, Any] = {
     "max_seq_lens": 4096, "workload_chunk_size": 64, "dtype": "float32", "module_path": "<copy>",
     "module_name": "block_sparse_attention", "block_size": 32, "topk_ratio": 0.5, "compilation_cache_dir": "<tmp>",
     "schedule_policy": _policy, "attention_backend": "triton", "impl_backend": "reference", "use_tensor_core": True, "exact_attention": True,
-    "flow_kwargs": {"unused": 1}, "enable_pdl": True, "sparse_decode_threshold": 4096,
+    "flow_kwargs": {"unused": 1}, "enable_pdl": True, "sparse_decode_min_tokens": 4096,
 }  # fmt: skip
 
 

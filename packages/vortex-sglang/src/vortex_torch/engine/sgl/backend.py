@@ -94,8 +94,8 @@ class VortexBackendMixin:
         server_args = getattr(runner, "server_args", None)
         self._vortex_overlap = not bool(getattr(server_args, "disable_overlap_schedule", True))
         self._vortex_logit_cap_checked: set[int] = set()
-        #: VortexConfig.sparse_decode_threshold: decode steps whose requests are all shorter decode densely
-        self.vortex_dense_threshold = int(self.vortex_core.config.sparse_decode_threshold)
+        #: VortexConfig.sparse_decode_min_tokens: decode steps whose requests hold fewer tokens in all are dense
+        self.vortex_sparse_min_tokens = int(self.vortex_core.config.sparse_decode_min_tokens)
         #: this step's mode (:mod:`.step_modes`): sparse, or dense (every layer the parent's) with or without
         #: the cache update of the blocks it completes
         self.vortex_step_mode = SPARSE
@@ -242,7 +242,7 @@ class VortexBackendMixin:
 
     @property
     def vortex_dense_step(self) -> bool:
-        """This decode step runs the parent's decode in every layer (``sparse_decode_threshold``)."""
+        """This decode step runs the parent's decode in every layer (``sparse_decode_min_tokens``)."""
         return self.vortex_step_mode != SPARSE
 
     def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None, mode: str) -> None:
@@ -264,7 +264,7 @@ class VortexBackendMixin:
         ``vortex_capture_mode``; None, no hook: the sparse graph only); at a graph replay, when the dense graphs
         were captured, and eager, :func:`.step_modes.host_step_mode` of the host copy of the lengths SGLang
         keeps (``seq_lens_cpu``: no sync). Without that copy a step stays sparse, with one warning."""
-        if not forward_batch.forward_mode.is_decode() or self.vortex_dense_threshold <= 0:
+        if not forward_batch.forward_mode.is_decode() or self.vortex_sparse_min_tokens <= 0:
             return SPARSE
         if in_capture:
             return self.vortex_capture_mode or SPARSE
@@ -275,14 +275,14 @@ class VortexBackendMixin:
             if not self._vortex_warned_no_host_lens:
                 self._vortex_warned_no_host_lens = True
                 log.warning(
-                    "sparse_decode_threshold=%d is not applied: SGLang gave this decode batch no host copy of its "
+                    "sparse_decode_min_tokens=%d is not applied: SGLang gave this decode batch no host copy of its "
                     "lengths (seq_lens_cpu), and reading them from the GPU would stall every step; such steps "
-                    "decode sparsely", self.vortex_dense_threshold,
+                    "decode sparsely", self.vortex_sparse_min_tokens,
                 )  # fmt: skip
             return SPARSE
         # the batch's own requests: a CUDA-graph replay pads the batch with ``num_padding`` rows of length 1
         rows = int(forward_batch.batch_size) - int(getattr(forward_batch, "num_padding", 0) or 0)
-        return host_step_mode(seq_cpu, rows, self.vortex_dense_threshold, self.vortex_core.layout.block_size)
+        return host_step_mode(seq_cpu, rows, self.vortex_sparse_min_tokens, self.vortex_core.layout.block_size)
 
     def _vortex_use_graph_state(self, mode: str) -> None:
         """Point the parent's per-batch-size CUDA-graph state (``_vortex_graph_state_attrs``) at the step mode's

@@ -133,13 +133,14 @@ class VortexConfig:
     #: elsewhere, and with impl_backend="reference"). Off by default: no measurable gain on the H200
     #: (results/gpu/2026-12-05-gpu-runs.md)
     enable_pdl: bool = False
-    #: decode steps in which every request is shorter than this many tokens run plain SGLang's dense attention
-    #: in every layer (the base backend's kernels; Vortex only keeps the block summaries up to date), as SGLang's
-    #: double sparsity does with ``--ds-sparse-decode-threshold``: below some length a sparse step reads fewer
-    #: bytes but costs more than a dense one. The choice is made per step on the host, from the lengths SGLang
-    #: already holds there, between CUDA graphs captured per batch size and step mode (:mod:`.step_modes`). 0
-    #: (default): every step sparse, the original project's behaviour
-    sparse_decode_threshold: int = 0
+    #: a decode step decodes sparsely only when its requests hold at least this many tokens in all; below, every
+    #: layer runs plain SGLang's dense attention (the base backend's kernels; Vortex only keeps the block summaries
+    #: up to date). A sparse step saves KV reads in proportion to the batch's total length but adds a nearly fixed
+    #: cost per layer, so below some total it is the slower one (SGLang's double sparsity has a per-request
+    #: knob for the same reason, ``--ds-sparse-decode-threshold``). The choice is made per step on the host, from
+    #: the lengths SGLang already holds there, between CUDA graphs captured per batch size and step mode
+    #: (:mod:`.step_modes`). 0 (default): every step sparse, the original project's behaviour
+    sparse_decode_min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.layers_skip is None:
@@ -270,8 +271,8 @@ class VortexConfig:
                 "enable_pdl", "launches Vortex's Triton kernels; impl_backend='reference' has none. Set one of them "
                 "back (enable_pdl=False or impl_backend='triton')"
             )  # fmt: skip
-        check_int(VortexConfigError, "sparse_decode_threshold", self.sparse_decode_threshold, 0,
-                  "0 (every decode step sparse) or a length in tokens below which a step decodes densely")  # fmt: skip
+        check_int(VortexConfigError, "sparse_decode_min_tokens", self.sparse_decode_min_tokens, 0,
+                  "0, every decode step sparse, or the batch's total tokens below which a step is dense")  # fmt: skip
         if not isinstance(self.use_tensor_core, bool):
             raise VortexConfigError(
                 "use_tensor_core", f"must be True or False (compatibility only: accepted, never read), got "

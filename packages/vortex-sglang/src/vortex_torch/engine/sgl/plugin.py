@@ -23,7 +23,7 @@ The hooks (all inactive unless a ``VortexConfig`` was given, i.e. ``server_args.
  5    ``pool_configurator.DefaultPoolConfigurator._compute_cell_size``                 AFTER  + aux bytes per token
                                                                                               (MLA: one latent head)
  6    ``models.utils.enable_fused_set_kv_buffer``                                      AROUND ``False`` under Vortex
- 7    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._capture_one_stream``    AROUND with sparse_decode_threshold:
+ 7    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._capture_one_stream``    AROUND with sparse_decode_min_tokens:
                                                                                               captures every batch size
                                                                                               once per step mode
  8    ``runner.decode_cuda_graph_runner.DecodeCudaGraphRunner._make_graph_key``        AFTER  dense modes' keys get their
@@ -35,7 +35,7 @@ reader of that dict for full-attention backends, and hooking it keeps :func:`reg
 the dict entries would import the attention registry, and with it most of SGLang, inside ``register``).
 The aux fields need no pool subclass (map hook 7): they live beside the pool (:mod:`.aux_store`).
 Hooks 7 and 8 (module paths under ``sglang.srt.model_executor``) act only for a Vortex backend with
-``sparse_decode_threshold > 0``: the step's graph is chosen in replay-prep, where the backend decides its mode
+``sparse_decode_min_tokens > 0``: the step's graph is chosen in replay-prep, where the backend decides its mode
 from the host copy of the lengths (:mod:`.step_modes`), just before the runner builds the key it replays.
 """
 
@@ -256,11 +256,11 @@ def _around_enable_fused_set_kv_buffer(
     return original(forward_batch, *a, **k)
 
 
-# -- hooks 7 and 8: dense decode graphs (VortexConfig.sparse_decode_threshold) -------------------------------------
+# -- hooks 7 and 8: dense decode graphs (VortexConfig.sparse_decode_min_tokens) ----------------------------------
 def _dense_capable_backend(runner: Any) -> Any:
-    """The runner's attention backend when it is a Vortex backend with a sparse-decode threshold, else None."""
+    """The runner's attention backend when it is a Vortex backend with ``sparse_decode_min_tokens``, else None."""
     backend = getattr(runner, "attn_backend", None)
-    if getattr(backend, "vortex_backend", False) and getattr(backend, "vortex_dense_threshold", 0) > 0:
+    if getattr(backend, "vortex_backend", False) and getattr(backend, "vortex_sparse_min_tokens", 0) > 0:
         return backend
     return None
 
@@ -275,8 +275,8 @@ def _around_capture_one_stream(original: Callable[..., Any], runner: Any, *args:
         for mode in STEP_MODES:
             backend.vortex_capture_mode = mode
             log.info(
-                "Vortex: capturing the %s decode graphs (sparse_decode_threshold=%d: steps whose requests are all "
-                "shorter replay a dense one)", mode, backend.vortex_dense_threshold,
+                "Vortex: capturing the %s decode graphs (sparse_decode_min_tokens=%d: steps whose requests hold "
+                "fewer tokens in all replay a dense one)", mode, backend.vortex_sparse_min_tokens,
             )  # fmt: skip
             original(runner, *args, **kwargs)
         backend.vortex_dense_graphs = True

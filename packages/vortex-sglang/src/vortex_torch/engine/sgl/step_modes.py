@@ -1,4 +1,8 @@
-"""Decode step modes: sparse, or dense below ``VortexConfig.sparse_decode_threshold`` (design §3).
+"""Decode step modes: sparse, or dense below ``VortexConfig.sparse_decode_min_tokens`` (design §3).
+
+A step decodes sparsely only when its requests hold at least that many tokens in all: what a sparse step saves
+is the KV bytes a dense one reads, which grow with the batch's total length, while what it adds (the indexer and
+the selection, two more dependent launches per layer) is nearly fixed.
 
 A dense step runs the base backend's own decode in every layer. Its only Vortex work is ``forward_cache`` for the
 blocks the step's tokens complete, so a dense step in which no request completes a block runs exactly plain
@@ -21,12 +25,13 @@ STEP_MODES = (SPARSE, DENSE, DENSE_CACHE)
 GRAPH_LABELS: dict[str, str | None] = {SPARSE: None, DENSE: "vortex-dense", DENSE_CACHE: "vortex-dense-cache"}
 
 
-def host_step_mode(seq_lens_cpu: torch.Tensor, batch_size: int, threshold: int, block_size: int) -> str:
+def host_step_mode(seq_lens_cpu: torch.Tensor, batch_size: int, min_tokens: int, block_size: int) -> str:
     """The mode of a decode step whose requests have lengths ``seq_lens_cpu[:batch_size]`` (host int tensor, the
-    step's new token included; the batch's own requests, not CUDA-graph padding): :data:`SPARSE` unless every length is below
-    ``threshold``; then :data:`DENSE_CACHE` when some length is a multiple of ``block_size`` (the new token is
-    the last of its block, whose summary is written now), else :data:`DENSE`."""
+    step's new token included; the batch's own requests, not CUDA-graph padding): :data:`SPARSE` unless the
+    lengths sum to fewer than ``min_tokens`` (``<= 0``: always sparse); then :data:`DENSE_CACHE` when some length
+    is a multiple of ``block_size`` (the new token is the last of its block, whose summary is written now), else
+    :data:`DENSE`."""
     lens = seq_lens_cpu[:batch_size]
-    if threshold <= 0 or batch_size <= 0 or int(lens.max()) >= threshold:
+    if min_tokens <= 0 or batch_size <= 0 or int(lens.sum()) >= min_tokens:
         return SPARSE
     return DENSE_CACHE if bool((lens % block_size == 0).any()) else DENSE

@@ -160,3 +160,30 @@ def test_a_signal_from_outside_reaches_the_sub_command_and_starts_no_other(tmp_p
     assert not (work / "t" / "b").exists()
     md = (out / "plan-t.md").read_text()
     assert "## a: exit 130" in md and f"## b: not started (signal {int(signal.SIGTERM)} from outside)" in md
+
+
+def test_ingest_files_a_calls_results_under_the_steps_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """``plan.py ingest STEP FILES_AT``: the step's summary and each sub-command's data and JUnit files land in
+    results/gpu under the step's date; logs stay in the archive; a missing file is one line and exit 2."""
+    fake = tmp_path / "remote.sh"
+    fake.write_text(FAKE_REMOTE)
+    monkeypatch.setitem(plan.STEPS, "t", [plan.sub("a", "suite x", 100, 10), plan.sub("b", "bench y", 100, 10)])
+    out = tmp_path / "files_at"
+    plan.run_step("t", 300, out, ["bash", str(fake)], "abc1234", tmp_path / "work")
+    for sub in ("a", "b"):  # as remote.sh writes them: a suite's JUnit file, a bench's JSON
+        (tmp_path / "work" / "t" / sub / ("junit.xml" if sub == "a" else "e2e.json")).write_text(sub)
+    plan.pack("t", tmp_path / "work" / "t", out, [(out / "plan-t.md").read_text().rstrip("\n")])
+    results = tmp_path / "results"
+    assert plan.main(["ingest", "t", str(out), "--results", str(results)]) == 0
+    header = (out / "plan-t.md").read_text().splitlines()[0]  # "# GPU plan step `t` (rev abc1234, DATE HH:MM UTC)"
+    date = header.split(", ")[1].split()[0]
+    assert sorted(p.name for p in results.iterdir()) == [
+        f"{date}-plan-t-a-junit.xml", f"{date}-plan-t-b-e2e.json", f"{date}-plan-t.md"
+    ]
+    assert (results / f"{date}-plan-t-b-e2e.json").read_text() == "b"
+    assert "rev abc1234" in (results / f"{date}-plan-t.md").read_text()
+    capsys.readouterr()
+    assert plan.main(["ingest", "t", str(tmp_path / "nowhere"), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan-t.md: not there" in err

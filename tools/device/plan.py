@@ -2,6 +2,7 @@
 
     python3 tools/device/plan.py STEP [--budget-s S] [--dry-run]
     python3 tools/device/plan.py list
+    python3 tools/device/plan.py ingest STEP FILES_AT      (here, after the call: into results/gpu/)
 
 A step is a list of sub-commands of ``tools/device/remote.sh`` (a suite or a bench) run one after the other. Each
 one gets ``VORTEX_BUDGET_S``: its own cap, or what is left of the step's ``--budget-s`` (default 580, under the
@@ -32,12 +33,17 @@ machine skips SGLang's and FlashInfer's JIT):
 - ``tp-suite``, ``tp-bench``: tensor parallelism, on the 2-GPU kind (``"kind": "nvidia-h200-x2"``).
 
 Each step's sub-commands are what §4 lists; ``--dry-run`` prints them with their budgets.
+
+``ingest`` files what a call brought back (``plan-STEP.tgz`` and ``plan-STEP.md`` under the run tool's
+``files_at``) into ``results/gpu/``: ``DATE-plan-STEP.md`` (the commands, rev, device and results) and, per
+sub-command, its data and JUnit files as ``DATE-plan-STEP-SUB-NAME`` (DATE: the step's, from its summary).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -245,7 +251,50 @@ def run_step(step: str, budget_s: int, out: Path, remote: list[str], rev: str, w
     return int(failed)
 
 
+#: what ``ingest`` files from each sub-command's folder (the rest, logs and summaries, stays in the archive)
+INGESTED = ("step.json", "e2e.json", "e2e_full.json", "flows_bench.json", "junit.xml")
+
+
+def ingest(step: str, files_at: Path, results: Path = ROOT / "results" / "gpu") -> list[Path]:
+    """Copy a call's ``plan-STEP.md`` and each sub-command's :data:`INGESTED` files into ``results``; returns the
+    written paths. Raises ``FileNotFoundError`` naming what is missing."""
+    summary, archive = files_at / f"plan-{step}.md", files_at / f"plan-{step}.tgz"
+    for path in (summary, archive):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not there (was `plan.py {step}` the latest call, and is FILES_AT its files_at?)")
+    text = summary.read_text()
+    found = re.search(r"\(rev [^,]+, (\d{4}-\d{2}-\d{2}) ", text.splitlines()[0] if text else "")
+    date = found.group(1) if found else time.strftime("%Y-%m-%d", time.gmtime())
+    results.mkdir(parents=True, exist_ok=True)
+    written = [results / f"{date}-plan-{step}.md"]
+    written[0].write_text(text)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            parts = Path(member.name).parts  # STEP/SUB/NAME
+            if member.isfile() and len(parts) == 3 and parts[0] == step and parts[2] in INGESTED:
+                data = tar.extractfile(member)
+                assert data is not None
+                dest = results / f"{date}-plan-{step}-{parts[1]}-{parts[2]}"
+                dest.write_bytes(data.read())
+                written.append(dest)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ingest"]:
+        ip = argparse.ArgumentParser(prog="plan.py ingest", description=ingest.__doc__)
+        ip.add_argument("step", choices=list(STEPS))
+        ip.add_argument("files_at", type=Path, help="the run tool's files_at folder of the step's call")
+        ip.add_argument("--results", type=Path, default=ROOT / "results" / "gpu", help=argparse.SUPPRESS)  # tests
+        iargs = ip.parse_args(argv[1:])
+        try:
+            for path in ingest(iargs.step, iargs.files_at, iargs.results):
+                print(path)
+        except (FileNotFoundError, tarfile.TarError) as exc:
+            print(f"plan.py ingest: {exc}", file=sys.stderr)
+            return 2
+        return 0
     ap = argparse.ArgumentParser(prog="plan.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("step", help="one of: " + ", ".join(STEPS) + " (or list)")
     ap.add_argument("--budget-s", type=int, default=580, help="seconds the whole step may take (default 580)")

@@ -241,22 +241,33 @@ def test_backend_refuses_what_it_cannot_run(
 DENSE_STEPS = 6  # decode steps below sparse_decode_min_tokens: every request completes a block in them
 
 
-@pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph-entry-points"])
+@pytest.mark.parametrize(
+    ("impl", "graph"),
+    [
+        ("reference", False),
+        ("reference", True),
+        pytest.param("triton", True, marks=[pytest.mark.slow, pytest.mark.skipif(
+            torch.cuda.is_available(), reason="interpreter path (CPU tensors through Triton kernels)")]),
+    ],
+    ids=["eager", "cuda-graph-entry-points", "triton-cuda-graph-entry-points"],
+)  # fmt: skip
 def test_steps_below_the_sparse_decode_min_tokens_are_dense_and_keep_the_summaries_whole(
-    sgl: Any, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sgl: Any, impl: str, graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``sparse_decode_min_tokens``: while the requests hold fewer tokens in all, every layer decodes with the
     parent (SGLang's dense kernels), and Vortex only summarises the blocks the step completes, on the steps where
     a request completes one (``DENSE_CACHE``; ``DENSE`` steps launch nothing of Vortex's); the first step past
     it decodes sparsely and selects exactly what the reference runtime selects, so no block completed during
     the dense steps is missing its summary. Through the CUDA-graph entry points the step's graph variant
-    is a dense one only when dense graphs were captured (``vortex_dense_graphs``, set by the capture hook)."""
+    is a dense one only when dense graphs were captured (``vortex_dense_graphs``, set by the capture hook).
+    ``triton``: the generated kernels (Triton's interpreter), whose decode cache update finds the completed
+    blocks itself, as on the GPU."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from vortex_torch.engine.sgl.step_modes import DENSE, DENSE_CACHE, GRAPH_LABELS, SPARSE
 
     prompts = [5, 17, 30]
-    sc = BackendScenario("sglang", "reference", prompts, tmp_path)
+    sc = BackendScenario("sglang", impl, prompts, tmp_path)
     # prefill adds a request of 2 pages + 11 tokens; each step adds one token to each of the 4 requests
     min_tokens = sum(prompts) + 2 * PAGE + 11 + 4 * DENSE_STEPS + 1
     backend = glue_backend(sc, monkeypatch, sparse_decode_min_tokens=min_tokens)

@@ -128,7 +128,7 @@ def plot(rows: list[dict[str, Any]], out: str, title: str) -> int:
         color = colors[pairs.index((batch, budget)) % len(colors)]
         label = f"batch {batch}, budget {budget}, overlap {'on' if overlap else 'off'}" + (", PDL" if pdl else "") + (
             f", tp {tp}" if tp > 1 else ""
-        ) + (f", dense below {dense}" if dense else "")
+        ) + (f", dense below {dense} tokens" if dense else "")
         ax.plot(xs, ys, marker="^" if pdl else ("D" if dense else ("s" if overlap else "o")),
                 linestyle=":" if overlap else ("-." if dense else "-"),
                 color=color, alpha=0.6 if pdl else 1.0, label=label)  # fmt: skip

@@ -14,7 +14,7 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
 2. **Engines**: ``sgl.Engine`` with flashinfer, plain and with Vortex (the quick start's VortexConfig, one engine
    per budget), with SGLang's overlap scheduler off or on (``--engines plain vortex plain:overlap
    vortex:overlap``), and Vortex's kernels launched with programmatic dependent launch (``vortex:pdl``,
-   ``vortex:overlap:pdl``: ``VortexConfig(enable_pdl=True)``, sm_90+), and dense decode below a length
+   ``vortex:overlap:pdl``: ``VortexConfig(enable_pdl=True)``, sm_90+), and dense steps below a batch total
    (``vortex:dense8192``: ``VortexConfig(sparse_decode_min_tokens=8192)``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
    (2-4 min cold, ~30 s warm) is paid once. Per case the same prompts (random ids, seeded by the case), greedy,
    ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
@@ -486,7 +486,7 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         kind, *modes = key.split(":")
         budget = int(kind[len("vortex"):])
-        overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_threshold(modes)
+        overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_min_tokens(modes)
         plain = by_case("plain" + (":overlap" if overlap else ""))
         plain_off = by_case("plain")
         for r in recs:
@@ -559,7 +559,7 @@ def vortex_base(flow: str | None, mla: bool) -> dict[str, Any]:
     return VORTEX if name is None else {**VORTEX, "module_path": None, "module_name": name}
 
 
-def dense_threshold(modes: list[str]) -> int:
+def dense_min_tokens(modes: list[str]) -> int:
     """The ``sparse_decode_min_tokens`` of an engine spec's modes (``denseN``: N tokens), 0 without one."""
     return next((int(m[len("dense"):]) for m in modes if m.startswith("dense")), 0)
 
@@ -584,7 +584,7 @@ def engine_plan(
                 f"--engines: unknown {spec!r} (plain, plain:overlap, vortex, vortex:overlap, vortex:pdl, "
                 "vortex:overlap:pdl; a vortex engine may add :denseN, VortexConfig(sparse_decode_min_tokens=N))"
             )
-        overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_threshold(modes)
+        overlap, pdl, threshold = "overlap" in modes, "pdl" in modes, dense_min_tokens(modes)
         for budget in budgets if kind == "vortex" else [0]:
             vcfg = None if kind == "plain" else {**base, "topk_val": budget // 16 - 2, "enable_pdl": pdl}
             if vcfg is not None and threshold:

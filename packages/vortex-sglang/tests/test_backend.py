@@ -293,7 +293,7 @@ def test_steps_below_the_sparse_decode_min_tokens_are_dense_and_keep_the_summari
         dense = step < DENSE_STEPS
         assert int(seq_lens.sum()) < min_tokens if dense else int(seq_lens.sum()) >= min_tokens
         mode = (DENSE_CACHE if completes else DENSE) if dense else SPARSE
-        assert backend.vortex_step_mode == mode and backend.vortex_dense_step == dense and backend.vortex_plan is None
+        assert backend.vortex_step_mode == mode and backend.vortex_plan is None
         assert backend.vortex_graph_label() == GRAPH_LABELS[mode]
         modes.append(mode)
         inputs = sc.layer_inputs()
@@ -317,7 +317,7 @@ def test_steps_below_the_sparse_decode_min_tokens_are_dense_and_keep_the_summari
         backend.vortex_dense_graphs = False
         fb.seq_lens_cpu = torch.ones_like(fb.seq_lens_cpu)
         backend.init_forward_metadata_out_graph(fb)
-        assert not backend.vortex_dense_step and backend.vortex_graph_label() is None
+        assert backend.vortex_step_mode == SPARSE and backend.vortex_graph_label() is None
 
 
 def test_sparse_decode_min_tokens_without_host_lengths_decodes_sparsely_and_says_so(
@@ -326,6 +326,8 @@ def test_sparse_decode_min_tokens_without_host_lengths_decodes_sparsely_and_says
     """A decode batch without ``seq_lens_cpu`` cannot be judged without a GPU read: the step stays sparse and the
     backend warns once that ``sparse_decode_min_tokens`` is not applied."""
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from vortex_torch.engine.sgl.step_modes import SPARSE
 
     sc = BackendScenario("sglang", "reference", [5, 17], tmp_path)
     backend = glue_backend(sc, monkeypatch, sparse_decode_min_tokens=10_000)
@@ -336,7 +338,7 @@ def test_sparse_decode_min_tokens_without_host_lengths_decodes_sparsely_and_says
                              seq_lens=seq_lens, seq_lens_cpu=None, out_cache_loc=loc)  # fmt: skip
         with caplog.at_level("WARNING", logger="vortex_torch.engine.sgl"):
             backend.init_forward_metadata(fb)
-        assert not backend.vortex_dense_step
+        assert backend.vortex_step_mode == SPARSE
     warnings = [r for r in caplog.records if "sparse_decode_min_tokens=10000 is not applied" in r.getMessage()]
     assert len(warnings) == 1
 

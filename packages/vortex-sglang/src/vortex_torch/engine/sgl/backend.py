@@ -240,11 +240,6 @@ class VortexBackendMixin:
         itself). The FlashInfer backend's ``exact_attention`` mode returns FlashInfer's decode here."""
         return None
 
-    @property
-    def vortex_dense_step(self) -> bool:
-        """This decode step runs the parent's decode in every layer (``sparse_decode_min_tokens``)."""
-        return self.vortex_step_mode != SPARSE
-
     def _vortex_begin_batch(self, forward_batch: Any, buffers: DecodePlanBuffers | None, mode: str) -> None:
         """Per batch, on the host: record the step's mode (:meth:`_vortex_mode_of`); for a sparse decode step
         only remember what the first sparse layer plans from, or launch the plan now, before the graph replay

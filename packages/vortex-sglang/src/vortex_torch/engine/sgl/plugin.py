@@ -42,6 +42,7 @@ from the host copy of the lengths (:mod:`.step_modes`), just before the runner b
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -290,8 +291,6 @@ def _after_make_graph_key(key: Any, runner: Any, *a: Any, **k: Any) -> Any:
     label = None if backend is None else backend.vortex_graph_label()
     if label is None:
         return None  # SGLang's own key
-    import dataclasses
-
     old = key.variant_label
     return dataclasses.replace(key, variant_label=label if old is None else f"{old}+{label}")
 

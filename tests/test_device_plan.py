@@ -165,7 +165,8 @@ def test_a_signal_from_outside_reaches_the_sub_command_and_starts_no_other(tmp_p
 def test_ingest_files_a_calls_results_under_the_steps_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """``plan.py ingest STEP FILES_AT``: the step's summary and each sub-command's data and JUnit files land in
-    results/gpu under the step's date; logs stay in the archive; a missing file is one line and exit 2."""
+    results/gpu under the step's date; logs stay in the archive; a missing file, or a summary without the step
+    header (no date), is one line and exit 2, nothing written."""
     fake = tmp_path / "remote.sh"
     fake.write_text(FAKE_REMOTE)
     monkeypatch.setitem(plan.STEPS, "t", [plan.sub("a", "suite x", 100, 10), plan.sub("b", "bench y", 100, 10)])
@@ -187,3 +188,7 @@ def test_ingest_files_a_calls_results_under_the_steps_date(tmp_path: Path, monke
     assert plan.main(["ingest", "t", str(tmp_path / "nowhere"), "--results", str(results)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plan-t.md: not there" in err
+    (out / "plan-t.md").write_text("# some other summary\n")  # no step header: no date to file it under
+    assert plan.main(["ingest", "t", str(out), "--results", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a step summary's header" in err and not (tmp_path / "again").exists()

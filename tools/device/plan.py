@@ -195,6 +195,11 @@ def pack(step: str, work: Path, out: Path, lines: list[str]) -> None:
     (out / f"plan-{step}.md").write_text("\n".join(text) + "\n")
 
 
+#: a step summary's first line (written by run_step, read back by ingest for the step's date)
+HEADER = "# GPU plan step `{step}` (rev {rev}, {date} {time} UTC)"
+HEADER_DATE = re.compile(r"^# GPU plan step `[^`]+` \(rev [^,]+, (\d{4}-\d{2}-\d{2}) \d{2}:\d{2} UTC\)$")
+
+
 def run_step(step: str, budget_s: int, out: Path, remote: list[str], rev: str, work_root: Path = WORK) -> int:
     """Run ``step``'s sub-commands (remote.sh is ``remote``); returns 0 when every one ran and exited 0."""
     t0 = time.monotonic()
@@ -202,8 +207,9 @@ def run_step(step: str, budget_s: int, out: Path, remote: list[str], rev: str, w
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out.mkdir(parents=True, exist_ok=True)
-    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"# GPU plan step `{step}` (rev {rev}, {date})", ""]
+    now = time.gmtime()
+    lines = [HEADER.format(step=step, rev=rev, date=time.strftime("%Y-%m-%d", now), time=time.strftime("%H:%M", now)),
+             ""]  # fmt: skip
     failed = False  # a sub-command skipped or not exiting 0
     child: subprocess.Popen[bytes] | None = None
     stopped: list[int] = []
@@ -257,14 +263,17 @@ INGESTED = ("step.json", "e2e.json", "e2e_full.json", "flows_bench.json", "junit
 
 def ingest(step: str, files_at: Path, results: Path = ROOT / "results" / "gpu") -> list[Path]:
     """Copy a call's ``plan-STEP.md`` and each sub-command's :data:`INGESTED` files into ``results``; returns the
-    written paths. Raises ``FileNotFoundError`` naming what is missing."""
+    written paths. Raises ``FileNotFoundError`` naming what is missing, ``ValueError`` for a summary that is not
+    a step's (no date to file it under)."""
     summary, archive = files_at / f"plan-{step}.md", files_at / f"plan-{step}.tgz"
     for path in (summary, archive):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not there (was `plan.py {step}` the latest call, and is FILES_AT its files_at?)")
     text = summary.read_text()
-    found = re.search(r"\(rev [^,]+, (\d{4}-\d{2}-\d{2}) ", text.splitlines()[0] if text else "")
-    date = found.group(1) if found else time.strftime("%Y-%m-%d", time.gmtime())
+    found = HEADER_DATE.match(text.split("\n", 1)[0])
+    if found is None:
+        raise ValueError(f"{summary}: its first line is not a step summary's header ({HEADER!r}), so it has no date")
+    date = found.group(1)
     results.mkdir(parents=True, exist_ok=True)
     written = [results / f"{date}-plan-{step}.md"]
     written[0].write_text(text)
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for path in ingest(iargs.step, iargs.files_at, iargs.results):
                 print(path)
-        except (FileNotFoundError, tarfile.TarError) as exc:
+        except (FileNotFoundError, ValueError, tarfile.TarError) as exc:
             print(f"plan.py ingest: {exc}", file=sys.stderr)
             return 2
         return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from vortex_sgl_testlib import CTX, DIM, FLOW_FILE, FLOW_NAME, GROUP, H_KV, LAYERS, PAGE, Scenario
+from vortex_sgl_testlib import CTX, DIM, GROUP, H_KV, LAYERS, PAGE, Scenario
 
 from vortex_torch.engine.sgl.config import VortexConfig
 
@@ -87,11 +87,12 @@ class BackendScenario(Scenario):
 
 def glue_backend(
     sc: BackendScenario, monkeypatch: pytest.MonkeyPatch, *, overlap: bool = False, parent: type = StandInParent,
-    **config: Any,
+    sliding_window_size: int | None = None, **config: Any,
 ) -> Any:
     """``VortexBackendMixin`` on :class:`StandInParent`, set up by its own constructor for ``sc``'s pool and flow
     (a model runner stand-in with RadixAttention-like layers: what the setup scans for the fp8 scales);
-    ``config``: VortexConfig fields changed from the scenario's; ``parent``: a StandInParent subclass."""
+    ``config``: VortexConfig fields changed from the scenario's; ``parent``: a StandInParent subclass;
+    ``sliding_window_size``: the model runner's (a model Vortex refuses)."""
     from vortex_torch.engine.sgl import backend as backend_mod
 
     monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
@@ -108,7 +109,7 @@ def glue_backend(
     runner = SimpleNamespace(
         token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
         model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
-        device="cpu", sliding_window_size=None, model=model,
+        device="cpu", sliding_window_size=sliding_window_size, model=model,
         server_args=SimpleNamespace(disable_overlap_schedule=not overlap),
     )  # fmt: skip
     backend = GlueBackend(runner, vortex_config=VortexConfig(**{**sc.prepared.config.__dict__, **config}))
@@ -218,23 +219,11 @@ def test_backend_takes_the_fused_layer_of_an_executor_built_for_it(
 def test_backend_refuses_what_it_cannot_run(
     sgl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vortex_torch.engine.sgl import backend as backend_mod
     from vortex_torch.engine.sgl.plugin import VortexSGLangError
 
-    monkeypatch.setattr(backend_mod, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1, tp_rank=0))
-
-    class GlueBackend(backend_mod.VortexBackendMixin, StandInParent):
-        pass
-
-    sc = Scenario("sglang", "reference", [5], tmp_path)
-    runner = SimpleNamespace(
-        token_to_kv_pool=sc.pool.pool, req_to_token_pool=SimpleNamespace(req_to_token=sc.pool.req_to_token),
-        model_config=SimpleNamespace(num_attention_heads=H_KV * GROUP, context_len=CTX), page_size=PAGE,
-        device="cpu", sliding_window_size=4096,
-    )  # fmt: skip
-    cfg = VortexConfig(module_path=str(FLOW_FILE), module_name=FLOW_NAME, block_size=4)
+    sc = BackendScenario("sglang", "reference", [5], tmp_path)
     with pytest.raises(VortexSGLangError, match="sliding-window"):
-        GlueBackend(runner, vortex_config=cfg)
+        glue_backend(sc, monkeypatch, sliding_window_size=4096)
     assert LAYERS == 3
 
 

@@ -183,9 +183,66 @@ def test_decode_time_excludes_prefill_and_prompts_depend_on_the_case_only() -> N
     rec = decode_bench.run_case(eng, 4096, 3, 64, clock)
     assert rec["tok_per_s"] == pytest.approx(3 * 64 / (64 * 0.02), rel=1e-3)  # 30 s of prefill not in it
     assert rec["prefill_s"] == pytest.approx(30.0 + 0.001 + 2 * 0.02)
-    assert [c[2] for c in eng.calls] == [2, 9, 1, 65]  # prefill, warm-up, t(1), t(steps + 1)
+    assert [c[2] for c in eng.calls] == [2, 9, 1, 65, 1, 65, 1, 65]  # prefill, warm-up, 3 x (t(1), t(steps + 1))
+    assert rec["decode_s_runs"] == [pytest.approx(64 * 0.02)] * 3
     assert decode_bench.prompt_ids(4096, 3, 64) == decode_bench.prompt_ids(4096, 3, 64)
     assert len(decode_bench.prompt_ids(4096, 3, 64)[0]) == 4096 - 64 - 8
+
+
+class JitteryEngine(FakeEngine):
+    """A :class:`FakeEngine` whose decode steps cost ``step_s`` times the next factor of ``slow`` per call."""
+
+    def __init__(self, clock: Clock, slow: list[float], pool: int | None = None) -> None:
+        super().__init__(clock, prefill_s=1.0, step_s=0.01)
+        self.slow, self.pool = list(slow), pool
+
+    def generate(self, input_ids: list[list[int]], sampling_params: dict[str, Any]) -> None:
+        before = self.clock.now
+        super().generate(input_ids, sampling_params)
+        factor = self.slow.pop(0) if self.slow else 1.0
+        self.clock.now = before + (self.clock.now - before) * factor
+
+    def get_server_info(self) -> dict[str, Any]:
+        return {"max_total_num_tokens": self.pool}
+
+
+def test_decode_time_is_the_median_of_repeated_timings() -> None:
+    """One slow timing (a host hiccup: 3x the steps' time) does not move tok/s; its spread is recorded, and the
+    e2e row carries the slowest over the fastest timing."""
+    clock = Clock()
+    # prefill, warm-up, then (t1, tn) x 3 with the second tn three times slower
+    rec = decode_bench.run_case(JitteryEngine(clock, [1, 1, 1, 1, 1, 3, 1, 1]), 2048, 1, 32, clock, repeats=3)
+    fast = 0.001 + 33 * 0.01 - (0.001 + 0.01)
+    assert rec["decode_s"] == pytest.approx(fast, abs=1e-3)
+    assert rec["tok_per_s"] == pytest.approx(32 / fast, rel=1e-2)
+    assert max(rec["decode_s_runs"]) > 2.5 * fast
+    rows = decode_bench.e2e_rows({"engines": {"plain": [rec], "vortex512": [{**rec, "decode_s_runs": [1.0, 1.1]}]}})
+    assert rows[0]["plain_spread"] == pytest.approx(max(rec["decode_s_runs"]) / min(rec["decode_s_runs"]) - 1,
+                                                    abs=1e-3)  # fmt: skip
+    assert rows[0]["vortex_spread"] == pytest.approx(0.1)
+    one = decode_bench.run_case(JitteryEngine(clock, []), 2048, 1, 32, clock, repeats=1)
+    assert len(one["decode_s_runs"]) == 1
+    assert decode_bench.e2e_rows({"engines": {"plain": [one], "vortex512": [one]}})[0]["vortex_spread"] is None
+
+
+def test_a_case_larger_than_the_kv_pool_is_skipped_with_the_reason() -> None:
+    """An engine whose pool cannot hold batch x ctx tokens does not time that case (SGLang would re-prefill
+    evicted prompts); the smaller cases run and every record carries the pool's size. An engine that reports no
+    pool size runs every case and records None."""
+    clock = Clock()
+    guard = decode_bench.TimeGuard(3600, clock)
+    out: list[dict[str, Any]] = []
+    decode_bench.engine_cases(lambda: JitteryEngine(clock, [], pool=300_000), "plain", [(8192, 16), (32768, 16)],
+                              [], 32, guard, engines_after=0, out=out, clock=clock,
+                              progress=lambda n, r: None)  # fmt: skip
+    assert "tok_per_s" in out[0] and out[0]["kv_pool_tokens"] == 300_000
+    assert "tok_per_s" not in out[1]
+    assert out[1]["skipped"] == ("does not fit the engine's KV pool: 16 x 32768 = 524288 tokens, the pool holds "
+                                 "300000 (a GPU with more memory, or fewer requests)")  # fmt: skip
+    out = []
+    decode_bench.engine_cases(lambda: FakeEngine(clock), "plain", [(32768, 16)], [], 32, guard, engines_after=0,
+                              out=out, clock=clock, progress=lambda n, r: None)  # fmt: skip
+    assert "tok_per_s" in out[0] and out[0]["kv_pool_tokens"] is None
 
 
 def _trace(path: Path, kernels: list[tuple[str, float]]) -> None:
@@ -267,7 +324,8 @@ def test_report_lists_profiled_cases(tmp_path: Path) -> None:
 
 def run_engines(plan: list[str], budgets: list[int], cases: list[tuple[int, int]], optional: list[tuple[int, int]],
                 minutes: float, start_s: float = 100.0, **engine_kw: Any) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
-    """main()'s engine loop over fake engines that take ``start_s`` to start."""
+    """main()'s engine loop over fake engines that take ``start_s`` to start (one timing per case: the guard's
+    arithmetic in the tests below counts one)."""
     clock = Clock()
     guard = decode_bench.TimeGuard(minutes * 60, clock)
     result: dict[str, Any] = {"engines": {}, "gpu": "GPU X", "date": "2030-01-01"}
@@ -283,7 +341,7 @@ def run_engines(plan: list[str], budgets: list[int], cases: list[tuple[int, int]
     for i, (name, _cfg, _overlap) in enumerate(engines):
         result["engines"][name] = []
         decode_bench.engine_cases(make, name, cases, optional, 64, guard, engines_after=len(engines) - 1 - i,
-                                  out=result["engines"][name], clock=clock,
+                                  out=result["engines"][name], clock=clock, repeats=1,
                                   progress=lambda n, r: lines.append(f"{n} {r.get('ctx')} {sorted(r)}"))  # fmt: skip
     assert all(e.shutdowns == 1 for e in made)
     return result, lines

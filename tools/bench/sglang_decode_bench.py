@@ -18,7 +18,10 @@ and few layers (``tools/device/mk_tiny.py --preset qwen3-8b --layers 4``), bf16,
    (``vortex:dense8192``: ``VortexConfig(sparse_decode_min_tokens=8192)``). One engine per (kind, budget, overlap) serves every (ctx, batch) case, so an engine start
    (2-4 min cold, ~30 s warm) is paid once. Per case the same prompts (random ids, seeded by the case), greedy,
    ``ignore_eos``; the radix cache is on, so after one prefill ``t(1)`` and ``t(steps + 1)`` re-use the cached
-   prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill.
+   prompts and decode tokens/s = ``batch * steps / (t(steps + 1) - t(1))`` excludes prefill; the pair is timed
+   ``--repeats`` times (default 3) and the median counts, its spread recorded. A case whose ``batch x ctx``
+   tokens exceed the engine's KV pool (SGLang's ``max_total_num_tokens``) is skipped with that reason: SGLang
+   would run part of the batch and re-prefill evicted prompts, so the time would not be decode.
 
 ``--profile-steps N``: after each case, N more decode steps under SGLang's own profiler (``Engine.start_profile``,
 GPU activity); the trace's kernels summed by name (:mod:`gpu_trace`) are the case's ``profile``: launches and us per
@@ -75,6 +78,7 @@ import os
 import platform
 import random
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -334,13 +338,16 @@ def prompt_ids(ctx: int, batch: int, steps: int, vocab: int = 31000) -> list[lis
 
 def run_case(
     engine: Any, ctx: int, batch: int, steps: int, clock: Callable[[], float] = time.time, profile_steps: int = 0,
-    profile_dir: str = "",
+    profile_dir: str = "", repeats: int = 3,
 ) -> dict[str, Any]:
     """Decode tokens/s of one case on a running engine, prefill excluded.
 
     The radix cache is on: ``generate`` with 2 new tokens prefills the prompts (and caches them), a short run
     warms this batch size up, then ``t(1)`` and ``t(steps + 1)`` both re-use the cached prompts (one token
-    re-computed), so ``batch * steps / (t(steps + 1) - t(1))`` is decode alone.
+    re-computed), so ``t(steps + 1) - t(1)`` is ``steps`` decode steps alone. That pair is timed ``repeats``
+    times; ``decode_s`` is the median (``decode_s_runs`` all of them), ``tok_per_s`` is ``batch * steps`` over it.
+    One pair is not enough at short contexts: on an H100 (2026-12-05) the same 2k x 1 plain case gave 103.2 and
+    123.4 tok/s in two runs, where the two engines' kernels per step differed by 4%.
 
     ``profile_steps``: afterwards, ``profile_steps`` more decode steps under SGLang's profiler (GPU activity,
     traces under ``profile_dir``), summed per kernel (:func:`gpu_trace.kernel_summary`) as the record's
@@ -356,13 +363,44 @@ def run_case(
 
     tp = run(2)  # prefill (cached from now on), JIT and allocator warm-up at this shape
     run(min(steps, 8) + 1)  # a few decode steps more at this batch size (graph replay, plan buffers)
-    t1 = run(1)
-    tn = run(steps + 1)
-    rec = {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3), "one_s": round(t1, 3),
-           "decode_s": round(tn - t1, 3), "tok_per_s": round(batch * steps / max(tn - t1, 1e-9), 1)}  # fmt: skip
+    pairs = [(run(1), run(steps + 1)) for _ in range(max(1, repeats))]
+    runs = [tn - t1 for t1, tn in pairs]
+    decode_s = statistics.median(runs)
+    rec = {"ctx": ctx, "batch": batch, "steps": steps, "prefill_s": round(tp, 3),
+           "one_s": round(statistics.median(t1 for t1, _ in pairs), 3), "decode_s": round(decode_s, 3),
+           "decode_s_runs": [round(x, 4) for x in runs],
+           "tok_per_s": round(batch * steps / max(decode_s, 1e-9), 1)}  # fmt: skip
     if profile_steps:
         rec["profile"] = profile_case(engine, lambda: run(profile_steps + 1), profile_steps, profile_dir, clock)
     return rec
+
+
+def kv_pool_tokens(engine: Any) -> int | None:
+    """The tokens of K/V the engine's pool holds (SGLang's ``max_total_num_tokens``), or None: not reported."""
+    try:
+        info = engine.get_server_info()
+    except Exception as exc:
+        log(f"  the engine's KV pool size is unknown ({type(exc).__name__}: {str(exc)[:120]}): cases unchecked")
+        return None
+    tokens = info.get("max_total_num_tokens") if isinstance(info, dict) else None
+    if not isinstance(tokens, int):
+        log("  the engine reported no max_total_num_tokens: cases are not checked against its KV pool")
+        return None
+    return tokens
+
+
+def pool_skip(ctx: int, batch: int, pool: int | None) -> str | None:
+    """Why a case cannot be measured on an engine whose KV pool holds ``pool`` tokens, or None: it fits.
+
+    Every request holds about ``ctx`` tokens at once (prompt ``ctx - steps - 8`` plus up to ``steps + 1`` new
+    ones). If the pool is smaller SGLang runs part of the batch, queues the rest and evicts cached prompts, and
+    the "decode" time is re-prefill: on an H100, 32k x 16 of Qwen3-8B's 36 layers (77 GB of K/V) profiled 976 ms
+    of prefill kernels per decode step (results/gpu/2026-12-05-h100-session6.md)."""
+    need = batch * ctx
+    if pool is None or need <= pool:
+        return None
+    return (f"does not fit the engine's KV pool: {batch} x {ctx} = {need} tokens, the pool holds {pool} "
+            "(a GPU with more memory, or fewer requests)")
 
 
 def profile_case(
@@ -416,11 +454,12 @@ def engine_cases(
     make_engine: Callable[[], Any], name: str, cases: list[tuple[int, int]], optional: list[tuple[int, int]],
     steps: int, guard: TimeGuard, *, engines_after: int, out: list[dict[str, Any]],
     progress: Callable[[str, dict[str, Any]], None], clock: Callable[[], float] = time.time,
-    profile_steps: int = 0, profile_dir: str = "",
+    profile_steps: int = 0, profile_dir: str = "", repeats: int = 3,
 ) -> None:
     """One engine (``make_engine()``) over its cases, each record appended to ``out`` as soon as it exists
     (``progress`` is called after every one: the caller writes the JSON, so a timeout still leaves data).
-    A case that raises is recorded with its error and the next one runs; the engine is always shut down."""
+    A case that raises is recorded with its error and the next one runs; a case larger than the engine's KV pool
+    (:func:`pool_skip`) is recorded as skipped, with the reason; the engine is always shut down."""
     why = guard.engine_skip()
     if why:
         for ctx, batch in [*cases, *optional]:
@@ -438,17 +477,20 @@ def engine_cases(
     guard.record_start(start_s)
     log(f"engine {name} up in {start_s:.0f} s ({guard.left():.0f} s left)")
     try:
+        pool = kv_pool_tokens(engine)
         for i, (ctx, batch) in enumerate([*cases, *optional]):
             is_optional = i >= len(cases)
             if is_optional and not any("tok_per_s" in r for r in out):
                 rec: dict[str, Any] = {"ctx": ctx, "batch": batch, "skipped": "no required case ran on this engine"}
-            elif why := guard.case_skip((ctx, batch), optional=is_optional, engines_after=engines_after):
+            elif why := pool_skip(ctx, batch, pool) or guard.case_skip(
+                (ctx, batch), optional=is_optional, engines_after=engines_after
+            ):
                 rec = {"ctx": ctx, "batch": batch, "skipped": why}
             else:
                 t = clock()
                 try:
                     rec = run_case(engine, ctx, batch, steps, clock, profile_steps,
-                                   os.path.join(profile_dir, f"{name}-{ctx}x{batch}"))  # fmt: skip
+                                   os.path.join(profile_dir, f"{name}-{ctx}x{batch}"), repeats)  # fmt: skip
                 except Exception as exc:
                     rec = {"ctx": ctx, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:800]}
                 guard.record_case((ctx, batch), clock() - t)
@@ -457,6 +499,7 @@ def engine_cases(
                 except Exception as exc:
                     log(f"  flush_cache failed: {exc}")
             rec["engine_start_s"] = round(start_s, 1)
+            rec["kv_pool_tokens"] = pool
             rec["optional"] = is_optional
             out.append(rec)
             progress(name, rec)
@@ -473,13 +516,18 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The e2e table as rows ``{ctx, batch, budget_tokens, overlap, pdl, plain_tok_s, vortex_tok_s}`` (+ the plain
     engine's tok/s with the overlap scheduler off, ``tp_size``, ``gpu`` and ``date``), one per case of every Vortex
     engine; a throughput is None where that engine did not measure the case (skipped, failed). ``tp_size`` is the
-    result's (1 for results written before the option existed)."""
+    result's (1 for results written before the option existed). ``plain_spread`` / ``vortex_spread``: the case's
+    slowest timing over its fastest, less one (None: one timing)."""
     rows = []
     eng = result["engines"]
     tp_size = int(result.get("tp_size", 1))
 
     def by_case(key: str) -> dict[tuple[Any, Any], dict[str, Any]]:
         return {(r["ctx"], r["batch"]): r for r in eng.get(key, []) if "ctx" in r}
+
+    def spread(rec: dict[str, Any] | None) -> float | None:  # slowest / fastest timing of the case, less one
+        runs = (rec or {}).get("decode_s_runs") or []
+        return round(max(runs) / min(runs) - 1, 3) if len(runs) > 1 and min(runs) > 0 else None
 
     for key, recs in eng.items():
         if not key.startswith("vortex"):
@@ -497,6 +545,7 @@ def e2e_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                          "sparse_decode_min_tokens": threshold,
                          "plain_tok_s": plain.get(case, {}).get("tok_per_s"), "vortex_tok_s": r.get("tok_per_s"),
                          "plain_overlap_off_tok_s": plain_off.get(case, {}).get("tok_per_s"), "tp_size": tp_size,
+                         "plain_spread": spread(plain.get(case)), "vortex_spread": spread(r),
                          "gpu": result.get("gpu"), "date": result.get("date")})  # fmt: skip
     return rows
 
@@ -627,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, nargs="+", default=[8192, 32768])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--steps", type=int, default=64, help="decode steps timed per case")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="times each case's decode is timed; the median counts (default 3)")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=float(os.environ.get("VORTEX_BENCH_BUDGET_S", 430)),
                    help="seconds this script may run (--max-minutes wins)")  # fmt: skip
     p.add_argument("--max-minutes", type=float,
@@ -779,7 +830,8 @@ def main(argv: list[str] | None = None) -> None:
             result["engines"][name] = []
             engine_cases(make_engine, name, engine_cases_list, optional, args.steps, guard,
                          engines_after=len(plan) - 1 - i, out=result["engines"][name], progress=progress,
-                         profile_steps=args.profile_steps, profile_dir=args.profile_dir)  # fmt: skip
+                         profile_steps=args.profile_steps, profile_dir=args.profile_dir,
+                         repeats=args.repeats)  # fmt: skip
     result["complete"] = True
     save()
     print(report(result))
@@ -812,12 +864,14 @@ def report(res: dict[str, Any]) -> str:
             )
     if res.get("e2e"):
         lines += ["", "End to end decode throughput, tokens/s (flashinfer base; Vortex = the quick-start flow):", "",
-                  "| ctx | batch | budget | overlap | plain | vortex | speedup |", "|---|---|---|---|---|---|---|"]
+                  "| ctx | batch | budget | overlap | plain | vortex | speedup | spread plain / vortex |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in res["e2e"]:
             a, b = r.get("plain_tok_s"), r.get("vortex_tok_s")
             speed = f"{b / a:.2f}x" if a and b else "-"
+            pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"
             lines.append(f"| {r['ctx']} | {r['batch']} | {r['budget_tokens']} | {r['overlap']} | {a or '-'} | "
-                         f"{b or '-'} | {speed} |")
+                         f"{b or '-'} | {speed} | {pct(r.get('plain_spread'))} / {pct(r.get('vortex_spread'))} |")
     elif res["engines"]:
         lines += ["", "engines: " + json.dumps(res["engines"])[:2000]]
     profiled = [(name, r) for name, recs in res["engines"].items() for r in recs if "profile" in r]

@@ -4,6 +4,7 @@ remote.sh packs what each sub-command wrote into two files, skips what no longer
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -30,17 +31,36 @@ def remote_models() -> list[str]:
 
 
 @pytest.mark.parametrize(("step", "sub"), SUBS, ids=IDS)
-def test_sub_command_is_one_remote_sh_runs(step: str, sub: Any, tmp_path: Path) -> None:
+def test_sub_command_is_one_remote_sh_runs(
+    step: str, sub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = sub.argv(tmp_path, 300)
     kind = args[0]
     assert kind in ("suite", "bench", "py", "sanitize"), f"{step}/{sub.name}: remote.sh has no sub-command {kind!r}"
-    assert not any("{" in a for a in args), f"a placeholder left in {args}"
+    assert not any(re.search(r"\{(out|minutes)\}", a) for a in args), f"a placeholder left in {args}"
     if kind == "suite":
         paths = [a for a in args[1:] if not a.startswith("-")]
         assert paths
         for p in paths:
             assert (ROOT / p).exists(), f"{step}/{sub.name}: no {p}"
-    if kind == "py":
+    if kind == "py" and args[1] == "-m":  # a module: importable; through the launcher, its command as it checks it
+        assert importlib.util.find_spec(args[2]) is not None, args[2]
+        if args[2] == "vortex_torch.engine.sgl.run":
+            from vortex_torch.engine.sgl import run
+
+            monkeypatch.chdir(ROOT)  # remote.sh runs from the repository root: relative module_path
+            run.prepare(args[3], args[4:])  # raises on a module outside SGLang, a bad --vortex-config, ...
+            if args[3] == "sglang.benchmark.one_batch":  # its own parser takes every flag (exits 2 otherwise)
+                import argparse
+
+                from sglang.benchmark.one_batch import BenchArgs
+                from sglang.srt.server_args import ServerArgs
+
+                parser = argparse.ArgumentParser()
+                ServerArgs.add_cli_args(parser)
+                BenchArgs.add_cli_args(parser)
+                parser.parse_args(args[4:])
+    elif kind == "py":
         assert (ROOT / args[1]).is_file(), args[1]
     if kind == "bench":
         tool = ROOT / "tools" / "bench" / f"{args[1]}.py"

@@ -90,6 +90,19 @@ E2E = "bench sglang_decode_bench --skip-kernels"
 QWEN36 = "--model /tmp/models/qwen3-8b-l1 --dummy-layers 36"
 DSV2 = "--model /tmp/models/dsv2-lite-l1 --dummy-layers 27"
 E2E_OUT = "--max-minutes {minutes} --out {out}/e2e_full.json --e2e-out {out}/e2e.json"
+#: SGLang's own one-batch benchmark through vortex-sglang's launcher (issue 8: users reproduce with SGLang's tools):
+#: the same 36 layers of random weights, one process per engine, prefill timed apart from decode
+ONE_BATCH = (
+    "py -m vortex_torch.engine.sgl.run sglang.benchmark.one_batch --model-path /tmp/models/qwen3-8b-l1 "
+    "--load-format dummy --json-model-override-args '{\"num_hidden_layers\": 36}' --attention-backend flashinfer "
+    "--page-size 16 --mem-fraction-static 0.8 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph "
+    "--batch-size 1 16 --input-len 2048 32768 --output-len 32 --result-filename {out}/one_batch.jsonl"
+)
+#: the quick start's VortexConfig (as tools/bench/sglang_decode_bench.py's VORTEX), as --vortex-config JSON
+QUICKSTART_JSON = (
+    '{"module_path": "examples/custom_sparse_attention.py", "module_name": "custom_sparse_attention", '
+    '"topk_val": 30, "layers_skip": [0], "block_reserved_bos": 1, "block_reserved_eos": 1}'
+)
 
 
 def sub(name: str, command: str, cap_s: int, min_s: int, models: str = "none", **env: str) -> Sub:
@@ -163,6 +176,10 @@ STEPS: dict[str, list[Sub]] = {
     "extra": [
         sub("sanitize", "sanitize", 300, 120, VORTEX_SANITIZE_S="270"),
         sub("flows", "bench flows_bench --out {out}/flows_bench.json", 270, 120),
+    ],
+    "sgl-bench": [
+        sub("plain", f"{ONE_BATCH} --run-name plain", 280, 150, "qwen3-8b-l1"),
+        sub("vortex", f"{ONE_BATCH} --run-name vortex --vortex-config '{QUICKSTART_JSON}'", 280, 150, "qwen3-8b-l1"),
     ],
     "tp-suite": [
         sub("suite", "suite tests/gpu/test_sglang_tp.py -q -rf", 580, 300, "tiny"),

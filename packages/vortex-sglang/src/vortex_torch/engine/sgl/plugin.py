@@ -41,6 +41,7 @@ from the host copy of the lengths (:mod:`.step_modes`), just before the runner b
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import importlib.metadata
@@ -48,7 +49,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .config import ATTENTION_BACKENDS, VortexConfig
@@ -145,12 +146,22 @@ def _after_add_cli_args(result: Any, parser: Any, *args: Any, **kwargs: Any) -> 
         )
 
 
-def _around_from_cli_args(original: Callable[..., Any], cls: Any, args: Any) -> Any:
-    token = _cli.set(_FromCli(getattr(args, "vortex_config", None)))
+@contextlib.contextmanager
+def cli_vortex_config(value: str | None) -> Iterator[None]:
+    """Inside: every ``ServerArgs`` built without ``vortex=`` of its own takes ``value`` as its
+    ``--vortex-config`` and is treated as built from the command line (every field present). Hook 2 wraps
+    ``from_cli_args`` in it; :mod:`.run` wraps a whole SGLang module, whose ``ServerArgs`` may be rebuilt from
+    ``dataclasses.asdict`` (which drops the Vortex config: it is not a dataclass field)."""
+    token = _cli.set(_FromCli(value))
     try:
-        return original(cls, args)
+        yield
     finally:
         _cli.reset(token)
+
+
+def _around_from_cli_args(original: Callable[..., Any], cls: Any, args: Any) -> Any:
+    with cli_vortex_config(getattr(args, "vortex_config", None)):
+        return original(cls, args)
 
 
 def _pop_legacy_flat(kwargs: dict[str, Any]) -> VortexConfig | None:

@@ -54,6 +54,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -86,8 +87,10 @@ def log(msg: str) -> None:
     print(f"[decode_step_bench] {msg}", flush=True)
 
 
-def graph_us(fns: list[Callable[[], object]], iters: int = 20) -> float:
-    """Mean microseconds of one call of ``fns[i]``, the list captured as one CUDA graph (one call each)."""
+def graph_us(fns: list[Callable[[], object]], iters: int = 20, rounds: int = 5) -> float:
+    """Microseconds of one call of ``fns[i]``, the list captured as one CUDA graph (one call each): the median
+    over ``rounds`` rounds of the mean of ``iters`` replays. One round alone once gave a 118 us plan where the
+    same plan took 6-12 us in every other case (H100, 2026-12-05, results/gpu/2026-12-05-h100-session6.md)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -100,13 +103,16 @@ def graph_us(fns: list[Callable[[], object]], iters: int = 20) -> float:
             f()
     g.replay()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / iters / len(fns)
+    means = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            g.replay()
+        end.record()
+        torch.cuda.synchronize()
+        means.append(start.elapsed_time(end) * 1000 / iters / len(fns))
+    return statistics.median(means)
 
 
 def launch_events(fn: Callable[[], object]) -> list[str]:

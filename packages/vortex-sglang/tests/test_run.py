@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from vortex_torch.engine.sgl import run
-from vortex_torch.engine.sgl.plugin import cli_vortex_config, config_of
+from vortex_torch.engine.sgl.plugin import config_of, vortex_cli_scope
 
 pytestmark = pytest.mark.sglang
 
@@ -40,7 +40,7 @@ def test_asdict_rebuild_keeps_the_config_only_inside_the_scope(
     argv = ["--model-path", str(tiny_model_dir), "--device", "cpu", "--skip-tokenizer-init", "--vortex-config", value]
     first, again = _offline_throughput_like(sgl, argv)
     assert config_of(first) is not None and config_of(again) is None
-    with cli_vortex_config(value):
+    with vortex_cli_scope(value):
         first, again = _offline_throughput_like(sgl, argv)
     cfg = config_of(again)
     assert cfg is not None and cfg.topk_val == 5 and cfg == config_of(first)

@@ -147,7 +147,7 @@ def _after_add_cli_args(result: Any, parser: Any, *args: Any, **kwargs: Any) -> 
 
 
 @contextlib.contextmanager
-def cli_vortex_config(value: str | None) -> Iterator[None]:
+def vortex_cli_scope(value: str | None) -> Iterator[None]:
     """Inside: every ``ServerArgs`` built without ``vortex=`` of its own takes ``value`` as its
     ``--vortex-config`` and is treated as built from the command line (every field present). Hook 2 wraps
     ``from_cli_args`` in it; :mod:`.run` wraps a whole SGLang module, whose ``ServerArgs`` may be rebuilt from
@@ -160,7 +160,7 @@ def cli_vortex_config(value: str | None) -> Iterator[None]:
 
 
 def _around_from_cli_args(original: Callable[..., Any], cls: Any, args: Any) -> Any:
-    with cli_vortex_config(getattr(args, "vortex_config", None)):
+    with vortex_cli_scope(getattr(args, "vortex_config", None)):
         return original(cls, args)
 
 

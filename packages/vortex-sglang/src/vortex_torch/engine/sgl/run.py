@@ -6,7 +6,7 @@ scheduler process, but its benchmark scripts build their argument parser before 
 ``python -m sglang.benchmark.offline_throughput --vortex-config ...`` stops at "unrecognized arguments", and
 ``sglang.benchmark.one_batch`` builds its model runner in-process, where no plugin was loaded. This loads them
 first (SGLang's own ``load_plugins()``), then runs the module as ``__main__``, with ``--vortex-config`` carried
-into every ``ServerArgs`` it builds (:func:`.plugin.cli_vortex_config`): ``offline_throughput`` rebuilds its
+into every ``ServerArgs`` it builds (:func:`.plugin.vortex_cli_scope`): ``offline_throughput`` rebuilds its
 ``ServerArgs`` as ``Engine(**dataclasses.asdict(server_args))``, which would otherwise drop the Vortex config
 and serve densely. Run the same command without ``--vortex-config`` for the plain-SGLang baseline.
 
@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.split("\n\n")[0].replace("``", "") + f"\n\nusage: {PROG} MODULE [ARGS...]")
         return 0 if argv else 2
     module, rest = argv[0], argv[1:]
-    from .plugin import cli_vortex_config
+    from .plugin import vortex_cli_scope
 
     try:
         value = prepare(module, rest)
         sys.argv = [module, *rest]
-        with cli_vortex_config(value):
+        with vortex_cli_scope(value):
             runpy.run_module(module, run_name="__main__", alter_sys=True)
     except (CommandError, ConfigFieldError, VortexSGLangError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -697,3 +697,34 @@ def test_split_variants_spread_wider_when_the_gpu_is_underfilled() -> None:
     assert step_bench.split_variants(1, 256, 132) == [1, 2]
     assert step_bench.split_variants(2, 8, 132) == [2, 4, 8, 16]
     assert step_bench.split_variants(16, 8, 132) == [16, 32, 64]
+
+
+@interpreter_only
+def test_ab_indexer_variants_select_what_the_built_executor_selects() -> None:
+    """``tools/device/ab_indexer.py``'s variants are the same indexer: the un-hoisted scoring kernel (another
+    source) and the 128-block chunk select the blocks the executor as built selects; the ``maxnreg`` variant
+    only adds the launch option to the scoring kernel's launches."""
+    ab = load_tool(ROOT / "tools" / "device" / "ab_indexer.py")
+    case = bench_case("gqa")
+    exs = ab.variants(case)
+    assert exs["A_as_built"].source != exs["B_unhoisted"].source
+    core, p = case.core, case.plan
+    picks = {}
+    for name in ("A_as_built", "B_unhoisted", "D_chunk128"):
+        core.executor = exs[name]
+        core.indexer_plan = exs[name].plan(case.batch * case.num_kv_heads, p.max_blocks_per_row, case.device)
+        p.sel_indices.fill_(-1)  # what a variant does not write shows
+        core.select(case.q[0], case.fields[0], p)
+        picks[name] = p.sel_indices[: int(p.sel_indptr[-1])].sort().values.clone()
+        assert picks[name].numel() > 0 and bool((picks[name] >= 0).all()), name
+    assert torch.equal(picks["A_as_built"], picks["B_unhoisted"])
+    assert torch.equal(picks["A_as_built"], picks["D_chunk128"])
+    launched: list[tuple[Any, dict[str, Any]]] = []
+
+    class Kernel:
+        def __getitem__(self, grid: Any) -> Any:
+            return lambda *a, **k: launched.append((grid, k))
+
+    wrapped = ab.MaxNReg(type("M", (), {"indexer": Kernel(), "other": 7})(), 48)
+    wrapped.indexer[(3, 1)](1, 2, BS0=64)
+    assert launched == [((3, 1), {"BS0": 64, "maxnreg": 48})] and wrapped.other == 7

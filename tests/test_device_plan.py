@@ -143,7 +143,8 @@ def test_cli_dry_run_list_and_bad_input() -> None:
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     assert [ln.split(":")[0] for ln in lines] == [s.name for s in plan.STEPS["layer"]]
-    assert "VORTEX_BUDGET_S=200 bash tools/device/remote.sh suite packages/vortex-ops/tests" in lines[0]
+    assert "VORTEX_BUDGET_S=240 bash tools/device/remote.sh bench decode_step_bench --cases 32768x32" in lines[0]
+    assert lines[-1] == "suite: skipped unless time is left (needs 90 s)"  # as if every bench took its whole cap
     listed = run_cli("list")
     assert listed.returncode == 0 and [ln.split(":")[0] for ln in listed.stdout.splitlines()] == list(plan.STEPS)
     for bad, says in ((["nope"], "unknown step 'nope'"), (["layer", "--budget-s", "900"], "--budget-s 900")):

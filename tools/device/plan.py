@@ -111,11 +111,13 @@ def sub(name: str, command: str, cap_s: int, min_s: int, models: str = "none", *
 
 
 STEPS: dict[str, list[Sub]] = {
-    "layer": [
-        sub("suite", f"suite {KERNEL_SUITE} -q -rf", 200, 90),
+    "layer": [  # the benches first: on a cold H100 the suite alone ran past 184 s (results/gpu/2026-12-05-h100-session6.md)
         sub("gqa", f"{STEP} --cases 32768x32 32768x1 131072x32 32768x8 2048x1 --sweep indexer --out {{out}}/step.json",
             240, 90),
-        sub("gqa512", f"{STEP} --budget 512 --cases 2048x1 2048x16 8192x1 32768x1 --out {{out}}/step.json", 150, 60),
+        # the scoring kernel's loads in flight (query mean hoisted or not, maxnreg 48, a 128-block chunk)
+        sub("ab", "py tools/device/ab_indexer.py --out {out}/ab_indexer.json", 150, 60),
+        sub("gqa512", f"{STEP} --budget 512 --cases 2048x1 2048x16 8192x1 32768x1 --out {{out}}/step.json", 120, 45),
+        sub("suite", f"suite {KERNEL_SUITE} -q -rf", 300, 90),
     ],
     "layer2": [
         sub("bw", "py tools/device/bw_probe.py", 120, 45),  # 256 B vs 2 KiB row gathers: the summaries' layout

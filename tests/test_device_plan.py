@@ -78,6 +78,15 @@ def test_sub_command_is_one_remote_sh_runs(
         assert any(re.fullmatch(p.strip('"').replace("*", r"\d+"), model) for p in patterns), (model, patterns)
 
 
+def test_every_result_file_a_step_writes_is_ingested() -> None:
+    """What a sub-command writes under ``{out}`` by name comes back into results/gpu with ``plan.py ingest``."""
+    for step, subs in plan.STEPS.items():
+        for sub in subs:
+            for arg in sub.args:
+                for name in re.findall(r"\{out\}/([\w.]+)", arg):
+                    assert name in plan.INGESTED, (step, sub.name, name)
+
+
 def test_budgets_fit_a_call() -> None:
     for step, subs in plan.STEPS.items():
         for sub in subs:

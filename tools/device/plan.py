@@ -277,7 +277,8 @@ def run_step(step: str, budget_s: int, out: Path, remote: list[str], rev: str, w
 
 
 #: what ``ingest`` files from each sub-command's folder (the rest, logs and summaries, stays in the archive)
-INGESTED = ("step.json", "e2e.json", "e2e_full.json", "flows_bench.json", "junit.xml")
+INGESTED = ("step.json", "e2e.json", "e2e_full.json", "flows_bench.json", "junit.xml", "ab_indexer.json",
+            "one_batch.jsonl")
 
 
 def ingest(step: str, files_at: Path, results: Path = ROOT / "results" / "gpu") -> list[Path]:

@@ -728,3 +728,44 @@ def test_ab_indexer_variants_select_what_the_built_executor_selects() -> None:
     wrapped = ab.MaxNReg(type("M", (), {"indexer": Kernel(), "other": 7})(), 48)
     wrapped.indexer[(3, 1)](1, 2, BS0=64)
     assert launched == [((3, 1), {"BS0": 64, "maxnreg": 48})] and wrapped.other == 7
+
+
+def test_replay_us_is_the_median_round_per_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one graph timer of the benches: per replay, the median of the rounds' means, so one slow round (a
+    clock ramp, another process) does not move the number."""
+    indexer_bench = load_tool(ROOT / "tools" / "bench" / "indexer_bench.py")
+    clock = {"ms": 0.0}
+    per_round_ms = iter([2.0, 2.2, 40.0, 2.1, 1.9])  # 10 replays per round; round 3 is a hiccup
+
+    class Graph:
+        replays = 0
+
+        def replay(self) -> None:
+            self.replays += 1
+
+    class Event:
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+            self.at = 0.0
+
+        def record(self) -> None:
+            self.at = clock["ms"]
+
+        def elapsed_time(self, other: Event) -> float:
+            return other.at - self.at
+
+    started = {"n": 0}
+    original_record = Event.record
+
+    def record(self: Event) -> None:
+        started["n"] += 1
+        if started["n"] % 2 == 0:  # the end event of a round: that round's time passed
+            clock["ms"] += next(per_round_ms)
+        original_record(self)
+
+    monkeypatch.setattr(Event, "record", record)
+    monkeypatch.setattr(indexer_bench.torch.cuda, "Event", Event)
+    monkeypatch.setattr(indexer_bench.torch.cuda, "synchronize", lambda: None)
+    graph = Graph()
+    assert indexer_bench.replay_us(graph, iters=10, rounds=5) == pytest.approx(2.1 * 1000 / 10)
+    assert graph.replays == 50

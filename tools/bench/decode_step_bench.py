@@ -54,7 +54,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +71,9 @@ if TYPE_CHECKING:  # vortex-sglang is imported when a case is built (flows_bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from indexer_bench import replay_us  # noqa: E402 - one graph timer for every bench
+
 FLOW = os.path.join(REPO, "examples", "custom_sparse_attention.py")
 HQ, HKV, D, PAGE, BS = 32, 8, 128, 16, 16
 KV_DTYPES = {"bfloat16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -88,9 +90,8 @@ def log(msg: str) -> None:
 
 
 def graph_us(fns: list[Callable[[], object]], iters: int = 20, rounds: int = 5) -> float:
-    """Microseconds of one call of ``fns[i]``, the list captured as one CUDA graph (one call each): the median
-    over ``rounds`` rounds of the mean of ``iters`` replays. One round alone once gave a 118 us plan where the
-    same plan took 6-12 us in every other case (H100, 2026-12-05, results/gpu/2026-12-05-h100-session6.md)."""
+    """Microseconds of one call of ``fns[i]``, the list captured as one CUDA graph (one call each), timed by
+    :func:`indexer_bench.replay_us` (median of ``rounds`` rounds of ``iters`` replays)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -103,16 +104,7 @@ def graph_us(fns: list[Callable[[], object]], iters: int = 20, rounds: int = 5) 
             f()
     g.replay()
     torch.cuda.synchronize()
-    means = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            g.replay()
-        end.record()
-        torch.cuda.synchronize()
-        means.append(start.elapsed_time(end) * 1000 / iters / len(fns))
-    return statistics.median(means)
+    return replay_us(g, iters, rounds) / len(fns)
 
 
 def launch_events(fn: Callable[[], object]) -> list[str]:

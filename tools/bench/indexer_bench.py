@@ -20,10 +20,12 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 import torch
 
@@ -31,8 +33,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 
+def replay_us(graph: Any, iters: int, rounds: int = 5) -> float:
+    """Microseconds per replay of a captured (and once replayed) CUDA graph: the median over ``rounds`` rounds of
+    the mean of ``iters`` back-to-back replays. One round alone once gave a 118 us plan where the same plan took
+    6-12 us in every other case (H100, 2026-12-05, results/gpu/2026-12-05-h100-session6.md). The one graph timer
+    of every bench in tools/bench."""
+    means = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        means.append(start.elapsed_time(end) * 1000 / iters)
+    return statistics.median(means)
+
+
 def bench_graph(fn: Callable[[], object], iters: int = 50) -> float:
-    """Mean microseconds of ``fn`` replayed as a CUDA graph."""
+    """Microseconds of ``fn`` replayed as a CUDA graph (:func:`replay_us`)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -44,13 +63,7 @@ def bench_graph(fn: Callable[[], object], iters: int = 50) -> float:
         fn()
     g.replay()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / iters
+    return replay_us(g, iters)
 
 
 def bench_eager(fn: Callable[[], object], iters: int = 30) -> float:

@@ -87,7 +87,7 @@ from typing import Any, NoReturn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from indexer_bench import bench_eager  # noqa: E402 - one eager timer for every bench
+from indexer_bench import bench_eager, replay_us  # noqa: E402 - one eager and one graph timer for every bench
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 FLOW_FILE = os.path.join(REPO, "examples", "custom_sparse_attention.py")
@@ -132,13 +132,7 @@ def bench_graph(fn: Callable[[], object], iters: int = 50) -> float:
         return -bench_eager(fn, iters)
     g.replay()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / iters
+    return replay_us(g, iters)
 
 
 # -- 1. one layer's kernels ----------------------------------------------------------------------------------------

@@ -142,11 +142,12 @@ STEPS: dict[str, list[Sub]] = {
         sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 32768x1 32768x16 --engines plain vortex --budgets 2048 "
             f"--steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
     ],
-    # short contexts only: on a cold H100 the plain engine's start, first prefill (JIT) and
-    # 32k x 16 case alone took 370 s (results/gpu/2026-12-05-h100-runs.md); the 32k steps are `e2e`'s
+    # no 32k x 16: on a cold H100 the plain engine's start, first prefill (JIT) and that case alone took 370 s
+    # (results/gpu/2026-12-05-h100-runs.md). Two thresholds: on the H100 (2026-12-05) 2k x 16, just over 32768
+    # tokens and so sparse, ran at 0.87x; 65536 keeps it (and 32k x 1) dense and 8k x 16 sparse
     "e2e-dense": [
-        sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 --engines plain vortex:dense32768 "
-            f"--budgets 512 --steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
+        sub("e2e", f"{E2E} {QWEN36} --cases 2048x1 2048x16 8192x1 8192x16 32768x1 --engines plain vortex:dense32768 "
+            f"vortex:dense65536 --budgets 512 --steps 32 {E2E_OUT}", 580, 240, "qwen3-8b-l1"),
     ],
     "overlap": [
         sub("suite", "suite tests/gpu/test_sglang_overlap.py -q -rf", 420, 200, "tiny"),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from vortex_torch.engine.sgl import run
-from vortex_torch.engine.sgl.plugin import config_of, vortex_cli_scope
+from vortex_torch.engine.sgl.plugin import SKIP_VERSION_CHECK_ENV, config_of, vortex_cli_scope
 
 pytestmark = pytest.mark.sglang
 
@@ -108,6 +108,17 @@ def test_sglang_benchmarks_list_the_flag_through_the_launcher(sgl: Any) -> None:
         plain = subprocess.run([sys.executable, "-m", module, "--help"],
                                capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
         assert plain.returncode == 0 and "--vortex-config" not in plain.stdout, plain.stderr[-2000:]
+
+
+def test_an_unsupported_sglang_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the SGLang release the hooks target, the launcher says which one to install (not "no module")."""
+    monkeypatch.setattr(run.importlib.util, "find_spec", lambda name: pytest.fail("checked the module first"))
+    monkeypatch.setattr(run.runpy, "run_module", lambda *a, **k: pytest.fail("the module must not run"))
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "0.4.0")
+    monkeypatch.delenv(SKIP_VERSION_CHECK_ENV, raising=False)
+    assert run.main(["sglang.benchmark.one_batch"]) == 2
+    err = capsys.readouterr().err
+    assert "supports sglang==0.5.17 only" in err and "found sglang 0.4.0" in err and err.count("\n") == 1
 
 
 def test_usage_without_a_module(capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,6 +62,9 @@ def prepare(module: str, argv: list[str]) -> str | None:
     if module != "sglang" and not module.startswith("sglang."):
         raise CommandError(f"{module!r} is not one of SGLang's modules: this runs sglang.* modules "
                            "(e.g. sglang.benchmark.offline_throughput, sglang.benchmark.one_batch)")  # fmt: skip
+    from . import plugin
+
+    plugin.check_sglang_version()  # not installed, or not the release the hooks target: say so, not "no module"
     try:
         found = importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
@@ -71,6 +74,9 @@ def prepare(module: str, argv: list[str]) -> str | None:
     from sglang.srt.plugins import load_plugins
 
     load_plugins()  # registers and applies Vortex's hooks (and any other installed plugin's), as launch_server does
+    failure = plugin.registration_failure()
+    if failure is not None:
+        raise VortexSGLangError(f"vortex-sglang could not install its hooks: {failure}")
     if {"-h", "--help"} & set(argv):
         return None
     flags = _server_flags(argv)

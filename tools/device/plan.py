@@ -91,12 +91,14 @@ QWEN36 = "--model /tmp/models/qwen3-8b-l1 --dummy-layers 36"
 DSV2 = "--model /tmp/models/dsv2-lite-l1 --dummy-layers 27"
 E2E_OUT = "--max-minutes {minutes} --out {out}/e2e_full.json --e2e-out {out}/e2e.json"
 #: SGLang's own one-batch benchmark through vortex-sglang's launcher (issue 8: users reproduce with SGLang's tools):
-#: the same 36 layers of random weights, one process per engine, prefill timed apart from decode
+#: the same 36 layers of random weights, one process per engine, prefill timed apart from decode. It runs every
+#: batch size with every input length and prefills a batch in one forward (no chunking): 32k x 16 would need
+#: 77 GB of K/V plus ~45 GB of prefill activations, so the long context is 8k here (32k x 16 is `e2e`'s)
 ONE_BATCH = (
     "py -m vortex_torch.engine.sgl.run sglang.benchmark.one_batch --model-path /tmp/models/qwen3-8b-l1 "
     "--load-format dummy --json-model-override-args '{\"num_hidden_layers\": 36}' --attention-backend flashinfer "
     "--page-size 16 --mem-fraction-static 0.8 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph "
-    "--batch-size 1 16 --input-len 2048 32768 --output-len 32 --result-filename {out}/one_batch.jsonl"
+    "--batch-size 1 16 --input-len 2048 8192 --output-len 32 --result-filename {out}/one_batch.jsonl"
 )
 #: the quick start's VortexConfig (as tools/bench/sglang_decode_bench.py's VORTEX), as --vortex-config JSON
 QUICKSTART_JSON = (

@@ -183,8 +183,9 @@ STEPS: dict[str, list[Sub]] = {
         sub("flows", "bench flows_bench --out {out}/flows_bench.json", 270, 120),
     ],
     "sgl-bench": [
-        sub("plain", f"{ONE_BATCH} --run-name plain", 280, 150, "qwen3-8b-l1"),
-        sub("vortex", f"{ONE_BATCH} --run-name vortex --vortex-config '{QUICKSTART_JSON}'", 280, 150, "qwen3-8b-l1"),
+        sub("plain", f"{ONE_BATCH} --run-name plain", 240, 120, "qwen3-8b-l1"),
+        sub("vortex", f"{ONE_BATCH} --run-name vortex --vortex-config '{QUICKSTART_JSON}'", 240, 120, "qwen3-8b-l1"),
+        sub("suite", "suite tests/gpu/test_sglang_bench_tools.py -q -rf", 300, 120, "tiny"),  # the launcher's tests
     ],
     "tp-suite": [
         sub("suite", "suite tests/gpu/test_sglang_tp.py -q -rf", 580, 300, "tiny"),

@@ -4,7 +4,8 @@
     python3 tools/device/plan.py list
     python3 tools/device/plan.py ingest STEP FILES_AT      (here, after the call: into results/gpu/)
 
-A step is a list of sub-commands of ``tools/device/remote.sh`` (a suite or a bench) run one after the other. Each
+A step is a list of sub-commands of ``tools/device/remote.sh`` (a suite, a bench or a python command) run one
+after the other. Each
 one gets ``VORTEX_BUDGET_S``: its own cap, or what is left of the step's ``--budget-s`` (default 580, under the
 call's 600 s limit) if that is less; one whose minimum no longer fits is skipped, and the summary says so.
 
@@ -17,14 +18,17 @@ over 8 MB (a profiler trace) is left out of the archive and named in the summary
 The steps, in the order that wastes least device time (the machine stays warm 30 s after a call, and a warm
 machine skips SGLang's and FlashInfer's JIT):
 
-- ``layer``: the kernel suite, then the one-layer GQA bench at budget 2048 with the indexer sweep (it decides
-  the opt-in defaults: ``prefetch_indices``, ``bits_per_pass``, ``layer_fused_us``) and at the e2e budget 512;
+- ``layer``: the one-layer GQA bench at budget 2048 with the indexer sweep (it decides the opt-in defaults:
+  ``prefetch_indices``, ``bits_per_pass``, ``layer_fused_us``), the scoring-kernel A/B (``ab_indexer.py``), the
+  bench at the e2e budget 512, then the kernel suite;
 - ``layer2``: the HBM probes (``bw_probe.py``: is a 2 KiB row gather, all KV heads of a page, faster than
   256 B rows?), the attention sweep at 32k x 32 and at 2k x 1 (budget 512), and the MLA bench, bf16 and fp8;
 - ``ncu``: Nsight Compute over one decode step (``tools/bench/ncu_step.py``), GQA, budget 512, MLA, fp8 MLA;
 - ``e2e``, ``e2e-2048``: 36 layers of Qwen3-8B geometry end to end, overlap off, budget 512 (with per-step
   profiles), then budget 2048;
-- ``e2e-dense``: 2k and 8k cases, budget 512, ``sparse_decode_min_tokens=32768`` (batch 1 dense, 16 sparse);
+- ``e2e-dense``: 2k and 8k cases and 32k x 1, budget 512, ``sparse_decode_min_tokens`` 32768 and 65536;
+- ``sgl-bench``: SGLang's own ``one_batch`` through ``python -m vortex_torch.engine.sgl.run``, plain and with the
+  quick start's config, then the launcher's GPU tests;
 - ``overlap``: the overlap-scheduler suite, then the e2e bench with the overlap scheduler on;
 - ``engines``, ``engines-eq``, ``engines-sparse``, ``engines2``, ``eval``: the SGLang engine suites (quick start
   and HTTP; dense equivalence; sparse; MLA and fp8; ``vortex eval``);

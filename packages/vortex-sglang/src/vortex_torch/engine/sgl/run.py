@@ -30,6 +30,7 @@ import sys
 
 from vortex_torch.abs.config_fields import ConfigFieldError
 
+from . import plugin
 from .config import VortexConfig
 from .errors import VortexSGLangError
 
@@ -62,8 +63,6 @@ def prepare(module: str, argv: list[str]) -> str | None:
     if module != "sglang" and not module.startswith("sglang."):
         raise CommandError(f"{module!r} is not one of SGLang's modules: this runs sglang.* modules "
                            "(e.g. sglang.benchmark.offline_throughput, sglang.benchmark.one_batch)")  # fmt: skip
-    from . import plugin
-
     plugin.check_sglang_version()  # not installed, or not the release the hooks target: say so, not "no module"
     try:
         found = importlib.util.find_spec(module) is not None
@@ -97,12 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.split("\n\n")[0].replace("``", "") + f"\n\nusage: {PROG} MODULE [ARGS...]")
         return 0 if argv else 2
     module, rest = argv[0], argv[1:]
-    from .plugin import vortex_cli_scope
-
     try:
         value = prepare(module, rest)
         sys.argv = [module, *rest]
-        with vortex_cli_scope(value):
+        with plugin.vortex_cli_scope(value):
             runpy.run_module(module, run_name="__main__", alter_sys=True)
     except (CommandError, ConfigFieldError, VortexSGLangError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -585,17 +585,28 @@ def indexer_sweep(case: PoolCase) -> list[dict[str, Any]]:
         out.append({"kind": "indexer", "block_chunk": chunk, "warps": warps, "programs_per_sm": pps,
                     "fuse_selection": fuse, "prefetch_indices": prefetch, "us": us})  # fmt: skip
     core.executor, core.indexer_plan = saved
-    from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
-
-    nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
-    scores = [torch.randn(max(1, nnz), device=case.device) for _ in range(L)]
+    selection = select_only(case)
     for warps, bits in (*((w, 1) for w in (2, 4, 8, 16)), *((w, 2) for w in (4, 8, 16))):
-        us = variant_us([lambda i=i, w=warps, b=bits: select_blocks_triton(
-            scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
-            max_blocks_per_row=p.max_blocks_per_row, num_warps=w, bits_per_pass=b) for i in range(L)],
-            "select")  # fmt: skip
+        us = variant_us(selection(num_warps=warps, bits_per_pass=bits), "select")
         out.append({"kind": "select_only", "warps": warps, "bits_per_pass": bits, "us": us})
     return out
+
+
+def select_only(case: PoolCase) -> Callable[..., list[Callable[[], object]]]:
+    """The selection kernel alone on the case's plan, over random scores drawn once: ``select_only(case)(**launch)``
+    is one call per rotated layer, ``launch`` being ``select_blocks_triton``'s options (warps, bits per pass)."""
+    from vortex_torch.kernels.select.triton_kernel import select_blocks_triton
+
+    p = case.plan
+    nnz = p.dense_indptr.numel() and int(p.dense_indptr[-1])
+    scores = [torch.randn(max(1, nnz), device=case.device) for _ in range(case.layers)]
+
+    def calls(**launch: Any) -> list[Callable[[], object]]:
+        return [lambda i=i: select_blocks_triton(
+            scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
+            max_blocks_per_row=p.max_blocks_per_row, **launch) for i in range(case.layers)]  # fmt: skip
+
+    return calls
 
 
 #: MLA attention variants swept: tile tokens, warps, stages

@@ -35,7 +35,6 @@ import decode_step_bench as bench  # noqa: E402
 
 import vortex_torch.flow.compiler.codegen as codegen  # noqa: E402
 from vortex_torch.flow.compiler.triton_executor import TritonExecutor  # noqa: E402
-from vortex_torch.kernels.select.triton_kernel import select_blocks_triton  # noqa: E402
 
 
 class MaxNReg:
@@ -105,12 +104,7 @@ def measure(ctx: int, batch: int, repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         for name, ex in exs.items():
             times[name].append(time_variant(case, ex))
-    p = case.plan
-    nnz = int(p.dense_indptr[-1])
-    scores = [torch.randn(max(1, nnz), device=case.device) for _ in range(case.layers)]
-    select_us = bench.graph_us([lambda i=i: select_blocks_triton(
-        scores[i], p.dense_indptr, p.dense_indices[:nnz], p.sel_indptr, 1, 1, out=p.sel_indices,
-        max_blocks_per_row=p.max_blocks_per_row) for i in range(case.layers)])  # fmt: skip
+    select_us = bench.graph_us(bench.select_only(case)())
     return {"ctx": ctx, "batch": batch, "budget_tokens": 2048,
             "indexer_us": {k: statistics.median(v) for k, v in times.items()}, "all_us": times,
             "select_only_us": select_us, "registers": {k: registers(ex) for k, ex in exs.items()}}  # fmt: skip
